@@ -1,0 +1,449 @@
+"""Command handlers of the accounts processor: (state, command) -> outputs. Pure.
+
+Every handler either applies a command completely or changes nothing and answers
+with a result code. Idempotency: API commands by request id, settlement legs by
+(symbol, seq, leg), client order ids per account.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from perpline.accounts import margin as mg
+from perpline.accounts import order_status as st
+from perpline.accounts.ledger import JournalBuilder, platform_account, user_account
+from perpline.accounts.state import AccountState, OrderState, Position, RequestOutcome
+from perpline.contracts import ids
+from perpline.contracts import messages as m
+from perpline.contracts.codes import Code
+from perpline.contracts.instruments import Instrument, load_catalog
+from perpline.contracts.units import UnitError, format_amount, format_fixed, parse_amount
+
+log = logging.getLogger("perpline.accounts")
+
+LOGICAL_ORDERS = "orders"
+LOGICAL_ACCOUNT_EVENTS = "account.events"
+LOGICAL_LEDGER = "ledger.entries"
+LOGICAL_POSITIONS = "positions"
+SUPPORTED_ORDER_TYPES = ("LIMIT",)
+
+
+@dataclass
+class Out:
+    topic: str
+    key: str
+    msg: object  # a message Struct (a JournalBuilder only until _finalize)
+
+
+@dataclass
+class Ctx:
+    """What every output of one command shares: its trace, its cause and its time."""
+
+    trace_id: str
+    causation_id: str
+    ts_ms: int
+    outs: list[Out] = field(default_factory=list)
+
+    def emit(self, topic: str, key: str | int, msg: object) -> None:
+        self.outs.append(Out(topic, str(key), msg))
+
+    def meta(self) -> dict[str, object]:
+        return {"trace_id": self.trace_id, "causation_id": self.causation_id, "ts_ms": self.ts_ms}
+
+
+class Reject(Exception):
+    def __init__(self, code: Code, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+
+def handle(state: AccountState, cmd: m.Msg) -> list[Out]:
+    """Apply one command to one account's state; returns the messages to publish."""
+    cause = getattr(cmd, "request_id", None) or _leg_cause(cmd)
+    ctx = Ctx(cmd.trace_id, cause, cmd.ts_ms)
+    if isinstance(cmd, m.FillLeg):
+        _on_fill(state, cmd, ctx)
+    elif isinstance(cmd, m.OrderDone):
+        _on_done(state, cmd, ctx)
+    else:
+        _on_request(state, cmd, ctx)
+    return _finalize(ctx)
+
+
+def _leg_cause(cmd: m.Msg) -> str:
+    if isinstance(cmd, m.FillLeg):
+        return ids.fill_leg_id(cmd.symbol, cmd.seq, cmd.liquidity)
+    if isinstance(cmd, m.OrderDone):
+        return f"done:{cmd.symbol}:{cmd.seq}"
+    return cmd.causation_id
+
+
+# --- API requests ----------------------------------------------------------------------
+
+
+def _on_request(state: AccountState, cmd: m.Msg, ctx: Ctx) -> None:
+    request_id: str = getattr(cmd, "request_id")
+    seen = state.requests.get(request_id)
+    if seen is not None:  # a resend: answer again, change nothing
+        _result(state, ctx, request_id, seen)
+        return
+    try:
+        outcome = _dispatch(state, cmd, ctx)
+    except (Reject, UnitError) as err:
+        outcome = RequestOutcome(False, int(err.code), err.msg, None, getattr(cmd, "client_order_id", None))
+    state.remember_request(request_id, outcome)
+    _result(state, ctx, request_id, outcome)
+
+
+def _dispatch(state: AccountState, cmd: m.Msg, ctx: Ctx) -> RequestOutcome:
+    if isinstance(cmd, m.Deposit):
+        return _deposit(state, cmd, ctx)
+    if isinstance(cmd, m.Withdraw):
+        return _withdraw(state, cmd, ctx)
+    if isinstance(cmd, m.PlaceOrder):
+        return _place(state, cmd, ctx)
+    if isinstance(cmd, m.CancelOrder):
+        return _cancel(state, cmd, ctx)
+    if isinstance(cmd, m.SetLeverage):
+        return _set_leverage(state, cmd, ctx)
+    raise Reject(Code.MALFORMED, f"unsupported command {type(cmd).__name__}")
+
+
+def _result(state: AccountState, ctx: Ctx, request_id: str, outcome: RequestOutcome) -> None:
+    ctx.emit(LOGICAL_ACCOUNT_EVENTS, state.account_id, m.CommandResult(
+        **ctx.meta(), request_id=request_id, account_id=state.account_id, ok=outcome.ok, code=outcome.code,
+        msg=outcome.msg, order_id=outcome.order_id, client_order_id=outcome.client_order_id))
+
+
+def _ok(order_id: int | None = None, client_order_id: str | None = None) -> RequestOutcome:
+    return RequestOutcome(True, 0, "", order_id, client_order_id)
+
+
+def _asset(asset: str) -> str:
+    if asset not in load_catalog().assets:
+        raise Reject(Code.UNKNOWN_ASSET, f"unknown asset {asset!r}")
+    return asset
+
+
+def _deposit(state: AccountState, cmd: m.Deposit, ctx: Ctx) -> RequestOutcome:
+    asset, amount = _asset(cmd.asset), _positive_amount(cmd.amount)
+    bal = state.balance(asset)
+    bal.available += amount
+    _journal(ctx, state, "DEPOSIT", cmd.request_id, asset).transfer(
+        platform_account("HOT_WALLET"), user_account(state.account_id, "SPOT"), amount)
+    _balance_changed(state, ctx, asset)
+    return _ok()
+
+
+def _withdraw(state: AccountState, cmd: m.Withdraw, ctx: Ctx) -> RequestOutcome:
+    asset, amount = _asset(cmd.asset), _positive_amount(cmd.amount)
+    bal = state.balance(asset)
+    if bal.available < amount:
+        raise Reject(Code.INSUFFICIENT_BALANCE, f"available {format_amount(bal.available)} < {cmd.amount}")
+    bal.available -= amount
+    _journal(ctx, state, "WITHDRAWAL", cmd.request_id, asset).transfer(
+        user_account(state.account_id, "SPOT"), platform_account("HOT_WALLET"), amount)
+    _balance_changed(state, ctx, asset)
+    return _ok()
+
+
+def _positive_amount(text: str) -> int:
+    amount = parse_amount(text)
+    if amount <= 0:
+        raise Reject(Code.NOT_POSITIVE, "amount must be greater than zero")
+    return amount
+
+
+def _instrument(symbol: str) -> Instrument:
+    inst = load_catalog().get(symbol)
+    if inst is None or inst.symbol != symbol:
+        raise Reject(Code.UNKNOWN_SYMBOL, f"unknown symbol {symbol!r}")
+    return inst
+
+
+def _place(state: AccountState, cmd: m.PlaceOrder, ctx: Ctx) -> RequestOutcome:
+    existing = state.client_ids.get(cmd.client_order_id)
+    if existing is not None:  # a resent order: the existing one, never a second
+        return _ok(existing, cmd.client_order_id)
+    inst = _instrument(cmd.symbol)
+    price_ticks, qty_lots = _order_numbers(inst, cmd)
+    if len(state.orders) >= inst.max_open_orders:
+        raise Reject(Code.TOO_MANY_OPEN_ORDERS, f"at most {inst.max_open_orders} open orders")
+    leverage = state.leverage.get(inst.symbol, inst.default_leverage)
+    margin, fee = mg.order_reservation(inst, price_ticks, qty_lots, leverage)
+    bal = state.balance(inst.margin_asset)
+    if bal.available < margin + fee:
+        raise Reject(Code.INSUFFICIENT_BALANCE,
+                     f"order needs {format_amount(margin + fee)} {inst.margin_asset}, available {format_amount(bal.available)}")
+    state.order_seq += 1
+    order = OrderState(
+        order_id=ids.order_id_for(state.account_id, state.order_seq), client_order_id=cmd.client_order_id,
+        symbol=inst.symbol, side=cmd.side, order_type=cmd.order_type, time_in_force=cmd.time_in_force,
+        price_ticks=price_ticks, qty_lots=qty_lots, leaves_lots=qty_lots, leverage=leverage,
+        margin_frozen=margin, fee_frozen=fee, created_ms=ctx.ts_ms, updated_ms=ctx.ts_ms, reduce_only=False)
+    _freeze(state, ctx, inst, order)
+    ctx.emit(LOGICAL_ORDERS, inst.symbol, m.NewOrder(
+        **ctx.meta(), order_id=order.order_id, account_id=state.account_id, symbol=inst.symbol, side=cmd.side,
+        order_type=cmd.order_type, time_in_force=cmd.time_in_force, price=inst.format_price(price_ticks),
+        quantity=inst.format_qty(qty_lots), client_order_id=cmd.client_order_id, stp=cmd.stp))
+    return _ok(order.order_id, cmd.client_order_id)
+
+
+def _order_numbers(inst: Instrument, cmd: m.PlaceOrder) -> tuple[int, int]:
+    if cmd.order_type not in SUPPORTED_ORDER_TYPES:
+        raise Reject(Code.BAD_ORDER_TYPE, f"order type {cmd.order_type} is not supported yet")
+    if cmd.reduce_only:
+        raise Reject(Code.REDUCE_ONLY_REJECTED, "reduce-only orders are not supported yet")
+    if not cmd.client_order_id or len(cmd.client_order_id) > 36:
+        raise Reject(Code.MALFORMED, "client order id must be 1 to 36 characters")
+    if cmd.price is None:
+        raise Reject(Code.MISSING_FIELD, "a limit order needs a price")
+    price_ticks, qty_lots = inst.parse_price(cmd.price), inst.parse_qty(cmd.quantity)
+    code = inst.check_filters(price_ticks, qty_lots)
+    if code != Code.OK:
+        raise Reject(code, f"order fails the {code.name} filter of {inst.symbol}")
+    return price_ticks, qty_lots
+
+
+def _freeze(state: AccountState, ctx: Ctx, inst: Instrument, order: OrderState) -> None:
+    bal = state.balance(inst.margin_asset)
+    amount = order.margin_frozen + order.fee_frozen
+    bal.available -= amount
+    bal.order_margin += amount
+    state.orders[order.order_id] = order
+    state.remember_client_id(order.client_order_id, order.order_id)
+    _journal(ctx, state, "ORDER_MARGIN_FROZEN", f"order:{order.order_id}", inst.margin_asset, inst.symbol).transfer(
+        user_account(state.account_id, "SPOT"), user_account(state.account_id, "ORDER_MARGIN"), amount)
+    _balance_changed(state, ctx, inst.margin_asset)
+    _order_changed(state, ctx, inst, order)
+
+
+def _find_order(state: AccountState, cmd: m.CancelOrder) -> OrderState:
+    order_id = cmd.order_id
+    if order_id is None and cmd.client_order_id is not None:
+        order_id = state.client_ids.get(cmd.client_order_id)
+    if order_id is None:
+        raise Reject(Code.UNKNOWN_ORDER, "unknown order")
+    order = state.orders.get(order_id)
+    if order is None or order.symbol != cmd.symbol:
+        raise Reject(Code.UNKNOWN_ORDER, f"no open order {order_id} in {cmd.symbol}")
+    return order
+
+
+def _cancel(state: AccountState, cmd: m.CancelOrder, ctx: Ctx) -> RequestOutcome:
+    order = _find_order(state, cmd)
+    ctx.emit(LOGICAL_ORDERS, order.symbol, m.CancelRequest(
+        **ctx.meta(), order_id=order.order_id, account_id=state.account_id, symbol=order.symbol))
+    return _ok(order.order_id, order.client_order_id)
+
+
+def _set_leverage(state: AccountState, cmd: m.SetLeverage, ctx: Ctx) -> RequestOutcome:
+    inst = _instrument(cmd.symbol)
+    if not 1 <= cmd.leverage <= inst.max_leverage:
+        raise Reject(Code.BAD_LEVERAGE, f"leverage must be 1..{inst.max_leverage}")
+    pos = state.positions.get(inst.symbol)
+    if pos is not None and pos.size_lots != 0 and cmd.leverage < pos.leverage:
+        raise Reject(Code.LEVERAGE_TOO_LOW_FOR_POSITION, "cannot lower leverage with an open isolated position")
+    state.leverage[inst.symbol] = cmd.leverage
+    return _ok()
+
+
+# --- settlement legs -------------------------------------------------------------------
+
+
+def _already_applied(state: AccountState, symbol: str, position: int) -> bool:
+    if state.applied.get(symbol, -1) >= position:
+        return True
+    state.applied[symbol] = position
+    return False
+
+
+def _on_fill(state: AccountState, leg: m.FillLeg, ctx: Ctx) -> None:
+    if _already_applied(state, leg.symbol, leg.seq * 2 + (1 if leg.liquidity == "TAKER" else 0)):
+        return
+    order = state.orders.get(leg.order_id)
+    inst = _instrument(leg.symbol)
+    if order is None:
+        log.error("fill for unknown order", extra={"trace_id": leg.trace_id, "order_id": leg.order_id})
+        return
+    price_ticks, qty_lots = inst.parse_price(leg.price), inst.parse_qty(leg.quantity)
+    event = "fill" if order.leaves_lots == qty_lots else "partial_fill"
+    new_status = st.transition(order.status, event)  # raises before anything changes
+    assert qty_lots <= order.leaves_lots, "fill larger than the order's open quantity"
+    release = _release_for_fill(order, qty_lots)
+    fee_paid = mg.fee(inst.notional(price_ticks, qty_lots), inst.maker_fee_e8 if leg.liquidity == "MAKER" else inst.taker_fee_e8)
+    pos = state.positions.setdefault(inst.symbol, Position(symbol=inst.symbol))
+    closed_margin, pnl, new_margin = _apply_to_position(inst, pos, order, leg.side, price_ticks, qty_lots)
+    _settle_balances(state, ctx, inst, leg, release, fee_paid, closed_margin, pnl, new_margin)
+    order.status, order.updated_ms = new_status, ctx.ts_ms
+    order.filled_lots += qty_lots
+    order.leaves_lots -= qty_lots
+    order.filled_value_tick_lots += price_ticks * qty_lots
+    _emit_fill(state, ctx, inst, leg, order, fee_paid, pnl)
+    if new_status in st.TERMINAL:
+        _close_order(state, order)
+
+
+def _release_for_fill(order: OrderState, qty_lots: int) -> int:
+    margin = mg.pro_rata(order.margin_frozen, qty_lots, order.leaves_lots)
+    fee = mg.pro_rata(order.fee_frozen, qty_lots, order.leaves_lots)
+    order.margin_frozen -= margin
+    order.fee_frozen -= fee
+    return margin + fee
+
+
+def _apply_to_position(inst: Instrument, pos: Position, order: OrderState, side: str, price_ticks: int,
+                       qty_lots: int) -> tuple[int, int, int]:
+    """Apply a fill; returns (margin released by the close part, realised PnL, margin of the open part)."""
+    signed = qty_lots if side == "BUY" else -qty_lots
+    close_lots = min(qty_lots, abs(pos.size_lots)) if pos.size_lots * signed < 0 else 0
+    open_lots = qty_lots - close_lots
+    closed_margin = pnl = new_margin = 0
+    if close_lots:
+        size = abs(pos.size_lots)
+        cost_closed = mg.pro_rata(pos.cost, close_lots, size)
+        closed_margin = mg.pro_rata(pos.margin, close_lots, size)
+        value = inst.notional(price_ticks, close_lots)
+        pnl = value - cost_closed if pos.size_lots > 0 else cost_closed - value
+        pos.cost -= cost_closed
+        pos.margin -= closed_margin
+        pos.realized_pnl += pnl
+        pos.size_lots += close_lots if pos.size_lots < 0 else -close_lots
+    if open_lots:
+        notional = inst.notional(price_ticks, open_lots)
+        new_margin = mg.initial_margin(notional, order.leverage)
+        pos.cost += notional
+        pos.margin += new_margin
+        pos.size_lots += open_lots if signed > 0 else -open_lots
+        pos.leverage = order.leverage
+    if pos.size_lots == 0:
+        assert pos.cost == 0 and pos.margin == 0, "a flat position holds no cost or margin"
+    pos.version += 1
+    return closed_margin, pnl, new_margin
+
+
+def _settle_balances(state: AccountState, ctx: Ctx, inst: Instrument, leg: m.FillLeg, release: int, fee_paid: int,
+                     closed_margin: int, pnl: int, new_margin: int) -> None:
+    asset, acct, leg_id = inst.margin_asset, state.account_id, ids.fill_leg_id(leg.symbol, leg.seq, leg.liquidity)
+    bal = state.balance(asset)
+    bal.order_margin -= release
+    bal.position_margin += new_margin - closed_margin
+    bal.available += release - fee_paid + closed_margin + pnl - new_margin
+    spot, order_m, pos_m = (user_account(acct, k) for k in ("SPOT", "ORDER_MARGIN", "POSITION_MARGIN"))
+    (_journal(ctx, state, "TRADE_SETTLED", leg_id, asset, inst.symbol)
+        .transfer(order_m, spot, release).transfer(pos_m, spot, closed_margin).transfer(spot, pos_m, new_margin))
+    _journal(ctx, state, "TRADE_FEE", leg_id, asset, inst.symbol).transfer(spot, platform_account("FEE_REVENUE"), fee_paid)
+    clearing = platform_account("PNL_CLEARING")
+    pnl_journal = _journal(ctx, state, "POSITION_REALIZED_PNL", leg_id, asset, inst.symbol)
+    if pnl >= 0:
+        pnl_journal.transfer(clearing, spot, pnl)
+    else:
+        pnl_journal.transfer(spot, clearing, -pnl)
+
+
+def _on_done(state: AccountState, cmd: m.OrderDone, ctx: Ctx) -> None:
+    if _already_applied(state, cmd.symbol, cmd.seq * 2):
+        return
+    order = state.orders.get(cmd.order_id)
+    if order is None:
+        log.error("done for unknown order", extra={"trace_id": cmd.trace_id, "order_id": cmd.order_id})
+        return
+    order.status = st.transition(order.status, st.DONE_EVENTS[cmd.status])
+    order.updated_ms = ctx.ts_ms
+    inst = _instrument(cmd.symbol)
+    amount = order.margin_frozen + order.fee_frozen
+    order.margin_frozen = order.fee_frozen = 0
+    bal = state.balance(inst.margin_asset)
+    bal.order_margin -= amount
+    bal.available += amount
+    _journal(ctx, state, "ORDER_MARGIN_RELEASED", f"order:{order.order_id}:{cmd.status}", inst.margin_asset,
+             inst.symbol).transfer(user_account(state.account_id, "ORDER_MARGIN"), user_account(state.account_id, "SPOT"), amount)
+    _balance_changed(state, ctx, inst.margin_asset)
+    _order_changed(state, ctx, inst, order)
+    _close_order(state, order)
+
+
+def _close_order(state: AccountState, order: OrderState) -> None:
+    assert order.margin_frozen == 0 and order.fee_frozen == 0, "a closed order holds nothing frozen"
+    del state.orders[order.order_id]
+
+
+# --- outputs ---------------------------------------------------------------------------
+
+
+def _journal(ctx: Ctx, state: AccountState, ref_type: str, ref_id: str, asset: str, symbol: str = "") -> JournalBuilder:
+    """A journal placeholder at this point of the output order, filled by its transfers, built in finalize."""
+    builder = JournalBuilder(ref_type, ref_id, state.account_id, asset, symbol)
+    ctx.outs.append(Out(LOGICAL_LEDGER, str(state.account_id), builder))
+    return builder
+
+
+def _finalize(ctx: Ctx) -> list[Out]:
+    """Build the journals (dropping empty ones) so every output is a concrete message."""
+    result = []
+    for out in ctx.outs:
+        if isinstance(out.msg, JournalBuilder):
+            journal = out.msg.build(ctx.trace_id, ctx.causation_id, ctx.ts_ms)
+            if journal is None:
+                continue
+            out = Out(out.topic, out.key, journal)
+        result.append(out)
+    return result
+
+
+def _balance_changed(state: AccountState, ctx: Ctx, asset: str) -> None:
+    bal = state.balance(asset)
+    assert bal.order_margin >= 0 and bal.position_margin >= 0, "frozen amounts never go negative"
+    bal.version += 1
+    ctx.emit(LOGICAL_ACCOUNT_EVENTS, state.account_id, m.BalanceChanged(
+        **ctx.meta(), account_id=state.account_id, asset=asset, available=format_amount(bal.available),
+        order_margin=format_amount(bal.order_margin), position_margin=format_amount(bal.position_margin),
+        wallet=format_amount(bal.wallet), version=bal.version))
+
+
+def _order_view(state: AccountState, inst: Instrument, order: OrderState) -> m.OrderView:
+    avg = format_fixed(0, inst.price_decimals)
+    if order.filled_lots:
+        avg = format_fixed(order.filled_value_tick_lots * inst.tick_units // order.filled_lots, inst.price_decimals)
+    return m.OrderView(
+        order_id=order.order_id, client_order_id=order.client_order_id, account_id=state.account_id,
+        symbol=order.symbol, side=order.side, order_type=order.order_type, time_in_force=order.time_in_force,  # type: ignore[arg-type]
+        price=inst.format_price(order.price_ticks), quantity=inst.format_qty(order.qty_lots),
+        filled=inst.format_qty(order.filled_lots), avg_price=avg, status=order.status,  # type: ignore[arg-type]
+        reduce_only=order.reduce_only, created_ms=order.created_ms, updated_ms=order.updated_ms)
+
+
+def _order_changed(state: AccountState, ctx: Ctx, inst: Instrument, order: OrderState) -> None:
+    ctx.emit(LOGICAL_ACCOUNT_EVENTS, state.account_id, m.OrderChanged(
+        **ctx.meta(), account_id=state.account_id, order=_order_view(state, inst, order)))
+
+
+def _entry_price(inst: Instrument, pos: Position) -> str:
+    if pos.size_lots == 0:
+        return format_fixed(0, inst.price_decimals)
+    per_lot = pos.cost // abs(pos.size_lots)  # amount units per lot
+    units = per_lot * inst.tick_units // inst.amount_per_tick_lot
+    return format_fixed(units, inst.price_decimals)
+
+
+def _emit_fill(state: AccountState, ctx: Ctx, inst: Instrument, leg: m.FillLeg, order: OrderState, fee_paid: int,
+               pnl: int) -> None:
+    pos = state.positions[inst.symbol]
+    acct = state.account_id
+    ctx.emit(LOGICAL_ACCOUNT_EVENTS, acct, m.FillRecorded(
+        **ctx.meta(), account_id=acct, symbol=inst.symbol, trade_id=leg.trade_id, order_id=leg.order_id, side=leg.side,
+        liquidity=leg.liquidity, price=leg.price, quantity=leg.quantity, fee=format_amount(fee_paid),
+        fee_asset=inst.margin_asset, realized_pnl=format_amount(pnl)))
+    _order_changed(state, ctx, inst, order)
+    _balance_changed(state, ctx, inst.margin_asset)
+    size = format_fixed(pos.size_lots * inst.lot_units, inst.qty_decimals)
+    entry = _entry_price(inst, pos)
+    ctx.emit(LOGICAL_ACCOUNT_EVENTS, acct, m.PositionChanged(
+        **ctx.meta(), account_id=acct, symbol=inst.symbol, size=size, entry_price=entry,
+        margin=format_amount(pos.margin), leverage=pos.leverage, realized_pnl=format_amount(pos.realized_pnl),
+        version=pos.version))
+    ctx.emit(LOGICAL_POSITIONS, inst.symbol, m.PositionSnapshot(
+        **ctx.meta(), account_id=acct, symbol=inst.symbol, size=size, entry_price=entry,
+        margin=format_amount(pos.margin), leverage=pos.leverage, version=pos.version))

@@ -1,0 +1,34 @@
+"""Identifiers: random trace ids at the edge, deterministic ids everywhere else."""
+
+from __future__ import annotations
+
+import uuid
+
+ORDER_SEQ_BITS = 32
+
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def order_id_for(account_id: int, account_order_seq: int) -> int:
+    """Globally unique, deterministic order id: the account id and its own order counter."""
+    assert 0 < account_id < (1 << 30), "account id out of range"
+    assert 0 < account_order_seq < (1 << ORDER_SEQ_BITS), "order counter out of range"
+    return (account_id << ORDER_SEQ_BITS) | account_order_seq
+
+
+def account_of_order(order_id: int) -> int:
+    return order_id >> ORDER_SEQ_BITS
+
+
+def fill_leg_id(symbol: str, seq: int, liquidity: str) -> str:
+    return f"fill:{symbol}:{seq}:{liquidity}"
+
+
+def journal_id(cause_id: str, ref_type: str) -> str:
+    return f"{cause_id}/{ref_type}"

@@ -1,0 +1,195 @@
+"""Instruments: loaded once from instruments.yaml into integer-unit value objects.
+
+Every filter (tick, lot, min/max quantity, min notional, leverage, fees, brackets)
+lives here, so the API, the accounts processor and the matcher runner apply the
+same rule.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from perpline.contracts.codes import Code
+from perpline.contracts.units import (
+    AMOUNT_DECIMALS,
+    AMOUNT_SCALE,
+    UnitError,
+    format_fixed,
+    parse_amount,
+    parse_fixed,
+    parse_rate,
+)
+
+INSTRUMENTS_FILE = Path(__file__).with_name("instruments.yaml")
+
+
+def _decimals_of(text: str) -> int:
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+@dataclass(frozen=True)
+class Bracket:
+    notional_cap: int  # amount units
+    max_leverage: int
+    maint_margin_e8: int
+    maint_amount: int  # amount units
+
+
+@dataclass(frozen=True)
+class Instrument:
+    symbol: str
+    binance_symbol: str
+    base_asset: str
+    quote_asset: str
+    margin_asset: str
+    price_decimals: int
+    tick_units: int  # tick size in 10^-price_decimals
+    qty_decimals: int
+    lot_units: int  # lot size in 10^-qty_decimals
+    min_qty_lots: int
+    max_qty_lots: int
+    market_max_qty_lots: int
+    min_notional: int  # amount units
+    max_leverage: int
+    default_leverage: int
+    maker_fee_e8: int
+    taker_fee_e8: int
+    price_band_e8: int
+    max_open_orders: int
+    brackets: tuple[Bracket, ...]
+
+    # --- conversions --------------------------------------------------------------
+    def parse_price(self, text: str) -> int:
+        """Decimal price string -> integer ticks; refuses prices off the tick grid."""
+        units = parse_fixed(text, self.price_decimals, what="price")
+        if units <= 0:
+            raise UnitError(Code.NOT_POSITIVE, "price must be greater than zero")
+        if units % self.tick_units:
+            raise UnitError(Code.PRICE_NOT_ON_TICK, f"price {text} is not a multiple of the tick size {self.tick_size}")
+        return units // self.tick_units
+
+    def format_price(self, price_ticks: int) -> str:
+        return format_fixed(price_ticks * self.tick_units, self.price_decimals)
+
+    def parse_qty(self, text: str) -> int:
+        """Decimal quantity string -> integer lots; refuses quantities off the lot grid."""
+        units = parse_fixed(text, self.qty_decimals, what="quantity")
+        if units <= 0:
+            raise UnitError(Code.NOT_POSITIVE, "quantity must be greater than zero")
+        if units % self.lot_units:
+            raise UnitError(Code.QTY_NOT_ON_LOT, f"quantity {text} is not a multiple of the lot size {self.lot_size}")
+        return units // self.lot_units
+
+    def format_qty(self, qty_lots: int) -> str:
+        return format_fixed(qty_lots * self.lot_units, self.qty_decimals)
+
+    @property
+    def tick_size(self) -> str:
+        return format_fixed(self.tick_units, self.price_decimals)
+
+    @property
+    def lot_size(self) -> str:
+        return format_fixed(self.lot_units, self.qty_decimals)
+
+    @property
+    def amount_per_tick_lot(self) -> int:
+        """Amount units (1e-8 of the margin asset) of one lot at a price of one tick."""
+        exponent = AMOUNT_DECIMALS - self.price_decimals - self.qty_decimals
+        assert exponent >= 0, "instrument precision exceeds the amount scale"
+        return self.tick_units * self.lot_units * 10**exponent
+
+    def notional(self, price_ticks: int, qty_lots: int) -> int:
+        """Notional value in amount units; exact (no rounding needed by construction)."""
+        return price_ticks * qty_lots * self.amount_per_tick_lot
+
+    def check_filters(self, price_ticks: int, qty_lots: int) -> Code:
+        """The static order filters; returns Code.OK or the first violated rule."""
+        if qty_lots < self.min_qty_lots:
+            return Code.QTY_TOO_SMALL
+        if qty_lots > self.max_qty_lots:
+            return Code.QTY_TOO_LARGE
+        if price_ticks > 0 and self.notional(price_ticks, qty_lots) < self.min_notional:
+            return Code.NOTIONAL_TOO_SMALL
+        return Code.OK
+
+    def bracket_for(self, notional: int) -> Bracket:
+        for bracket in self.brackets:
+            if notional <= bracket.notional_cap:
+                return bracket
+        return self.brackets[-1]
+
+
+def _bracket(raw: dict[str, Any]) -> Bracket:
+    return Bracket(
+        notional_cap=parse_amount(str(raw["notional_cap"])),
+        max_leverage=int(raw["max_leverage"]),
+        maint_margin_e8=parse_rate(str(raw["maint_margin_rate"])),
+        maint_amount=parse_amount(str(raw["maint_amount"])),
+    )
+
+
+def _instrument(symbol: str, raw: dict[str, Any]) -> Instrument:
+    tick, lot = str(raw["tick_size"]), str(raw["lot_size"])
+    price_decimals, qty_decimals = _decimals_of(tick), _decimals_of(lot)
+    lots = lambda text: parse_fixed(str(text), qty_decimals) // parse_fixed(lot, qty_decimals)  # noqa: E731
+    inst = Instrument(
+        symbol=symbol,
+        binance_symbol=str(raw["binance_symbol"]),
+        base_asset=str(raw["base_asset"]),
+        quote_asset=str(raw["quote_asset"]),
+        margin_asset=str(raw["margin_asset"]),
+        price_decimals=price_decimals,
+        tick_units=parse_fixed(tick, price_decimals),
+        qty_decimals=qty_decimals,
+        lot_units=parse_fixed(lot, qty_decimals),
+        min_qty_lots=lots(raw["min_qty"]),
+        max_qty_lots=lots(raw["max_qty"]),
+        market_max_qty_lots=lots(raw["market_max_qty"]),
+        min_notional=parse_amount(str(raw["min_notional"])),
+        max_leverage=int(raw["max_leverage"]),
+        default_leverage=int(raw["default_leverage"]),
+        maker_fee_e8=parse_rate(str(raw["maker_fee_rate"])),
+        taker_fee_e8=parse_rate(str(raw["taker_fee_rate"])),
+        price_band_e8=parse_rate(str(raw["price_band_rate"])),
+        max_open_orders=int(raw["max_open_orders"]),
+        brackets=tuple(_bracket(b) for b in raw["brackets"]),
+    )
+    assert inst.amount_per_tick_lot > 0
+    assert 1 <= inst.default_leverage <= inst.max_leverage
+    return inst
+
+
+@dataclass(frozen=True)
+class Catalog:
+    assets: dict[str, int]
+    instruments: dict[str, Instrument]
+    by_binance: dict[str, Instrument]
+
+    def get(self, symbol: str) -> Instrument | None:
+        return self.instruments.get(symbol) or self.by_binance.get(symbol)
+
+
+@lru_cache(maxsize=4)
+def load_catalog(path: str | None = None) -> Catalog:
+    file = Path(path or os.environ.get("PERPLINE_INSTRUMENTS_FILE") or INSTRUMENTS_FILE)
+    raw = yaml.safe_load(file.read_text())
+    instruments = {sym: _instrument(sym, spec) for sym, spec in raw["instruments"].items()}
+    assets = {name: int(spec["decimals"]) for name, spec in raw["assets"].items()}
+    assert all(dec == AMOUNT_DECIMALS for dec in assets.values()), "all assets use the 1e-8 amount scale"
+    return Catalog(assets, instruments, {i.binance_symbol: i for i in instruments.values()})
+
+
+def instrument(symbol: str) -> Instrument:
+    found = load_catalog().get(symbol)
+    if found is None:
+        raise UnitError(Code.UNKNOWN_SYMBOL, f"unknown symbol {symbol!r}")
+    return found
+
+
+__all__ = ["AMOUNT_SCALE", "Bracket", "Catalog", "Instrument", "instrument", "load_catalog"]

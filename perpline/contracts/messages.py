@@ -1,0 +1,323 @@
+"""Every message on every topic: one msgspec Struct per type, JSON on the wire.
+
+Each message carries `trace_id` (assigned by the API request that caused it) and
+`causation_id` (the id of the message or request that directly caused it).
+Amounts, prices and quantities are decimal strings on the wire, integers inside
+the processes (see perpline.contracts.units and Instrument.parse_*).
+Each topic has one tagged union (field "type"), so a reader decodes exactly the
+types its topic may carry and anything else is a malformed message.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+Side = Literal["BUY", "SELL"]
+OrderType = Literal["LIMIT", "MARKET"]
+TimeInForce = Literal["GTC", "IOC", "FOK", "GTX"]
+StpMode = Literal["DEFAULT", "NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"]
+OrderStatus = Literal["NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED"]
+Liquidity = Literal["MAKER", "TAKER"]
+
+
+class Msg(msgspec.Struct, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+    trace_id: str
+    causation_id: str
+    ts_ms: int
+
+
+# --- account.commands (key: account id) ------------------------------------------------
+
+
+class Deposit(Msg, tag="deposit", kw_only=True):
+    request_id: str
+    account_id: int
+    asset: str
+    amount: str
+
+
+class Withdraw(Msg, tag="withdraw", kw_only=True):
+    request_id: str
+    account_id: int
+    asset: str
+    amount: str
+
+
+class PlaceOrder(Msg, tag="place_order", kw_only=True):
+    request_id: str
+    account_id: int
+    symbol: str
+    side: Side
+    order_type: OrderType
+    time_in_force: TimeInForce = "GTC"
+    price: str | None = None
+    quantity: str
+    client_order_id: str
+    reduce_only: bool = False
+    stp: StpMode = "DEFAULT"
+
+
+class CancelOrder(Msg, tag="cancel_order", kw_only=True):
+    request_id: str
+    account_id: int
+    symbol: str
+    order_id: int | None = None
+    client_order_id: str | None = None
+
+
+class SetLeverage(Msg, tag="set_leverage", kw_only=True):
+    request_id: str
+    account_id: int
+    symbol: str
+    leverage: int
+
+
+class FillLeg(Msg, tag="fill_leg", kw_only=True):
+    """One side of a trade, from clearing. Idempotency key: (symbol, seq, liquidity)."""
+
+    account_id: int
+    symbol: str
+    seq: int
+    trade_id: int
+    order_id: int
+    liquidity: Liquidity
+    side: Side
+    price: str
+    quantity: str
+    order_leaves: str
+
+
+class OrderDone(Msg, tag="order_done", kw_only=True):
+    """An order left the book without (further) fills: cancelled, expired or rejected by the matcher."""
+
+    account_id: int
+    symbol: str
+    seq: int
+    order_id: int
+    status: Literal["CANCELED", "EXPIRED", "REJECTED"]
+    leaves: str
+    code: int
+
+
+AccountCommand = Union[Deposit, Withdraw, PlaceOrder, CancelOrder, SetLeverage, FillLeg, OrderDone]
+
+
+# --- orders (key: symbol) ------------------------------------------------------------------
+
+
+class NewOrder(Msg, tag="new_order", kw_only=True):
+    order_id: int
+    account_id: int
+    symbol: str
+    side: Side
+    order_type: OrderType
+    time_in_force: TimeInForce
+    price: str | None
+    quantity: str
+    client_order_id: str
+    reduce_only: bool = False
+    stp: StpMode = "DEFAULT"
+
+
+class CancelRequest(Msg, tag="cancel", kw_only=True):
+    order_id: int
+    account_id: int
+    symbol: str
+
+
+MatcherInput = Union[NewOrder, CancelRequest]
+
+
+# --- matcher.events (key: symbol); `seq` is gap-free per symbol -----------------------
+
+
+class MatcherEventBase(Msg, kw_only=True):
+    symbol: str
+    seq: int
+
+
+class OrderAccepted(MatcherEventBase, tag="accepted", kw_only=True):
+    order_id: int
+    account_id: int
+    side: Side
+    quantity: str
+
+
+class OrderRested(MatcherEventBase, tag="rested", kw_only=True):
+    order_id: int
+    account_id: int
+    side: Side
+    price: str
+    leaves: str
+
+
+class Trade(MatcherEventBase, tag="trade", kw_only=True):
+    trade_id: int
+    price: str
+    quantity: str
+    taker_side: Side
+    taker_order_id: int
+    taker_account_id: int
+    taker_leaves: str
+    maker_order_id: int
+    maker_account_id: int
+    maker_leaves: str
+
+
+class OrderCancelled(MatcherEventBase, tag="cancelled", kw_only=True):
+    order_id: int
+    account_id: int
+    leaves: str
+    code: int = 0
+
+
+class OrderExpired(MatcherEventBase, tag="expired", kw_only=True):
+    order_id: int
+    account_id: int
+    leaves: str
+    code: int = 0
+
+
+class OrderRejected(MatcherEventBase, tag="rejected", kw_only=True):
+    order_id: int
+    account_id: int
+    code: int
+    msg: str = ""
+
+
+MatcherEvent = Union[OrderAccepted, OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected]
+
+
+# --- account.events (key: account id): the accounts processor's state changes ---------
+
+
+class CommandResult(Msg, tag="command_result", kw_only=True):
+    request_id: str
+    account_id: int
+    ok: bool
+    code: int
+    msg: str = ""
+    order_id: int | None = None
+    client_order_id: str | None = None
+
+
+class BalanceChanged(Msg, tag="balance", kw_only=True):
+    account_id: int
+    asset: str
+    available: str
+    order_margin: str
+    position_margin: str
+    wallet: str
+    version: int
+
+
+class OrderView(msgspec.Struct, kw_only=True):
+    order_id: int
+    client_order_id: str
+    account_id: int
+    symbol: str
+    side: Side
+    order_type: OrderType
+    time_in_force: TimeInForce
+    price: str | None
+    quantity: str
+    filled: str
+    avg_price: str
+    status: OrderStatus
+    reduce_only: bool
+    created_ms: int
+    updated_ms: int
+
+
+class OrderChanged(Msg, tag="order", kw_only=True):
+    account_id: int
+    order: OrderView
+
+
+class PositionChanged(Msg, tag="position", kw_only=True):
+    account_id: int
+    symbol: str
+    size: str  # signed: positive long, negative short
+    entry_price: str
+    margin: str
+    leverage: int
+    realized_pnl: str
+    version: int
+
+
+class FillRecorded(Msg, tag="fill", kw_only=True):
+    account_id: int
+    symbol: str
+    trade_id: int
+    order_id: int
+    side: Side
+    liquidity: Liquidity
+    price: str
+    quantity: str
+    fee: str
+    fee_asset: str
+    realized_pnl: str
+
+
+AccountEvent = Union[CommandResult, BalanceChanged, OrderChanged, PositionChanged, FillRecorded]
+
+
+# --- ledger.entries (key: account id): balanced double-entry journals ------------------
+
+
+class Posting(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Signed amount: debit positive, credit negative. A journal's postings sum to zero per asset."""
+
+    ledger_account: str  # "user:<id>:SPOT", "platform:FEE_REVENUE", ...
+    asset: str
+    amount: str
+
+
+class Journal(Msg, tag="journal", kw_only=True):
+    journal_id: str  # deterministic: a replay produces the same id
+    ref_type: str
+    ref_id: str
+    account_id: int
+    symbol: str = ""
+    postings: list[Posting]
+
+
+LedgerEntry = Journal
+
+
+# --- positions (key: symbol) -----------------------------------------------------------
+
+
+class PositionSnapshot(Msg, tag="position_snapshot", kw_only=True):
+    account_id: int
+    symbol: str
+    size: str
+    entry_price: str
+    margin: str
+    leverage: int
+    version: int
+
+
+# --- dead.letters (key: source) --------------------------------------------------------
+
+
+class DeadLetter(Msg, tag="dead_letter", kw_only=True):
+    source: str
+    topic: str
+    partition: int
+    offset: int
+    error: str
+    payload: str  # the raw bytes, decoded as UTF-8 with replacement
+
+
+TOPIC_TYPES: dict[str, object] = {
+    "account.commands": AccountCommand,
+    "orders": MatcherInput,
+    "matcher.events": MatcherEvent,
+    "account.events": AccountEvent,
+    "ledger.entries": LedgerEntry,
+    "positions": PositionSnapshot,
+    "dead.letters": DeadLetter,
+}

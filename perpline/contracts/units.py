@@ -1,0 +1,117 @@
+"""Fixed-point units: the one place where decimal strings become integers and back.
+
+- price      -> integer ticks of the instrument's tick size
+- quantity   -> integer lots of the instrument's lot size
+- amount     -> integer minor units of the asset (USDT: 1e-8)
+- rate       -> integer parts per 10^8 (fees, funding, margin ratios)
+
+Parsing is strict: only plain decimal notation is accepted ("123", "-1.5", "0.001").
+Exponents, NaN, infinities, spaces, signs where not allowed, more fractional
+digits than the unit carries (unless they are zeros), and values beyond a hard
+bound are refused with a UnitError carrying a code.
+"""
+
+from __future__ import annotations
+
+import re
+
+from perpline.contracts.codes import Code
+
+AMOUNT_DECIMALS = 8
+AMOUNT_SCALE = 10**AMOUNT_DECIMALS
+RATE_DECIMALS = 8
+RATE_SCALE = 10**RATE_DECIMALS
+# 10^30 minor units is far beyond any real balance yet fits Decimal(38, 8) in ClickHouse.
+MAX_ABS_UNITS = 10**30
+MAX_INPUT_CHARS = 64
+
+_DECIMAL_RE = re.compile(r"^(-?)(\d+)(?:\.(\d+))?$")
+
+
+class UnitError(ValueError):
+    """A value that cannot be represented exactly in the requested unit."""
+
+    def __init__(self, code: Code, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+
+def parse_fixed(text: str, decimals: int, *, allow_negative: bool = False, what: str = "value") -> int:
+    """Parse a decimal string into an integer count of 10^-decimals units, exactly."""
+    if not isinstance(text, str):
+        raise UnitError(Code.BAD_NUMBER, f"{what} must be a decimal string")
+    if len(text) > MAX_INPUT_CHARS:
+        raise UnitError(Code.BAD_NUMBER, f"{what} is too long")
+    match = _DECIMAL_RE.match(text)
+    if match is None:
+        raise UnitError(Code.BAD_NUMBER, f"{what} {text!r} is not a plain decimal number")
+    sign, whole, frac = match.group(1), match.group(2), match.group(3) or ""
+    if sign and not allow_negative:
+        raise UnitError(Code.NEGATIVE_NUMBER, f"{what} {text!r} must not be negative")
+    significant = frac.rstrip("0")
+    if len(significant) > decimals:
+        raise UnitError(Code.TOO_PRECISE, f"{what} {text!r} has more than {decimals} decimal places")
+    units = int(whole) * 10**decimals + (int(significant.ljust(decimals, "0")) if decimals else 0)
+    if units > MAX_ABS_UNITS:
+        raise UnitError(Code.NUMBER_TOO_LARGE, f"{what} {text!r} is too large")
+    return -units if sign else units
+
+
+def format_fixed(units: int, decimals: int) -> str:
+    """Format an integer count of 10^-decimals units as a decimal string with `decimals` places."""
+    assert isinstance(units, int) and not isinstance(units, bool), "units must be an int"
+    sign = "-" if units < 0 else ""
+    magnitude = -units if units < 0 else units
+    if decimals == 0:
+        return f"{sign}{magnitude}"
+    whole, frac = divmod(magnitude, 10**decimals)
+    return f"{sign}{whole}.{frac:0{decimals}d}"
+
+
+def parse_amount(text: str, *, allow_negative: bool = False, what: str = "amount") -> int:
+    return parse_fixed(text, AMOUNT_DECIMALS, allow_negative=allow_negative, what=what)
+
+
+def format_amount(units: int) -> str:
+    return format_fixed(units, AMOUNT_DECIMALS)
+
+
+def parse_rate(text: str, *, allow_negative: bool = True, what: str = "rate") -> int:
+    return parse_fixed(text, RATE_DECIMALS, allow_negative=allow_negative, what=what)
+
+
+def format_rate(rate_e8: int) -> str:
+    return format_fixed(rate_e8, RATE_DECIMALS)
+
+
+def positive(value: int, what: str) -> int:
+    if value <= 0:
+        raise UnitError(Code.NOT_POSITIVE, f"{what} must be greater than zero")
+    return value
+
+
+# --- the one rounding rule ------------------------------------------------------------
+# Fees and losses round in the exchange's favour: what a user pays rounds up,
+# what a user receives rounds down. Journals then balance exactly because each
+# posting is derived from one rounded number.
+
+
+def div_ceil(numerator: int, denominator: int) -> int:
+    assert denominator > 0
+    return -((-numerator) // denominator)
+
+
+def div_floor(numerator: int, denominator: int) -> int:
+    assert denominator > 0
+    return numerator // denominator
+
+
+def apply_rate_charge(amount_units: int, rate_e8: int) -> int:
+    """What a user pays at a rate (fee, margin): rounded up, never below zero for positive inputs."""
+    return div_ceil(amount_units * rate_e8, RATE_SCALE)
+
+
+def apply_rate_credit(amount_units: int, rate_e8: int) -> int:
+    """What a user receives at a rate (rebate): rounded down."""
+    return div_floor(amount_units * rate_e8, RATE_SCALE)

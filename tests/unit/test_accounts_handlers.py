@@ -1,0 +1,137 @@
+"""The accounts domain without a broker: deposits, freezes, fills, fees, PnL, idempotency."""
+
+from __future__ import annotations
+
+from perpline.accounts.handlers import handle
+from perpline.accounts.ledger import journal_sum
+from perpline.accounts.state import AccountState, from_store, to_store
+from perpline.contracts import messages as m
+from perpline.contracts.codes import Code
+from perpline.contracts.units import parse_amount
+
+META = {"trace_id": "t1", "causation_id": "c1", "ts_ms": 1}
+SYM = "BTCUSDT-PERP"
+
+
+def deposit(state: AccountState, amount: str, rid: str = "d1") -> list:
+    return handle(state, m.Deposit(**META, request_id=rid, account_id=state.account_id, asset="USDT", amount=amount))
+
+
+def place(state: AccountState, side: str, price: str, qty: str, cid: str, rid: str | None = None) -> list:
+    return handle(state, m.PlaceOrder(**META, request_id=rid or cid, account_id=state.account_id, symbol=SYM, side=side,
+                                      order_type="LIMIT", price=price, quantity=qty, client_order_id=cid))
+
+
+def leg(state: AccountState, order_id: int, seq: int, liq: str, side: str, price: str, qty: str, leaves: str) -> list:
+    return handle(state, m.FillLeg(**META, account_id=state.account_id, symbol=SYM, seq=seq, trade_id=seq, order_id=order_id,
+                                   liquidity=liq, side=side, price=price, quantity=qty, order_leaves=leaves))
+
+
+def journals(outs: list) -> list[m.Journal]:
+    return [o.msg for o in outs if isinstance(o.msg, m.Journal)]
+
+
+def result(outs: list) -> m.CommandResult:
+    return next(o.msg for o in outs if isinstance(o.msg, m.CommandResult))
+
+
+def test_deposit_credits_and_journals_balance() -> None:
+    st = AccountState(account_id=7)
+    outs = deposit(st, "1000.5")
+    assert st.balances["USDT"].available == parse_amount("1000.5")
+    (j,) = journals(outs)
+    assert j.ref_type == "DEPOSIT" and journal_sum(j) == 0
+    assert {p.ledger_account for p in j.postings} == {"platform:HOT_WALLET", "user:7:SPOT"}
+
+
+def test_resent_deposit_changes_nothing() -> None:
+    st = AccountState(account_id=7)
+    deposit(st, "10")
+    outs = deposit(st, "10")
+    assert st.balances["USDT"].available == parse_amount("10")
+    assert journals(outs) == [] and result(outs).ok
+
+
+def test_bad_amounts_are_refused_and_change_nothing() -> None:
+    st = AccountState(account_id=7)
+    for bad in ("-1", "0", "1e3", "NaN", "0.000000001", "inf", "1" * 40):
+        outs = deposit(st, bad, rid=f"r{bad}")
+        assert not result(outs).ok, bad
+    assert st.balances == {}
+
+
+def test_place_freezes_margin_and_taker_fee() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "1000")
+    outs = place(st, "BUY", "50000", "0.010", "c1")
+    r = result(outs)
+    assert r.ok and r.order_id
+    # notional 500 USDT, leverage 20 -> 25 margin, taker fee 0.05% -> 0.25
+    bal = st.balances["USDT"]
+    assert bal.order_margin == parse_amount("25.25")
+    assert bal.available == parse_amount("974.75")
+    new_orders = [o.msg for o in outs if isinstance(o.msg, m.NewOrder)]
+    assert len(new_orders) == 1 and new_orders[0].price == "50000.00"
+
+
+def test_resent_client_order_id_returns_the_same_order() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "1000")
+    first = result(place(st, "BUY", "50000", "0.010", "c1", rid="r1"))
+    again = place(st, "BUY", "50000", "0.010", "c1", rid="r2")
+    assert result(again).order_id == first.order_id
+    assert not [o for o in again if isinstance(o.msg, m.NewOrder)]
+    assert len(st.orders) == 1
+
+
+def test_insufficient_balance_and_filters() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "10")
+    assert result(place(st, "BUY", "50000", "0.010", "a")).code == Code.INSUFFICIENT_BALANCE
+    assert result(place(st, "BUY", "50000.05", "0.010", "b")).code == Code.PRICE_NOT_ON_TICK
+    assert result(place(st, "BUY", "50000", "0.0005", "c")).code == Code.TOO_PRECISE
+    assert result(place(st, "BUY", "50000", "0.001", "d")).code == Code.NOTIONAL_TOO_SMALL
+    assert st.balances["USDT"].order_margin == 0 and not st.orders
+
+
+def test_trade_settles_both_sides_with_fees_and_zero_sum_journals() -> None:
+    buyer, seller = AccountState(account_id=1), AccountState(account_id=2)
+    deposit(buyer, "1000")
+    deposit(seller, "1000")
+    b_id = result(place(seller, "SELL", "50000", "0.010", "s1")).order_id  # maker
+    t_id = result(place(buyer, "BUY", "50100", "0.010", "b1")).order_id  # taker, fills at the maker's price
+    outs = leg(seller, b_id, 5, "MAKER", "SELL", "50000.00", "0.010", "0") + leg(buyer, t_id, 5, "TAKER", "BUY", "50000.00", "0.010", "0")
+    assert all(journal_sum(j) == 0 for j in journals(outs))
+    fees = {j.account_id: j for j in journals(outs) if j.ref_type == "TRADE_FEE"}
+    assert fees[2].postings[0].amount == "0.10000000"  # maker 0.02 % of 500
+    assert fees[1].postings[0].amount == "0.25000000"  # taker 0.05 % of 500
+    assert buyer.positions[SYM].size_lots == 10 and seller.positions[SYM].size_lots == -10
+    for st, fee in ((buyer, "0.25"), (seller, "0.1")):
+        bal = st.balances["USDT"]
+        assert bal.order_margin == 0 and bal.position_margin == parse_amount("25")
+        assert bal.available == parse_amount("1000") - parse_amount("25") - parse_amount(fee)
+        assert not st.orders
+    # a replayed leg changes nothing
+    assert leg(buyer, t_id, 5, "TAKER", "BUY", "50000.00", "0.010", "0") == []
+
+
+def test_close_realises_pnl_and_releases_margin() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "1000")
+    o1 = result(place(st, "BUY", "50000", "0.010", "o1")).order_id
+    leg(st, o1, 1, "MAKER", "BUY", "50000.00", "0.010", "0")
+    o2 = result(place(st, "SELL", "51000", "0.015", "o2")).order_id  # flips to short 0.005
+    outs = leg(st, o2, 2, "MAKER", "SELL", "51000.00", "0.015", "0")
+    pnl = [j for j in journals(outs) if j.ref_type == "POSITION_REALIZED_PNL"]
+    assert len(pnl) == 1 and journal_sum(pnl[0]) == 0
+    pos = st.positions[SYM]
+    assert pos.size_lots == -5 and pos.realized_pnl == parse_amount("10")  # (51000-50000) * 0.010
+    assert pos.margin == parse_amount("12.75")  # 255 / 20
+
+
+def test_state_round_trips_through_the_store() -> None:
+    st = AccountState(account_id=3)
+    deposit(st, "1000")
+    place(st, "BUY", "50000", "0.010", "x")
+    again = from_store(to_store(st))
+    assert again == st
