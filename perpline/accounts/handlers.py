@@ -84,7 +84,7 @@ def _leg_cause(cmd: m.Msg) -> str:
 
 
 def _on_request(state: AccountState, cmd: m.Msg, ctx: Ctx) -> None:
-    request_id: str = getattr(cmd, "request_id")
+    request_id: str = cmd.request_id
     seen = state.requests.get(request_id)
     if seen is not None:  # a resend: answer again, change nothing
         _result(state, ctx, request_id, seen)

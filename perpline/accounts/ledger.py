@@ -63,5 +63,5 @@ class JournalBuilder:
         )
 
 
-def journal_sum(journal: m.Journal) -> int:
-    return sum(parse_amount(p.amount, allow_negative=True) for p in journal.postings)
+def journal_sum(journal: m.Journal, asset: str | None = None) -> int:
+    return sum(parse_amount(p.amount, allow_negative=True) for p in journal.postings if asset in (None, p.asset))

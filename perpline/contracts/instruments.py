@@ -77,10 +77,10 @@ class Instrument:
     def format_price(self, price_ticks: int) -> str:
         return format_fixed(price_ticks * self.tick_units, self.price_decimals)
 
-    def parse_qty(self, text: str) -> int:
+    def parse_qty(self, text: str, *, allow_zero: bool = False) -> int:
         """Decimal quantity string -> integer lots; refuses quantities off the lot grid."""
         units = parse_fixed(text, self.qty_decimals, what="quantity")
-        if units <= 0:
+        if units < 0 or (units == 0 and not allow_zero):
             raise UnitError(Code.NOT_POSITIVE, "quantity must be greater than zero")
         if units % self.lot_units:
             raise UnitError(Code.QTY_NOT_ON_LOT, f"quantity {text} is not a multiple of the lot size {self.lot_size}")

@@ -181,13 +181,23 @@ class OrderExpired(MatcherEventBase, tag="expired", kw_only=True):
 
 
 class OrderRejected(MatcherEventBase, tag="rejected", kw_only=True):
+    """A new order the matcher refused. Code 3002 (duplicate order id) marks a redelivered input: ignored downstream."""
+
     order_id: int
     account_id: int
     code: int
     msg: str = ""
 
 
-MatcherEvent = Union[OrderAccepted, OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected]
+class CancelRejected(MatcherEventBase, tag="cancel_rejected", kw_only=True):
+    """A cancel the matcher could not apply (order already gone, or not the owner's). Releases nothing."""
+
+    order_id: int
+    account_id: int
+    code: int
+
+
+MatcherEvent = Union[OrderAccepted, OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected, CancelRejected]
 
 
 # --- account.events (key: account id): the accounts processor's state changes ---------

@@ -1,0 +1,92 @@
+"""The FastAPI application: middleware (trace id, metrics, size limit), lifecycle, routers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from confluent_kafka import Producer
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from perpline.api import errors
+from perpline.api.readmodel import ReadModel
+from perpline.contracts import codec
+from perpline.contracts.codes import Code, PerplineError
+from perpline.contracts.ids import new_trace_id
+from perpline.contracts.units import UnitError
+
+log = logging.getLogger("perpline.api")
+
+MAX_BODY_BYTES = 64 * 1024
+REQUESTS = Counter("perpline_api_requests_total", "API requests", ["route", "status"])
+LATENCY = Histogram("perpline_api_request_seconds", "API latency", ["route"])
+
+
+@dataclass
+class ApiDeps:
+    bootstrap: str
+    topics: dict[str, str]
+    wait_s: float
+    clickhouse_url: str | None = None
+    producer: Producer | None = None
+    readmodel: ReadModel | None = None
+
+    def publish(self, logical_topic: str, key: str, msg: object) -> None:
+        assert self.producer is not None
+        self.producer.produce(self.topics[logical_topic], key=key.encode(), value=codec.encode(msg))  # type: ignore[arg-type]
+        self.producer.poll(0)
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        assert self.producer is not None
+        if self.producer.flush(timeout_s) > 0:
+            raise PerplineError(Code.BROKER_UNAVAILABLE, "the broker did not acknowledge the command in time")
+
+
+def create_app(deps: ApiDeps) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        deps.producer = Producer({"bootstrap.servers": deps.bootstrap, "enable.idempotence": True, "acks": "all",
+                                  "linger.ms": 1})
+        deps.readmodel = ReadModel(deps.bootstrap, deps.topics)
+        deps.readmodel.start()
+        yield
+        deps.readmodel.stop()
+        deps.producer.flush(5)
+
+    app = FastAPI(title="perpline", version="0.1.0", lifespan=lifespan,
+                  description="A USDT-margined perpetual-futures exchange. Amounts are decimal strings.")
+    app.state.deps = deps
+    app.add_exception_handler(PerplineError, errors.on_perpline_error)
+    app.add_exception_handler(UnitError, errors.on_perpline_error)
+    app.add_exception_handler(RequestValidationError, errors.on_validation_error)
+    app.middleware("http")(_trace_and_measure)
+    from perpline.api import ops, v1  # noqa: PLC0415 (routers import the deps type from here)
+
+    app.include_router(v1.router)
+    app.include_router(ops.router)
+    return app
+
+
+async def _trace_and_measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    trace_id = new_trace_id()
+    request.state.trace_id = trace_id
+    length = int(request.headers.get("content-length") or 0)
+    if length > MAX_BODY_BYTES:
+        return errors.error_response(request, int(Code.REQUEST_TOO_LARGE), f"body over {MAX_BODY_BYTES} bytes")
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    path = getattr(route, "path", "unmatched")
+    REQUESTS.labels(path, str(response.status_code)).inc()
+    LATENCY.labels(path).observe(time.perf_counter() - started)
+    response.headers["X-Trace-Id"] = trace_id
+    return response
+
+
+def metrics_response() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

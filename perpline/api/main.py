@@ -1,0 +1,28 @@
+"""`perpline api`: serve the REST API with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from perpline.api.app import ApiDeps, create_app
+from perpline.config import settings, topic_map
+from perpline.obs import setup_logging
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = settings()
+    parser = argparse.ArgumentParser(prog="perpline api")
+    parser.add_argument("--host", default=cfg.api_host)
+    parser.add_argument("--port", type=int, default=cfg.api_port)
+    args = parser.parse_args(argv)
+    setup_logging("api")
+    deps = ApiDeps(bootstrap=cfg.kafka_bootstrap, topics=topic_map(), wait_s=cfg.api_wait_ms / 1000,
+                   clickhouse_url=cfg.clickhouse_url)
+    uvicorn.run(create_app(deps), host=args.host, port=args.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    main()

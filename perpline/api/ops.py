@@ -1,0 +1,39 @@
+"""Operations endpoints: liveness, readiness, metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from perpline.api.app import ApiDeps, metrics_response
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["ops"])
+def healthz() -> Any:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+def readyz(request: Request) -> Any:
+    d: ApiDeps = request.app.state.deps
+    checks = {"broker": d.producer is not None and _broker_ok(d),
+              "readmodel_caught_up": d.readmodel is not None and d.readmodel.caught_up.is_set()}
+    return JSONResponse({"ready": all(checks.values()), "checks": checks}, status_code=200 if all(checks.values()) else 503)
+
+
+def _broker_ok(d: ApiDeps) -> bool:
+    assert d.producer is not None
+    try:
+        d.producer.list_topics(timeout=2)
+        return True
+    except Exception:  # noqa: BLE001 (any failure means not ready)
+        return False
+
+
+@router.get("/metrics", tags=["ops"])
+def metrics() -> Response:
+    return metrics_response()

@@ -1,0 +1,239 @@
+"""Read models fed by topics: account state from account.events, book and trades from matcher.events.
+
+One consumer thread applies messages in topic order; request handlers read under a lock.
+Command results are correlated to waiting requests by request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from perpline.contracts import codec
+from perpline.contracts import messages as m
+from perpline.contracts.instruments import load_catalog
+
+log = logging.getLogger("perpline.api.readmodel")
+
+MAX_RESULTS = 100_000
+MAX_TRADES_PER_SYMBOL = 1000
+MAX_CLOSED_ORDERS_PER_ACCOUNT = 10_000
+POLL_BATCH = 500
+
+
+@dataclass
+class AccountView:
+    balances: dict[str, m.BalanceChanged] = field(default_factory=dict)
+    open_orders: dict[int, m.OrderView] = field(default_factory=dict)
+    closed_orders: OrderedDict[int, m.OrderView] = field(default_factory=OrderedDict)
+    positions: dict[str, m.PositionChanged] = field(default_factory=dict)
+    fills: deque[m.FillRecorded] = field(default_factory=lambda: deque(maxlen=MAX_CLOSED_ORDERS_PER_ACCOUNT))
+
+
+@dataclass
+class BookMirror:
+    resting: dict[int, tuple[str, str, int]] = field(default_factory=dict)  # order id -> (side, price, leaves lots)
+    trades: deque[m.Trade] = field(default_factory=lambda: deque(maxlen=MAX_TRADES_PER_SYMBOL))
+    last_seq: int = 0
+
+
+class ReadModel:
+    def __init__(self, bootstrap: str, topics: dict[str, str]) -> None:
+        self._bootstrap = bootstrap
+        self._topics = topics  # logical name -> physical name
+        self._lock = threading.Lock()
+        self.accounts: dict[int, AccountView] = {}
+        self.books: dict[str, BookMirror] = {}
+        self._results: OrderedDict[str, m.CommandResult] = OrderedDict()
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[m.CommandResult]]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="readmodel", daemon=True)
+        self.caught_up = threading.Event()
+        self.applied = 0
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _consumer(self) -> Consumer:
+        consumer = Consumer({
+            "bootstrap.servers": self._bootstrap, "group.id": "perpline-api-readmodel", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "isolation.level": "read_committed", "enable.partition.eof": True,
+        })
+        parts = []
+        for logical in ("account.events", "matcher.events"):
+            name = self._topics[logical]
+            meta = consumer.list_topics(name, timeout=10).topics[name]
+            parts += [TopicPartition(name, p, 0) for p in meta.partitions]  # from the start: rebuild the views
+        consumer.assign(parts)
+        self._pending_eof = {(tp.topic, tp.partition) for tp in parts}
+        return consumer
+
+    def _run(self) -> None:
+        consumer = self._consumer()
+        names = {v: k for k, v in self._topics.items()}
+        try:
+            while not self._stop.is_set():
+                for msg in consumer.consume(POLL_BATCH, timeout=0.2):
+                    self._on_message(msg, names)
+        finally:
+            consumer.close()
+
+    def _on_message(self, msg: Any, names: dict[str, str]) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                self._pending_eof.discard((msg.topic(), msg.partition()))
+                if not self._pending_eof:
+                    self.caught_up.set()
+            else:
+                log.warning("consumer error", extra={"error": str(err)})
+            return
+        logical = names.get(msg.topic(), "")
+        try:
+            value = codec.decode(logical, msg.value())
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError) as exc:
+            log.error("undecodable message skipped", extra={"topic": msg.topic(), "offset": msg.offset(), "error": str(exc)})
+            return
+        with self._lock:
+            self.applied += 1
+            if logical == "account.events":
+                self._apply_account(value)
+            else:
+                self._apply_market(value)
+        if isinstance(value, m.CommandResult):
+            self._resolve(value)
+
+    # --- applying ----------------------------------------------------------------------
+    def _view(self, account_id: int) -> AccountView:
+        view = self.accounts.get(account_id)
+        if view is None:
+            view = self.accounts[account_id] = AccountView()
+        return view
+
+    def _apply_account(self, ev: Any) -> None:
+        if isinstance(ev, m.CommandResult):
+            self._results[ev.request_id] = ev
+            while len(self._results) > MAX_RESULTS:
+                self._results.popitem(last=False)
+            return
+        view = self._view(ev.account_id)
+        if isinstance(ev, m.BalanceChanged):
+            view.balances[ev.asset] = ev
+        elif isinstance(ev, m.OrderChanged):
+            order = ev.order
+            if order.status in ("NEW", "PARTIALLY_FILLED"):
+                view.open_orders[order.order_id] = order
+            else:
+                view.open_orders.pop(order.order_id, None)
+                view.closed_orders[order.order_id] = order
+                while len(view.closed_orders) > MAX_CLOSED_ORDERS_PER_ACCOUNT:
+                    view.closed_orders.popitem(last=False)
+        elif isinstance(ev, m.PositionChanged):
+            view.positions[ev.symbol] = ev
+        elif isinstance(ev, m.FillRecorded):
+            view.fills.append(ev)
+
+    def _apply_market(self, ev: Any) -> None:
+        book = self.books.setdefault(ev.symbol, BookMirror())
+        if ev.seq <= book.last_seq:
+            return  # a re-emitted event after a matcher restart
+        book.last_seq = ev.seq
+        inst = load_catalog().get(ev.symbol)
+        if inst is None:
+            return
+        if isinstance(ev, m.OrderRested):
+            book.resting[ev.order_id] = (ev.side, ev.price, inst.parse_qty(ev.leaves))
+        elif isinstance(ev, m.Trade):
+            book.trades.append(ev)
+            self._reduce(book, ev.maker_order_id, inst.parse_qty(ev.maker_leaves, allow_zero=True))
+        elif isinstance(ev, (m.OrderCancelled, m.OrderExpired)):
+            book.resting.pop(ev.order_id, None)
+
+    @staticmethod
+    def _reduce(book: BookMirror, order_id: int, leaves_lots: int) -> None:
+        found = book.resting.get(order_id)
+        if found is None:
+            return
+        if leaves_lots <= 0:
+            del book.resting[order_id]
+        else:
+            book.resting[order_id] = (found[0], found[1], leaves_lots)
+
+    # --- correlation ---------------------------------------------------------------------
+    def _resolve(self, result: m.CommandResult) -> None:
+        with self._lock:
+            waiters = self._waiters.pop(result.request_id, [])
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(_set_result, fut, result)
+
+    async def wait_result(self, request_id: str, timeout_s: float) -> m.CommandResult | None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[m.CommandResult] = loop.create_future()
+        with self._lock:
+            known = self._results.get(request_id)
+            if known is not None:
+                return known
+            self._waiters.setdefault(request_id, []).append((loop, fut))
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            with self._lock:
+                waiters = self._waiters.get(request_id, [])
+                if (loop, fut) in waiters:
+                    waiters.remove((loop, fut))
+            return None
+
+    def result(self, request_id: str) -> m.CommandResult | None:
+        with self._lock:
+            return self._results.get(request_id)
+
+    # --- queries -------------------------------------------------------------------------
+    def snapshot_account(self, account_id: int) -> AccountView:
+        with self._lock:
+            view = self.accounts.get(account_id) or AccountView()
+            return AccountView(dict(view.balances), dict(view.open_orders), OrderedDict(view.closed_orders),
+                               dict(view.positions), deque(view.fills, maxlen=MAX_CLOSED_ORDERS_PER_ACCOUNT))
+
+    def find_order(self, account_id: int, order_id: int) -> m.OrderView | None:
+        with self._lock:
+            view = self.accounts.get(account_id)
+            if view is None:
+                return None
+            return view.open_orders.get(order_id) or view.closed_orders.get(order_id)
+
+    def depth(self, symbol: str, limit: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """(bids, asks) as (price string, qty lots), best first."""
+        with self._lock:
+            book = self.books.get(symbol)
+            resting = list(book.resting.values()) if book else []
+        levels: dict[tuple[str, str], int] = {}
+        for side, price, lots in resting:
+            levels[(side, price)] = levels.get((side, price), 0) + lots
+        inst = load_catalog().get(symbol)
+        assert inst is not None
+        key = lambda item: inst.parse_price(item[0])
+        bids = sorted(((p, q) for (s, p), q in levels.items() if s == "BUY"), key=key, reverse=True)[:limit]
+        asks = sorted(((p, q) for (s, p), q in levels.items() if s == "SELL"), key=key)[:limit]
+        return bids, asks
+
+    def trades(self, symbol: str, limit: int) -> list[m.Trade]:
+        with self._lock:
+            book = self.books.get(symbol)
+            return list(book.trades)[-limit:] if book else []
+
+
+def _set_result(fut: asyncio.Future[m.CommandResult], result: m.CommandResult) -> None:
+    if not fut.done():
+        fut.set_result(result)

@@ -1,0 +1,255 @@
+"""Native REST API, /api/v1. Decimal strings for every amount; errors as {"code", "msg"}.
+
+Identity: until API keys land, the caller names its account in the X-Account-Id header.
+Idempotency: an Idempotency-Key header becomes the command's request id, so a resent
+request is answered with the first outcome and changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, StrictStr
+
+from perpline.api import errors
+from perpline.api.app import ApiDeps
+from perpline.contracts import messages as m
+from perpline.contracts.codes import Code, PerplineError
+from perpline.contracts.ids import new_request_id
+from perpline.contracts.instruments import Instrument, load_catalog
+from perpline.contracts.units import format_amount, format_rate
+
+router = APIRouter(prefix="/api/v1")
+MAX_ACCOUNT_ID = (1 << 30) - 1
+
+
+def deps(request: Request) -> ApiDeps:
+    found: ApiDeps = request.app.state.deps
+    return found
+
+
+def account_id(x_account_id: Annotated[str | None, Header()] = None) -> int:
+    if x_account_id is None or not x_account_id.isdigit() or not 0 < int(x_account_id) <= MAX_ACCOUNT_ID:
+        raise PerplineError(Code.UNAUTHORIZED, "X-Account-Id header with an account number is required")
+    return int(x_account_id)
+
+
+def request_id(idempotency_key: Annotated[str | None, Header()] = None) -> str:
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 64:
+        raise PerplineError(Code.MALFORMED, "Idempotency-Key must be 1 to 64 characters")
+    return idempotency_key or new_request_id()
+
+
+Account = Annotated[int, Depends(account_id)]
+RequestId = Annotated[str, Depends(request_id)]
+Deps = Annotated[ApiDeps, Depends(deps)]
+
+
+def _instrument(symbol: str) -> Instrument:
+    inst = load_catalog().get(symbol)
+    if inst is None:
+        raise PerplineError(Code.UNKNOWN_SYMBOL, f"unknown symbol {symbol!r}")
+    return inst
+
+
+def _meta(request: Request, rid: str) -> dict[str, Any]:
+    return {"trace_id": request.state.trace_id, "causation_id": rid, "ts_ms": int(time.time() * 1000)}
+
+
+async def _submit(d: ApiDeps, request: Request, acct: int, cmd: msgspec.Struct, rid: str) -> m.CommandResult | JSONResponse:
+    """Publish a command and wait, bounded, for the accounts processor's decision."""
+    d.publish("account.commands", str(acct), cmd)
+    d.flush()
+    assert d.readmodel is not None
+    result = await d.readmodel.wait_result(rid, d.wait_s)
+    if result is None:
+        return JSONResponse({"status": "PENDING", "request_id": rid, "code": int(Code.TIMEOUT),
+                             "msg": "no decision yet; poll GET /api/v1/requests/{request_id}"}, status_code=202)
+    if not result.ok:
+        return errors.error_response(request, result.code, result.msg)
+    return result
+
+
+# --- wallet ---------------------------------------------------------------------------
+
+
+class Transfer(BaseModel):
+    asset: StrictStr = Field(max_length=16)
+    amount: StrictStr = Field(max_length=64, description="decimal string, e.g. \"1000.5\"")
+
+
+@router.post("/wallet/deposits", tags=["wallet"])
+async def deposit(body: Transfer, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
+    cmd = m.Deposit(**_meta(request, rid), request_id=rid, account_id=acct, asset=body.asset, amount=body.amount)
+    result = await _submit(d, request, acct, cmd, rid)
+    return result if isinstance(result, JSONResponse) else {"request_id": rid, "status": "DONE", **_balances(d, acct)}
+
+
+@router.post("/wallet/withdrawals", tags=["wallet"])
+async def withdraw(body: Transfer, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
+    cmd = m.Withdraw(**_meta(request, rid), request_id=rid, account_id=acct, asset=body.asset, amount=body.amount)
+    result = await _submit(d, request, acct, cmd, rid)
+    return result if isinstance(result, JSONResponse) else {"request_id": rid, "status": "DONE", **_balances(d, acct)}
+
+
+# --- trading --------------------------------------------------------------------------
+
+
+class NewOrderBody(BaseModel):
+    symbol: StrictStr = Field(max_length=32)
+    side: Literal["BUY", "SELL"]
+    type: Literal["LIMIT", "MARKET"] = "LIMIT"
+    time_in_force: Literal["GTC", "IOC", "FOK", "GTX"] = "GTC"
+    price: StrictStr | None = Field(default=None, max_length=64)
+    quantity: StrictStr = Field(max_length=64)
+    client_order_id: StrictStr | None = Field(default=None, min_length=1, max_length=36)
+    reduce_only: bool = False
+    stp: Literal["DEFAULT", "NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"] = "DEFAULT"
+
+
+@router.post("/orders", tags=["trading"])
+async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
+    inst = _instrument(body.symbol)
+    cmd = m.PlaceOrder(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, side=body.side,
+                       order_type=body.type, time_in_force=body.time_in_force, price=body.price,
+                       quantity=body.quantity, client_order_id=body.client_order_id or f"pl-{rid[:32]}",
+                       reduce_only=body.reduce_only, stp=body.stp)
+    result = await _submit(d, request, acct, cmd, rid)
+    if isinstance(result, JSONResponse):
+        return result
+    assert result.order_id is not None and d.readmodel is not None
+    order = d.readmodel.find_order(acct, result.order_id)
+    return {"request_id": rid, "order_id": str(result.order_id),
+            "order": _order_json(order) if order else None}
+
+
+@router.delete("/orders/{order_id}", tags=["trading"])
+async def cancel_order(order_id: int, symbol: str, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
+    inst = _instrument(symbol)
+    cmd = m.CancelOrder(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, order_id=order_id)
+    result = await _submit(d, request, acct, cmd, rid)
+    return result if isinstance(result, JSONResponse) else {"request_id": rid, "order_id": str(order_id), "status": "CANCEL_REQUESTED"}
+
+
+@router.get("/orders/{order_id}", tags=["trading"])
+def get_order(order_id: int, acct: Account, d: Deps) -> Any:
+    assert d.readmodel is not None
+    order = d.readmodel.find_order(acct, order_id)
+    if order is None:
+        raise PerplineError(Code.UNKNOWN_ORDER, f"order {order_id} not found")
+    return _order_json(order)
+
+
+@router.get("/orders", tags=["trading"])
+def list_orders(acct: Account, d: Deps, symbol: str | None = None, status: Literal["open", "all"] = "open") -> Any:
+    assert d.readmodel is not None
+    view = d.readmodel.snapshot_account(acct)
+    orders = list(view.open_orders.values()) + (list(view.closed_orders.values()) if status == "all" else [])
+    return [_order_json(o) for o in orders if symbol is None or o.symbol == symbol]
+
+
+class LeverageBody(BaseModel):
+    symbol: StrictStr = Field(max_length=32)
+    leverage: int = Field(ge=1, le=1000)
+
+
+@router.post("/leverage", tags=["trading"])
+async def set_leverage(body: LeverageBody, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
+    inst = _instrument(body.symbol)
+    cmd = m.SetLeverage(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, leverage=body.leverage)
+    result = await _submit(d, request, acct, cmd, rid)
+    return result if isinstance(result, JSONResponse) else {"symbol": inst.symbol, "leverage": body.leverage}
+
+
+@router.get("/requests/{req_id}", tags=["trading"])
+def get_request(req_id: str, d: Deps) -> Any:
+    assert d.readmodel is not None
+    result = d.readmodel.result(req_id)
+    if result is None:
+        return {"request_id": req_id, "status": "PENDING"}
+    return {"request_id": req_id, "status": "DONE" if result.ok else "REJECTED", "code": result.code, "msg": result.msg,
+            "order_id": str(result.order_id) if result.order_id else None}
+
+
+# --- account --------------------------------------------------------------------------
+
+
+def _balances(d: ApiDeps, acct: int) -> dict[str, Any]:
+    assert d.readmodel is not None
+    view = d.readmodel.snapshot_account(acct)
+    return {"balances": [_strip(b) for b in view.balances.values()]}
+
+
+@router.get("/account/balances", tags=["account"])
+def balances(acct: Account, d: Deps) -> Any:
+    return _balances(d, acct)["balances"]
+
+
+@router.get("/account/positions", tags=["account"])
+def positions(acct: Account, d: Deps) -> Any:
+    assert d.readmodel is not None
+    return [_strip(p) for p in d.readmodel.snapshot_account(acct).positions.values()]
+
+
+@router.get("/account/trades", tags=["account"])
+def my_trades(acct: Account, d: Deps, symbol: str | None = None, limit: int = Query(500, ge=1, le=1000)) -> Any:
+    assert d.readmodel is not None
+    fills = [f for f in d.readmodel.snapshot_account(acct).fills if symbol is None or f.symbol == symbol]
+    return [_strip(f) for f in fills[-limit:]]
+
+
+# --- market ---------------------------------------------------------------------------
+
+
+@router.get("/market/instruments", tags=["market"])
+def instruments() -> Any:
+    return [_instrument_json(i) for i in load_catalog().instruments.values()]
+
+
+@router.get("/market/depth", tags=["market"])
+def depth(symbol: str, d: Deps, limit: int = Query(20, ge=1, le=1000)) -> Any:
+    inst = _instrument(symbol)
+    assert d.readmodel is not None
+    bids, asks = d.readmodel.depth(inst.symbol, limit)
+    book = d.readmodel.books.get(inst.symbol)
+    return {"symbol": inst.symbol, "seq": book.last_seq if book else 0,
+            "bids": [[p, inst.format_qty(q)] for p, q in bids], "asks": [[p, inst.format_qty(q)] for p, q in asks]}
+
+
+@router.get("/market/trades", tags=["market"])
+def trades(symbol: str, d: Deps, limit: int = Query(100, ge=1, le=1000)) -> Any:
+    inst = _instrument(symbol)
+    assert d.readmodel is not None
+    return [{"trade_id": t.trade_id, "price": t.price, "quantity": t.quantity, "taker_side": t.taker_side,
+             "ts_ms": t.ts_ms, "seq": t.seq} for t in d.readmodel.trades(inst.symbol, limit)]
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+def _strip(msg: msgspec.Struct) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(msg)
+    for key in ("type", "causation_id"):
+        out.pop(key, None)
+    return out
+
+
+def _order_json(order: m.OrderView) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(order)
+    out["order_id"] = str(order.order_id)
+    return out
+
+
+def _instrument_json(i: Instrument) -> dict[str, Any]:
+    return {"symbol": i.symbol, "base_asset": i.base_asset, "quote_asset": i.quote_asset, "margin_asset": i.margin_asset,
+            "tick_size": i.tick_size, "lot_size": i.lot_size, "min_qty": i.format_qty(i.min_qty_lots),
+            "max_qty": i.format_qty(i.max_qty_lots), "min_notional": format_amount(i.min_notional),
+            "max_leverage": i.max_leverage, "default_leverage": i.default_leverage,
+            "maker_fee_rate": format_rate(i.maker_fee_e8), "taker_fee_rate": format_rate(i.taker_fee_e8),
+            "brackets": [{"notional_cap": format_amount(b.notional_cap), "max_leverage": b.max_leverage,
+                          "maint_margin_rate": format_rate(b.maint_margin_e8), "maint_amount": format_amount(b.maint_amount)}
+                         for b in i.brackets]}

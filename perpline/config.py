@@ -1,0 +1,53 @@
+"""Configuration: environment variables (flags override them where a command offers one).
+
+Every variable is listed in the README. Nothing else reads os.environ for settings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default) or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str
+    clickhouse_url: str
+    data_dir: Path
+    api_host: str
+    api_port: int
+    topic_prefix: str
+    log_level: str
+    api_wait_ms: int
+    fsync: str
+
+
+def settings() -> Settings:
+    return Settings(
+        kafka_bootstrap=_env("PERPLINE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+        clickhouse_url=_env("PERPLINE_CLICKHOUSE_URL", "http://127.0.0.1:18123"),
+        data_dir=Path(_env("PERPLINE_DATA_DIR", ".perpline")).resolve(),
+        api_host=_env("PERPLINE_API_HOST", "127.0.0.1"),
+        api_port=int(_env("PERPLINE_API_PORT", "8080")),
+        topic_prefix=_env("PERPLINE_TOPIC_PREFIX", ""),
+        log_level=_env("PERPLINE_LOG_LEVEL", "INFO"),
+        api_wait_ms=int(_env("PERPLINE_API_WAIT_MS", "5000")),
+        fsync=_env("PERPLINE_MATCHER_FSYNC", "batch"),
+    )
+
+
+LOGICAL_TOPICS = (
+    "account.commands", "orders", "matcher.events", "account.events", "ledger.entries", "positions",
+    "prices.index", "prices.mark", "market.trades", "recon.breaks", "dead.letters",
+)
+
+
+def topic_map(prefix: str | None = None) -> dict[str, str]:
+    """Logical topic name -> the name on the broker (PERPLINE_TOPIC_PREFIX isolates test runs)."""
+    prefix = settings().topic_prefix if prefix is None else prefix
+    return {name: f"{prefix}{name}" for name in LOGICAL_TOPICS}

@@ -1,0 +1,64 @@
+"""Between contract messages (decimal strings) and the engine core (integers). Shell side, not compiled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perpline.contracts import messages as m
+from perpline.contracts.instruments import Instrument, instrument
+
+_SIDES = {"BUY": "SIDE_BUY", "SELL": "SIDE_SELL"}
+_TYPES = {"LIMIT": "TYPE_LIMIT", "MARKET": "TYPE_MARKET"}
+_TIFS = {"GTC": "TIF_GTC", "IOC": "TIF_IOC", "FOK": "TIF_FOK", "GTX": "TIF_GTX"}
+_STPS = {"DEFAULT": "STP_DEFAULT", "NONE": "STP_NONE", "EXPIRE_TAKER": "STP_EXPIRE_TAKER",
+         "EXPIRE_MAKER": "STP_EXPIRE_MAKER", "EXPIRE_BOTH": "STP_EXPIRE_BOTH"}
+
+
+def apply(engine: Any, core: Any, cmd: m.Msg) -> list[m.Msg]:
+    """Apply one input to its engine; returns the contract events (seq from the engine)."""
+    inst = instrument(cmd.symbol)
+    ts_ns = cmd.ts_ms * 1_000_000
+    if isinstance(cmd, m.NewOrder):
+        price_ticks = inst.parse_price(cmd.price) if cmd.price is not None else 0
+        raw = engine.place(cmd.order_id, cmd.account_id, getattr(core, _SIDES[cmd.side]),
+                           getattr(core, _TYPES[cmd.order_type]), getattr(core, _TIFS[cmd.time_in_force]), price_ticks,
+                           inst.parse_qty(cmd.quantity), getattr(core, _STPS[cmd.stp]), cmd.reduce_only,
+                           cmd.client_order_id, ts_ns)
+        return [to_message(core, inst, ev, cmd, is_cancel=False) for ev in raw]
+    assert isinstance(cmd, m.CancelRequest)
+    raw = engine.cancel(cmd.order_id, cmd.account_id, ts_ns)
+    return [to_message(core, inst, ev, cmd, is_cancel=True) for ev in raw]
+
+
+def to_message(core: Any, inst: Instrument, ev: Any, cause: m.Msg, *, is_cancel: bool) -> m.Msg:
+    base: dict[str, Any] = {"trace_id": cause.trace_id, "causation_id": _cause_id(cause), "ts_ms": ev.ts_ns // 1_000_000,
+                            "symbol": inst.symbol, "seq": ev.seq}
+    side = "BUY" if ev.side == core.SIDE_BUY else "SELL"
+    kind = ev.kind
+    if kind == core.EV_TRADE:
+        return m.Trade(**base, trade_id=ev.trade_id, price=inst.format_price(ev.price_ticks),
+                       quantity=inst.format_qty(ev.qty_lots), taker_side=side,  # type: ignore[arg-type]
+                       taker_order_id=ev.order_id, taker_account_id=ev.account_id,
+                       taker_leaves=inst.format_qty(ev.leaves_lots), maker_order_id=ev.maker_order_id,
+                       maker_account_id=ev.maker_account_id, maker_leaves=inst.format_qty(ev.maker_leaves_lots))
+    if kind == core.EV_ACCEPTED:
+        return m.OrderAccepted(**base, order_id=ev.order_id, account_id=ev.account_id, side=side,  # type: ignore[arg-type]
+                               quantity=inst.format_qty(ev.qty_lots))
+    if kind == core.EV_RESTED:
+        return m.OrderRested(**base, order_id=ev.order_id, account_id=ev.account_id, side=side,  # type: ignore[arg-type]
+                             price=inst.format_price(ev.price_ticks), leaves=inst.format_qty(ev.leaves_lots))
+    if kind == core.EV_CANCELLED:
+        return m.OrderCancelled(**base, order_id=ev.order_id, account_id=ev.account_id,
+                                leaves=inst.format_qty(ev.leaves_lots), code=ev.code)
+    if kind == core.EV_EXPIRED:
+        return m.OrderExpired(**base, order_id=ev.order_id, account_id=ev.account_id,
+                              leaves=inst.format_qty(ev.leaves_lots), code=ev.code)
+    if kind == core.EV_REJECTED and is_cancel:
+        return m.CancelRejected(**base, order_id=ev.order_id, account_id=ev.account_id, code=ev.code)
+    if kind == core.EV_REJECTED:
+        return m.OrderRejected(**base, order_id=ev.order_id, account_id=ev.account_id, code=ev.code)
+    raise AssertionError(f"unknown engine event kind {kind}")
+
+
+def _cause_id(cause: m.Msg) -> str:
+    return f"order:{cause.order_id}" if isinstance(cause, m.NewOrder) else f"cancel:{cause.order_id}"

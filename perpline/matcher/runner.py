@@ -1,0 +1,251 @@
+"""The matcher shell: Kafka in, WAL, engine, Kafka out. One process owns all symbols of its shard.
+
+Loop, read top to bottom:
+  1. poll a batch of inputs from `orders` (manually assigned partitions, no consumer group)
+  2. decode; a malformed input goes to dead.letters and is still logged in the WAL as skipped
+  3. append the batch to the WAL (group commit, fsync policy)          -- durable before acting
+  4. apply each input to its symbol's engine -> events with gap-free seq
+  5. produce the events to matcher.events keyed by symbol; flush (acks=all)
+  6. every N inputs or T seconds: snapshot engines + source offsets atomically
+Recovery: newest good snapshot + WAL tail replayed (events re-emitted; consumers drop seen seq),
+then resume from the offsets the WAL recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from perpline.matcher.loader import load_core
+from prometheus_client import Counter, Gauge, Histogram
+
+from perpline.config import settings, topic_map
+from perpline.contracts import codec
+from perpline.contracts import messages as m
+from perpline.contracts.instruments import load_catalog
+from perpline.matcher import convert, snapshot, wal
+from perpline.obs import serve_metrics, setup_logging
+
+log = logging.getLogger("perpline.matcher")
+
+MAX_BATCH = 1000
+SNAPSHOT_EVERY_INPUTS = 10_000
+SNAPSHOT_EVERY_S = 30.0
+KEEP_SNAPSHOTS = 3
+
+INPUTS = Counter("perpline_matcher_inputs_total", "inputs applied", ["symbol"])
+EVENTS = Counter("perpline_matcher_events_total", "events emitted", ["symbol", "type"])
+DEAD = Counter("perpline_matcher_dead_letters_total", "malformed inputs sent to dead.letters")
+BATCH_SECONDS = Histogram("perpline_matcher_batch_seconds", "time to WAL, apply and publish one batch")
+WAL_FSYNC = Histogram("perpline_matcher_wal_fsync_seconds", "WAL group commit time")
+RECOVERY_SECONDS = Gauge("perpline_matcher_recovery_seconds", "time spent recovering at start")
+SEQ = Gauge("perpline_matcher_seq", "last seq per symbol", ["symbol"])
+
+
+@dataclass
+class MatcherState:
+    """Everything recovery must restore: engines per symbol and the next offset per source partition."""
+
+    engines: dict[str, Any] = field(default_factory=dict)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    inputs_since_snapshot: int = 0
+
+
+class Matcher:
+    def __init__(self, data_dir: Path, bootstrap: str, topics: dict[str, str], fsync: str) -> None:
+        self.core = load_core(pure=os.environ.get("PERPLINE_MATCHER_PURE") == "1")
+        self.data_dir = data_dir
+        self.topics = topics
+        self.bootstrap = bootstrap
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.state = MatcherState()
+        self.snap_dir = data_dir / "snapshots"
+        self.wal_path = data_dir / "matcher.wal"
+        self.fsync = fsync
+        self._stop = False
+        self._last_snapshot = time.monotonic()
+
+    # --- recovery ------------------------------------------------------------------------
+    def recover(self) -> list[tuple[str, list[Any]]]:
+        """Restore engines; returns the events of the replayed WAL tail, to re-emit."""
+        started = time.monotonic()
+        loaded = snapshot.load_latest(self.snap_dir)
+        wal_from = 0
+        if loaded is not None:
+            wal_from = self._restore(loaded)
+        replayed: list[tuple[str, list[Any]]] = []
+        index = 0
+        for payload in wal.recover(self.wal_path):
+            index += 1
+            if index <= wal_from:
+                continue
+            replayed.extend(self._apply_record(payload))
+        self.wal_records = index
+        self.wal = wal.Wal(self.wal_path, fsync=self.fsync)
+        RECOVERY_SECONDS.set(time.monotonic() - started)
+        log.info("recovered", extra={"snapshot_wal_records": wal_from, "wal_records": index,
+                                     "replayed_inputs": index - wal_from, "offsets": self.state.next_offsets})
+        return replayed
+
+    def _restore(self, loaded: Any) -> int:
+        data: bytes = loaded.data if hasattr(loaded, "data") else loaded[1]
+        doc = json.loads(data)
+        self.state.next_offsets = {int(k): v for k, v in doc["next_offsets"].items()}
+        for symbol, blob in doc["engines"].items():
+            self.state.engines[symbol] = self.core.Engine.from_snapshot(bytes.fromhex(blob))
+        return int(doc["wal_records"])
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        replayed = self.recover()
+        self.producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all",
+                                  "linger.ms": 1, "batch.num.messages": 10000})
+        self._publish(replayed)
+        consumer = self._consumer()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log.info("matcher ready", extra={"symbols": list(load_catalog().instruments)})
+        self._ready_file().write_text(str(os.getpid()))
+        try:
+            while not self._stop:
+                batch = [msg for msg in consumer.consume(MAX_BATCH, timeout=0.1) if self._keep(msg)]
+                if batch:
+                    self._process(batch)
+                self._maybe_snapshot()
+        finally:
+            consumer.close()
+            self.producer.flush(10)
+            self.wal.close()
+            self._ready_file().unlink(missing_ok=True)
+
+    def _ready_file(self) -> Path:
+        return self.data_dir / "ready"
+
+    def _on_signal(self, *_: Any) -> None:
+        self._stop = True
+
+    def _consumer(self) -> Consumer:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "perpline-matcher",
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             "auto.offset.reset": "earliest"})
+        name = self.topics["orders"]
+        meta = consumer.list_topics(name, timeout=15).topics[name]
+        parts = [TopicPartition(name, p, self.state.next_offsets.get(p, 0)) for p in sorted(meta.partitions)]
+        consumer.assign(parts)
+        return consumer
+
+    @staticmethod
+    def _keep(msg: Any) -> bool:
+        err = msg.error()
+        if err is not None and err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error", extra={"error": str(err)})
+        return err is None
+
+    def _process(self, batch: list[Any]) -> None:
+        started = time.monotonic()
+        records = [self._record(msg) for msg in batch]
+        t0 = time.monotonic()
+        self.wal.append_batch(records)
+        WAL_FSYNC.observe(time.monotonic() - t0)
+        self.wal_records += len(records)
+        out: list[tuple[str, list[Any]]] = []
+        for record in records:
+            out.extend(self._apply_record(record))
+        self._publish(out)
+        self.state.inputs_since_snapshot += len(records)
+        BATCH_SECONDS.observe(time.monotonic() - started)
+
+    @staticmethod
+    def _record(msg: Any) -> bytes:
+        """A WAL record: source partition and offset, then the raw input."""
+        header = json.dumps({"p": msg.partition(), "o": msg.offset()}).encode()
+        return header + b"\n" + (msg.value() or b"")
+
+    def _apply_record(self, record: bytes) -> list[tuple[str, list[Any]]]:
+        header, _, raw = record.partition(b"\n")
+        pos = json.loads(header)
+        self.state.next_offsets[int(pos["p"])] = int(pos["o"]) + 1
+        try:
+            cmd = codec.decode("orders", raw)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            self._dead_letter(raw, pos, str(exc))
+            return []
+        engine = self._engine(cmd.symbol)
+        if engine is None:
+            self._dead_letter(raw, pos, f"unknown symbol {cmd.symbol!r}")
+            return []
+        INPUTS.labels(cmd.symbol).inc()
+        return [(cmd.symbol, convert.apply(engine, self.core, cmd))]
+
+    def _engine(self, symbol: str) -> Any:
+        engine = self.state.engines.get(symbol)
+        if engine is None and load_catalog().get(symbol) is not None and load_catalog().get(symbol).symbol == symbol:  # type: ignore[union-attr]
+            engine = self.state.engines[symbol] = self.core.Engine(symbol, self.core.EngineConfig())
+        return engine
+
+    def _dead_letter(self, raw: bytes, pos: dict[str, int], error: str) -> None:
+        DEAD.inc()
+        log.error("malformed input to dead.letters", extra={"partition": pos["p"], "offset": pos["o"], "error": error})
+        if not hasattr(self, "producer"):
+            return  # during recovery: it was dead-lettered when first seen
+        letter = m.DeadLetter(trace_id="", causation_id=f"orders:{pos['p']}:{pos['o']}", ts_ms=int(time.time() * 1000),
+                              source="matcher", topic=self.topics["orders"], partition=pos["p"], offset=pos["o"],
+                              error=error[:1000], payload=raw[:10000].decode("utf-8", "replace"))
+        self.producer.produce(self.topics["dead.letters"], key=b"matcher", value=codec.encode(letter))
+
+    def _publish(self, out: list[tuple[str, list[Any]]]) -> None:
+        topic = self.topics["matcher.events"]
+        for symbol, events in out:
+            for event in events:
+                self.producer.produce(topic, key=symbol.encode(), value=codec.encode(event))
+                EVENTS.labels(symbol, type(event).__name__).inc()
+                SEQ.labels(symbol).set(event.seq)
+            self.producer.poll(0)
+        if self.producer.flush(30) > 0:
+            raise RuntimeError("matcher.events not acknowledged in 30 s; stopping so recovery re-emits them")
+
+    def _maybe_snapshot(self) -> None:
+        due = self.state.inputs_since_snapshot >= SNAPSHOT_EVERY_INPUTS or (
+            self.state.inputs_since_snapshot and time.monotonic() - self._last_snapshot >= SNAPSHOT_EVERY_S)
+        if due:
+            self.take_snapshot()
+
+    def take_snapshot(self) -> None:
+        doc = {"wal_records": self.wal_records, "next_offsets": self.state.next_offsets,
+               "engines": {s: e.to_snapshot().hex() for s, e in self.state.engines.items()}}
+        snapshot.write(self.snap_dir, self.wal_records, json.dumps(doc).encode(), keep=KEEP_SNAPSHOTS)
+        self.state.inputs_since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = settings()
+    parser = argparse.ArgumentParser(prog="perpline matcher")
+    parser.add_argument("--data-dir", type=Path, default=cfg.data_dir / "matcher")
+    parser.add_argument("--metrics-port", type=int, default=None)
+    args = parser.parse_args(argv)
+    setup_logging("matcher")
+    serve_metrics(args.metrics_port)
+    _pin_to_core()
+    Matcher(args.data_dir, cfg.kafka_bootstrap, topic_map(), cfg.fsync).run()
+
+
+def _pin_to_core() -> None:
+    """Pin to PERPLINE_MATCHER_CPU (a core number) when set; the matcher is single-threaded by design."""
+    cpu = os.environ.get("PERPLINE_MATCHER_CPU")
+    if cpu:
+        os.sched_setaffinity(0, {int(cpu)})
+        log.info("pinned", extra={"cpu": int(cpu)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Observability shared by every process: structured JSON logs with the trace id, Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from prometheus_client import start_http_server
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, component: str) -> None:
+        super().__init__()
+        self.component = component
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "component": self.component,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(component: str, level: str | None = None) -> logging.Logger:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(component))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level or os.environ.get("PERPLINE_LOG_LEVEL", "INFO"))
+    for noisy in ("quixstreams", "uvicorn.access", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return logging.getLogger(f"perpline.{component}")
+
+
+def serve_metrics(port: int | None) -> None:
+    """Serve /metrics on 127.0.0.1:port (PERPLINE_METRICS_PORT when port is None; 0 or unset = off)."""
+    port = port if port is not None else int(os.environ.get("PERPLINE_METRICS_PORT", "0") or 0)
+    if port:
+        start_http_server(port, addr=os.environ.get("PERPLINE_METRICS_HOST", "127.0.0.1"))

@@ -1,0 +1,77 @@
+"""accounts: the single writer of each account's balances, reservations, orders and positions.
+
+account.commands (key: account id) -> state per account -> orders, account.events,
+ledger.entries, positions (and dead.letters). Exactly-once; every step deterministic
+so a replay after a crash reproduces the same outputs with the same ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from perpline.pipelines.app import make_app
+from prometheus_client import Counter
+from quixstreams import Application
+from quixstreams.dataframe import StreamingDataFrame
+from quixstreams.state import State
+
+from perpline.accounts.handlers import handle
+from perpline.accounts.order_status import IllegalTransition
+from perpline.accounts.state import AccountState, from_store, to_store
+from perpline.config import settings
+from perpline.obs import serve_metrics, setup_logging
+from perpline.pipelines import io
+
+log = logging.getLogger("perpline.accounts")
+SOURCE = "accounts"
+OUTPUTS = ["orders", "account.events", "ledger.entries", "positions", "dead.letters"]
+STATE_KEY = "account"
+
+PROCESSED = Counter("perpline_accounts_commands_total", "commands processed", ["type"])
+ALARMS = Counter("perpline_accounts_alarms_total", "invariant violations refused (never applied)")
+
+
+def step(raw: bytes, key: str, state: State) -> list[dict[str, Any]]:
+    """One command for one account: decode, load state, handle, store, route outputs."""
+    cmd, dead = io.decode_or_dead_letter(SOURCE, "account.commands", raw)
+    if dead is not None:
+        return [dead]
+    if str(cmd.account_id) != key:
+        return [io.dead_letter(SOURCE, "account.commands", raw, f"key {key!r} is not account {cmd.account_id}")]
+    stored = state.get(STATE_KEY)
+    account = from_store(stored) if stored is not None else AccountState(account_id=cmd.account_id)
+    try:
+        outs = handle(account, cmd)
+    except IllegalTransition as exc:  # a bug upstream: alarm, apply nothing
+        ALARMS.inc()
+        log.error("illegal order transition refused", extra={"trace_id": cmd.trace_id, "error": str(exc)})
+        return [io.dead_letter(SOURCE, "account.commands", raw, f"illegal transition: {exc}")]
+    state.set(STATE_KEY, to_store(account))
+    PROCESSED.labels(type(cmd).__name__).inc()
+    return [io.routed(o.topic, o.key, o.msg) for o in outs]  # type: ignore[arg-type]
+
+
+def build(app: Application) -> StreamingDataFrame:
+    sdf = app.dataframe(io.input_topic(app, "account.commands"))
+    sdf = sdf.apply(lambda value, key, ts, headers, state: step(value, key, state),  # type: ignore[misc]
+                    stateful=True, expand=True, metadata=True)
+    return io.to_topics(sdf, io.output_topics(app, OUTPUTS))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="perpline accounts")
+    parser.add_argument("--state-dir", type=Path, default=settings().data_dir / "state" / "accounts")
+    parser.add_argument("--metrics-port", type=int, default=None)
+    args = parser.parse_args(argv)
+    setup_logging(SOURCE)
+    serve_metrics(args.metrics_port)
+    app = make_app("perpline-accounts", state_dir=args.state_dir)
+    build(app)
+    app.run()
+
+
+if __name__ == "__main__":
+    main()
