@@ -56,7 +56,10 @@ def stale(directory: Path = SCHEMA_DIR) -> list[str]:
     return out
 
 
+def main(argv: list[str] | None = None) -> None:
+    for path in write_all():
+        print(path)
+
+
 if __name__ == "__main__":
-    for p in write_all():
-        print(p)
-    sys.exit(0)
+    main(sys.argv[1:])

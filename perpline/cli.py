@@ -1,0 +1,39 @@
+"""The `perpline` command: one entry point for every process and tool.
+
+    perpline up [--demo]          run the whole exchange on this machine
+    perpline api | matcher | accounts | clearing | ledger-sink | demo | broker | clickhouse
+    perpline schemas              regenerate redpanda/schemas/*.json from the message types
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "up": "perpline.stack.up",
+    "api": "perpline.api.main",
+    "matcher": "perpline.matcher.runner",
+    "accounts": "perpline.pipelines.accounts",
+    "clearing": "perpline.pipelines.clearing",
+    "ledger-sink": "perpline.pipelines.ledger_sink",
+    "demo": "perpline.demo.traders",
+    "broker": "perpline.broker.tansu",
+    "clickhouse": "perpline.ch.server",
+    "schemas": "perpline.contracts.schemas",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
+        print(__doc__.strip())
+        print("\ncommands: " + ", ".join(COMMANDS))
+        sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
+    module = importlib.import_module(COMMANDS[args[0]])
+    sys.argv = [f"perpline {args[0]}", *args[1:]]
+    module.main(args[1:])
+
+
+if __name__ == "__main__":
+    main()

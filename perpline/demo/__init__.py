@@ -1,0 +1,1 @@
+"""Simulated traders for `perpline up --demo`: they use the public API like any client."""

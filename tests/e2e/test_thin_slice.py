@@ -1,0 +1,206 @@
+"""The thin slice, end to end, on the real broker and the real ClickHouse engine.
+
+Starts the stack as `make up` does (without demo, temporary data dir, free ports),
+deposits for two accounts, crosses two orders over HTTP and checks every stage:
+trade, positions, fees, balances, zero-sum journals in ClickHouse, one trace id
+across the messages and journals the first order caused; then stops the stack and
+checks that no process of it is left.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from perpline.ch.client import get_client
+
+pytestmark = pytest.mark.e2e
+
+READY_RE = re.compile(r"perpline ready: api=(http://\S+)")
+START_TIMEOUT_S = 180
+
+
+def _stack_pids(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+class Stack:
+    def __init__(self, tmp: Path) -> None:
+        self.marker = f"PERPLINE_STACK_ID=e2e-{uuid.uuid4().hex}"
+        env = {**os.environ, "PERPLINE_STACK_ID": self.marker.split("=", 1)[1]}
+        for key in ("PERPLINE_KAFKA_BOOTSTRAP", "PERPLINE_CLICKHOUSE_URL"):
+            env.pop(key, None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "perpline.cli", "up", "--free-ports", "--data-dir", str(tmp)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.api = ""
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            found = READY_RE.search(line)
+            if found:
+                self.api = found.group(1)
+                self.ready.set()
+
+    def value(self, name: str) -> str:
+        for line in self.lines:
+            found = re.search(rf"{name}=(\S+)", line)
+            if found:
+                return found.group(1)
+        raise AssertionError(f"{name} not printed by perpline up")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    s = Stack(tmp_path_factory.mktemp("stack"))
+    if not s.ready.wait(START_TIMEOUT_S):
+        s.proc.kill()
+        pytest.fail("stack not ready in time:\n" + "\n".join(s.lines[-80:]))
+    yield s
+    if s.proc.poll() is None:
+        s.proc.kill()
+
+
+def _post(api: str, path: str, account: int, body: dict, key: str | None = None) -> httpx.Response:
+    headers = {"X-Account-Id": str(account)}
+    if key:
+        headers["Idempotency-Key"] = key
+    return httpx.post(api + path, json=body, headers=headers, timeout=30)
+
+
+def _get(api: str, path: str, account: int = 0, **params: object) -> httpx.Response:
+    return httpx.get(api + path, params=params, headers={"X-Account-Id": str(account)} if account else {}, timeout=30)
+
+
+def _eventually(fn, timeout_s: float = 30.0, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = fn()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout_s}s; last: {result!r}")
+        time.sleep(every_s)
+
+
+def test_first_trade_flows_end_to_end(stack: Stack) -> None:
+    api = stack.api
+    buyer, seller = 101, 202
+    for acct in (buyer, seller):
+        r = _post(api, "/api/v1/wallet/deposits", acct, {"asset": "USDT", "amount": "10000"}, key=f"dep-{acct}")
+        assert r.status_code == 200, r.text
+    # a resent deposit with the same idempotency key changes nothing
+    again = _post(api, "/api/v1/wallet/deposits", buyer, {"asset": "USDT", "amount": "10000"}, key=f"dep-{buyer}")
+    assert again.status_code == 200
+    # bad input: clear error, nothing changes
+    bad = _post(api, "/api/v1/wallet/deposits", buyer, {"asset": "USDT", "amount": "1e5"})
+    assert bad.status_code == 400 and bad.json()["code"] == 1001
+
+    sell = _post(api, "/api/v1/orders", seller, {"symbol": "BTCUSDT-PERP", "side": "SELL", "price": "50000",
+                                                 "quantity": "0.100", "client_order_id": "s-1"})
+    assert sell.status_code == 200, sell.text
+    sell_trace = sell.headers["X-Trace-Id"]
+    sell_id = sell.json()["order_id"]
+    depth = _eventually(lambda: (d := _get(api, "/api/v1/market/depth", symbol="BTCUSDT-PERP").json())["asks"] and d)
+    assert depth["asks"][0] == ["50000.00", "0.100"]
+
+    buy = _post(api, "/api/v1/orders", buyer, {"symbol": "BTCUSDT-PERP", "side": "BUY", "price": "50010",
+                                               "quantity": "0.100", "client_order_id": "b-1"})
+    assert buy.status_code == 200, buy.text
+    buy_id = buy.json()["order_id"]
+
+    filled = _eventually(lambda: (o := _get(api, f"/api/v1/orders/{buy_id}", buyer).json()).get("status") == "FILLED" and o)
+    assert filled["filled"] == "0.100" and filled["avg_price"] == "50000.00"
+    assert _get(api, f"/api/v1/orders/{sell_id}", seller).json()["status"] == "FILLED"
+    trades = _get(api, "/api/v1/market/trades", symbol="BTCUSDT-PERP").json()
+    assert [(t["price"], t["quantity"], t["taker_side"]) for t in trades] == [("50000.00", "0.100", "BUY")]
+
+    pos_b = _eventually(lambda: _get(api, "/api/v1/account/positions", buyer).json())
+    pos_s = _get(api, "/api/v1/account/positions", seller).json()
+    assert pos_b[0]["size"] == "0.100" and pos_b[0]["entry_price"] == "50000.00"
+    assert pos_s[0]["size"] == "-0.100"
+    # notional 5000 at 20x: 250 margin; maker fee 0.02 % = 1, taker fee 0.05 % = 2.5
+    fills_b = _get(api, "/api/v1/account/trades", buyer).json()
+    fills_s = _get(api, "/api/v1/account/trades", seller).json()
+    assert (fills_b[0]["liquidity"], fills_b[0]["fee"]) == ("TAKER", "2.50000000")
+    assert (fills_s[0]["liquidity"], fills_s[0]["fee"]) == ("MAKER", "1.00000000")
+    bal_b = _get(api, "/api/v1/account/balances", buyer).json()[0]
+    bal_s = _get(api, "/api/v1/account/balances", seller).json()[0]
+    assert (bal_b["available"], bal_b["position_margin"], bal_b["order_margin"]) == ("9747.50000000", "250.00000000", "0.00000000")
+    assert (bal_s["available"], bal_s["position_margin"], bal_s["order_margin"]) == ("9749.00000000", "250.00000000", "0.00000000")
+
+    ch = get_client(stack.value("clickhouse"))
+    journals = _eventually(lambda: ch.query(
+        "SELECT journal_id, sum(amount) FROM ledger_postings FINAL GROUP BY journal_id").result_rows if len(ch.query(
+            "SELECT DISTINCT journal_id FROM ledger_postings FINAL WHERE ref_type = 'TRADE_FEE'").result_rows) == 2 else None,
+        timeout_s=60)
+    assert len(journals) >= 8  # 2 deposits, 2 freezes, 2 settlements, 2 fees
+    assert all(total == Decimal(0) for _, total in journals)
+    fee_revenue = ch.query("SELECT sum(amount) FROM ledger_postings FINAL WHERE ledger_account = 'platform:FEE_REVENUE'").result_rows[0][0]
+    assert fee_revenue == Decimal("-3.5")
+    deposits = ch.query("SELECT count() FROM ledger_postings FINAL WHERE ref_type = 'DEPOSIT'").result_rows[0][0]
+    assert deposits == 4  # two deposits, two postings each; the resend wrote nothing
+
+    # one trace id across the messages and journals the first order caused
+    traced = ch.query("SELECT DISTINCT ref_type FROM ledger_postings FINAL WHERE trace_id = {t:String}",
+                      parameters={"t": sell_trace}).result_rows
+    assert {r[0] for r in traced} == {"ORDER_MARGIN_FROZEN"}
+    messages = _topic_values(stack.value("kafka"), ["account.commands", "orders", "matcher.events", "account.events"])
+    carrying = {topic for topic, value in messages if sell_trace.encode() in value}
+    assert carrying == {"account.commands", "orders", "matcher.events", "account.events"}
+
+
+def _topic_values(bootstrap: str, topics: list[str]) -> list[tuple[str, bytes]]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"e2e-{uuid.uuid4().hex}", "enable.partition.eof": True,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    parts = []
+    for name in topics:
+        meta = consumer.list_topics(name, timeout=10).topics[name]
+        parts += [TopicPartition(name, p, 0) for p in meta.partitions]
+    consumer.assign(parts)
+    pending, out = {(p.topic, p.partition) for p in parts}, []
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        for msg in consumer.consume(500, timeout=0.5):
+            if msg.error():
+                pending.discard((msg.topic(), msg.partition()))
+            else:
+                out.append((msg.topic(), msg.value()))
+    consumer.close()
+    return out
+
+
+def test_stop_leaves_no_process(stack: Stack) -> None:
+    assert _stack_pids(stack.marker), "the stack's processes carry the marker"
+    code = stack.stop()
+    assert code == 0, "\n".join(stack.lines[-40:])
+    _eventually(lambda: not _stack_pids(stack.marker), timeout_s=20)
