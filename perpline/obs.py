@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -51,3 +52,24 @@ def serve_metrics(port: int | None) -> None:
     port = port if port is not None else int(os.environ.get("PERPLINE_METRICS_PORT", "0") or 0)
     if port:
         start_http_server(port, addr=os.environ.get("PERPLINE_METRICS_HOST", "127.0.0.1"))
+
+
+# --- readiness for processes without an HTTP server: PERPLINE_READY_FILE ---------------
+
+
+def ready_file() -> Path | None:
+    value = os.environ.get("PERPLINE_READY_FILE")
+    return Path(value) if value else None
+
+
+def mark_ready() -> None:
+    path = ready_file()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(os.getpid()))
+
+
+def clear_ready() -> None:
+    path = ready_file()
+    if path is not None:
+        path.unlink(missing_ok=True)

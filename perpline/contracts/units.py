@@ -25,7 +25,7 @@ RATE_SCALE = 10**RATE_DECIMALS
 MAX_ABS_UNITS = 10**30
 MAX_INPUT_CHARS = 64
 
-_DECIMAL_RE = re.compile(r"^(-?)(\d+)(?:\.(\d+))?$")
+_DECIMAL_RE = re.compile(r"^(-?)([0-9]+)(?:\.([0-9]+))?$")
 
 
 class UnitError(ValueError):

@@ -25,7 +25,6 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from perpline.matcher.loader import load_core
 from prometheus_client import Counter, Gauge, Histogram
 
 from perpline.config import settings, topic_map
@@ -33,7 +32,8 @@ from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
 from perpline.matcher import convert, snapshot, wal
-from perpline.obs import serve_metrics, setup_logging
+from perpline.matcher.loader import load_core
+from perpline.obs import clear_ready, mark_ready, serve_metrics, setup_logging
 
 log = logging.getLogger("perpline.matcher")
 
@@ -114,7 +114,7 @@ class Matcher:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         log.info("matcher ready", extra={"symbols": list(load_catalog().instruments)})
-        self._ready_file().write_text(str(os.getpid()))
+        mark_ready()
         try:
             while not self._stop:
                 batch = [msg for msg in consumer.consume(MAX_BATCH, timeout=0.1) if self._keep(msg)]
@@ -125,10 +125,7 @@ class Matcher:
             consumer.close()
             self.producer.flush(10)
             self.wal.close()
-            self._ready_file().unlink(missing_ok=True)
-
-    def _ready_file(self) -> Path:
-        return self.data_dir / "ready"
+            clear_ready()
 
     def _on_signal(self, *_: Any) -> None:
         self._stop = True

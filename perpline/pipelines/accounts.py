@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from perpline.pipelines.app import make_app
 from prometheus_client import Counter
 from quixstreams import Application
 from quixstreams.dataframe import StreamingDataFrame
@@ -24,6 +23,8 @@ from perpline.accounts.state import AccountState, from_store, to_store
 from perpline.config import settings
 from perpline.obs import serve_metrics, setup_logging
 from perpline.pipelines import io
+from perpline.pipelines.app import make_app
+from perpline.pipelines.ready import ready_on_assign
 
 log = logging.getLogger("perpline.accounts")
 SOURCE = "accounts"
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_metrics(args.metrics_port)
     app = make_app("perpline-accounts", state_dir=args.state_dir)
     build(app)
+    ready_on_assign(app)
     app.run()
 
 

@@ -9,7 +9,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from perpline.pipelines.app import make_app
 from prometheus_client import Counter
 from quixstreams import Application
 from quixstreams.dataframe import StreamingDataFrame
@@ -18,7 +17,9 @@ from quixstreams.state import State
 from perpline.config import settings
 from perpline.obs import serve_metrics, setup_logging
 from perpline.pipelines import io
+from perpline.pipelines.app import make_app
 from perpline.pipelines.clearing_logic import legs_for
+from perpline.pipelines.ready import ready_on_assign
 
 SOURCE = "clearing"
 STATE_KEY = "last_seq"
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_metrics(args.metrics_port)
     app = make_app("perpline-clearing", state_dir=args.state_dir)
     build(app)
+    ready_on_assign(app)
     app.run()
 
 

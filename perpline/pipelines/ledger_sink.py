@@ -14,17 +14,19 @@ import time
 from typing import Any
 
 from confluent_kafka import Producer
-from perpline.ch.client import get_client
-from perpline.pipelines.app import make_app
 from prometheus_client import Counter, Histogram
 from quixstreams import Application
 from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
+from perpline.ch.client import get_client, wait_ready
+from perpline.ch.migrate import apply_migrations
 from perpline.config import settings, topic_map
 from perpline.contracts import codec
 from perpline.obs import serve_metrics, setup_logging
 from perpline.pipelines import io
 from perpline.pipelines import ledger_sink_logic as rows
+from perpline.pipelines.app import make_app
+from perpline.pipelines.ready import ready_on_assign
 
 log = logging.getLogger("perpline.ledger_sink")
 SOURCE = "ledger-sink"
@@ -93,9 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics-port", type=int, default=None)
     args = parser.parse_args(argv)
     setup_logging(SOURCE)
+    url = settings().clickhouse_url
+    wait_ready(url, timeout_s=60)
+    applied = apply_migrations(get_client(url))
+    log.info("migrations applied", extra={"applied": applied})
     serve_metrics(args.metrics_port)
     app = make_app("perpline-ledger-sink", processing_guarantee="at-least-once")
-    build(app, settings().clickhouse_url)
+    build(app, url)
+    ready_on_assign(app)
     app.run()
 
 

@@ -1,0 +1,50 @@
+# perpline: `make up` runs the exchange, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+UV_VERSION := 0.13.8
+
+.PHONY: up test install matcher lint bench schemas clean help
+
+help:
+	@echo "make up      install, compile the matcher, run the stack with demo traders"
+	@echo "make test    install, compile the matcher, run the whole suite"
+	@echo "make lint    ruff + mypy (strict on contracts/ and the matcher core)"
+	@echo "make bench   benchmarks (ratios against a baseline measured in the same run)"
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+matcher: $(STAMP)
+	$(BIN)/python -m perpline.matcher.build
+
+up: matcher
+	$(BIN)/perpline up --demo
+
+test: matcher
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check perpline tests bench
+	$(BIN)/mypy --strict perpline/contracts perpline/matcher/core.py
+
+bench: matcher
+	$(BIN)/python bench/matcher_bench.py
+
+schemas: $(STAMP)
+	$(BIN)/perpline schemas
+
+# refresh the lock file from pyproject.toml (needs the registry)
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
+
+clean:
+	rm -rf $(VENV) build .perpline perpline/matcher/*.so
