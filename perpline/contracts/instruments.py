@@ -102,7 +102,8 @@ class Instrument:
         """Amount units (1e-8 of the margin asset) of one lot at a price of one tick."""
         exponent = AMOUNT_DECIMALS - self.price_decimals - self.qty_decimals
         assert exponent >= 0, "instrument precision exceeds the amount scale"
-        return self.tick_units * self.lot_units * 10**exponent
+        scale: int = 10**exponent
+        return self.tick_units * self.lot_units * scale
 
     def notional(self, price_ticks: int, qty_lots: int) -> int:
         """Notional value in amount units; exact (no rounding needed by construction)."""
@@ -137,7 +138,10 @@ def _bracket(raw: dict[str, Any]) -> Bracket:
 def _instrument(symbol: str, raw: dict[str, Any]) -> Instrument:
     tick, lot = str(raw["tick_size"]), str(raw["lot_size"])
     price_decimals, qty_decimals = _decimals_of(tick), _decimals_of(lot)
-    lots = lambda text: parse_fixed(str(text), qty_decimals) // parse_fixed(lot, qty_decimals)  # noqa: E731
+
+    def lots(text: object) -> int:
+        return parse_fixed(str(text), qty_decimals) // parse_fixed(lot, qty_decimals)
+
     inst = Instrument(
         symbol=symbol,
         binance_symbol=str(raw["binance_symbol"]),

@@ -52,7 +52,8 @@ def parse_fixed(text: str, decimals: int, *, allow_negative: bool = False, what:
     significant = frac.rstrip("0")
     if len(significant) > decimals:
         raise UnitError(Code.TOO_PRECISE, f"{what} {text!r} has more than {decimals} decimal places")
-    units = int(whole) * 10**decimals + (int(significant.ljust(decimals, "0")) if decimals else 0)
+    scale: int = 10**decimals
+    units: int = int(whole) * scale + (int(significant.ljust(decimals, "0")) if decimals else 0)
     if units > MAX_ABS_UNITS:
         raise UnitError(Code.NUMBER_TOO_LARGE, f"{what} {text!r} is too large")
     return -units if sign else units

@@ -1,0 +1,1 @@
+"""ClickHouse: the embedded server over chdb, the client factory, migrations."""

@@ -1,0 +1,64 @@
+"""Processor steps without a broker: routing, dead letters, idempotent replays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perpline.contracts import codec
+from perpline.contracts import messages as m
+from perpline.pipelines import accounts, clearing
+
+
+class FakeState:
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+
+META = {"trace_id": "T1", "causation_id": "c", "ts_ms": 1}
+
+
+def deposit(rid: str = "r1") -> bytes:
+    return codec.encode(m.Deposit(**META, request_id=rid, account_id=5, asset="USDT", amount="100"))
+
+
+def test_accounts_routes_outputs_to_their_topics_with_account_keys() -> None:
+    outs = accounts.step(deposit(), "5", FakeState())
+    assert {(o["t"], o["k"]) for o in outs} == {("ledger.entries", "5"), ("account.events", "5")}
+    journal = codec.decode("ledger.entries", next(o["v"] for o in outs if o["t"] == "ledger.entries"))
+    assert journal.trace_id == "T1" and journal.ref_type == "DEPOSIT"
+
+
+def test_malformed_command_becomes_a_dead_letter_and_state_is_untouched() -> None:
+    state = FakeState()
+    for raw, key in ((b"not json", "5"), (b'{"type":"deposit"}', "5"), (deposit(), "6")):
+        (out,) = accounts.step(raw, key, state)
+        assert out["t"] == "dead.letters"
+        letter = codec.decode("dead.letters", out["v"])
+        assert letter.source == "accounts" and letter.error
+    assert state.data == {}
+
+
+def test_replayed_command_changes_state_once() -> None:
+    state = FakeState()
+    accounts.step(deposit(), "5", state)
+    first = state.data["account"]
+    again = accounts.step(deposit(), "5", state)
+    assert [o["t"] for o in again] == ["account.events"]  # only the result, answered again
+    assert '"available":10000000000' in state.data["account"] and first.count("available") == 1
+
+
+def test_clearing_step_drops_replayed_seq() -> None:
+    state = FakeState()
+    trade = codec.encode(m.Trade(**META, symbol="BTCUSDT-PERP", seq=1, trade_id=1, price="50000.00", quantity="0.010",
+                                 taker_side="BUY", taker_order_id=1, taker_account_id=1, taker_leaves="0.000",
+                                 maker_order_id=2, maker_account_id=2, maker_leaves="0.000"))
+    outs = clearing.step(trade, state)
+    assert [(o["t"], o["k"]) for o in outs] == [("account.commands", "2"), ("account.commands", "1")]
+    assert clearing.step(trade, state) == []
+    assert clearing.step(b"\xff", state)[0]["t"] == "dead.letters"
