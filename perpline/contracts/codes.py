@@ -59,6 +59,7 @@ class Code(IntEnum):
     TOO_MANY_EVENTS = 3010
     MATCHER_NOT_OWNER = 3011
     MATCHER_BAD_INPUT = 3012
+    SELF_TRADE_PREVENTED = 3013
     # 4xxx ledger
     JOURNAL_UNBALANCED = 4001
     # 5xxx infrastructure

@@ -96,9 +96,8 @@ class Matcher:
                                      "replayed_inputs": index - wal_from, "offsets": self.state.next_offsets})
         return replayed
 
-    def _restore(self, loaded: Any) -> int:
-        data: bytes = loaded.data if hasattr(loaded, "data") else loaded[1]
-        doc = json.loads(data)
+    def _restore(self, loaded: snapshot.Snapshot) -> int:
+        doc = json.loads(loaded.data)
         self.state.next_offsets = {int(k): v for k, v in doc["next_offsets"].items()}
         for symbol, blob in doc["engines"].items():
             self.state.engines[symbol] = self.core.Engine.from_snapshot(bytes.fromhex(blob))

@@ -1,0 +1,1 @@
+"""The broker: the embedded Tansu launcher and topic management (also used against Redpanda)."""
