@@ -51,3 +51,10 @@ def topic_map(prefix: str | None = None) -> dict[str, str]:
     """Logical topic name -> the name on the broker (PERPLINE_TOPIC_PREFIX isolates test runs)."""
     prefix = settings().topic_prefix if prefix is None else prefix
     return {name: f"{prefix}{name}" for name in LOGICAL_TOPICS}
+
+
+def producer_config(bootstrap: str, **extra: object) -> dict[str, object]:
+    """Every plain producer's settings. The partitioner must match Quix Streams' (murmur2, as Java
+    clients) or one account's messages would land on different partitions and state stores."""
+    return {"bootstrap.servers": bootstrap, "partitioner": "murmur2", "enable.idempotence": True, "acks": "all",
+            "linger.ms": 1, **extra}

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from perpline.api import errors
 from perpline.api.readmodel import ReadModel
+from perpline.config import producer_config
 from perpline.contracts import codec
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_trace_id
@@ -50,8 +51,7 @@ class ApiDeps:
 def create_app(deps: ApiDeps) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        deps.producer = Producer({"bootstrap.servers": deps.bootstrap, "enable.idempotence": True, "acks": "all",
-                                  "linger.ms": 1})
+        deps.producer = Producer(producer_config(deps.bootstrap))
         deps.readmodel = ReadModel(deps.bootstrap, deps.topics)
         deps.readmodel.start()
         yield

@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,8 +67,19 @@ def topics_ready(bootstrap: str) -> bool:
         return False
 
 
+def _port_open(bootstrap: str) -> bool:
+    host, port = bootstrap.split(",")[0].rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def wait_broker(bootstrap: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
+    while not _port_open(bootstrap) and time.monotonic() < deadline:  # quiet: no client errors before it listens
+        time.sleep(0.05)
     while True:
         try:
             existing_topics(bootstrap)

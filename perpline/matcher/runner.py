@@ -27,7 +27,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from perpline.config import settings, topic_map
+from perpline.config import producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
@@ -106,8 +106,7 @@ class Matcher:
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         replayed = self.recover()
-        self.producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all",
-                                  "linger.ms": 1, "batch.num.messages": 10000})
+        self.producer = Producer(producer_config(self.bootstrap, **{"batch.num.messages": 10000}))
         self._publish(replayed)
         consumer = self._consumer()
         signal.signal(signal.SIGTERM, self._on_signal)

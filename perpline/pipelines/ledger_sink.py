@@ -20,7 +20,7 @@ from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
 from perpline.ch.client import get_client, wait_ready
 from perpline.ch.migrate import apply_migrations
-from perpline.config import settings, topic_map
+from perpline.config import producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.obs import serve_metrics, setup_logging
 from perpline.pipelines import io
@@ -46,7 +46,7 @@ class TableSink(BatchingSink):
 
     def setup(self) -> None:
         self.client = get_client(self.url)
-        self.dead_producer = Producer({"bootstrap.servers": settings().kafka_bootstrap, "enable.idempotence": True})
+        self.dead_producer = Producer(producer_config(settings().kafka_bootstrap))
 
     def write(self, batch: SinkBatch) -> None:
         out: list[list[Any]] = []

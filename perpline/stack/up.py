@@ -70,6 +70,8 @@ def components(plan: Plan) -> list[ComponentSpec]:
 
     def spec(name: str, argv: list[str], after: list[str], ready_file: bool = True, **kw: object) -> None:
         metrics[name] = free_port() if plan.free_ports else next(ports)
+        if name == "clickhouse":  # serves /metrics on its own HTTP port
+            metrics[name] = int(plan.clickhouse.rsplit(":", 1)[1])
         extra = {**env, "PERPLINE_METRICS_PORT": str(metrics[name])}
         probe = kw.pop("ready", None)
         if ready_file:
