@@ -1,0 +1,151 @@
+"""The embedded ClickHouse HTTP interface, proved with clickhouse-connect's own operations."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from perpline.ch.client import get_client, wait_ready
+from perpline.ch.migrate import apply_migrations
+from perpline.stack.supervisor import free_port
+
+pytestmark = pytest.mark.integration
+
+
+class Server:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "perpline.ch.server", "--data-dir", str(self.data_dir),
+                                      "--port", str(self.port)], stderr=subprocess.DEVNULL)
+        wait_ready(self.url, 60)
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=30) == 0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("ch"))
+    srv.start()
+    yield srv
+    if srv.proc and srv.proc.poll() is None:
+        srv.stop()
+
+
+@pytest.fixture(params=[True, False], ids=["compressed", "plain"])
+def client(server: Server, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    return get_client(server.url, compress=request.param)
+
+
+def test_ddl_rows_and_exact_decimals(client) -> None:  # type: ignore[no-untyped-def]
+    client.command("DROP TABLE IF EXISTS money")
+    client.command("CREATE TABLE money (id UInt64, amount Decimal(38, 8), who String) ENGINE = MergeTree ORDER BY id")
+    rows = [[1, Decimal("0.00000001"), "a"], [2, Decimal("-12345678901234567890.12345678"), "b"]]
+    client.insert("money", rows, column_names=["id", "amount", "who"])
+    got = client.query("SELECT id, amount, who FROM money ORDER BY id").result_rows
+    assert [list(r) for r in got] == rows
+    assert client.query("SELECT sum(amount) FROM money").result_rows[0][0] == Decimal("-12345678901234567890.12345677")
+
+
+def test_frames_arrow_and_polars(client) -> None:  # type: ignore[no-untyped-def]
+    client.command("DROP TABLE IF EXISTS frames")
+    client.command("CREATE TABLE frames (n UInt32, s String) ENGINE = MergeTree ORDER BY n")
+    client.insert_arrow("frames", pa.table({"n": pa.array([1, 2], pa.uint32()), "s": ["x", "y"]}))
+    client.insert_df("frames", pd.DataFrame({"n": pd.Series([3], dtype="uint32"), "s": ["z"]}))
+    df = client.query_df("SELECT n, s FROM frames ORDER BY n")
+    assert df["s"].tolist() == ["x", "y", "z"]
+    table = client.query_arrow("SELECT n, s FROM frames ORDER BY n")
+    assert pl.from_arrow(table)["n"].to_list() == [1, 2, 3]
+
+
+def test_parameters_server_and_client_side(client) -> None:  # type: ignore[no-untyped-def]
+    assert client.query("SELECT {x:UInt32} + 1", parameters={"x": 41}).result_rows == [(42,)]
+    assert client.query("SELECT %(s)s || '!'", parameters={"s": "it's"}).result_rows == [("it's!",)]
+
+
+def test_errors_carry_the_engine_message(client) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DatabaseError) as err:
+        client.query("SELEC 1")
+    assert "Syntax error" in str(err.value)
+    with pytest.raises(DatabaseError, match="UNKNOWN_TABLE|doesn't exist|does not exist"):
+        client.query("SELECT * FROM no_such_table")
+
+
+def test_replacing_merge_tree_and_dedup_token(client) -> None:  # type: ignore[no-untyped-def]
+    client.command("DROP TABLE IF EXISTS rmt")
+    client.command("CREATE TABLE rmt (id String, v Int64) ENGINE = ReplacingMergeTree ORDER BY id")
+    for _ in range(2):
+        client.insert("rmt", [["j1", 5], ["j2", 7]], column_names=["id", "v"])
+    assert client.query("SELECT count(), sum(v) FROM rmt FINAL").result_rows == [(2, 12)]
+    client.command("DROP TABLE IF EXISTS dedup")
+    client.command("CREATE TABLE dedup (v Int64) ENGINE = MergeTree ORDER BY v "
+                   "SETTINGS non_replicated_deduplication_window = 100")
+    for _ in range(2):
+        client.insert("dedup", [[1], [2]], column_names=["v"], settings={"insert_deduplication_token": "batch-1"})
+    assert client.query("SELECT count() FROM dedup").result_rows == [(2,)]
+
+
+def test_concurrent_clients(server: Server) -> None:
+    setup = get_client(server.url)
+    setup.command("DROP TABLE IF EXISTS conc")
+    setup.command("CREATE TABLE conc (t UInt8, i UInt32) ENGINE = MergeTree ORDER BY (t, i)")
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            c = get_client(server.url)
+            for i in range(20):
+                c.insert("conc", [[t, i]], column_names=["t", "i"])
+                assert c.query("SELECT count() FROM conc WHERE t = {t:UInt8}", parameters={"t": t}).result_rows[0][0] == i + 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[0]
+    assert setup.query("SELECT count() FROM conc").result_rows == [(160,)]
+
+
+def test_migrations_idempotent_and_data_survives_restart(server: Server) -> None:
+    c = get_client(server.url)
+    first = apply_migrations(c)
+    assert apply_migrations(c) == []
+    assert "ledger_postings" in {r[0] for r in c.query("SHOW TABLES").result_rows}
+    c.insert("ledger_postings", [["j", 0, "DEPOSIT", "r", 1, "", "user:1:SPOT", "USDT", Decimal("-1.5"), "t", "c", 1, 0, 0]],
+             column_names=["journal_id", "posting_index", "ref_type", "ref_id", "account_id", "symbol", "ledger_account",
+                           "asset", "amount", "trace_id", "causation_id", "ts_ms", "source_partition", "source_offset"])
+    server.stop()
+    server.start()
+    again = get_client(server.url)
+    assert again.query("SELECT amount FROM ledger_postings FINAL").result_rows == [(Decimal("-1.5"),)]
+    assert apply_migrations(again) == [] and first in ([], ["0001_ledger.sql"])
+
+
+def test_ping_and_metrics(server: Server) -> None:
+    import httpx
+
+    assert httpx.get(server.url + "/ping").text == "Ok.\n"
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "perpline_ch_queries_total" in metrics
