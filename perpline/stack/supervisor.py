@@ -191,6 +191,7 @@ class Supervisor:
         if not item.spec.restart and code == 0:
             item.proc = None
             return
+        item.ready = False
         why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         self.say("supervisor", f"{item.spec.name} DIED ({why})")
         now = time.monotonic()
