@@ -199,6 +199,57 @@ def _topic_values(bootstrap: str, topics: list[str]) -> list[tuple[str, bytes]]:
     return out
 
 
+def _component_pid(stack: Stack, module: str) -> int:
+    for pid in _stack_pids(stack.marker):
+        try:
+            if module.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    return 0
+
+
+def test_killed_matcher_and_accounts_recover_and_balances_stay_exact(stack: Stack) -> None:
+    api, buyer, seller = stack.api, 101, 202
+    killed = {m: _component_pid(stack, m) for m in ("perpline.matcher.runner", "perpline.pipelines.accounts")}
+    for pid in killed.values():
+        os.kill(pid, signal.SIGKILL)
+    assert all(killed.values())
+    _eventually(lambda: all(_component_pid(stack, m) not in (0, pid) for m, pid in killed.items()), timeout_s=30)
+    sell = _post(api, "/api/v1/orders", seller, {"symbol": "BTCUSDT-PERP", "side": "SELL", "price": "50100",
+                                                 "quantity": "0.050", "client_order_id": "s-2"}, key="s-2")
+    assert sell.status_code in (200, 202), sell.text
+    if sell.status_code == 202:  # the processors were still restarting: resend, same idempotency key
+        sell = _eventually(lambda: (r := _post(api, "/api/v1/orders", seller, {
+            "symbol": "BTCUSDT-PERP", "side": "SELL", "price": "50100", "quantity": "0.050", "client_order_id": "s-2"},
+            key="s-2")).status_code == 200 and r, timeout_s=60, every_s=1)
+    buy = _eventually(lambda: (r := _post(api, "/api/v1/orders", buyer, {
+        "symbol": "BTCUSDT-PERP", "side": "BUY", "price": "50100", "quantity": "0.050", "client_order_id": "b-2"},
+        key="b-2")).status_code == 200 and r, timeout_s=60, every_s=1)
+    buy_id = buy.json()["order_id"]
+    _eventually(lambda: _get(api, f"/api/v1/orders/{buy_id}", buyer).json().get("status") == "FILLED", timeout_s=60)
+    pos_b = _eventually(lambda: (p := _get(api, "/api/v1/account/positions", buyer).json()) and p[0]["size"] == "0.150" and p)
+    assert pos_b[0]["margin"] == "375.25000000"  # 250 + 2505 / 20
+    assert _get(api, "/api/v1/account/positions", seller).json()[0]["size"] == "-0.150"
+    # fees: 2.5 + 1.2525 (taker) and 1 + 0.501 (maker); nothing frozen is left
+    bal_b = _get(api, "/api/v1/account/balances", buyer).json()[0]
+    bal_s = _get(api, "/api/v1/account/balances", seller).json()[0]
+    assert (bal_b["wallet"], bal_b["order_margin"]) == ("9996.24750000", "0.00000000")
+    assert (bal_s["wallet"], bal_s["order_margin"]) == ("9998.49900000", "0.00000000")
+    ch = get_client(stack.value("clickhouse"))
+
+    def ledger_settled() -> bool:
+        rows = ch.query("SELECT count() FROM ledger_postings FINAL WHERE ref_type = 'TRADE_FEE'").result_rows
+        return rows[0][0] == 8  # two trades, two sides, two postings each: no leg lost, none twice
+
+    _eventually(ledger_settled, timeout_s=60)
+    unbalanced = ch.query("SELECT journal_id FROM ledger_postings FINAL GROUP BY journal_id HAVING sum(amount) != 0")
+    assert unbalanced.result_rows == []
+    per_account = dict(ch.query("SELECT account_id, -sum(amount) FROM ledger_postings FINAL "
+                                "WHERE startsWith(ledger_account, 'user:') GROUP BY account_id").result_rows)
+    assert per_account == {buyer: Decimal("9996.2475"), seller: Decimal("9998.499")}
+
+
 def test_stop_leaves_no_process(stack: Stack) -> None:
     assert _stack_pids(stack.marker), "the stack's processes carry the marker"
     code = stack.stop()
