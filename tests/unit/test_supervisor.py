@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from perpline.stack.supervisor import ComponentSpec, StackError, Supervisor, file_probe, free_port, http_probe
+from perpline.stack.supervisor import (
+    ComponentSpec,
+    StackError,
+    Supervisor,
+    file_probe,
+    free_port,
+    http_probe,
+)
 
 PY = sys.executable
 
