@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from perpline.contracts import topics
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default) or default
@@ -41,16 +43,12 @@ def settings() -> Settings:
     )
 
 
-LOGICAL_TOPICS = (
-    "account.commands", "orders", "matcher.events", "account.events", "ledger.entries", "positions",
-    "prices.index", "prices.mark", "market.trades", "recon.breaks", "dead.letters",
-)
+LOGICAL_TOPICS = topics.ALL  # the names live in perpline.contracts.topics (from redpanda/topics.yaml)
 
 
 def topic_map(prefix: str | None = None) -> dict[str, str]:
     """Logical topic name -> the name on the broker (PERPLINE_TOPIC_PREFIX isolates test runs)."""
-    prefix = settings().topic_prefix if prefix is None else prefix
-    return {name: f"{prefix}{name}" for name in LOGICAL_TOPICS}
+    return {name: topics.physical(name, prefix) for name in topics.ALL}
 
 
 def producer_config(bootstrap: str, **extra: object) -> dict[str, object]:

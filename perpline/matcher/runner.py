@@ -38,7 +38,7 @@ from perpline.obs import clear_ready, mark_ready, serve_metrics, setup_logging
 log = logging.getLogger("perpline.matcher")
 
 MAX_BATCH = 1000
-SNAPSHOT_EVERY_INPUTS = 10_000
+SNAPSHOT_EVERY_INPUTS = int(os.environ.get("PERPLINE_MATCHER_SNAPSHOT_EVERY", "10000"))
 SNAPSHOT_EVERY_S = 30.0
 KEEP_SNAPSHOTS = 3
 
@@ -97,10 +97,14 @@ class Matcher:
         return replayed
 
     def _restore(self, loaded: snapshot.Snapshot) -> int:
-        doc = json.loads(loaded.data)
+        header_line, _, body = loaded.data.partition(b"\n")
+        doc = json.loads(header_line)
         self.state.next_offsets = {int(k): v for k, v in doc["next_offsets"].items()}
-        for symbol, blob in doc["engines"].items():
-            self.state.engines[symbol] = self.core.Engine.from_snapshot(bytes.fromhex(blob))
+        start = 0
+        for symbol, size in doc["engines"]:
+            self.state.engines[symbol] = self.core.Engine.from_snapshot(body[start:start + size])
+            start += size
+        assert start == len(body), "snapshot engines do not fill the snapshot"
         return int(doc["wal_records"])
 
     # --- the loop ------------------------------------------------------------------------
@@ -215,9 +219,12 @@ class Matcher:
             self.take_snapshot()
 
     def take_snapshot(self) -> None:
-        doc = {"wal_records": self.wal_records, "next_offsets": self.state.next_offsets,
-               "engines": {s: e.to_snapshot().hex() for s, e in self.state.engines.items()}}
-        snapshot.write(self.snap_dir, self.wal_records, json.dumps(doc).encode(), keep=KEEP_SNAPSHOTS)
+        """Snapshot = one JSON header line (WAL position, source offsets, engine sizes) + the engines' bytes."""
+        blobs = {s: e.to_snapshot() for s, e in sorted(self.state.engines.items())}
+        header = {"wal_records": self.wal_records, "next_offsets": self.state.next_offsets,
+                  "engines": [[s, len(b)] for s, b in blobs.items()]}
+        data = json.dumps(header).encode() + b"\n" + b"".join(blobs.values())
+        snapshot.write(self.snap_dir, self.wal_records, data, keep=KEEP_SNAPSHOTS)
         self.state.inputs_since_snapshot = 0
         self._last_snapshot = time.monotonic()
 
