@@ -7,9 +7,7 @@ so a replay after a crash reproduces the same outputs with the same ids.
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
@@ -20,11 +18,8 @@ from quixstreams.state import State
 from perpline.accounts.handlers import handle
 from perpline.accounts.order_status import IllegalTransition
 from perpline.accounts.state import AccountState, from_store, to_store
-from perpline.config import settings
-from perpline.obs import serve_metrics, setup_logging
 from perpline.pipelines import io
-from perpline.pipelines.app import make_app
-from perpline.pipelines.ready import ready_on_assign
+from perpline.pipelines.runtime import run_stateful
 
 log = logging.getLogger("perpline.accounts")
 SOURCE = "accounts"
@@ -63,16 +58,7 @@ def build(app: Application) -> StreamingDataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="perpline accounts")
-    parser.add_argument("--state-dir", type=Path, default=settings().data_dir / "state" / "accounts")
-    parser.add_argument("--metrics-port", type=int, default=None)
-    args = parser.parse_args(argv)
-    setup_logging(SOURCE)
-    serve_metrics(args.metrics_port)
-    app = make_app("perpline-accounts", state_dir=args.state_dir)
-    build(app)
-    ready_on_assign(app)
-    app.run()
+    run_stateful("accounts", "perpline-accounts", build, argv)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,6 @@ Stateful per symbol: the last cleared seq, so a re-emitted event is dropped.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
@@ -14,12 +12,9 @@ from quixstreams import Application
 from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.state import State
 
-from perpline.config import settings
-from perpline.obs import serve_metrics, setup_logging
 from perpline.pipelines import io
-from perpline.pipelines.app import make_app
 from perpline.pipelines.clearing_logic import legs_for
-from perpline.pipelines.ready import ready_on_assign
+from perpline.pipelines.runtime import run_stateful
 
 SOURCE = "clearing"
 STATE_KEY = "last_seq"
@@ -49,16 +44,7 @@ def build(app: Application) -> StreamingDataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="perpline clearing")
-    parser.add_argument("--state-dir", type=Path, default=settings().data_dir / "state" / "clearing")
-    parser.add_argument("--metrics-port", type=int, default=None)
-    args = parser.parse_args(argv)
-    setup_logging(SOURCE)
-    serve_metrics(args.metrics_port)
-    app = make_app("perpline-clearing", state_dir=args.state_dir)
-    build(app)
-    ready_on_assign(app)
-    app.run()
+    run_stateful("clearing", "perpline-clearing", build, argv)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from perpline.obs import serve_metrics, setup_logging
 from perpline.pipelines import io
 from perpline.pipelines import ledger_sink_logic as rows
 from perpline.pipelines.app import make_app
-from perpline.pipelines.ready import ready_on_assign
+from perpline.pipelines.runtime import ready_on_assign
 
 log = logging.getLogger("perpline.ledger_sink")
 SOURCE = "ledger-sink"
