@@ -82,8 +82,12 @@ async def _trace_and_measure(request: Request, call_next: Callable[[Request], Aw
     response = await call_next(request)
     route = request.scope.get("route")
     path = getattr(route, "path", "unmatched")
+    elapsed = time.perf_counter() - started
     REQUESTS.labels(path, str(response.status_code)).inc()
-    LATENCY.labels(path).observe(time.perf_counter() - started)
+    LATENCY.labels(path).observe(elapsed)
+    if path not in ("/metrics", "/healthz", "/readyz"):
+        log.info("request", extra={"trace_id": trace_id, "method": request.method, "route": path,
+                                   "status": response.status_code, "ms": round(elapsed * 1000, 2)})
     response.headers["X-Trace-Id"] = trace_id
     return response
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 
 from perpline.contracts.instruments import Instrument, load_catalog
-from perpline.obs import setup_logging
+from perpline.obs import serve_metrics, setup_logging
 
 log = logging.getLogger("perpline.demo")
 
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-hz", type=float, default=2.0)
     args = parser.parse_args(argv)
     setup_logging("demo")
+    serve_metrics(None)
     Demo(args.api, args.seed, args.rate_hz).run()
 
 
