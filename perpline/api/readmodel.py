@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from perpline.contracts import codec
+from perpline.contracts import codec, sequence
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
 
@@ -147,9 +147,10 @@ class ReadModel:
 
     def _apply_market(self, ev: Any) -> None:
         book = self.books.setdefault(ev.symbol, BookMirror())
-        if ev.seq <= book.last_seq:
+        verdict = sequence.accept(book.last_seq, ev.seq)
+        if not verdict.apply:
             return  # a re-emitted event after a matcher restart
-        book.last_seq = ev.seq
+        book.last_seq = verdict.last_seq
         inst = load_catalog().get(ev.symbol)
         if inst is None:
             return

@@ -125,7 +125,9 @@ class Matcher:
                 self._maybe_snapshot()
         finally:
             consumer.close()
-            self.producer.flush(10)
+            flushed = self.producer.flush(10) == 0
+            if flushed and self.state.inputs_since_snapshot:
+                self.take_snapshot()  # a clean stop restarts from here with no WAL tail to replay
             self.wal.close()
             clear_ready()
 
@@ -234,17 +236,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="perpline matcher")
     parser.add_argument("--data-dir", type=Path, default=cfg.data_dir / "matcher")
     parser.add_argument("--metrics-port", type=int, default=None)
+    parser.add_argument("--cpu", type=int, default=None, help="pin to this core (default: $PERPLINE_MATCHER_CPU)")
     args = parser.parse_args(argv)
     setup_logging("matcher")
     serve_metrics(args.metrics_port)
-    _pin_to_core()
+    _pin_to_core(args.cpu)
     Matcher(args.data_dir, cfg.kafka_bootstrap, topic_map(), cfg.fsync).run()
 
 
-def _pin_to_core() -> None:
-    """Pin to PERPLINE_MATCHER_CPU (a core number) when set; the matcher is single-threaded by design."""
-    cpu = os.environ.get("PERPLINE_MATCHER_CPU")
-    if cpu:
+def _pin_to_core(flag: int | None) -> None:
+    """Pin to --cpu or PERPLINE_MATCHER_CPU when given; the matcher is single-threaded by design."""
+    cpu = flag if flag is not None else os.environ.get("PERPLINE_MATCHER_CPU")
+    if cpu is not None and cpu != "":
         os.sched_setaffinity(0, {int(cpu)})
         log.info("pinned", extra={"cpu": int(cpu)})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from perpline.contracts import messages as m
+from perpline.contracts import sequence
 from perpline.contracts.codes import Code
 
 log = logging.getLogger("perpline.clearing")
@@ -22,13 +23,13 @@ def opposite(side: str) -> str:
 
 def legs_for(event: m.Msg, last_seq: int) -> tuple[list[m.Msg], int]:
     """(commands for account.commands, new last seq) for one matcher event."""
-    seq: int = event.seq
-    if seq <= last_seq:
+    verdict = sequence.accept(last_seq, event.seq)  # type: ignore[attr-defined]
+    if not verdict.apply:
         return [], last_seq
-    if seq != last_seq + 1 and last_seq > 0:
+    if verdict.kind == sequence.GAP and last_seq > 0:
         log.error("matcher seq gap", extra={"trace_id": event.trace_id, "symbol": getattr(event, "symbol", ""),
-                                            "expected": last_seq + 1, "got": seq})
-    return _legs(event), seq
+                                            "expected": last_seq + 1, "got": verdict.last_seq})
+    return _legs(event), verdict.last_seq
 
 
 def _meta(event: m.Msg) -> dict[str, object]:

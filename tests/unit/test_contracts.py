@@ -111,3 +111,12 @@ def test_topic_names_match_topics_yaml() -> None:
     for spec in doc["topics"].values():
         assert spec["partitions"] >= 1
     assert doc["defaults"]["configs"]["retention.ms"] == "-1"
+
+
+def test_sequence_rule_drops_seen_and_flags_gaps() -> None:
+    from perpline.contracts import sequence
+
+    assert sequence.accept(0, 1) == sequence.Verdict(sequence.ACCEPT, 1)
+    assert sequence.accept(5, 5).kind == sequence.DUPLICATE and not sequence.accept(5, 3).apply
+    gap = sequence.accept(5, 8)
+    assert gap.kind == sequence.GAP and gap.apply and gap.last_seq == 8
