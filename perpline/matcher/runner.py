@@ -31,8 +31,9 @@ from perpline.config import producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
-from perpline.matcher import convert, snapshot, wal
+from perpline.matcher import convert, snapshot
 from perpline.matcher.loader import load_core
+from perpline.matcher.segments import SegmentedWal
 from perpline.obs import clear_ready, mark_ready, serve_metrics, setup_logging
 
 log = logging.getLogger("perpline.matcher")
@@ -69,7 +70,7 @@ class Matcher:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.state = MatcherState()
         self.snap_dir = data_dir / "snapshots"
-        self.wal_path = data_dir / "matcher.wal"
+        self.wal = SegmentedWal(data_dir / "wal", fsync)
         self.fsync = fsync
         self._stop = False
         self._last_snapshot = time.monotonic()
@@ -84,13 +85,13 @@ class Matcher:
             wal_from = self._restore(loaded)
         replayed: list[tuple[str, list[Any]]] = []
         index = 0
-        for payload in wal.recover(self.wal_path):
-            index += 1
-            if index <= wal_from:
-                continue
-            replayed.extend(self._apply_record(payload))
+        for index, payload in self.wal.recover():
+            if index > wal_from:
+                replayed.extend(self._apply_record(payload))
+        index = max(index, wal_from)
+        self.wal.records = index
         self.wal_records = index
-        self.wal = wal.Wal(self.wal_path, fsync=self.fsync)
+        self.wal.open()
         RECOVERY_SECONDS.set(time.monotonic() - started)
         log.info("recovered", extra={"snapshot_wal_records": wal_from, "wal_records": index,
                                      "replayed_inputs": index - wal_from, "offsets": self.state.next_offsets})
@@ -227,6 +228,9 @@ class Matcher:
                   "engines": [[s, len(b)] for s, b in blobs.items()]}
         data = json.dumps(header).encode() + b"\n" + b"".join(blobs.values())
         snapshot.write(self.snap_dir, self.wal_records, data, keep=KEEP_SNAPSHOTS)
+        self.wal.rotate()
+        kept = [s.position for s in map(snapshot.read, sorted(self.snap_dir.glob("snapshot-*.bin"))) if s is not None]
+        self.wal.prune(min(kept) if kept else 0)
         self.state.inputs_since_snapshot = 0
         self._last_snapshot = time.monotonic()
 

@@ -23,6 +23,7 @@ from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.matcher import convert
 from perpline.matcher.loader import load_core
+from perpline.matcher.segments import segments
 
 pytestmark = pytest.mark.integration
 SYMBOL = "BTCUSDT-PERP"
@@ -144,4 +145,5 @@ def test_twenty_random_kills_under_steady_flow(tmp_path: Path) -> None:
                   if '"msg": "recovered"' in line]
     replayed = [r["replayed_inputs"] for r in recoveries]
     print(f"MATCHER_KILLS 20 events={len(expected)} re-emitted={duplicates} replayed_per_restart={replayed}")
+    assert len(segments(tmp_path / "wal")) <= 5, "WAL segments covered by snapshots are pruned"
     assert len(recoveries) >= 15 and sum(1 for n in replayed if n > 0) >= 5, "kills must land mid-stream"
