@@ -402,6 +402,10 @@ class Engine:
     def order_count(self) -> int:
         return len(self.orders)
 
+    def level_counts(self) -> tuple[int, int]:
+        """(bid levels, ask levels)."""
+        return len(self.bids.prices), len(self.asks.prices)
+
     # --- place ---------------------------------------------------------------------------------
     def _validate_shape(self, order_id: int, account_id: int, side: int, order_type: int, tif: int, stp: int,
                         client_order_id: str, ts_ns: int) -> int:

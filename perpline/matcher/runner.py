@@ -50,6 +50,10 @@ BATCH_SECONDS = Histogram("perpline_matcher_batch_seconds", "time to WAL, apply 
 WAL_FSYNC = Histogram("perpline_matcher_wal_fsync_seconds", "WAL group commit time")
 RECOVERY_SECONDS = Gauge("perpline_matcher_recovery_seconds", "time spent recovering at start")
 SEQ = Gauge("perpline_matcher_seq", "last seq per symbol", ["symbol"])
+BATCH_SIZE = Histogram("perpline_matcher_batch_inputs", "inputs per consumed batch",
+                       buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+BOOK_ORDERS = Gauge("perpline_matcher_book_orders", "resting orders per symbol", ["symbol"])
+BOOK_LEVELS = Gauge("perpline_matcher_book_levels", "price levels per symbol and side", ["symbol", "side"])
 
 
 @dataclass
@@ -165,6 +169,16 @@ class Matcher:
         self._publish(out)
         self.state.inputs_since_snapshot += len(records)
         BATCH_SECONDS.observe(time.monotonic() - started)
+        BATCH_SIZE.observe(len(records))
+        self._book_gauges({symbol for symbol, _ in out})
+
+    def _book_gauges(self, symbols: set[str]) -> None:
+        for symbol in symbols:
+            engine = self.state.engines[symbol]
+            BOOK_ORDERS.labels(symbol).set(engine.order_count())
+            bid_levels, ask_levels = engine.level_counts()
+            BOOK_LEVELS.labels(symbol, "bid").set(bid_levels)
+            BOOK_LEVELS.labels(symbol, "ask").set(ask_levels)
 
     @staticmethod
     def _record(msg: Any) -> bytes:
