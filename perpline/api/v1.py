@@ -7,6 +7,7 @@ request is answered with the first outcome and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any, Literal
 
@@ -132,7 +133,24 @@ async def cancel_order(order_id: int, symbol: str, request: Request, acct: Accou
     inst = _instrument(symbol)
     cmd = m.CancelOrder(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, order_id=order_id)
     result = await _submit(d, request, acct, cmd, rid)
-    return result if isinstance(result, JSONResponse) else {"request_id": rid, "order_id": str(order_id), "status": "CANCEL_REQUESTED"}
+    if isinstance(result, JSONResponse):
+        return result
+    order = await _wait_order_closed(d, acct, order_id)
+    if order is None:  # the matcher has not confirmed yet: the client polls GET /orders/{id}
+        return JSONResponse({"request_id": rid, "order_id": str(order_id), "status": "CANCEL_PENDING"}, status_code=202)
+    return _order_json(order)
+
+
+async def _wait_order_closed(d: ApiDeps, acct: int, order_id: int) -> m.OrderView | None:
+    """The order once it reached a final status, within the API's bounded wait."""
+    assert d.readmodel is not None
+    deadline = time.monotonic() + d.wait_s
+    while time.monotonic() < deadline:
+        order = d.readmodel.find_order(acct, order_id)
+        if order is not None and order.status in ("CANCELED", "FILLED", "EXPIRED", "REJECTED"):
+            return order
+        await asyncio.sleep(0.01)
+    return None
 
 
 @router.get("/orders/{order_id}", tags=["trading"])

@@ -125,6 +125,19 @@ def test_first_trade_flows_end_to_end(stack: Stack) -> None:
     bad = _post(api, "/api/v1/wallet/deposits", buyer, {"asset": "USDT", "amount": "1e5"})
     assert bad.status_code == 400 and bad.json()["code"] == 1001
 
+    # an order that rests and is cancelled releases everything it froze
+    rest = _post(api, "/api/v1/orders", buyer, {"symbol": "ETHUSDT-PERP", "side": "BUY", "price": "2000",
+                                                "quantity": "1.000", "client_order_id": "e-1"})
+    assert rest.status_code == 200, rest.text
+    assert _get(api, "/api/v1/account/balances", buyer).json()[0]["order_margin"] == "101.00000000"  # 100 + 1 fee
+    cancel = httpx.delete(f"{api}/api/v1/orders/{rest.json()['order_id']}", params={"symbol": "ETHUSDT-PERP"},
+                          headers={"X-Account-Id": str(buyer)}, timeout=30)
+    assert cancel.status_code == 200 and cancel.json()["status"] == "CANCELED", cancel.text
+    assert _get(api, "/api/v1/account/balances", buyer).json()[0]["order_margin"] == "0.00000000"
+    again = httpx.delete(f"{api}/api/v1/orders/{rest.json()['order_id']}", params={"symbol": "ETHUSDT-PERP"},
+                         headers={"X-Account-Id": str(buyer)}, timeout=30)
+    assert again.status_code == 404 and again.json()["code"] == 2002
+
     sell = _post(api, "/api/v1/orders", seller, {"symbol": "BTCUSDT-PERP", "side": "SELL", "price": "50000",
                                                  "quantity": "0.100", "client_order_id": "s-1"})
     assert sell.status_code == 200, sell.text
