@@ -106,6 +106,8 @@ def _dispatch(state: AccountState, cmd: m.Msg, ctx: Ctx) -> RequestOutcome:
         return _place(state, cmd, ctx)
     if isinstance(cmd, m.CancelOrder):
         return _cancel(state, cmd, ctx)
+    if isinstance(cmd, m.CancelAll):
+        return _cancel_all(state, cmd, ctx)
     if isinstance(cmd, m.SetLeverage):
         return _set_leverage(state, cmd, ctx)
     raise Reject(Code.MALFORMED, f"unsupported command {type(cmd).__name__}")
@@ -114,7 +116,8 @@ def _dispatch(state: AccountState, cmd: m.Msg, ctx: Ctx) -> RequestOutcome:
 def _result(state: AccountState, ctx: Ctx, request_id: str, outcome: RequestOutcome) -> None:
     ctx.emit(LOGICAL_ACCOUNT_EVENTS, state.account_id, m.CommandResult(
         **ctx.meta(), request_id=request_id, account_id=state.account_id, ok=outcome.ok, code=outcome.code,
-        msg=outcome.msg, order_id=outcome.order_id, client_order_id=outcome.client_order_id))
+        msg=outcome.msg, order_id=outcome.order_id, client_order_id=outcome.client_order_id,
+        order_ids=list(outcome.order_ids)))
 
 
 def _ok(order_id: int | None = None, client_order_id: str | None = None) -> RequestOutcome:
@@ -237,6 +240,15 @@ def _cancel(state: AccountState, cmd: m.CancelOrder, ctx: Ctx) -> RequestOutcome
     ctx.emit(LOGICAL_ORDERS, order.symbol, m.CancelRequest(
         **ctx.meta(), order_id=order.order_id, account_id=state.account_id, symbol=order.symbol))
     return _ok(order.order_id, order.client_order_id)
+
+
+def _cancel_all(state: AccountState, cmd: m.CancelAll, ctx: Ctx) -> RequestOutcome:
+    inst = _instrument(cmd.symbol)
+    order_ids = sorted(oid for oid, o in state.orders.items() if o.symbol == inst.symbol)
+    for order_id in order_ids:
+        ctx.emit(LOGICAL_ORDERS, inst.symbol, m.CancelRequest(
+            **ctx.meta(), order_id=order_id, account_id=state.account_id, symbol=inst.symbol))
+    return RequestOutcome(True, 0, "", None, None, order_ids)
 
 
 def _set_leverage(state: AccountState, cmd: m.SetLeverage, ctx: Ctx) -> RequestOutcome:

@@ -60,6 +60,7 @@ class RequestOutcome(msgspec.Struct, array_like=True):
     msg: str
     order_id: int | None
     client_order_id: str | None
+    order_ids: list[int] = []
 
 
 class AccountState(msgspec.Struct, kw_only=True):

@@ -153,6 +153,19 @@ async def _wait_order_closed(d: ApiDeps, acct: int, order_id: int) -> m.OrderVie
     return None
 
 
+@router.delete("/orders", tags=["trading"])
+async def cancel_all(symbol: str, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
+    inst = _instrument(symbol)
+    cmd = m.CancelAll(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol)
+    result = await _submit(d, request, acct, cmd, rid)
+    if isinstance(result, JSONResponse):
+        return result
+    closed = [await _wait_order_closed(d, acct, oid) for oid in result.order_ids]
+    return {"request_id": rid, "symbol": inst.symbol,
+            "orders": [_order_json(o) if o else {"order_id": str(oid), "status": "CANCEL_PENDING"}
+                       for oid, o in zip(result.order_ids, closed, strict=True)]}
+
+
 @router.get("/orders/{order_id}", tags=["trading"])
 def get_order(order_id: int, acct: Account, d: Deps) -> Any:
     assert d.readmodel is not None

@@ -67,6 +67,14 @@ class CancelOrder(Msg, tag="cancel_order", kw_only=True):
     client_order_id: str | None = None
 
 
+class CancelAll(Msg, tag="cancel_all", kw_only=True):
+    """Cancel every open order of the account in one symbol."""
+
+    request_id: str
+    account_id: int
+    symbol: str
+
+
 class SetLeverage(Msg, tag="set_leverage", kw_only=True):
     request_id: str
     account_id: int
@@ -101,7 +109,7 @@ class OrderDone(Msg, tag="order_done", kw_only=True):
     code: int
 
 
-AccountCommand = Union[Deposit, Withdraw, PlaceOrder, CancelOrder, SetLeverage, FillLeg, OrderDone]
+AccountCommand = Union[Deposit, Withdraw, PlaceOrder, CancelOrder, CancelAll, SetLeverage, FillLeg, OrderDone]
 
 
 # --- orders (key: symbol) ------------------------------------------------------------------
@@ -211,6 +219,7 @@ class CommandResult(Msg, tag="command_result", kw_only=True):
     msg: str = ""
     order_id: int | None = None
     client_order_id: str | None = None
+    order_ids: list[int] = []  # the orders a cancel-all asked the matcher to cancel
 
 
 class BalanceChanged(Msg, tag="balance", kw_only=True):

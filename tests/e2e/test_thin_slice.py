@@ -137,6 +137,13 @@ def test_first_trade_flows_end_to_end(stack: Stack) -> None:
     again = httpx.delete(f"{api}/api/v1/orders/{rest.json()['order_id']}", params={"symbol": "ETHUSDT-PERP"},
                          headers={"X-Account-Id": str(buyer)}, timeout=30)
     assert again.status_code == 404 and again.json()["code"] == 2002
+    for n in range(2):
+        assert _post(api, "/api/v1/orders", buyer, {"symbol": "ETHUSDT-PERP", "side": "BUY", "price": f"199{n}",
+                                                    "quantity": "1.000"}).status_code == 200
+    everything = httpx.delete(f"{api}/api/v1/orders", params={"symbol": "ETHUSDT-PERP"},
+                              headers={"X-Account-Id": str(buyer)}, timeout=30)
+    assert [o["status"] for o in everything.json()["orders"]] == ["CANCELED", "CANCELED"], everything.text
+    assert _get(api, "/api/v1/account/balances", buyer).json()[0]["order_margin"] == "0.00000000"
 
     sell = _post(api, "/api/v1/orders", seller, {"symbol": "BTCUSDT-PERP", "side": "SELL", "price": "50000",
                                                  "quantity": "0.100", "client_order_id": "s-1"})

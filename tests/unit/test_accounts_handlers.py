@@ -135,3 +135,16 @@ def test_state_round_trips_through_the_store() -> None:
     place(st, "BUY", "50000", "0.010", "x")
     again = from_store(to_store(st))
     assert again == st
+
+
+def test_cancel_all_asks_the_matcher_for_each_open_order_of_the_symbol() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "10000")
+    ids = [result(place(st, "BUY", "50000", "0.010", f"c{i}")).order_id for i in range(3)]
+    outs = handle(st, m.CancelAll(**META, request_id="ca", account_id=1, symbol=SYM))
+    cancels = [o.msg for o in outs if isinstance(o.msg, m.CancelRequest)]
+    assert sorted(c.order_id for c in cancels) == sorted(ids) and all(o.key == SYM for o in outs if o.topic == "orders")
+    assert result(outs).order_ids == sorted(ids)
+    assert st.balances["USDT"].order_margin > 0  # released only when the matcher confirms each cancel
+    again = handle(st, m.CancelAll(**META, request_id="ca", account_id=1, symbol=SYM))
+    assert not [o for o in again if isinstance(o.msg, m.CancelRequest)]  # a resend asks nothing twice
