@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Producer
 from fastapi import FastAPI, Request, Response
@@ -15,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from perpline.api import errors
 from perpline.api.readmodel import ReadModel
+from perpline.ch.client import get_client
 from perpline.config import producer_config
 from perpline.contracts import codec
 from perpline.contracts.codes import Code, PerplineError
@@ -24,6 +27,7 @@ from perpline.contracts.units import UnitError
 log = logging.getLogger("perpline.api")
 
 MAX_BODY_BYTES = 64 * 1024
+_local = threading.local()
 REQUESTS = Counter("perpline_api_requests_total", "API requests", ["route", "status"])
 LATENCY = Histogram("perpline_api_request_seconds", "API latency", ["route"])
 
@@ -41,6 +45,18 @@ class ApiDeps:
         assert self.producer is not None
         self.producer.produce(self.topics[logical_topic], key=key.encode(), value=codec.encode(msg))  # type: ignore[arg-type]
         self.producer.poll(0)
+
+    def clickhouse(self) -> Any:
+        """A ClickHouse client for history reads (one per thread: clients are not thread-safe)."""
+        if self.clickhouse_url is None:
+            raise PerplineError(Code.CLICKHOUSE_UNAVAILABLE, "no ClickHouse configured")
+        client = getattr(_local, "client", None)
+        if client is None:
+            try:
+                client = _local.client = get_client(self.clickhouse_url)
+            except Exception as exc:  # noqa: BLE001
+                raise PerplineError(Code.CLICKHOUSE_UNAVAILABLE, f"ClickHouse unreachable: {exc}") from exc
+        return client
 
     def flush(self, timeout_s: float = 5.0) -> None:
         assert self.producer is not None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -21,6 +23,7 @@ def healthz() -> Any:
 def readyz(request: Request) -> Any:
     d: ApiDeps = request.app.state.deps
     checks = {"broker": d.producer is not None and _broker_ok(d),
+              "clickhouse": _clickhouse_ok(d),
               "readmodel_caught_up": d.readmodel is not None and d.readmodel.caught_up.is_set()}
     return JSONResponse({"ready": all(checks.values()), "checks": checks}, status_code=200 if all(checks.values()) else 503)
 
@@ -31,6 +34,16 @@ def _broker_ok(d: ApiDeps) -> bool:
         d.producer.list_topics(timeout=2)
         return True
     except Exception:  # noqa: BLE001 (any failure means not ready)
+        return False
+
+
+def _clickhouse_ok(d: ApiDeps) -> bool:
+    if not d.clickhouse_url:
+        return True
+    parts = urlsplit(d.clickhouse_url)
+    try:
+        return httpx.get(f"{parts.scheme}://{parts.hostname}:{parts.port}/ping", timeout=2).status_code == 200
+    except httpx.HTTPError:
         return False
 
 

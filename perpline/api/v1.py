@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -231,6 +232,27 @@ def my_trades(acct: Account, d: Deps, symbol: str | None = None, limit: int = Qu
     assert d.readmodel is not None
     fills = [f for f in d.readmodel.snapshot_account(acct).fills if symbol is None or f.symbol == symbol]
     return [_strip(f) for f in fills[-limit:]]
+
+
+MAX_JOURNALS = 1000
+
+
+@router.get("/account/journals", tags=["account"])
+def journals(acct: Account, d: Deps, ref_type: str | None = None, limit: int = Query(200, ge=1, le=MAX_JOURNALS)) -> Any:
+    """The account's ledger postings from ClickHouse (history; the read models hold current state)."""
+    client = d.clickhouse()
+    where = "account_id = {a:UInt64}" + (" AND ref_type = {r:String}" if ref_type else "")
+    rows = client.query(
+        "SELECT journal_id, ref_type, ref_id, symbol, ledger_account, asset, amount, trace_id, ts_ms "
+        f"FROM ledger_postings FINAL WHERE {where} ORDER BY ts_ms DESC, journal_id, posting_index LIMIT {{n:UInt32}}",
+        parameters={"a": acct, "r": ref_type or "", "n": limit}).result_rows
+    keys = ("journal_id", "ref_type", "ref_id", "symbol", "ledger_account", "asset", "amount", "trace_id", "ts_ms")
+    return [{**dict(zip(keys, row, strict=True)), "amount": _decimal_amount(row[6])} for row in rows]
+
+
+def _decimal_amount(value: Decimal) -> str:
+    """A Decimal(38, 8) from ClickHouse as our canonical 8-place string (exact: no float on the way)."""
+    return format_amount(int(value.scaleb(8)))
 
 
 # --- market ---------------------------------------------------------------------------

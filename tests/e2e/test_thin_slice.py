@@ -190,6 +190,12 @@ def test_first_trade_flows_end_to_end(stack: Stack) -> None:
     deposits = ch.query("SELECT count() FROM ledger_postings FINAL WHERE ref_type = 'DEPOSIT'").result_rows[0][0]
     assert deposits == 4  # two deposits, two postings each; the resend wrote nothing
 
+    # the account's journals through the API, from ClickHouse
+    fee_rows = _get(api, "/api/v1/account/journals", buyer, ref_type="TRADE_FEE").json()
+    assert sorted(r["amount"] for r in fee_rows) == ["-2.50000000", "2.50000000"], fee_rows
+    ready = httpx.get(api + "/readyz", timeout=10).json()
+    assert ready["ready"] and ready["checks"]["clickhouse"]
+
     # one trace id across the messages and journals the first order caused
     traced = ch.query("SELECT DISTINCT ref_type FROM ledger_postings FINAL WHERE trace_id = {t:String}",
                       parameters={"t": sell_trace}).result_rows
