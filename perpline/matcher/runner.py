@@ -31,6 +31,7 @@ from perpline.config import producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
+from perpline.contracts.units import UnitError
 from perpline.matcher import convert, snapshot
 from perpline.matcher.loader import load_core
 from perpline.matcher.segments import SegmentedWal
@@ -94,7 +95,6 @@ class Matcher:
                 replayed.extend(self._apply_record(payload))
         index = max(index, wal_from)
         self.wal.records = index
-        self.wal_records = index
         self.wal.open()
         RECOVERY_SECONDS.set(time.monotonic() - started)
         log.info("recovered", extra={"snapshot_wal_records": wal_from, "wal_records": index,
@@ -162,7 +162,6 @@ class Matcher:
         t0 = time.monotonic()
         self.wal.append_batch(records)
         WAL_FSYNC.observe(time.monotonic() - t0)
-        self.wal_records += len(records)
         out: list[tuple[str, list[Any]]] = []
         for record in records:
             out.extend(self._apply_record(record))
@@ -199,8 +198,13 @@ class Matcher:
         if engine is None:
             self._dead_letter(raw, pos, f"unknown symbol {cmd.symbol!r}")
             return []
+        try:
+            events = convert.apply(engine, self.core, cmd)  # numbers are parsed before the engine is touched
+        except UnitError as exc:
+            self._dead_letter(raw, pos, f"{exc.code.name}: {exc.msg}")
+            return []
         INPUTS.labels(cmd.symbol).inc()
-        return [(cmd.symbol, convert.apply(engine, self.core, cmd))]
+        return [(cmd.symbol, events)]
 
     def _engine(self, symbol: str) -> Any:
         engine = self.state.engines.get(symbol)
@@ -238,10 +242,10 @@ class Matcher:
     def take_snapshot(self) -> None:
         """Snapshot = one JSON header line (WAL position, source offsets, engine sizes) + the engines' bytes."""
         blobs = {s: e.to_snapshot() for s, e in sorted(self.state.engines.items())}
-        header = {"wal_records": self.wal_records, "next_offsets": self.state.next_offsets,
+        header = {"wal_records": self.wal.records, "next_offsets": self.state.next_offsets,
                   "engines": [[s, len(b)] for s, b in blobs.items()]}
         data = json.dumps(header).encode() + b"\n" + b"".join(blobs.values())
-        snapshot.write(self.snap_dir, self.wal_records, data, keep=KEEP_SNAPSHOTS)
+        snapshot.write(self.snap_dir, self.wal.records, data, keep=KEEP_SNAPSHOTS)
         self.wal.rotate()
         kept = [s.position for s in map(snapshot.read, sorted(self.snap_dir.glob("snapshot-*.bin"))) if s is not None]
         self.wal.prune(min(kept) if kept else 0)
