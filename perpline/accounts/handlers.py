@@ -277,9 +277,8 @@ def _on_fill(state: AccountState, leg: m.FillLeg, ctx: Ctx) -> None:
         return
     order = state.orders.get(leg.order_id)
     inst = _instrument(leg.symbol)
-    if order is None:
-        log.error("fill for unknown order", extra={"trace_id": leg.trace_id, "order_id": leg.order_id})
-        return
+    if order is None:  # never applied: the processor dead-letters it and alarms
+        raise Reject(Code.UNKNOWN_ORDER, f"fill for unknown order {leg.order_id}")
     price_ticks, qty_lots = inst.parse_price(leg.price), inst.parse_qty(leg.quantity)
     event = "fill" if order.leaves_lots == qty_lots else "partial_fill"
     new_status = st.transition(order.status, event)  # raises before anything changes
@@ -360,8 +359,7 @@ def _on_done(state: AccountState, cmd: m.OrderDone, ctx: Ctx) -> None:
         return
     order = state.orders.get(cmd.order_id)
     if order is None:
-        log.error("done for unknown order", extra={"trace_id": cmd.trace_id, "order_id": cmd.order_id})
-        return
+        raise Reject(Code.UNKNOWN_ORDER, f"order {cmd.order_id} closed by the matcher is unknown here")
     order.status = st.transition(order.status, st.DONE_EVENTS[cmd.status])
     order.updated_ms = ctx.ts_ms
     inst = _instrument(cmd.symbol)

@@ -15,9 +15,10 @@ from quixstreams import Application
 from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.state import State
 
-from perpline.accounts.handlers import handle
+from perpline.accounts.handlers import Reject, handle
 from perpline.accounts.order_status import IllegalTransition
 from perpline.accounts.state import AccountState, from_store, to_store
+from perpline.contracts.units import UnitError
 from perpline.pipelines import io
 from perpline.pipelines.runtime import run_stateful
 
@@ -45,7 +46,9 @@ def step(raw: bytes, key: str, state: State) -> list[dict[str, Any]]:
         ALARMS.inc()
         log.error("illegal order transition refused", extra={"trace_id": cmd.trace_id, "error": str(exc)})
         return [io.dead_letter(SOURCE, "account.commands", raw, f"illegal transition: {exc}")]
-    state.set(STATE_KEY, to_store(account))
+    except (UnitError, Reject) as exc:  # a settlement leg with numbers no instrument accepts: malformed
+        return [io.dead_letter(SOURCE, "account.commands", raw, f"{exc.code.name}: {exc.msg}")]
+    state.set(STATE_KEY, to_store(account))  # only a fully applied command changes state
     PROCESSED.labels(type(cmd).__name__).inc()
     return [io.routed(o.topic, o.key, o.msg) for o in outs]  # type: ignore[arg-type]
 

@@ -62,3 +62,23 @@ def test_clearing_step_drops_replayed_seq() -> None:
     assert [(o["t"], o["k"]) for o in outs] == [("account.commands", "2"), ("account.commands", "1")]
     assert clearing.step(trade, state) == []
     assert clearing.step(b"\xff", state)[0]["t"] == "dead.letters"
+
+
+def test_malformed_settlement_leg_is_a_dead_letter_and_changes_nothing() -> None:
+    state = FakeState()
+    accounts.step(deposit(), "5", state)
+    before = state.data["account"]
+    leg = codec.encode(m.FillLeg(**META, account_id=5, symbol="BTCUSDT-PERP", seq=1, trade_id=1, order_id=7,
+                                 liquidity="MAKER", side="BUY", price="50000.05", quantity="0.010", order_leaves="0"))
+    (out,) = accounts.step(leg, "5", state)
+    assert out["t"] == "dead.letters" and "UNKNOWN_ORDER" in codec.decode("dead.letters", out["v"]).error
+    assert state.data["account"] == before
+    place = codec.encode(m.PlaceOrder(**META, request_id="p1", account_id=5, symbol="BTCUSDT-PERP", side="BUY",
+                                      order_type="LIMIT", price="1000", quantity="0.100", client_order_id="x"))
+    order_id = next(codec.decode("orders", o["v"]).order_id for o in accounts.step(place, "5", state) if o["t"] == "orders")
+    before = state.data["account"]
+    bad = codec.encode(m.FillLeg(**META, account_id=5, symbol="BTCUSDT-PERP", seq=1, trade_id=1, order_id=order_id,
+                                 liquidity="MAKER", side="BUY", price="1000.05", quantity="0.010", order_leaves="0"))
+    (out,) = accounts.step(bad, "5", state)
+    assert "PRICE_NOT_ON_TICK" in codec.decode("dead.letters", out["v"]).error
+    assert state.data["account"] == before
