@@ -37,6 +37,7 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict perpline/contracts perpline/matcher/core.py
 
 bench: matcher
+	$(BIN)/python -m bench.matcher
 	$(BIN)/python bench/matcher_bench.py
 
 schemas: $(STAMP)
