@@ -58,6 +58,29 @@ def expected_events(inputs: list[m.Msg]) -> list[bytes]:
     return [codec.encode(ev) for cmd in inputs for ev in convert.apply(engine, core, cmd)]
 
 
+def final_events(bootstrap: str, tmp_path: Path, expected: list[bytes], extra: dict[str, str] | None = None) -> list:
+    """Start the matcher once more and read matcher.events until every expected event is there."""
+    matcher = start_matcher(bootstrap, tmp_path, extra)
+    try:
+        return read_all(bootstrap, "matcher.events", 2, timeout_s=120, done=at_least(len(expected)), settle_s=2.0)
+    finally:
+        kill(matcher)
+
+
+def dedupe(records: list, expected: list[bytes]) -> tuple[list[bytes], int]:
+    """The stream by seq (re-emitted copies must be identical), and how many copies were dropped."""
+    by_seq: dict[int, bytes] = {}
+    duplicates = 0
+    for _, value, _, _ in records:
+        encoded = codec.encode(codec.from_builtins("matcher.events", value))
+        if value["seq"] in by_seq:
+            duplicates += 1
+            assert by_seq[value["seq"]] == encoded, f"a re-emitted event differs at seq {value['seq']}"
+        by_seq[value["seq"]] = encoded
+    assert sorted(by_seq) == list(range(1, len(expected) + 1)), "seq must be gap-free with no extra events"
+    return [by_seq[s] for s in sorted(by_seq)], duplicates
+
+
 def start_matcher(bootstrap: str, data_dir: Path, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PERPLINE_KAFKA_BOOTSTRAP": bootstrap, "PERPLINE_MATCHER_SNAPSHOT_EVERY": "1000",
            **(extra or {})}
@@ -81,18 +104,8 @@ def test_kill_after_snapshot_then_recover_gives_the_straight_replay(tmp_path: Pa
         matcher.send_signal(signal.SIGKILL)
         matcher.wait(10)
         assert list((tmp_path / "snapshots").glob("snapshot-*.bin")), "the matcher wrote no snapshot"
-        matcher = start_matcher(broker.bootstrap, tmp_path)
-        try:
-            records = read_all(broker.bootstrap, "matcher.events", 2, timeout_s=120, done=at_least(len(expected)),
-                               settle_s=2.0)
-        finally:
-            kill(matcher)
-    by_seq: dict[int, dict] = {}
-    for _, value, _, _ in records:
-        seen = by_seq.setdefault(value["seq"], value)
-        assert seen == value, f"a re-emitted event differs at seq {value['seq']}"
-    assert sorted(by_seq) == list(range(1, len(expected) + 1)), "seq must be gap-free with no extra events"
-    got = [codec.encode(codec.from_builtins("matcher.events", by_seq[s])) for s in sorted(by_seq)]
+        records = final_events(broker.bootstrap, tmp_path, expected)
+    got, _ = dedupe(records, expected)
     assert got == expected
 
 
@@ -123,23 +136,10 @@ def test_twenty_random_kills_under_steady_flow(tmp_path: Path) -> None:
             matcher.send_signal(signal.SIGKILL)
             matcher.wait(10)
         feeder_done.wait(60)
-        matcher = start_matcher(broker.bootstrap, tmp_path, env_every)
-        try:
-            records = read_all(broker.bootstrap, "matcher.events", 2, timeout_s=120, done=at_least(len(expected)),
-                               settle_s=2.0)
-        finally:
-            kill(matcher)
-    by_seq: dict[int, bytes] = {}
-    duplicates = 0
-    for _, value, _, _ in records:
-        encoded = codec.encode(codec.from_builtins("matcher.events", value))
-        if value["seq"] in by_seq:
-            duplicates += 1
-            assert by_seq[value["seq"]] == encoded, f"a re-emitted event differs at seq {value['seq']}"
-        by_seq[value["seq"]] = encoded
-    assert sorted(by_seq) == list(range(1, len(expected) + 1))
-    assert [by_seq[s] for s in sorted(by_seq)] == expected
-    trades = [v for v in by_seq.values() if b'"type":"trade"' in v]
+        records = final_events(broker.bootstrap, tmp_path, expected, env_every)
+    stream, duplicates = dedupe(records, expected)
+    assert stream == expected
+    trades = [v for v in stream if b'"type":"trade"' in v]
     assert len({t for t in trades}) == len(trades), "no trade twice in the de-duplicated stream"
     recoveries = [json.loads(line) for line in (tmp_path.parent / f"{tmp_path.name}.log").read_text().splitlines()
                   if '"msg": "recovered"' in line]
