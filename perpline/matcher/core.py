@@ -15,6 +15,10 @@ Semantics (Binance USD-M where it defines them):
   ACCEPTED + EXPIRED (R_FOK_NOT_FILLABLE, or R_TOO_MANY_EVENTS if the fill needs more
   events than the budget), trading nothing and changing nothing else.
 - GTX (post-only) that would cross the opposite best is REJECTED R_POST_ONLY_WOULD_TAKE.
+  GTX_REPRICE (post-only, repriced) that would cross is moved one tick inside the opposite
+  best (buy: best ask - 1, sell: best bid + 1) and rests there; ACCEPTED carries the new
+  price. When that price is out of range (0 or above max_price_ticks) it is REJECTED
+  R_POST_ONLY_WOULD_TAKE. Amended to a crossing price, both post-only kinds are rejected.
 - MARKET ignores price_ticks, fills no further than market_protection_ppm from the
   best opposite price at arrival (buy bound rounded down, sell bound rounded up), the
   rest expires (code OK). GTC/IOC market behave alike; FOK market is all-or-nothing
@@ -44,8 +48,8 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from bisect import bisect_left, insort
-from typing import Any, Final
+import time
+from typing import Any, Final, final
 
 SIDE_BUY: Final = 1
 SIDE_SELL: Final = 2
@@ -55,6 +59,7 @@ TIF_GTC: Final = 1
 TIF_IOC: Final = 2
 TIF_FOK: Final = 3
 TIF_GTX: Final = 4
+TIF_GTX_REPRICE: Final = 5
 STP_DEFAULT: Final = -1
 STP_NONE: Final = 0
 STP_EXPIRE_TAKER: Final = 1
@@ -68,6 +73,12 @@ EV_CANCELLED: Final = 4
 EV_EXPIRED: Final = 5
 EV_REJECTED: Final = 6
 EV_AMENDED: Final = 7
+
+CMD_PLACE: Final = 1
+CMD_CANCEL: Final = 2
+CMD_CANCEL_BY_CLIENT_ID: Final = 3
+CMD_CANCEL_ALL: Final = 4
+CMD_AMEND: Final = 5
 
 OK: Final = 0
 R_OK: Final = 0
@@ -93,8 +104,10 @@ MAX_CLIENT_ORDER_ID_CHARS: Final = 64
 
 _SNAP_HEAD: Final = struct.Struct("<4sHI")
 _U32: Final = struct.Struct("<I")
+_POOL_MAX: Final = 4096  # freed Order / Level objects kept for reuse (no allocation per command)
 
 
+@final
 class Event:
     """One output of the engine, one flat shape. For a TRADE: order_id, account_id, side,
     leaves_lots, filled_lots, client_order_id and reduce_only describe the TAKER, maker_*
@@ -131,6 +144,7 @@ class Event:
         return f"Event{self.as_tuple()}"
 
 
+@final
 class EngineConfig:
     def __init__(self, max_orders: int = 1_000_000, max_levels: int = 100_000, max_events_per_input: int = 10_000,
                  max_price_ticks: int = 10**12, max_qty_lots: int = 10**12, market_protection_ppm: int = 50_000,
@@ -170,6 +184,7 @@ def config_from_dict(doc: dict[str, int]) -> EngineConfig:
                         int(doc["default_stp"]), int(doc["max_seen_ids"]), int(doc["max_open_per_account"]))
 
 
+@final
 class OrderInfo:
     """A read-only copy of one resting order (what `order()` and `open_orders()` return)."""
 
@@ -197,26 +212,55 @@ class OrderInfo:
         return f"OrderInfo{self.as_tuple()}"
 
 
-class Order:
-    """A live order. Resting orders are nodes of their level's doubly linked FIFO."""
+@final
+class Command:
+    """One decoded input for `Engine.execute` / `Engine.step` (the batch and per-call fast paths).
 
-    def __init__(self, order_id: int, account_id: int, side: int, tif: int, price_ticks: int, qty_lots: int,
-                 stp: int, reduce_only: bool, client_order_id: str, ts_ns: int) -> None:
+    kind is a CMD_* value; the fields a kind does not use are ignored. For CMD_AMEND,
+    price_ticks and qty_lots are the new values."""
+
+    def __init__(self, kind: int, order_id: int, account_id: int, side: int = 0, order_type: int = 0, tif: int = 0,
+                 price_ticks: int = 0, qty_lots: int = 0, stp: int = STP_DEFAULT, reduce_only: bool = False,
+                 client_order_id: str = "", ts_ns: int = 0) -> None:
+        self.kind = kind
         self.order_id = order_id
         self.account_id = account_id
         self.side = side
+        self.order_type = order_type
         self.tif = tif
-        self.price_ticks = price_ticks  # 0 for a market order (it never rests)
+        self.price_ticks = price_ticks
         self.qty_lots = qty_lots
-        self.leaves_lots = qty_lots
-        self.filled_lots = 0
-        self.stp = stp  # resolved: never STP_DEFAULT
+        self.stp = stp
         self.reduce_only = reduce_only
         self.client_order_id = client_order_id
         self.ts_ns = ts_ns
+
+
+@final
+class Order:
+    """A live order. Resting orders are nodes of two intrusive doubly linked lists: their price
+    level's FIFO (prev/next) and their account's open orders (acc_prev/acc_next). Objects are
+    pooled by the engine and reused once the order is finished."""
+
+    def __init__(self) -> None:
+        self.order_id = 0
+        self.account_id = 0
+        self.side = 0
+        self.tif = 0
+        self.price_ticks = 0  # 0 for a market order (it never rests)
+        self.qty_lots = 0
+        self.leaves_lots = 0
+        self.filled_lots = 0
+        self.stp = 0  # resolved: never STP_DEFAULT
+        self.reduce_only = False
+        self.client_order_id = ""
+        self.ts_ns = 0
         self.prev: Order | None = None
         self.next: Order | None = None
         self.level: Level | None = None
+        self.acc_prev: Order | None = None
+        self.acc_next: Order | None = None
+        self.account: AccountOrders | None = None
 
     def info(self) -> OrderInfo:
         return OrderInfo(self.order_id, self.account_id, self.side, self.tif, self.price_ticks, self.qty_lots,
@@ -224,11 +268,12 @@ class Order:
                          self.ts_ns)
 
 
+@final
 class Level:
     """A FIFO of orders at one price: a doubly linked list, O(1) append and removal."""
 
-    def __init__(self, price_ticks: int) -> None:
-        self.price_ticks = price_ticks
+    def __init__(self) -> None:
+        self.price_ticks = 0
         self.head: Order | None = None
         self.tail: Order | None = None
         self.total_lots = 0
@@ -268,43 +313,122 @@ class Level:
         order.level = None
 
 
+@final
+class AccountOrders:
+    """One account's resting orders in this book: an intrusive list through Order.acc_prev/acc_next."""
+
+    def __init__(self, account_id: int) -> None:
+        self.account_id = account_id
+        self.head: Order | None = None
+        self.count = 0
+
+    def link(self, order: Order) -> None:
+        order.account = self
+        order.acc_prev = None
+        order.acc_next = self.head
+        if self.head is not None:
+            self.head.acc_prev = order
+        self.head = order
+        self.count += 1
+
+    def unlink(self, order: Order) -> None:
+        assert order.account is self
+        if order.acc_prev is None:
+            self.head = order.acc_next
+        else:
+            order.acc_prev.acc_next = order.acc_next
+        if order.acc_next is not None:
+            order.acc_next.acc_prev = order.acc_prev
+        order.acc_prev = None
+        order.acc_next = None
+        order.account = None
+        self.count -= 1
+        assert self.count >= 0
+
+    def order_ids(self) -> list[int]:
+        out: list[int] = []
+        order = self.head
+        while order is not None:
+            out.append(order.order_id)
+            order = order.acc_next
+        out.sort()
+        return out
+
+
+@final
 class BookSide:
-    """One side: levels by price plus an ascending list of prices (best is last for bids, first for asks)."""
+    """One side's levels, sorted so that the BEST level is always the LAST element: `keys` holds
+    the price for bids and minus the price for asks, ascending; `levels` is parallel to it.
+    Matching pops from the end; a new level is inserted by binary search (a few dozen levels,
+    mostly near the end). No dict: a lookup by price is a bisect over native integers."""
 
     def __init__(self, is_bid: bool) -> None:
         self.is_bid = is_bid
-        self.levels: dict[int, Level] = {}
-        self.prices: list[int] = []
+        self.keys: list[int] = []
+        self.levels: list[Level] = []
+
+    def key(self, price_ticks: int) -> int:
+        return price_ticks if self.is_bid else -price_ticks
+
+    def index(self, key: int) -> int:
+        """The first index whose key is >= `key` (bisect_left)."""
+        keys = self.keys
+        lo = 0
+        hi = len(keys)
+        if hi > 0 and keys[hi - 1] < key:
+            return hi
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if keys[mid] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def find(self, price_ticks: int) -> Level | None:
+        key = self.key(price_ticks)
+        i = self.index(key)
+        if i < len(self.keys) and self.keys[i] == key:
+            return self.levels[i]
+        return None
 
     def best(self) -> Level | None:
-        prices = self.prices
-        if not prices:
-            return None
-        return self.levels[prices[-1] if self.is_bid else prices[0]]
+        levels = self.levels
+        return levels[len(levels) - 1] if levels else None
 
-    def add(self, order: Order) -> None:
-        level = self.levels.get(order.price_ticks)
-        if level is None:
-            level = Level(order.price_ticks)
-            self.levels[order.price_ticks] = level
-            insort(self.prices, order.price_ticks)
-        level.append(order)
+    def insert(self, level: Level) -> None:
+        key = self.key(level.price_ticks)
+        i = self.index(key)
+        assert i == len(self.keys) or self.keys[i] != key
+        if i == len(self.keys):
+            self.keys.append(key)
+            self.levels.append(level)
+        else:
+            self.keys.insert(i, key)
+            self.levels.insert(i, level)
 
-    def remove(self, order: Order) -> None:
-        level = order.level
-        assert level is not None, "order not in the book"
-        level.remove(order)
-        if level.count == 0:
-            del self.levels[level.price_ticks]
-            index = bisect_left(self.prices, level.price_ticks)
-            assert self.prices[index] == level.price_ticks
-            del self.prices[index]
+    def drop(self, level: Level) -> None:
+        last = len(self.levels) - 1
+        if last >= 0 and self.levels[last] is level:
+            self.keys.pop()
+            self.levels.pop()
+            return
+        i = self.index(self.key(level.price_ticks))
+        assert self.levels[i] is level
+        del self.keys[i]
+        del self.levels[i]
 
-    def prices_best_first(self, limit: int) -> list[int]:
-        count = min(max(limit, 0), len(self.prices))
-        if self.is_bid:
-            return self.prices[len(self.prices) - count:][::-1]
-        return self.prices[:count]
+    def count(self) -> int:
+        return len(self.levels)
+
+    def best_first(self, limit: int) -> list[Level]:
+        count = min(max(limit, 0), len(self.levels))
+        out: list[Level] = []
+        i = len(self.levels) - 1
+        while len(out) < count:
+            out.append(self.levels[i])
+            i -= 1
+        return out
 
 
 def _crosses(taker_side: int, limit_ticks: int, maker_price_ticks: int) -> bool:
@@ -317,57 +441,141 @@ def _valid_id(value: int) -> bool:
     return 0 < value <= MAX_ID
 
 
+def _rests(order_type: int, tif: int) -> bool:
+    return order_type == TYPE_LIMIT and (tif == TIF_GTC or tif == TIF_GTX or tif == TIF_GTX_REPRICE)
+
+
+def _post_only(tif: int) -> bool:
+    return tif == TIF_GTX or tif == TIF_GTX_REPRICE
+
+
+@final
 class Engine:
+    """The book of one symbol. Public calls returning list[Event] hand over fresh Event objects;
+    `step` and `execute` are the fast paths: their events live in the engine's reusable buffer
+    (`events()` / the returned list) and are overwritten by the next call."""
+
     def __init__(self, symbol: str, config: EngineConfig) -> None:
         self.symbol = symbol
         self.config = config
+        self.max_events = config.max_events_per_input
         self.bids = BookSide(True)
         self.asks = BookSide(False)
         self.orders: dict[int, Order] = {}
-        self.by_account: dict[int, dict[int, Order]] = {}
+        self.by_account: dict[int, AccountOrders] = {}
         self.by_client: dict[tuple[int, str], Order] = {}
-        self.seen: dict[int, None] = {}  # accepted ids, insertion ordered: the oldest are forgotten first
+        self.seen: set[int] = set()  # remembered accepted ids; `seen_ring` keeps their age
+        self.seen_ring: list[int] = []
+        self.seen_pos = 0  # when the ring is full: index of the oldest remembered id
         self.seq = 0  # last seq emitted
         self.trade_seq = 0  # last trade_id emitted
-        self._out: list[Event] = []
+        self._buf: list[Event] = []  # event objects, reused across calls on the fast paths
+        self._n = 0  # events emitted by the current call
+        self._base = 0  # index in _buf of the current input's first event
+        self._free_orders: list[Order] = []
+        self._free_levels: list[Level] = []
 
     # --- events ------------------------------------------------------------------------------
-    def _emit(self, kind: int, order_id: int, account_id: int, side: int, ts_ns: int) -> Event:
+    def _emit(self, kind: int, order_id: int, account_id: int, side: int, ts_ns: int, price_ticks: int,
+              qty_lots: int, leaves_lots: int, filled_lots: int, code: int, client_order_id: str,
+              reduce_only: bool) -> Event:
         self.seq += 1
-        event = Event(kind, self.seq, order_id, account_id, side, ts_ns)
-        self._out.append(event)
-        return event
-
-    def _order_event(self, kind: int, order: Order, ts_ns: int, code: int) -> Event:
-        event = self._emit(kind, order.order_id, order.account_id, order.side, ts_ns)
-        event.price_ticks = order.price_ticks
-        event.qty_lots = order.qty_lots
-        event.leaves_lots = order.leaves_lots
-        event.filled_lots = order.filled_lots
-        event.client_order_id = order.client_order_id
-        event.reduce_only = order.reduce_only
-        event.code = code
-        return event
-
-    def _reject(self, order_id: int, account_id: int, side: int, code: int, ts_ns: int,
-                client_order_id: str) -> list[Event]:
-        assert not self._out and code != OK
-        event = self._emit(EV_REJECTED, order_id, account_id, side, ts_ns)
+        n = self._n
+        if n < len(self._buf):
+            event = self._buf[n]
+            event.kind = kind
+            event.seq = self.seq
+            event.order_id = order_id
+            event.account_id = account_id
+            event.side = side
+            event.ts_ns = ts_ns
+        else:
+            event = Event(kind, self.seq, order_id, account_id, side, ts_ns)
+            self._buf.append(event)
+        self._n = n + 1
+        event.price_ticks = price_ticks
+        event.qty_lots = qty_lots
+        event.leaves_lots = leaves_lots
+        event.filled_lots = filled_lots
+        event.maker_order_id = 0
+        event.maker_account_id = 0
+        event.maker_leaves_lots = 0
+        event.maker_filled_lots = 0
+        event.trade_id = 0
         event.code = code
         event.client_order_id = client_order_id
-        return self._take()
+        event.reduce_only = reduce_only
+        return event
+
+    def _order_event(self, kind: int, order: Order, ts_ns: int, code: int) -> None:
+        self._emit(kind, order.order_id, order.account_id, order.side, ts_ns, order.price_ticks, order.qty_lots,
+                   order.leaves_lots, order.filled_lots, code, order.client_order_id, order.reduce_only)
+
+    def _reject(self, order_id: int, account_id: int, side: int, code: int, ts_ns: int, client_order_id: str) -> None:
+        assert self._n == self._base and code != OK
+        self._emit(EV_REJECTED, order_id, account_id, side, ts_ns, 0, 0, 0, 0, code, client_order_id, False)
+
+    def _begin(self) -> None:
+        self._n = 0
+        self._base = 0
 
     def _take(self) -> list[Event]:
-        out = self._out
-        assert len(out) <= self.config.max_events_per_input
-        self._out = []
+        """Hand the current call's events over to the caller (fresh objects next time)."""
+        n = self._n
+        assert n <= self.max_events
+        out = self._buf[:n]
+        del self._buf[:n]
+        self._n = 0
         return out
+
+    def events(self) -> list[Event]:
+        """The events of the last `step` (engine-owned; overwritten by the next call)."""
+        return self._buf[:self._n]
 
     def _side(self, side: int) -> BookSide:
         return self.bids if side == SIDE_BUY else self.asks
 
     def _opposite(self, side: int) -> BookSide:
         return self.asks if side == SIDE_BUY else self.bids
+
+    # --- pools ---------------------------------------------------------------------------------
+    def _new_order(self, order_id: int, account_id: int, side: int, tif: int, price_ticks: int, qty_lots: int,
+                   stp: int, reduce_only: bool, client_order_id: str, ts_ns: int) -> Order:
+        order = self._free_orders.pop() if self._free_orders else Order()
+        order.order_id = order_id
+        order.account_id = account_id
+        order.side = side
+        order.tif = tif
+        order.price_ticks = price_ticks
+        order.qty_lots = qty_lots
+        order.leaves_lots = qty_lots
+        order.filled_lots = 0
+        order.stp = stp
+        order.reduce_only = reduce_only
+        order.client_order_id = client_order_id
+        order.ts_ns = ts_ns
+        return order
+
+    def _recycle(self, order: Order) -> None:
+        assert order.level is None and order.account is None
+        if len(self._free_orders) < _POOL_MAX:
+            order.client_order_id = ""
+            self._free_orders.append(order)
+
+    def _level_for(self, book: BookSide, price_ticks: int) -> Level:
+        level = book.find(price_ticks)
+        if level is not None:
+            return level
+        level = self._free_levels.pop() if self._free_levels else Level()
+        level.price_ticks = price_ticks
+        book.insert(level)
+        return level
+
+    def _drop_level(self, book: BookSide, level: Level) -> None:
+        book.drop(level)
+        assert level.head is None and level.total_lots == 0
+        if len(self._free_levels) < _POOL_MAX:
+            self._free_levels.append(level)
 
     # --- queries -------------------------------------------------------------------------------
     def best_bid(self) -> int:
@@ -380,8 +588,8 @@ class Engine:
 
     def depth(self, levels: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """(bids best first, asks best first) as (price_ticks, total qty_lots), at most `levels` each."""
-        bids = [(p, self.bids.levels[p].total_lots) for p in self.bids.prices_best_first(levels)]
-        asks = [(p, self.asks.levels[p].total_lots) for p in self.asks.prices_best_first(levels)]
+        bids = [(lv.price_ticks, lv.total_lots) for lv in self.bids.best_first(levels)]
+        asks = [(lv.price_ticks, lv.total_lots) for lv in self.asks.best_first(levels)]
         return bids, asks
 
     def order(self, order_id: int) -> OrderInfo | None:
@@ -393,7 +601,7 @@ class Engine:
         mine = self.by_account.get(account_id)
         if mine is None:
             return []
-        return [mine[oid].info() for oid in sorted(mine)]
+        return [self.orders[oid].info() for oid in mine.order_ids()]
 
     def order_leaves(self, order_id: int) -> int:
         order = self.orders.get(order_id)
@@ -404,7 +612,40 @@ class Engine:
 
     def level_counts(self) -> tuple[int, int]:
         """(bid levels, ask levels)."""
-        return len(self.bids.prices), len(self.asks.prices)
+        return self.bids.count(), self.asks.count()
+
+    # --- fast paths ------------------------------------------------------------------------------
+    def step(self, cmd: Command) -> int:
+        """Apply one command; returns how many events it emitted (read them with `events()`)."""
+        self._begin()
+        self._dispatch(cmd)
+        return self._n
+
+    def execute(self, cmds: list[Command]) -> list[Event]:
+        """Apply a batch in order; returns every event of the batch, in order. The Event objects
+        belong to the engine and are reused by its next call: convert them before calling again."""
+        self._begin()
+        for cmd in cmds:
+            self._base = self._n
+            self._dispatch(cmd)
+            assert self._n - self._base <= self.max_events
+        return self._buf[:self._n]
+
+    def _dispatch(self, c: Command) -> None:
+        kind = c.kind
+        if kind == CMD_PLACE:
+            self._place(c.order_id, c.account_id, c.side, c.order_type, c.tif, c.price_ticks, c.qty_lots, c.stp,
+                        c.reduce_only, c.client_order_id, c.ts_ns)
+        elif kind == CMD_CANCEL:
+            self._cancel(c.order_id, c.account_id, c.ts_ns)
+        elif kind == CMD_CANCEL_BY_CLIENT_ID:
+            self._cancel_by_client_id(c.account_id, c.client_order_id, c.ts_ns)
+        elif kind == CMD_CANCEL_ALL:
+            self._cancel_all(c.account_id, c.ts_ns)
+        elif kind == CMD_AMEND:
+            self._amend(c.order_id, c.account_id, c.price_ticks, c.qty_lots, c.ts_ns)
+        else:
+            self._reject(c.order_id, c.account_id, 0, R_BAD_INPUT, max(0, min(c.ts_ns, MAX_ID)), "")
 
     # --- place ---------------------------------------------------------------------------------
     def _validate_shape(self, order_id: int, account_id: int, side: int, order_type: int, tif: int, stp: int,
@@ -415,9 +656,9 @@ class Engine:
             return R_BAD_INPUT
         if order_type != TYPE_LIMIT and order_type != TYPE_MARKET:
             return R_BAD_INPUT
-        if tif < TIF_GTC or tif > TIF_GTX or stp < STP_DEFAULT or stp > STP_EXPIRE_BOTH:
+        if tif < TIF_GTC or tif > TIF_GTX_REPRICE or stp < STP_DEFAULT or stp > STP_EXPIRE_BOTH:
             return R_BAD_INPUT
-        if order_type == TYPE_MARKET and tif == TIF_GTX:
+        if order_type == TYPE_MARKET and _post_only(tif):
             return R_BAD_INPUT
         if len(client_order_id) > MAX_CLIENT_ORDER_ID_CHARS:
             return R_BAD_INPUT
@@ -436,70 +677,105 @@ class Engine:
             return R_DUPLICATE_ORDER_ID
         if client_order_id and (account_id, client_order_id) in self.by_client:
             return R_BAD_INPUT
-        if order_type == TYPE_LIMIT and (tif == TIF_GTC or tif == TIF_GTX):
-            return self._room_to_rest(account_id, side, price_ticks)
         return OK
 
     def _room_to_rest(self, account_id: int, side: int, price_ticks: int) -> int:
         if len(self.orders) >= self.config.max_orders:
             return R_BOOK_FULL
         mine = self.by_account.get(account_id)
-        if mine is not None and len(mine) >= self.config.max_open_per_account:
+        if mine is not None and mine.count >= self.config.max_open_per_account:
             return R_BOOK_FULL
         book = self._side(side)
-        if price_ticks not in book.levels and len(book.prices) >= self.config.max_levels:
+        if book.count() >= self.config.max_levels and book.find(price_ticks) is None:
             return R_TOO_MANY_LEVELS
         return OK
 
+    def _repriced(self, side: int, price_ticks: int) -> int:
+        """Where a GTX_REPRICE order rests: its price, or one tick inside the opposite best when it
+        would take; 0 when that tick is out of range."""
+        best = self._opposite(side).best()
+        if best is None or not _crosses(side, price_ticks, best.price_ticks):
+            return price_ticks
+        moved = best.price_ticks - 1 if side == SIDE_BUY else best.price_ticks + 1
+        return moved if 0 < moved <= self.config.max_price_ticks else 0
+
     def place(self, order_id: int, account_id: int, side: int, order_type: int, tif: int, price_ticks: int,
               qty_lots: int, stp: int, reduce_only: bool, client_order_id: str, ts_ns: int) -> list[Event]:
+        self._begin()
+        self._place(order_id, account_id, side, order_type, tif, price_ticks, qty_lots, stp, reduce_only,
+                    client_order_id, ts_ns)
+        return self._take()
+
+    def _place(self, order_id: int, account_id: int, side: int, order_type: int, tif: int, price_ticks: int,
+               qty_lots: int, stp: int, reduce_only: bool, client_order_id: str, ts_ns: int) -> None:
         code = self._validate(order_id, account_id, side, order_type, tif, price_ticks, qty_lots, stp,
                               client_order_id, ts_ns)
         if code != OK:
-            return self._reject(order_id, account_id, side, code, ts_ns, client_order_id)
+            self._reject(order_id, account_id, side, code, ts_ns, client_order_id)
+            return
+        if tif == TIF_GTX_REPRICE:
+            price_ticks = self._repriced(side, price_ticks)
+            if price_ticks == 0:
+                self._reject(order_id, account_id, side, R_POST_ONLY_WOULD_TAKE, ts_ns, client_order_id)
+                return
+        rests = _rests(order_type, tif)
+        if rests:
+            code = self._room_to_rest(account_id, side, price_ticks)
+            if code != OK:
+                self._reject(order_id, account_id, side, code, ts_ns, client_order_id)
+                return
         limit_ticks = price_ticks
         if order_type == TYPE_MARKET:
             limit_ticks = self._market_bound(side)
             if limit_ticks <= 0:
-                return self._reject(order_id, account_id, side, R_NO_LIQUIDITY, ts_ns, client_order_id)
-        elif tif == TIF_GTX and self._would_take(side, limit_ticks):
-            return self._reject(order_id, account_id, side, R_POST_ONLY_WOULD_TAKE, ts_ns, client_order_id)
-        order = Order(order_id, account_id, side, tif, price_ticks if order_type == TYPE_LIMIT else 0, qty_lots,
-                      self.config.default_stp if stp == STP_DEFAULT else stp, reduce_only, client_order_id, ts_ns)
+                self._reject(order_id, account_id, side, R_NO_LIQUIDITY, ts_ns, client_order_id)
+                return
+        elif tif == TIF_GTX and self._would_take(side, price_ticks):
+            self._reject(order_id, account_id, side, R_POST_ONLY_WOULD_TAKE, ts_ns, client_order_id)
+            return
+        order = self._new_order(order_id, account_id, side, tif, price_ticks if order_type == TYPE_LIMIT else 0,
+                                qty_lots, self.config.default_stp if stp == STP_DEFAULT else stp, reduce_only,
+                                client_order_id, ts_ns)
         self._remember(order_id)
         self._order_event(EV_ACCEPTED, order, ts_ns, OK)
         if tif == TIF_FOK:
             code = self._fok_check(order, limit_ticks)
             if code != OK:
                 self._order_event(EV_EXPIRED, order, ts_ns, code)
-                return self._take()
-        rests = order_type == TYPE_LIMIT and (tif == TIF_GTC or tif == TIF_GTX)
-        self._match_then_finish(order, limit_ticks, rests, ts_ns)
-        assert tif != TIF_FOK or order.leaves_lots == 0, "FOK passed its check but did not fill"
-        return self._take()
-
-    def _match_then_finish(self, order: Order, limit_ticks: int, rests: bool, ts_ns: int) -> None:
+                self._recycle(order)
+                return
         code = self._match(order, limit_ticks, ts_ns)
-        if order.leaves_lots == 0:
-            return
-        if rests and code == OK:
+        if order.leaves_lots > 0 and rests and code == OK:
             self._rest(order, ts_ns)
-        else:
+            return
+        assert tif != TIF_FOK or order.leaves_lots == 0, "FOK passed its check but did not fill"
+        if order.leaves_lots > 0:
             self._order_event(EV_EXPIRED, order, ts_ns, code)
-            self._forget_live(order)
+        self._recycle(order)
 
     def _remember(self, order_id: int) -> None:
-        if self.config.max_seen_ids == 0:
+        cap = self.config.max_seen_ids
+        if cap == 0:
             return
-        self.seen[order_id] = None
-        if len(self.seen) > self.config.max_seen_ids:
-            del self.seen[next(iter(self.seen))]
+        self.seen.add(order_id)
+        ring = self.seen_ring
+        if len(ring) < cap:
+            ring.append(order_id)
+            return
+        pos = self.seen_pos
+        self.seen.discard(ring[pos])
+        ring[pos] = order_id
+        self.seen_pos = pos + 1 if pos + 1 < cap else 0
+
+    def _seen_oldest_first(self) -> list[int]:
+        ring = self.seen_ring
+        return ring[self.seen_pos:] + ring[:self.seen_pos]
 
     def _rest(self, order: Order, ts_ns: int) -> None:
-        """Put a non-crossing remainder on the book; its id and client id are already indexed."""
+        """Put a non-crossing remainder on the book and index it."""
         assert order.leaves_lots > 0 and order.price_ticks > 0
         assert not self._would_take(order.side, order.price_ticks), "resting would cross the book"
-        self._side(order.side).add(order)
+        self._level_for(self._side(order.side), order.price_ticks).append(order)
         self._index(order)
         self._order_event(EV_RESTED, order, ts_ns, OK)
 
@@ -507,19 +783,18 @@ class Engine:
         self.orders[order.order_id] = order
         mine = self.by_account.get(order.account_id)
         if mine is None:
-            mine = {}
+            mine = AccountOrders(order.account_id)
             self.by_account[order.account_id] = mine
-        mine[order.order_id] = order
+        mine.link(order)
         if order.client_order_id:
             self.by_client[(order.account_id, order.client_order_id)] = order
 
-    def _forget_live(self, order: Order) -> None:
-        """Drop a finished order from the live indexes (a no-op for an order never rested)."""
-        if self.orders.pop(order.order_id, None) is None:
-            return
-        mine = self.by_account[order.account_id]
-        del mine[order.order_id]
-        if not mine:
+    def _unindex(self, order: Order) -> None:
+        del self.orders[order.order_id]
+        mine = order.account
+        assert mine is not None
+        mine.unlink(order)
+        if mine.count == 0:
             del self.by_account[order.account_id]
         if order.client_order_id:
             del self.by_client[(order.account_id, order.client_order_id)]
@@ -544,14 +819,16 @@ class Engine:
         Walks the makers the taker would meet, as `_match` would: a same-account maker stops
         the walk under EXPIRE_TAKER/EXPIRE_BOTH and is skipped (expired) under EXPIRE_MAKER."""
         book = self._opposite(taker.side)
-        prices = book.prices if not book.is_bid else book.prices[::-1]
         total_lots = 0
         makers = 0
-        budget = self.config.max_events_per_input - 2  # ACCEPTED, then one event per maker met
-        for price_ticks in prices:
-            if not _crosses(taker.side, limit_ticks, price_ticks):
+        budget = self.max_events - 2  # ACCEPTED, then one event per maker met
+        i = len(book.levels) - 1
+        while i >= 0:
+            level = book.levels[i]
+            i -= 1
+            if not _crosses(taker.side, limit_ticks, level.price_ticks):
                 break
-            maker = book.levels[price_ticks].head
+            maker = level.head
             while maker is not None:
                 makers += 1
                 if makers > budget:
@@ -570,15 +847,17 @@ class Engine:
     def _match(self, taker: Order, limit_ticks: int, ts_ns: int) -> int:
         """Trade the taker against the opposite side; returns OK or why its remainder must expire."""
         book = self._opposite(taker.side)
+        levels = book.levels
         is_buy = taker.side == SIDE_BUY
-        stop_at = self.config.max_events_per_input - 1  # room for this step's event and a final one
+        stop_at = self._base + self.max_events - 1  # room for this step's event and a final one
         while taker.leaves_lots > 0:
-            level = book.best()
-            if level is None:
+            top = len(levels) - 1
+            if top < 0:
                 return OK
+            level = levels[top]
             if (level.price_ticks > limit_ticks) if is_buy else (level.price_ticks < limit_ticks):
                 return OK
-            if len(self._out) >= stop_at:
+            if self._n >= stop_at:
                 return R_TOO_MANY_EVENTS
             maker = level.head
             assert maker is not None
@@ -586,81 +865,106 @@ class Engine:
                 if taker.stp != STP_EXPIRE_TAKER:
                     self._remove(maker)
                     self._order_event(EV_EXPIRED, maker, ts_ns, R_SELF_TRADE)
+                    self._recycle(maker)
                 if taker.stp != STP_EXPIRE_MAKER:
                     return R_SELF_TRADE
                 continue
-            self._trade(taker, maker, ts_ns)
+            self._trade(taker, maker, level, ts_ns)
         return OK
 
-    def _trade(self, taker: Order, maker: Order, ts_ns: int) -> None:
+    def _trade(self, taker: Order, maker: Order, level: Level, ts_ns: int) -> None:
         qty_lots = min(taker.leaves_lots, maker.leaves_lots)
-        level = maker.level
-        assert level is not None and qty_lots > 0
+        assert qty_lots > 0 and maker.level is level
         taker.leaves_lots -= qty_lots
         taker.filled_lots += qty_lots
         maker.leaves_lots -= qty_lots
         maker.filled_lots += qty_lots
         level.total_lots -= qty_lots
         self.trade_seq += 1
-        event = self._emit(EV_TRADE, taker.order_id, taker.account_id, taker.side, ts_ns)
-        event.price_ticks = maker.price_ticks
-        event.qty_lots = qty_lots
-        event.leaves_lots = taker.leaves_lots
-        event.filled_lots = taker.filled_lots
+        event = self._emit(EV_TRADE, taker.order_id, taker.account_id, taker.side, ts_ns, maker.price_ticks, qty_lots,
+                           taker.leaves_lots, taker.filled_lots, OK, taker.client_order_id, taker.reduce_only)
         event.maker_order_id = maker.order_id
         event.maker_account_id = maker.account_id
         event.maker_leaves_lots = maker.leaves_lots
         event.maker_filled_lots = maker.filled_lots
         event.trade_id = self.trade_seq
-        event.client_order_id = taker.client_order_id
-        event.reduce_only = taker.reduce_only
         if maker.leaves_lots == 0:
             self._remove(maker)
+            self._recycle(maker)
+
+    def _unlink_from_level(self, order: Order) -> None:
+        level = order.level
+        assert level is not None, "order not in the book"
+        level.remove(order)
+        if level.count == 0:
+            self._drop_level(self._side(order.side), level)
 
     def _remove(self, order: Order) -> None:
-        """Take a resting order off the book and out of every index."""
-        self._side(order.side).remove(order)
-        self._forget_live(order)
+        """Take a resting order off the book and out of every index (the caller recycles it)."""
+        self._unlink_from_level(order)
+        self._unindex(order)
 
     # --- cancel and amend --------------------------------------------------------------------------
     def cancel(self, order_id: int, account_id: int, ts_ns: int) -> list[Event]:
-        order = self.orders.get(order_id)
-        if order is None:
-            return self._reject(order_id, account_id, 0, R_UNKNOWN_ORDER, ts_ns, "")
-        if order.account_id != account_id:
-            return self._reject(order_id, account_id, 0, R_NOT_OWNER, ts_ns, "")
-        self._remove(order)
-        self._order_event(EV_CANCELLED, order, ts_ns, OK)
+        self._begin()
+        self._cancel(order_id, account_id, ts_ns)
         return self._take()
 
+    def _cancel(self, order_id: int, account_id: int, ts_ns: int) -> None:
+        order = self.orders.get(order_id)
+        if order is None:
+            self._reject(order_id, account_id, 0, R_UNKNOWN_ORDER, ts_ns, "")
+        elif order.account_id != account_id:
+            self._reject(order_id, account_id, 0, R_NOT_OWNER, ts_ns, "")
+        else:
+            self._remove(order)
+            self._order_event(EV_CANCELLED, order, ts_ns, OK)
+            self._recycle(order)
+
     def cancel_by_client_id(self, account_id: int, client_order_id: str, ts_ns: int) -> list[Event]:
+        self._begin()
+        self._cancel_by_client_id(account_id, client_order_id, ts_ns)
+        return self._take()
+
+    def _cancel_by_client_id(self, account_id: int, client_order_id: str, ts_ns: int) -> None:
         order = self.by_client.get((account_id, client_order_id)) if client_order_id else None
         if order is None:
-            return self._reject(0, account_id, 0, R_UNKNOWN_ORDER, ts_ns, client_order_id)
-        return self.cancel(order.order_id, account_id, ts_ns)
+            self._reject(0, account_id, 0, R_UNKNOWN_ORDER, ts_ns, client_order_id)
+        else:
+            self._cancel(order.order_id, account_id, ts_ns)
 
     def cancel_all(self, account_id: int, ts_ns: int) -> list[Event]:
         """One CANCELLED per resting order of the account, ascending order_id; none -> no events."""
+        self._begin()
+        self._cancel_all(account_id, ts_ns)
+        return self._take()
+
+    def _cancel_all(self, account_id: int, ts_ns: int) -> None:
         mine = self.by_account.get(account_id)
         if mine is None:
-            return []
-        for order_id in sorted(mine):
-            order = self.orders[order_id]
-            self._remove(order)
-            self._order_event(EV_CANCELLED, order, ts_ns, OK)
+            return
+        for order_id in mine.order_ids():
+            self._cancel(order_id, account_id, ts_ns)
         assert account_id not in self.by_account
-        return self._take()
 
     def amend(self, order_id: int, account_id: int, new_price_ticks: int, new_qty_lots: int,
               ts_ns: int) -> list[Event]:
+        self._begin()
+        self._amend(order_id, account_id, new_price_ticks, new_qty_lots, ts_ns)
+        return self._take()
+
+    def _amend(self, order_id: int, account_id: int, new_price_ticks: int, new_qty_lots: int, ts_ns: int) -> None:
         order = self.orders.get(order_id)
         if order is None:
-            return self._reject(order_id, account_id, 0, R_UNKNOWN_ORDER, ts_ns, "")
+            self._reject(order_id, account_id, 0, R_UNKNOWN_ORDER, ts_ns, "")
+            return
         if order.account_id != account_id:
-            return self._reject(order_id, account_id, 0, R_NOT_OWNER, ts_ns, "")
+            self._reject(order_id, account_id, 0, R_NOT_OWNER, ts_ns, "")
+            return
         code = self._amend_code(order, new_price_ticks, new_qty_lots, ts_ns)
         if code != OK:
-            return self._reject(order_id, account_id, order.side, code, ts_ns, order.client_order_id)
+            self._reject(order_id, account_id, order.side, code, ts_ns, order.client_order_id)
+            return
         new_leaves = new_qty_lots - order.filled_lots
         if new_price_ticks == order.price_ticks and new_leaves <= order.leaves_lots:
             level = order.level
@@ -669,22 +973,21 @@ class Engine:
             order.leaves_lots = new_leaves
             order.qty_lots = new_qty_lots
             self._order_event(EV_AMENDED, order, ts_ns, OK)
-            return self._take()
-        self._side(order.side).remove(order)
+            return
+        self._unlink_from_level(order)
         order.price_ticks = new_price_ticks
         order.qty_lots = new_qty_lots
         order.leaves_lots = new_leaves
         self._order_event(EV_AMENDED, order, ts_ns, OK)
         code = self._match(order, new_price_ticks, ts_ns)
         if order.leaves_lots > 0 and code == OK:
-            self._side(order.side).add(order)
+            self._level_for(self._side(order.side), order.price_ticks).append(order)
             self._order_event(EV_RESTED, order, ts_ns, OK)
-        elif order.leaves_lots > 0:
+            return
+        if order.leaves_lots > 0:
             self._order_event(EV_EXPIRED, order, ts_ns, code)
-            self._forget_live(order)
-        else:
-            self._forget_live(order)
-        return self._take()
+        self._unindex(order)
+        self._recycle(order)
 
     def _amend_code(self, order: Order, new_price_ticks: int, new_qty_lots: int, ts_ns: int) -> int:
         if ts_ns < 0 or ts_ns > MAX_ID:
@@ -695,13 +998,13 @@ class Engine:
             return R_BAD_PRICE
         if new_price_ticks == order.price_ticks:
             return OK
-        if order.tif == TIF_GTX and self._would_take(order.side, new_price_ticks):
+        if _post_only(order.tif) and self._would_take(order.side, new_price_ticks):
             return R_POST_ONLY_WOULD_TAKE
         book = self._side(order.side)
         level = order.level
         assert level is not None
-        levels_after_leaving = len(book.prices) - (1 if level.count == 1 else 0)
-        if new_price_ticks not in book.levels and levels_after_leaving >= self.config.max_levels:
+        levels_after_leaving = book.count() - (1 if level.count == 1 else 0)
+        if levels_after_leaving >= self.config.max_levels and book.find(new_price_ticks) is None:
             return R_TOO_MANY_LEVELS
         return OK
 
@@ -713,14 +1016,19 @@ class Engine:
         assert best_bid == 0 or best_ask == 0 or best_bid < best_ask, "book crossed"
         count = 0
         for book in (self.bids, self.asks):
-            assert book.prices == sorted(book.levels) and len(book.prices) <= self.config.max_levels
-            for price_ticks in book.prices:
-                count += self._check_level(book, book.levels[price_ticks])
+            assert book.keys == sorted(set(book.keys)) and len(book.keys) == len(book.levels)
+            assert book.count() <= self.config.max_levels
+            for key, level in zip(book.keys, book.levels, strict=True):
+                assert book.key(level.price_ticks) == key
+                count += self._check_level(book, level)
         assert count == len(self.orders) <= self.config.max_orders
-        assert sum(len(mine) for mine in self.by_account.values()) == count
+        assert sum(mine.count for mine in self.by_account.values()) == count
+        for account_id, mine in self.by_account.items():
+            assert mine.count > 0 and len(mine.order_ids()) == mine.count and mine.account_id == account_id
         assert all(self.orders.get(o.order_id) is o for o in self.by_client.values())
         assert len(self.by_client) == sum(1 for o in self.orders.values() if o.client_order_id)
-        assert len(self.seen) <= self.config.max_seen_ids
+        assert len(self.seen) == len(self.seen_ring) <= self.config.max_seen_ids
+        assert all(order.level is None and order.account is None for order in self._free_orders)
 
     def _check_level(self, book: BookSide, level: Level) -> int:
         total_lots = 0
@@ -731,7 +1039,7 @@ class Engine:
             assert order.level is level and order.prev is prev and order.price_ticks == level.price_ticks
             assert order.leaves_lots > 0 and order.leaves_lots + order.filled_lots == order.qty_lots
             assert (order.side == SIDE_BUY) == book.is_bid and self.orders[order.order_id] is order
-            assert self.by_account[order.account_id][order.order_id] is order
+            assert order.account is self.by_account[order.account_id]
             total_lots += order.leaves_lots
             count += 1
             prev = order
@@ -743,24 +1051,24 @@ class Engine:
     def _orders_in_priority(self) -> list[Order]:
         out: list[Order] = []
         for book in (self.bids, self.asks):
-            for price_ticks in book.prices_best_first(len(book.prices)):
-                order = book.levels[price_ticks].head
+            for level in book.best_first(book.count()):
+                order = level.head
                 while order is not None:
                     out.append(order)
                     order = order.next
         return out
 
     def to_snapshot(self) -> bytes:
-        """Canonical bytes of the whole state: `PLMX` u16 version u32 json_len, JSON, u32 n, n x i64 seen ids.
-
-        Orders are listed bids best first then asks best first, each level in time priority."""
+        """Canonical bytes of the whole state: `PLMX` u16 version u32 json_len, JSON, u32 n, n x i64 seen
+        ids (oldest first). Orders are listed bids best first then asks best first, each level in time
+        priority."""
         orders = [[o.order_id, o.account_id, o.side, o.tif, o.price_ticks, o.qty_lots, o.leaves_lots,
                    o.filled_lots, o.stp, 1 if o.reduce_only else 0, o.client_order_id, o.ts_ns]
                   for o in self._orders_in_priority()]
         doc: dict[str, object] = {"symbol": self.symbol, "seq": self.seq, "trade_seq": self.trade_seq,
                                   "config": self.config.to_dict(), "orders": orders}
         body = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode()
-        seen = list(self.seen)
+        seen = self._seen_oldest_first()
         parts = [_SNAP_HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(body)), body, _U32.pack(len(seen)),
                  struct.pack(f"<{len(seen)}q", *seen)]
         return b"".join(parts)
@@ -794,7 +1102,7 @@ def from_snapshot(data: bytes) -> Engine:
     except (KeyError, TypeError, IndexError) as exc:
         raise ValueError(f"malformed snapshot: {exc!r}") from exc
     for order_id in struct.unpack_from(f"<{seen_count}q", data, seen_at + _U32.size):
-        engine.seen[int(order_id)] = None
+        engine._remember(int(order_id))
     engine.check_invariants()
     return engine
 
@@ -804,10 +1112,61 @@ def _engine_from_doc(doc: dict[str, Any]) -> Engine:
     engine.seq = int(doc["seq"])
     engine.trade_seq = int(doc["trade_seq"])
     for row in doc["orders"]:
-        order = Order(int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), int(row[5]), int(row[8]),
-                      int(row[9]) == 1, str(row[10]), int(row[11]))
+        order = engine._new_order(int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), int(row[5]),
+                                  int(row[8]), int(row[9]) == 1, str(row[10]), int(row[11]))
         order.leaves_lots = int(row[6])
         order.filled_lots = int(row[7])
-        engine._side(order.side).add(order)
+        engine._level_for(engine._side(order.side), order.price_ticks).append(order)
         engine._index(order)
     return engine
+
+
+# --- measurement helpers (compiled with the core, so the caller's loop costs no interpreter time) ---
+@final
+class StepTiming:
+    """What `time_steps` measured: events and traded lots consumed, and sampled per-command latency."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.volume_lots = 0
+        self.elapsed_ns = 0
+        self.samples_ns: list[int] = []
+
+
+def time_steps(engine: Engine, cmds: list[Command], sample_every: int) -> StepTiming:
+    """Drive `engine.step` once per command, reading every event (kind, qty) as a consumer would,
+    timing every `sample_every`-th command on its own. Benchmarks call this."""
+    out = StepTiming()
+    clock = time.perf_counter_ns
+    started = clock()
+    n = 0
+    for cmd in cmds:
+        sampled = n % sample_every == 0
+        t0 = clock() if sampled else 0
+        count = engine.step(cmd)
+        buf = engine._buf
+        for i in range(count):
+            ev = buf[i]
+            if ev.kind == EV_TRADE:
+                out.volume_lots += ev.qty_lots
+        out.events += count
+        if sampled:
+            out.samples_ns.append(clock() - t0)
+        n += 1
+    out.elapsed_ns = clock() - started
+    return out
+
+
+def time_batches(engine: Engine, cmds: list[Command], batch_size: int) -> StepTiming:
+    """Drive `engine.execute` over consecutive batches of `batch_size` commands, reading every event."""
+    out = StepTiming()
+    clock = time.perf_counter_ns
+    started = clock()
+    for start in range(0, len(cmds), batch_size):
+        events = engine.execute(cmds[start:start + batch_size])
+        for ev in events:
+            if ev.kind == EV_TRADE:
+                out.volume_lots += ev.qty_lots
+        out.events += len(events)
+    out.elapsed_ns = clock() - started
+    return out

@@ -124,7 +124,7 @@ class NaiveBook:
             return C.R_BAD_INPUT
         if side not in (C.SIDE_BUY, C.SIDE_SELL) or otype not in (C.TYPE_LIMIT, C.TYPE_MARKET):
             return C.R_BAD_INPUT
-        if tif not in (1, 2, 3, 4) or stp not in (-1, 0, 1, 2, 3) or (otype == C.TYPE_MARKET and tif == C.TIF_GTX):
+        if tif not in (1, 2, 3, 4, 5) or stp not in (-1, 0, 1, 2, 3) or (otype == C.TYPE_MARKET and tif in (4, 5)):
             return C.R_BAD_INPUT
         if len(coid) > C.MAX_CLIENT_ORDER_ID_CHARS:
             return C.R_BAD_INPUT
@@ -136,7 +136,19 @@ class NaiveBook:
             return C.R_DUPLICATE_ORDER_ID
         if coid and any(o.account_id == acct and o.client_order_id == coid for o in self.resting):
             return C.R_BAD_INPUT
-        if otype == C.TYPE_LIMIT and tif in (C.TIF_GTC, C.TIF_GTX):
+        return C.OK
+
+    def reprice(self, side: int, price: int) -> int:
+        """GTX_REPRICE: one tick inside the opposite best when it would take; 0 if out of range."""
+        best = self.best_maker(side)
+        if best is None or not self.crosses(side, price, best.price_ticks):
+            return price
+        moved = best.price_ticks - 1 if side == C.SIDE_BUY else best.price_ticks + 1
+        return moved if 0 < moved <= self.config.max_price_ticks else 0
+
+    def room(self, acct: int, side: int, otype: int, tif: int, price: int) -> int:
+        cfg = self.config
+        if otype == C.TYPE_LIMIT and tif in (C.TIF_GTC, C.TIF_GTX, C.TIF_GTX_REPRICE):
             if len(self.resting) >= cfg.max_orders:
                 return C.R_BOOK_FULL
             if len(self.open_order_ids(acct)) >= cfg.max_open_per_account:
@@ -149,6 +161,13 @@ class NaiveBook:
     def place(self, oid: int, acct: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int,
               reduce_only: bool, coid: str, ts_ns: int) -> list[Any]:
         code = self.validate(oid, acct, side, otype, tif, price, qty, stp, coid, ts_ns)
+        if code:
+            return self.reject(oid, acct, side, code, ts_ns, coid)
+        if tif == C.TIF_GTX_REPRICE:
+            price = self.reprice(side, price)
+            if price == 0:
+                return self.reject(oid, acct, side, C.R_POST_ONLY_WOULD_TAKE, ts_ns, coid)
+        code = self.room(acct, side, otype, tif, price)
         if code:
             return self.reject(oid, acct, side, code, ts_ns, coid)
         limit = price
@@ -178,7 +197,7 @@ class NaiveBook:
                 return self.take()
         code = self.match(o, limit, ts_ns)
         if o.leaves_lots > 0:
-            if otype == C.TYPE_LIMIT and tif in (C.TIF_GTC, C.TIF_GTX) and code == C.OK:
+            if otype == C.TYPE_LIMIT and tif in (C.TIF_GTC, C.TIF_GTX, C.TIF_GTX_REPRICE) and code == C.OK:
                 self.add(o)
                 self.order_event(C.EV_RESTED, o, ts_ns, C.OK)
             else:
@@ -290,7 +309,7 @@ class NaiveBook:
         if price == o.price_ticks:
             return C.OK
         best = self.best_maker(o.side)
-        if o.tif == C.TIF_GTX and best is not None and self.crosses(o.side, price, best.price_ticks):
+        if o.tif in (C.TIF_GTX, C.TIF_GTX_REPRICE) and best is not None and self.crosses(o.side, price, best.price_ticks):
             return C.R_POST_ONLY_WOULD_TAKE
         prices = {p.price_ticks for p in self.resting if p.side == o.side and p is not o}
         if price not in prices and len(prices) >= self.config.max_levels:

@@ -202,6 +202,60 @@ def test_post_only(core: ModuleType) -> None:
     assert crossing_amend[0].code == core.R_POST_ONLY_WOULD_TAKE
 
 
+def test_post_only_reprice_moves_inside_the_spread(core: ModuleType) -> None:
+    b = Book(core, max_price_ticks=200)
+    b.sell(101, 1, account=2)
+    b.buy(99, 1, account=2)
+    moved = b.buy(105, 3, tif=core.TIF_GTX_REPRICE)
+    assert kinds(moved) == [core.EV_ACCEPTED, core.EV_RESTED] and moved[0].price_ticks == 100
+    assert b.e.depth(5) == ([(100, 3), (99, 1)], [(101, 1)])
+    moved_sell = b.sell(90, 2, tif=core.TIF_GTX_REPRICE)
+    assert moved_sell[1].price_ticks == 101 and b.e.depth(5)[1] == [(101, 3)]
+    passive = b.buy(98, 1, tif=core.TIF_GTX_REPRICE)
+    assert passive[1].price_ticks == 98
+    b2 = Book(core, max_price_ticks=100)
+    b2.buy(100, 1, account=2)
+    nowhere = b2.sell(100, 1, tif=core.TIF_GTX_REPRICE)  # best bid + 1 is above max_price_ticks
+    assert kinds(nowhere) == [core.EV_REJECTED] and nowhere[0].code == core.R_POST_ONLY_WOULD_TAKE
+    assert b2.buy(100, 1, order_type=core.TYPE_MARKET, tif=core.TIF_GTX_REPRICE)[0].code == core.R_BAD_INPUT
+
+
+def _commands(core: ModuleType) -> list[Any]:
+    C = core.Command
+    return [C(core.CMD_PLACE, 1, 1, core.SIDE_SELL, core.TYPE_LIMIT, core.TIF_GTC, 100, 5, core.STP_DEFAULT, False, "a", 1),
+            C(core.CMD_PLACE, 2, 2, core.SIDE_BUY, core.TYPE_LIMIT, core.TIF_IOC, 100, 2, ts_ns=2),
+            C(core.CMD_AMEND, 1, 1, price_ticks=101, qty_lots=4, ts_ns=3),
+            C(core.CMD_CANCEL_BY_CLIENT_ID, 0, 1, client_order_id="a", ts_ns=4),
+            C(core.CMD_CANCEL, 9, 1, ts_ns=5),
+            C(core.CMD_PLACE, 3, 1, core.SIDE_BUY, core.TYPE_LIMIT, core.TIF_GTC, 99, 1, ts_ns=6),
+            C(core.CMD_CANCEL_ALL, 0, 1, ts_ns=7),
+            C(99, 4, 1, ts_ns=8)]
+
+
+def test_step_execute_and_the_list_api_agree(core: ModuleType) -> None:
+    """The batch call, the per-call fast path and the list-returning calls give the same events."""
+    listed = Book(core)
+    e = listed.e
+    want = [*e.place(1, 1, core.SIDE_SELL, core.TYPE_LIMIT, core.TIF_GTC, 100, 5, core.STP_DEFAULT, False, "a", 1),
+            *e.place(2, 2, core.SIDE_BUY, core.TYPE_LIMIT, core.TIF_IOC, 100, 2, core.STP_DEFAULT, False, "", 2),
+            *e.amend(1, 1, 101, 4, 3), *e.cancel_by_client_id(1, "a", 4), *e.cancel(9, 1, 5),
+            *e.place(3, 1, core.SIDE_BUY, core.TYPE_LIMIT, core.TIF_GTC, 99, 1, core.STP_DEFAULT, False, "", 6),
+            *e.cancel_all(1, 7)]
+    want_tuples = [ev.as_tuple() for ev in want] + [(core.EV_REJECTED, len(want) + 1, 4, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                      0, core.R_BAD_INPUT, 8, "", False)]
+    batch = core.Engine("BTCUSDT", core.EngineConfig())
+    assert [ev.as_tuple() for ev in batch.execute(_commands(core))] == want_tuples
+    stepped = core.Engine("BTCUSDT", core.EngineConfig())
+    got = []
+    for cmd in _commands(core):
+        count = stepped.step(cmd)
+        assert len(stepped.events()) == count
+        got.extend(ev.as_tuple() for ev in stepped.events())
+    assert got == want_tuples
+    assert batch.state_hash() == stepped.state_hash()
+    assert [k for k, *_ in want_tuples] == [1, 2, 1, 3, 7, 2, 4, 6, 1, 2, 4, 6]
+
+
 # --- self-trade prevention -----------------------------------------------------------------------
 
 def _stp_book(core: ModuleType, **config: int) -> Book:

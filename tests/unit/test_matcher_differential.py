@@ -28,7 +28,7 @@ FRESH_OR_OLD = st.sampled_from([0, 0, 0, 0, 0, 1, 2, 3, 5])  # 0: a fresh id, el
 OLD = st.integers(1, 6)  # an id used before: live, finished or never accepted
 
 PLACE = st.tuples(st.just("place"), FRESH_OR_OLD, ACCOUNTS, st.sampled_from([1, 2]),
-                  st.sampled_from([1, 1, 1, 1, 2]), st.sampled_from([1, 1, 1, 2, 3, 4]), PRICES,
+                  st.sampled_from([1, 1, 1, 1, 2]), st.sampled_from([1, 1, 1, 2, 3, 4, 5]), PRICES,
                   st.integers(1, 6), st.sampled_from([-1, -1, 0, 1, 2, 3]), st.booleans(), COIDS)
 CANCEL = st.tuples(st.just("cancel"), OLD, ACCOUNTS)
 CANCEL_COID = st.tuples(st.just("cancel_coid"), ACCOUNTS, COIDS)
@@ -140,7 +140,7 @@ def _random_ops(rng: random.Random, count: int) -> list[tuple[Any, ...]]:
             side = rng.choice([1, 2])
             price = rng.randint(98, 103) if side == 1 else rng.randint(97, 102)
             ops.append(("place", rng.choice([0, 0, 0, 0, 0, 0, 1, 3]), account, side, rng.choice([1, 1, 1, 1, 2]),
-                        rng.choice([1, 1, 1, 2, 3, 4]), price, rng.randint(1, 8), rng.choice([-1, 0, 1, 2, 3]),
+                        rng.choice([1, 1, 1, 2, 3, 4, 5]), price, rng.randint(1, 8), rng.choice([-1, 0, 1, 2, 3]),
                         rng.random() < 0.2, rng.choice(["", "", "", "a", "b"])))
         elif roll < 0.78:
             ops.append(("cancel", rng.randint(1, 8), account))
