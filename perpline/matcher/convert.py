@@ -14,20 +14,39 @@ _STPS = {"DEFAULT": "STP_DEFAULT", "NONE": "STP_NONE", "EXPIRE_TAKER": "STP_EXPI
          "EXPIRE_MAKER": "STP_EXPIRE_MAKER", "EXPIRE_BOTH": "STP_EXPIRE_BOTH"}
 
 
-def apply(engine: Any, core: Any, cmd: m.Msg) -> list[m.Msg]:
-    """Apply one input to its engine; returns the contract events (seq from the engine)."""
+def to_command(core: Any, cmd: m.Msg) -> Any:
+    """The engine command for one input; raises UnitError when its numbers are not on the grid."""
     inst = instrument(cmd.symbol)
     ts_ns = cmd.ts_ms * 1_000_000
     if isinstance(cmd, m.NewOrder):
         price_ticks = inst.parse_price(cmd.price) if cmd.price is not None else 0
-        raw = engine.place(cmd.order_id, cmd.account_id, getattr(core, _SIDES[cmd.side]),
-                           getattr(core, _TYPES[cmd.order_type]), getattr(core, _TIFS[cmd.time_in_force]), price_ticks,
-                           inst.parse_qty(cmd.quantity), getattr(core, _STPS[cmd.stp]), cmd.reduce_only,
-                           cmd.client_order_id, ts_ns)
-        return [to_message(core, inst, ev, cmd, is_cancel=False) for ev in raw]
+        return core.Command(core.CMD_PLACE, cmd.order_id, cmd.account_id, getattr(core, _SIDES[cmd.side]),
+                            getattr(core, _TYPES[cmd.order_type]), getattr(core, _TIFS[cmd.time_in_force]),
+                            price_ticks, inst.parse_qty(cmd.quantity), getattr(core, _STPS[cmd.stp]), cmd.reduce_only,
+                            cmd.client_order_id, ts_ns)
     assert isinstance(cmd, m.CancelRequest)
-    raw = engine.cancel(cmd.order_id, cmd.account_id, ts_ns)
-    return [to_message(core, inst, ev, cmd, is_cancel=True) for ev in raw]
+    return core.Command(core.CMD_CANCEL, cmd.order_id, cmd.account_id, ts_ns=ts_ns)
+
+
+def apply_batch(engine: Any, core: Any, inputs: list[tuple[m.Msg, Any]]) -> list[list[m.Msg]]:
+    """Apply (input, command) pairs of ONE symbol with the engine's batch call; the contract events
+    of each input, in order (seq from the engine)."""
+    if not inputs:
+        return []
+    raw = engine.execute([command for _, command in inputs])
+    inst = instrument(inputs[0][0].symbol)
+    out: list[list[m.Msg]] = []
+    start = 0
+    for (cause, _), end in zip(inputs, engine.ends, strict=True):
+        is_cancel = isinstance(cause, m.CancelRequest)
+        out.append([to_message(core, inst, raw[i], cause, is_cancel=is_cancel) for i in range(start, end)])
+        start = end
+    return out
+
+
+def apply(engine: Any, core: Any, cmd: m.Msg) -> list[m.Msg]:
+    """Apply one input to its engine; returns the contract events (seq from the engine)."""
+    return apply_batch(engine, core, [(cmd, to_command(core, cmd))])[0]
 
 
 def to_message(core: Any, inst: Instrument, ev: Any, cause: m.Msg, *, is_cancel: bool) -> m.Msg:

@@ -474,6 +474,7 @@ class Engine:
         self._base = 0  # index in _buf of the current input's first event
         self._free_orders: list[Order] = []
         self._free_levels: list[Level] = []
+        self.ends: list[int] = []  # after `execute`: where each input's events end in the returned list
 
     # --- events ------------------------------------------------------------------------------
     def _emit(self, kind: int, order_id: int, account_id: int, side: int, ts_ns: int, price_ticks: int,
@@ -622,13 +623,17 @@ class Engine:
         return self._n
 
     def execute(self, cmds: list[Command]) -> list[Event]:
-        """Apply a batch in order; returns every event of the batch, in order. The Event objects
-        belong to the engine and are reused by its next call: convert them before calling again."""
+        """Apply a batch in order; returns every event of the batch, in order, and sets `ends[i]` to
+        the end of input i's events in that list. The Event objects belong to the engine and are
+        reused by its next call: convert them before calling again."""
         self._begin()
+        ends: list[int] = []
         for cmd in cmds:
             self._base = self._n
             self._dispatch(cmd)
             assert self._n - self._base <= self.max_events
+            ends.append(self._n)
+        self.ends = ends
         return self._buf[:self._n]
 
     def _dispatch(self, c: Command) -> None:
