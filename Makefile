@@ -38,7 +38,6 @@ lint: $(STAMP)
 
 bench: matcher
 	$(BIN)/python -m bench.matcher
-	$(BIN)/python bench/matcher_bench.py
 
 schemas: $(STAMP)
 	$(BIN)/perpline schemas

@@ -1,28 +1,43 @@
-"""Matcher benchmark: one seeded flow through each engine, each in a fresh subprocess; prints one JSON.
+"""Matcher benchmark: one seeded flow through every engine, each in a fresh subprocess; prints one JSON.
 
-    python -m bench.matcher [--commands 1000000] [--seed 7]
+    python -m bench.matcher [--commands 1000000] [--seed 7] [--recovery-inputs 1000000] [--no-peers]
 
 Flow (one symbol): ~60% limit orders a few ticks around a drifting mid, ~35% cancels of
 resting orders, ~5% crossing IOC orders; a few hundred resting orders over ~20 levels.
-Engines: the compiled core (per call, events consumed), the same core uncompiled, and a
-naive dict-of-deques book. Ratios are measured in the same run; nothing here is a test.
-PyPI peer engines are not driven yet (see the README's status).
+
+Engines and figures (ratios are measured in the same run; nothing here is a test):
+- compiled core, per call: `core.time_steps` (compiled) calls `Engine.step` once per command and
+  reads every event, as a consumer would; per-command latency sampled on every 16th command.
+  `ops_per_s_python_loop` is the same per-call path driven from an interpreted Python loop.
+- compiled core, batches: `Engine.execute` over batches of 1,000 commands (`batch_ops_per_s`).
+- the same core uncompiled (`ops_per_s_pure`), and a naive dict-of-deques book (bench/naive_book.py).
+- PyPI engines (bench/peers/), run from `.venv-bench` when it exists (`make bench` creates it
+  from bench/requirements-peers.lock), each checked for the same traded volume and final book.
+- `decode_ns_per_msg`: the runner's cost per input before the engine (msgspec decode of the
+  contract message and conversion to an engine command).
+- `recovery_s_per_1m`: a real Matcher recovering from a WAL of N inputs (no snapshot), scaled to 1M.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 FLOW_SEED = 7
+REPO = Path(__file__).resolve().parents[1]
+BENCH_VENV_PYTHON = REPO / ".venv-bench" / "bin" / "python"
+Flow = list[tuple[int, int, int, int, int]]
 
 
-def flow(commands: int, seed: int) -> list[tuple[int, int, int, int, int]]:
+def flow(commands: int, seed: int) -> Flow:
     """(kind 0 limit / 1 cancel / 2 ioc, order_id, is_buy, price_ticks, qty_lots)."""
     rng = random.Random(seed)
     mid, live, out, next_id = 100_000, [], [], 1
@@ -48,45 +63,135 @@ def flow(commands: int, seed: int) -> list[tuple[int, int, int, int, int]]:
     return out[:commands]
 
 
-def run_core(pure: bool, commands: list[tuple[int, int, int, int, int]]) -> dict[str, Any]:
-    from perpline.matcher.loader import load_core
+def account_of(order_id: int) -> int:
+    return 1 + (order_id & 1)
+
+
+def commands_for(core: Any, data: Flow) -> list[Any]:
+    out = []
+    for kind, oid, is_buy, price, qty in data:
+        if kind == 1:
+            out.append(core.Command(core.CMD_CANCEL, oid, account_of(oid)))
+        else:
+            out.append(core.Command(core.CMD_PLACE, oid, account_of(oid), core.SIDE_BUY if is_buy else core.SIDE_SELL,
+                                    core.TYPE_LIMIT, core.TIF_IOC if kind == 2 else core.TIF_GTC, price, qty,
+                                    core.STP_NONE, False, "", 0))
+    return out
+
+
+def book_of(engine: Any) -> list[list[Any]]:
+    bids, asks = engine.depth(1_000_000)
+    return sorted([["B", p, q] for p, q in bids] + [["S", p, q] for p, q in asks])
+
+
+def run_core(pure: bool, data: Flow) -> dict[str, Any]:
+    from perpline.matcher.loader import is_compiled, load_core
 
     core = load_core(pure=pure)
+    assert pure or is_compiled(core), "compiled core missing or stale: run `python -m perpline.matcher.build`"
+    cmds = commands_for(core, data)
     engine = core.Engine("B", core.EngineConfig(default_stp=core.STP_NONE))
-    place, cancel = engine.place, engine.cancel
-    buy, sell, limit, gtc, ioc, trade = core.SIDE_BUY, core.SIDE_SELL, core.TYPE_LIMIT, core.TIF_GTC, core.TIF_IOC, core.EV_TRADE
+    timing = core.time_steps(engine, cmds, 16)
+    result = {"ops_per_s": len(cmds) / (timing.elapsed_ns / 1e9), "volume_lots": timing.volume_lots,
+              "events": timing.events, "book": book_of(engine), **_percentiles(timing.samples_ns)}
+    if pure:
+        return result
+    batch_engine = core.Engine("B", core.EngineConfig(default_stp=core.STP_NONE))
+    batch = core.time_batches(batch_engine, cmds, 1000)
+    assert batch.volume_lots == timing.volume_lots and batch_engine.state_hash() == engine.state_hash()
+    result["batch_ops_per_s"] = len(cmds) / (batch.elapsed_ns / 1e9)
+    result["ops_per_s_python_loop"] = _python_loop(core, cmds, timing.volume_lots)
+    return result
+
+
+def _python_loop(core: Any, cmds: list[Any], volume_lots: int) -> float:
+    engine = core.Engine("B", core.EngineConfig(default_stp=core.STP_NONE))
+    step, events, trade = engine.step, engine.events, core.EV_TRADE
     volume = 0
-    samples: list[int] = []
-    clock = time.perf_counter_ns
     started = time.perf_counter()
-    for n, (kind, oid, is_buy, price, qty) in enumerate(commands):
-        t0 = clock() if n % 64 == 0 else 0
-        if kind == 1:
-            events = cancel(oid, 1 + (oid & 1), 0)
-        else:
-            events = place(oid, 1 + (oid & 1), buy if is_buy else sell, limit, ioc if kind == 2 else gtc, price, qty,
-                           0, False, "", 0)
-        for ev in events:
-            if ev.kind == trade:
-                volume += ev.qty_lots
-        if t0:
-            samples.append(clock() - t0)
+    for cmd in cmds:
+        if step(cmd):
+            for ev in events():
+                if ev.kind == trade:
+                    volume += ev.qty_lots
     elapsed = time.perf_counter() - started
-    return {"ops_per_s": len(commands) / elapsed, "volume_lots": volume, **_percentiles(samples)}
+    assert volume == volume_lots
+    return len(cmds) / elapsed
 
 
-def run_naive(commands: list[tuple[int, int, int, int, int]]) -> dict[str, Any]:
+def run_naive(data: Flow) -> dict[str, Any]:
     from bench.naive_book import NaiveBook
 
     book = NaiveBook()
     started = time.perf_counter()
-    for kind, oid, is_buy, price, qty in commands:
+    for kind, oid, is_buy, price, qty in data:
         if kind == 1:
             book.cancel(oid)
         else:
             book.place(oid, bool(is_buy), price, qty, rest=kind == 0)
     elapsed = time.perf_counter() - started
-    return {"ops_per_s": len(commands) / elapsed, "volume_lots": book.volume_lots}
+    levels = [["B", p, sum(e[2] for e in q)] for p, q in book.bids.items()]
+    levels += [["S", p, sum(e[2] for e in q)] for p, q in book.asks.items()]
+    return {"ops_per_s": len(data) / elapsed, "volume_lots": book.volume_lots, "book": sorted(levels)}
+
+
+def encoded_inputs(data: Flow) -> list[bytes]:
+    """The flow as the contract messages the runner consumes from `orders` (BTCUSDT-PERP)."""
+    from perpline.contracts import codec
+    from perpline.contracts import messages as m
+
+    out = []
+    for kind, oid, is_buy, price, qty in data:
+        if kind == 1:
+            msg: Any = m.CancelRequest(trace_id="t", causation_id="c", ts_ms=1, symbol="BTCUSDT-PERP", order_id=oid,
+                                       account_id=account_of(oid))
+        else:
+            msg = m.NewOrder(trace_id="t", causation_id="c", ts_ms=1, symbol="BTCUSDT-PERP", order_id=oid,
+                             account_id=account_of(oid), client_order_id="", side="BUY" if is_buy else "SELL",
+                             order_type="LIMIT", time_in_force="IOC" if kind == 2 else "GTC",
+                             price=f"{price // 10}.{price % 10}", quantity=f"0.{qty:03d}", stp="NONE")
+        out.append(codec.encode(msg))
+    return out
+
+
+def run_decode(data: Flow) -> dict[str, Any]:
+    """The runner's per-input work before the engine: msgspec decode + conversion to a Command."""
+    from perpline.contracts import codec
+    from perpline.matcher import convert
+    from perpline.matcher.loader import load_core
+
+    core = load_core()
+    raw = encoded_inputs(data[:100_000])
+    started = time.perf_counter_ns()
+    for payload in raw:
+        convert.to_command(core, codec.decode("orders", payload))
+    return {"decode_ns_per_msg": (time.perf_counter_ns() - started) / len(raw)}
+
+
+def run_recovery(inputs: int) -> dict[str, Any]:
+    """Write a WAL of `inputs` encoded orders (as the runner records them), then time a real recovery."""
+    from perpline.config import topic_map
+    from perpline.matcher.runner import Matcher
+    from perpline.matcher.segments import SegmentedWal
+
+    with tempfile.TemporaryDirectory(prefix="perpline-bench-") as tmp:
+        wal = SegmentedWal(Path(tmp) / "wal", "never")
+        wal.open()
+        batch: list[bytes] = []
+        for offset, payload in enumerate(encoded_inputs(flow(inputs, FLOW_SEED + 1))):
+            batch.append(json.dumps({"p": 0, "o": offset}).encode() + b"\n" + payload)
+            if len(batch) == 1000:
+                wal.append_batch(batch)
+                batch = []
+        wal.append_batch(batch)
+        wal.close()
+        matcher = Matcher(Path(tmp), "127.0.0.1:1", topic_map(), "never")
+        started = time.perf_counter()
+        replayed = matcher.recover()
+        elapsed = time.perf_counter() - started
+        matcher.wal.close()
+    assert len(replayed) == inputs
+    return {"recovery_inputs": inputs, "recovery_s": elapsed, "recovery_s_per_1m": elapsed * 1_000_000 / inputs}
 
 
 def _percentiles(samples: list[int]) -> dict[str, int]:
@@ -97,35 +202,83 @@ def _percentiles(samples: list[int]) -> dict[str, int]:
     return {"p50_ns": pick(0.5), "p99_ns": pick(0.99), "p999_ns": pick(0.999)}
 
 
-def child(engine: str, commands: int, seed: int) -> None:
+def child(engine: str, commands: int, seed: int, recovery_inputs: int) -> dict[str, Any]:
+    if engine == "recovery":
+        return run_recovery(recovery_inputs)
     data = flow(commands, seed)
-    result = run_naive(data) if engine == "naive" else run_core(engine == "pure", data)
-    print(json.dumps(result))
+    if engine == "decode":
+        return run_decode(data)
+    if engine == "naive":
+        return run_naive(data)
+    if engine.startswith("peer:"):
+        from bench.peers import run_peer
+
+        return run_peer(engine.removeprefix("peer:"), data)
+    return run_core(engine == "pure", data)
+
+
+def _spawn(engine: str, args: argparse.Namespace, python: str = sys.executable) -> dict[str, Any] | None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([python, "-m", "bench.matcher", "--engine", engine, "--commands", str(args.commands),
+                           "--seed", str(args.seed), "--recovery-inputs", str(args.recovery_inputs)],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+    if done.returncode != 0:
+        sys.stderr.write(f"{engine}: failed\n{done.stderr[-2000:]}\n")
+        return None
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _peer_names() -> list[str]:
+    if not BENCH_VENV_PYTHON.exists():
+        return []
+    try:
+        from bench.peers import PEERS
+    except ImportError:
+        return []
+    return sorted(PEERS)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--commands", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=FLOW_SEED)
+    parser.add_argument("--recovery-inputs", type=int, default=1_000_000, help="0: skip the recovery figure")
+    parser.add_argument("--no-peers", action="store_true", help="skip the PyPI engines")
     parser.add_argument("--engine", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine:
-        child(args.engine, args.commands, args.seed)
+        print(json.dumps(child(args.engine, args.commands, args.seed, args.recovery_inputs)))
         return
-    results = {}
-    for engine in ("compiled", "pure", "naive"):
-        out = subprocess.run([sys.executable, "-m", "bench.matcher", "--engine", engine, "--commands",
-                              str(args.commands), "--seed", str(args.seed)], capture_output=True, text=True, check=True)
-        results[engine] = json.loads(out.stdout.strip().splitlines()[-1])
-    fast = results["compiled"]
-    report = {"commands": args.commands, "ops_per_s": round(fast["ops_per_s"]),
-              "p50_ns": fast.get("p50_ns"), "p99_ns": fast.get("p99_ns"), "p999_ns": fast.get("p999_ns"),
-              "ops_per_s_pure": round(results["pure"]["ops_per_s"]),
-              "ratio_vs_pure": round(fast["ops_per_s"] / results["pure"]["ops_per_s"], 2),
-              "ops_per_s_naive": round(results["naive"]["ops_per_s"]),
-              "ratio_vs_naive": round(fast["ops_per_s"] / results["naive"]["ops_per_s"], 2),
-              "volume_lots": fast["volume_lots"],
-              "volumes_agree": len({r["volume_lots"] for r in results.values()}) == 1}
+    fast = _spawn("compiled", args)
+    pure = _spawn("pure", args)
+    naive = _spawn("naive", args)
+    assert fast is not None and pure is not None and naive is not None
+    report: dict[str, Any] = {
+        "commands": args.commands, "ops_per_s": round(fast["ops_per_s"]), "p50_ns": fast.get("p50_ns"),
+        "p99_ns": fast.get("p99_ns"), "p999_ns": fast.get("p999_ns"), "batch_ops_per_s": round(fast["batch_ops_per_s"]),
+        "ops_per_s_python_loop": round(fast["ops_per_s_python_loop"]), "events": fast["events"],
+        "ops_per_s_pure": round(pure["ops_per_s"]), "ratio_vs_pure": round(fast["ops_per_s"] / pure["ops_per_s"], 2),
+        "ops_per_s_naive": round(naive["ops_per_s"]), "ratio_vs_naive": round(fast["ops_per_s"] / naive["ops_per_s"], 2),
+        "volume_lots": fast["volume_lots"],
+        "volumes_agree": fast["volume_lots"] == pure["volume_lots"] == naive["volume_lots"],
+        "books_agree": fast["book"] == pure["book"] == naive["book"]}
+    decode = _spawn("decode", args)
+    if decode is not None:
+        report["decode_ns_per_msg"] = round(decode["decode_ns_per_msg"])
+    if not args.no_peers:
+        for name in _peer_names():
+            peer = _spawn(f"peer:{name}", args, python=str(BENCH_VENV_PYTHON))
+            if peer is None:
+                report[f"ops_per_s_{name}"] = None
+                continue
+            report[f"ops_per_s_{name}"] = round(peer["ops_per_s"])
+            report[f"ratio_vs_{name}"] = round(fast["ops_per_s"] / peer["ops_per_s"], 2)
+            report[f"agrees_{name}"] = peer["volume_lots"] == fast["volume_lots"] and peer["book"] == fast["book"]
+    if args.recovery_inputs > 0:
+        recovery = _spawn("recovery", args)
+        if recovery is not None:
+            report["recovery_s_per_1m"] = round(recovery["recovery_s_per_1m"], 2)
     print(json.dumps(report))
 
 

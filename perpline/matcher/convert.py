@@ -14,16 +14,28 @@ _STPS = {"DEFAULT": "STP_DEFAULT", "NONE": "STP_NONE", "EXPIRE_TAKER": "STP_EXPI
          "EXPIRE_MAKER": "STP_EXPIRE_MAKER", "EXPIRE_BOTH": "STP_EXPIRE_BOTH"}
 
 
+_CODES: dict[int, dict[str, int]] = {}
+
+
+def _codes(core: Any) -> dict[str, int]:
+    """Wire enum name -> the core's integer, per core module (pure and compiled are both in use)."""
+    found = _CODES.get(id(core))
+    if found is None:
+        names = {**_SIDES, **_TYPES, **_TIFS, **_STPS}
+        found = _CODES[id(core)] = {wire: int(getattr(core, attr)) for wire, attr in names.items()}
+    return found
+
+
 def to_command(core: Any, cmd: m.Msg) -> Any:
     """The engine command for one input; raises UnitError when its numbers are not on the grid."""
     inst = instrument(cmd.symbol)
     ts_ns = cmd.ts_ms * 1_000_000
     if isinstance(cmd, m.NewOrder):
+        codes = _codes(core)
         price_ticks = inst.parse_price(cmd.price) if cmd.price is not None else 0
-        return core.Command(core.CMD_PLACE, cmd.order_id, cmd.account_id, getattr(core, _SIDES[cmd.side]),
-                            getattr(core, _TYPES[cmd.order_type]), getattr(core, _TIFS[cmd.time_in_force]),
-                            price_ticks, inst.parse_qty(cmd.quantity), getattr(core, _STPS[cmd.stp]), cmd.reduce_only,
-                            cmd.client_order_id, ts_ns)
+        return core.Command(core.CMD_PLACE, cmd.order_id, cmd.account_id, codes[cmd.side], codes[cmd.order_type],
+                            codes[cmd.time_in_force], price_ticks, inst.parse_qty(cmd.quantity), codes[cmd.stp],
+                            cmd.reduce_only, cmd.client_order_id, ts_ns)
     assert isinstance(cmd, m.CancelRequest)
     return core.Command(core.CMD_CANCEL, cmd.order_id, cmd.account_id, ts_ns=ts_ns)
 
