@@ -244,6 +244,7 @@ class Order:
 
     def __init__(self) -> None:
         self.order_id = 0
+        self.key: Any = 0  # order_id boxed once: every dict and set operation reuses this object
         self.account_id = 0
         self.side = 0
         self.tif = 0
@@ -317,8 +318,9 @@ class Level:
 class AccountOrders:
     """One account's resting orders in this book: an intrusive list through Order.acc_prev/acc_next."""
 
-    def __init__(self, account_id: int) -> None:
+    def __init__(self, account_id: int, key: Any) -> None:
         self.account_id = account_id
+        self.key: Any = key  # account_id boxed once
         self.head: Order | None = None
         self.count = 0
 
@@ -461,11 +463,13 @@ class Engine:
         self.max_events = config.max_events_per_input
         self.bids = BookSide(True)
         self.asks = BookSide(False)
-        self.orders: dict[int, Order] = {}
-        self.by_account: dict[int, AccountOrders] = {}
+        # Keys are boxed once per order / account (Order.key, AccountOrders.key): mypyc would box
+        # a native int again for every lookup otherwise.
+        self.orders: dict[Any, Order] = {}
+        self.by_account: dict[Any, AccountOrders] = {}
         self.by_client: dict[tuple[int, str], Order] = {}
-        self.seen: set[int] = set()  # remembered accepted ids; `seen_ring` keeps their age
-        self.seen_ring: list[int] = []
+        self.seen: set[Any] = set()  # remembered accepted ids; `seen_ring` keeps their age
+        self.seen_ring: list[Any] = []
         self.seen_pos = 0  # when the ring is full: index of the oldest remembered id
         self.seq = 0  # last seq emitted
         self.trade_seq = 0  # last trade_id emitted
@@ -541,9 +545,10 @@ class Engine:
 
     # --- pools ---------------------------------------------------------------------------------
     def _new_order(self, order_id: int, account_id: int, side: int, tif: int, price_ticks: int, qty_lots: int,
-                   stp: int, reduce_only: bool, client_order_id: str, ts_ns: int) -> Order:
+                   stp: int, reduce_only: bool, client_order_id: str, ts_ns: int, key: Any) -> Order:
         order = self._free_orders.pop() if self._free_orders else Order()
         order.order_id = order_id
+        order.key = key
         order.account_id = account_id
         order.side = side
         order.tif = tif
@@ -670,7 +675,7 @@ class Engine:
         return OK
 
     def _validate(self, order_id: int, account_id: int, side: int, order_type: int, tif: int, price_ticks: int,
-                  qty_lots: int, stp: int, client_order_id: str, ts_ns: int) -> int:
+                  qty_lots: int, stp: int, client_order_id: str, ts_ns: int, key: Any) -> int:
         code = self._validate_shape(order_id, account_id, side, order_type, tif, stp, client_order_id, ts_ns)
         if code != OK:
             return code
@@ -678,16 +683,15 @@ class Engine:
             return R_BAD_QTY
         if order_type == TYPE_LIMIT and (price_ticks <= 0 or price_ticks > self.config.max_price_ticks):
             return R_BAD_PRICE
-        if order_id in self.orders or order_id in self.seen:
+        if key in self.orders or key in self.seen:
             return R_DUPLICATE_ORDER_ID
         if client_order_id and (account_id, client_order_id) in self.by_client:
             return R_BAD_INPUT
         return OK
 
-    def _room_to_rest(self, account_id: int, side: int, price_ticks: int) -> int:
+    def _room_to_rest(self, mine: AccountOrders | None, side: int, price_ticks: int) -> int:
         if len(self.orders) >= self.config.max_orders:
             return R_BOOK_FULL
-        mine = self.by_account.get(account_id)
         if mine is not None and mine.count >= self.config.max_open_per_account:
             return R_BOOK_FULL
         book = self._side(side)
@@ -713,8 +717,9 @@ class Engine:
 
     def _place(self, order_id: int, account_id: int, side: int, order_type: int, tif: int, price_ticks: int,
                qty_lots: int, stp: int, reduce_only: bool, client_order_id: str, ts_ns: int) -> None:
+        key: Any = order_id
         code = self._validate(order_id, account_id, side, order_type, tif, price_ticks, qty_lots, stp,
-                              client_order_id, ts_ns)
+                              client_order_id, ts_ns, key)
         if code != OK:
             self._reject(order_id, account_id, side, code, ts_ns, client_order_id)
             return
@@ -725,7 +730,7 @@ class Engine:
                 return
         rests = _rests(order_type, tif)
         if rests:
-            code = self._room_to_rest(account_id, side, price_ticks)
+            code = self._room_to_rest(self.by_account.get(account_id), side, price_ticks)
             if code != OK:
                 self._reject(order_id, account_id, side, code, ts_ns, client_order_id)
                 return
@@ -740,8 +745,8 @@ class Engine:
             return
         order = self._new_order(order_id, account_id, side, tif, price_ticks if order_type == TYPE_LIMIT else 0,
                                 qty_lots, self.config.default_stp if stp == STP_DEFAULT else stp, reduce_only,
-                                client_order_id, ts_ns)
-        self._remember(order_id)
+                                client_order_id, ts_ns, key)
+        self._remember(key)
         self._order_event(EV_ACCEPTED, order, ts_ns, OK)
         if tif == TIF_FOK:
             code = self._fok_check(order, limit_ticks)
@@ -758,7 +763,7 @@ class Engine:
             self._order_event(EV_EXPIRED, order, ts_ns, code)
         self._recycle(order)
 
-    def _remember(self, order_id: int) -> None:
+    def _remember(self, order_id: Any) -> None:
         cap = self.config.max_seen_ids
         if cap == 0:
             return
@@ -772,7 +777,7 @@ class Engine:
         ring[pos] = order_id
         self.seen_pos = pos + 1 if pos + 1 < cap else 0
 
-    def _seen_oldest_first(self) -> list[int]:
+    def _seen_oldest_first(self) -> list[Any]:
         ring = self.seen_ring
         return ring[self.seen_pos:] + ring[:self.seen_pos]
 
@@ -785,22 +790,22 @@ class Engine:
         self._order_event(EV_RESTED, order, ts_ns, OK)
 
     def _index(self, order: Order) -> None:
-        self.orders[order.order_id] = order
+        self.orders[order.key] = order
         mine = self.by_account.get(order.account_id)
         if mine is None:
-            mine = AccountOrders(order.account_id)
-            self.by_account[order.account_id] = mine
+            mine = AccountOrders(order.account_id, order.account_id)
+            self.by_account[mine.key] = mine
         mine.link(order)
         if order.client_order_id:
             self.by_client[(order.account_id, order.client_order_id)] = order
 
     def _unindex(self, order: Order) -> None:
-        del self.orders[order.order_id]
+        del self.orders[order.key]
         mine = order.account
         assert mine is not None
         mine.unlink(order)
         if mine.count == 0:
-            del self.by_account[order.account_id]
+            del self.by_account[mine.key]
         if order.client_order_id:
             del self.by_client[(order.account_id, order.client_order_id)]
 
@@ -1118,7 +1123,7 @@ def _engine_from_doc(doc: dict[str, Any]) -> Engine:
     engine.trade_seq = int(doc["trade_seq"])
     for row in doc["orders"]:
         order = engine._new_order(int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), int(row[5]),
-                                  int(row[8]), int(row[9]) == 1, str(row[10]), int(row[11]))
+                                  int(row[8]), int(row[9]) == 1, str(row[10]), int(row[11]), int(row[0]))
         order.leaves_lots = int(row[6])
         order.filled_lots = int(row[7])
         engine._level_for(engine._side(order.side), order.price_ticks).append(order)
