@@ -38,6 +38,7 @@ lint: $(STAMP)
 
 bench: matcher
 	$(BIN)/python -m bench.matcher
+	$(BIN)/python -m bench.topic
 
 schemas: $(STAMP)
 	$(BIN)/perpline schemas

@@ -171,7 +171,7 @@ def run_decode(data: Flow) -> dict[str, Any]:
 def run_recovery(inputs: int) -> dict[str, Any]:
     """Write a WAL of `inputs` encoded orders (as the runner records them), then time a real recovery."""
     from perpline.config import topic_map
-    from perpline.matcher.runner import Matcher
+    from perpline.matcher.runner import Matcher, wal_record
     from perpline.matcher.segments import SegmentedWal
 
     with tempfile.TemporaryDirectory(prefix="perpline-bench-") as tmp:
@@ -179,7 +179,7 @@ def run_recovery(inputs: int) -> dict[str, Any]:
         wal.open()
         batch: list[bytes] = []
         for offset, payload in enumerate(encoded_inputs(flow(inputs, FLOW_SEED + 1))):
-            batch.append(json.dumps({"p": 0, "o": offset}).encode() + b"\n" + payload)
+            batch.append(wal_record(0, offset, payload))
             if len(batch) == 1000:
                 wal.append_batch(batch)
                 batch = []

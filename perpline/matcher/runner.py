@@ -5,8 +5,11 @@ Loop, read top to bottom:
   2. decode; a malformed input goes to dead.letters and is still logged in the WAL as skipped
   3. append the batch to the WAL (group commit, fsync policy)          -- durable before acting
   4. apply the batch: one engine.execute() call per symbol (compiled) -> events with gap-free seq
-  5. produce the events to matcher.events keyed by symbol; flush (acks=all)
-  6. every N inputs or T seconds: snapshot engines + source offsets atomically
+  5. produce the events to matcher.events keyed by symbol (acks=all, idempotent), without
+     waiting: a delivery failure stops the process; at most MAX_UNACKED events are in flight
+  6. every N inputs or T seconds: flush (every event acknowledged), then snapshot engines +
+     source offsets atomically. So every event not yet acknowledged comes from an input in the
+     WAL tail after the newest snapshot, and recovery re-emits it.
 Recovery: newest good snapshot + WAL tail replayed (events re-emitted; consumers drop seen seq),
 then resume from the offsets the WAL recorded.
 """
@@ -18,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +44,8 @@ from perpline.obs import clear_ready, mark_ready, serve_metrics, setup_logging
 log = logging.getLogger("perpline.matcher")
 
 MAX_BATCH = 1000
+MAX_UNACKED = 100_000  # events produced but not yet acknowledged; above this we wait for the broker
+RECORD_HEAD = struct.Struct("<iq")  # WAL record: source partition, source offset, then the raw input
 SNAPSHOT_EVERY_INPUTS = int(os.environ.get("PERPLINE_MATCHER_SNAPSHOT_EVERY", "10000"))
 SNAPSHOT_EVERY_S = 30.0
 KEEP_SNAPSHOTS = 3
@@ -78,6 +84,7 @@ class Matcher:
         self.wal = SegmentedWal(data_dir / "wal", fsync)
         self.fsync = fsync
         self._stop = False
+        self._delivery_error: str | None = None
         self._last_snapshot = time.monotonic()
 
     # --- recovery ------------------------------------------------------------------------
@@ -136,7 +143,7 @@ class Matcher:
         finally:
             consumer.close()
             flushed = self.producer.flush(10) == 0
-            if flushed and self.state.inputs_since_snapshot:
+            if flushed and self._delivery_error is None and self.state.inputs_since_snapshot:
                 self.take_snapshot()  # a clean stop restarts from here with no WAL tail to replay
             self.wal.close()
             clear_ready()
@@ -184,9 +191,7 @@ class Matcher:
 
     @staticmethod
     def _record(msg: Any) -> bytes:
-        """A WAL record: source partition and offset, then the raw input."""
-        header = json.dumps({"p": msg.partition(), "o": msg.offset()}).encode()
-        return header + b"\n" + (msg.value() or b"")
+        return wal_record(msg.partition(), msg.offset(), msg.value() or b"")
 
     def _apply_record(self, record: bytes) -> list[tuple[str, list[Any]]]:
         return self._apply_records([record])
@@ -209,9 +214,10 @@ class Matcher:
     def _decode(self, record: bytes) -> tuple[m.Msg, Any] | None:
         """(input, engine command), or None after dead-lettering a malformed input. Advances the
         recorded source offset either way: a dead letter is consumed, never retried."""
-        header, _, raw = record.partition(b"\n")
-        pos = json.loads(header)
-        self.state.next_offsets[int(pos["p"])] = int(pos["o"]) + 1
+        partition, offset = RECORD_HEAD.unpack_from(record)
+        raw = record[RECORD_HEAD.size:]
+        pos = {"p": partition, "o": offset}
+        self.state.next_offsets[partition] = offset + 1
         try:
             cmd = codec.decode("orders", raw)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
@@ -243,15 +249,41 @@ class Matcher:
         self.producer.produce(self.topics["dead.letters"], key=b"matcher", value=codec.encode(letter))
 
     def _publish(self, out: list[tuple[str, list[Any]]]) -> None:
+        """Produce without waiting for acknowledgements (see the module docstring, step 5)."""
         topic = self.topics["matcher.events"]
+        counts: dict[tuple[str, str], int] = {}
+        last_seq: dict[str, int] = {}
+        produce = self.producer.produce
         for symbol, events in out:
+            key = symbol.encode()
             for event in events:
-                self.producer.produce(topic, key=symbol.encode(), value=codec.encode(event))
-                EVENTS.labels(symbol, type(event).__name__).inc()
-                SEQ.labels(symbol).set(event.seq)
-            self.producer.poll(0)
+                produce(topic, key=key, value=codec.encode(event), on_delivery=self._delivered)
+                kind = (symbol, type(event).__name__)
+                counts[kind] = counts.get(kind, 0) + 1
+            if events:
+                last_seq[symbol] = events[-1].seq
+        self.producer.poll(0)
+        for (symbol, name), count in counts.items():
+            EVENTS.labels(symbol, name).inc(count)
+        for symbol, seq in last_seq.items():
+            SEQ.labels(symbol).set(seq)
+        if len(self.producer) > MAX_UNACKED:
+            self._flush()
+        self._raise_on_failed_delivery()
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None and self._delivery_error is None:
+            self._delivery_error = str(err)
+
+    def _raise_on_failed_delivery(self) -> None:
+        if self._delivery_error is not None:
+            raise RuntimeError(f"matcher.events delivery failed ({self._delivery_error}); stopping so recovery "
+                               "re-emits from the last snapshot")
+
+    def _flush(self) -> None:
         if self.producer.flush(30) > 0:
             raise RuntimeError("matcher.events not acknowledged in 30 s; stopping so recovery re-emits them")
+        self._raise_on_failed_delivery()
 
     def _maybe_snapshot(self) -> None:
         due = self.state.inputs_since_snapshot >= SNAPSHOT_EVERY_INPUTS or (
@@ -260,7 +292,10 @@ class Matcher:
             self.take_snapshot()
 
     def take_snapshot(self) -> None:
-        """Snapshot = one JSON header line (WAL position, source offsets, engine sizes) + the engines' bytes."""
+        """Snapshot = one JSON header line (WAL position, source offsets, engine sizes) + the engines' bytes.
+        Taken only once every event produced so far is acknowledged."""
+        if hasattr(self, "producer"):
+            self._flush()
         blobs = {s: e.to_snapshot() for s, e in sorted(self.state.engines.items())}
         header = {"wal_records": self.wal.records, "next_offsets": self.state.next_offsets,
                   "engines": [[s, len(b)] for s, b in blobs.items()]}
@@ -271,6 +306,11 @@ class Matcher:
         self.wal.prune(min(kept) if kept else 0)
         self.state.inputs_since_snapshot = 0
         self._last_snapshot = time.monotonic()
+
+
+def wal_record(partition: int, offset: int, raw: bytes) -> bytes:
+    """A WAL record: the input's source partition and offset (fixed binary header), then its bytes."""
+    return RECORD_HEAD.pack(partition, offset) + raw
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from perpline.config import topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
-from perpline.matcher.runner import DEAD, Matcher
+from perpline.matcher.runner import DEAD, Matcher, wal_record
 
 META = {"trace_id": "t", "causation_id": "c", "ts_ms": 1}
 
 
 def record(offset: int, raw: bytes) -> bytes:
-    return json.dumps({"p": 0, "o": offset}).encode() + b"\n" + raw
+    return wal_record(0, offset, raw)
 
 
 def order(order_id: int, price: str, qty: str = "0.010", side: str = "BUY") -> bytes:
