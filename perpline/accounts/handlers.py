@@ -26,7 +26,8 @@ LOGICAL_ORDERS = "orders"
 LOGICAL_ACCOUNT_EVENTS = "account.events"
 LOGICAL_LEDGER = "ledger.entries"
 LOGICAL_POSITIONS = "positions"
-SUPPORTED_ORDER_TYPES = ("LIMIT",)
+SUPPORTED_ORDER_TYPES = ("LIMIT", "MARKET")
+MARKET_TIFS = {"GTC": "IOC", "IOC": "IOC", "FOK": "FOK"}  # a MARKET order reaches the matcher as this limit TIF
 
 
 @dataclass
@@ -175,7 +176,11 @@ def _place(state: AccountState, cmd: m.PlaceOrder, ctx: Ctx) -> RequestOutcome:
     if len(state.orders) >= inst.max_open_orders:
         raise Reject(Code.TOO_MANY_OPEN_ORDERS, f"at most {inst.max_open_orders} open orders")
     leverage = state.leverage.get(inst.symbol, inst.default_leverage)
-    margin, fee = mg.order_reservation(inst, price_ticks, qty_lots, leverage)
+    if cmd.reduce_only:
+        _check_reduce_only(state, inst, cmd.side, qty_lots)
+        margin, fee = 0, mg.fee(inst.notional(price_ticks, qty_lots), inst.taker_fee_e8)
+    else:
+        margin, fee = mg.order_reservation(inst, price_ticks, qty_lots, leverage)
     bal = state.balance(inst.margin_asset)
     if bal.available < margin + fee:
         raise Reject(Code.INSUFFICIENT_BALANCE,
@@ -185,29 +190,78 @@ def _place(state: AccountState, cmd: m.PlaceOrder, ctx: Ctx) -> RequestOutcome:
         order_id=ids.order_id_for(state.account_id, state.order_seq), client_order_id=cmd.client_order_id,
         symbol=inst.symbol, side=cmd.side, order_type=cmd.order_type, time_in_force=cmd.time_in_force,
         price_ticks=price_ticks, qty_lots=qty_lots, leaves_lots=qty_lots, leverage=leverage,
-        margin_frozen=margin, fee_frozen=fee, created_ms=ctx.ts_ms, updated_ms=ctx.ts_ms, reduce_only=False)
+        margin_frozen=margin, fee_frozen=fee, created_ms=ctx.ts_ms, updated_ms=ctx.ts_ms, reduce_only=cmd.reduce_only)
     _freeze(state, ctx, inst, order)
+    tif = MARKET_TIFS[cmd.time_in_force] if cmd.order_type == "MARKET" else cmd.time_in_force
     ctx.emit(LOGICAL_ORDERS, inst.symbol, m.NewOrder(
         **ctx.meta(), order_id=order.order_id, account_id=state.account_id, symbol=inst.symbol, side=cmd.side,
-        order_type=cmd.order_type, time_in_force=cmd.time_in_force, price=inst.format_price(price_ticks),
-        quantity=inst.format_qty(qty_lots), client_order_id=cmd.client_order_id, stp=cmd.stp))
+        order_type="LIMIT", time_in_force=tif, price=inst.format_price(price_ticks),  # type: ignore[arg-type]
+        quantity=inst.format_qty(qty_lots), client_order_id=cmd.client_order_id, stp=cmd.stp,
+        reduce_only=cmd.reduce_only))
     return _ok(order.order_id, cmd.client_order_id)
 
 
 def _order_numbers(inst: Instrument, cmd: m.PlaceOrder) -> tuple[int, int]:
+    """(price_ticks, qty_lots): the limit price, or for MARKET the protection bound the API set."""
     if cmd.order_type not in SUPPORTED_ORDER_TYPES:
-        raise Reject(Code.BAD_ORDER_TYPE, f"order type {cmd.order_type} is not supported yet")
-    if cmd.reduce_only:
-        raise Reject(Code.REDUCE_ONLY_REJECTED, "reduce-only orders are not supported yet")
+        raise Reject(Code.BAD_ORDER_TYPE, f"order type {cmd.order_type} is not supported")
     if not cmd.client_order_id or len(cmd.client_order_id) > 36:
         raise Reject(Code.MALFORMED, "client order id must be 1 to 36 characters")
-    if cmd.price is None:
-        raise Reject(Code.MISSING_FIELD, "a limit order needs a price")
-    price_ticks, qty_lots = inst.parse_price(cmd.price), inst.parse_qty(cmd.quantity)
-    code = inst.check_filters(price_ticks, qty_lots)
+    if cmd.order_type == "MARKET":
+        if cmd.time_in_force not in MARKET_TIFS:
+            raise Reject(Code.BAD_TIME_IN_FORCE, f"a MARKET order cannot be {cmd.time_in_force}")
+        if cmd.price is not None:
+            raise Reject(Code.MALFORMED, "a MARKET order takes no price")
+        if cmd.price_bound is None:
+            raise Reject(Code.NO_LIQUIDITY, "no opposite liquidity for a MARKET order")
+        price_text = cmd.price_bound
+    else:
+        if cmd.price is None:
+            raise Reject(Code.MISSING_FIELD, "a limit order needs a price")
+        price_text = cmd.price
+    price_ticks, qty_lots = inst.parse_price(price_text), inst.parse_qty(cmd.quantity)
+    code = inst.check_filters(price_ticks if not cmd.reduce_only else 0, qty_lots)
     if code != Code.OK:
         raise Reject(code, f"order fails the {code.name} filter of {inst.symbol}")
     return price_ticks, qty_lots
+
+
+def _reduce_only_reserved(state: AccountState, symbol: str, side: str) -> int:
+    """Open quantity of the account's reduce-only orders on `side` of `symbol`, lots."""
+    return sum(o.leaves_lots for o in state.orders.values() if o.reduce_only and o.symbol == symbol and o.side == side)
+
+
+def _closable(state: AccountState, symbol: str, side: str) -> int:
+    """How much an order on `side` can close: the opposite position's size, lots (0 if none)."""
+    pos = state.positions.get(symbol)
+    size = pos.size_lots if pos is not None else 0
+    if side == "SELL":
+        return max(size, 0)
+    return max(-size, 0)
+
+
+def _check_reduce_only(state: AccountState, inst: Instrument, side: str, qty_lots: int) -> None:
+    room = _closable(state, inst.symbol, side) - _reduce_only_reserved(state, inst.symbol, side)
+    if qty_lots > room:
+        raise Reject(Code.REDUCE_ONLY_REJECTED,
+                     f"reduce-only {side} of {inst.format_qty(qty_lots)} exceeds the closable {inst.format_qty(max(room, 0))}")
+
+
+def _cut_reduce_only(state: AccountState, ctx: Ctx, inst: Instrument) -> None:
+    """After a position change: cancel reduce-only orders (newest first) that could now open or grow a
+    position, as Binance does; their margin is released when the matcher confirms."""
+    for side in ("BUY", "SELL"):
+        excess = _reduce_only_reserved(state, inst.symbol, side) - _closable(state, inst.symbol, side)
+        newest_first = sorted((o for o in state.orders.values()
+                               if o.reduce_only and o.symbol == inst.symbol and o.side == side and not o.cut),
+                              key=lambda o: o.order_id, reverse=True)
+        for order in newest_first:
+            if excess <= 0:
+                break
+            order.cut = True
+            excess -= order.leaves_lots
+            ctx.emit(LOGICAL_ORDERS, inst.symbol, m.CancelRequest(
+                **ctx.meta(), order_id=order.order_id, account_id=state.account_id, symbol=inst.symbol))
 
 
 def _freeze(state: AccountState, ctx: Ctx, inst: Instrument, order: OrderState) -> None:
@@ -295,6 +349,7 @@ def _on_fill(state: AccountState, leg: m.FillLeg, ctx: Ctx) -> None:
     _emit_fill(state, ctx, inst, leg, order, fee_paid, pnl)
     if new_status in st.TERMINAL:
         _close_order(state, order)
+    _cut_reduce_only(state, ctx, inst)
 
 
 def _release_for_fill(order: OrderState, qty_lots: int) -> int:

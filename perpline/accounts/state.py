@@ -37,6 +37,7 @@ class OrderState(msgspec.Struct, kw_only=True):
     filled_value_tick_lots: int = 0  # sum of price_ticks * qty_lots over fills, for the average price
     status: str = "NEW"
     reduce_only: bool = False
+    cut: bool = False  # a reduce-only order whose cancel was sent because the position shrank
     leverage: int
     margin_frozen: int
     fee_frozen: int

@@ -229,6 +229,13 @@ class ReadModel:
         asks = sorted(((p, q) for (s, p), q in levels.items() if s == "SELL"), key=key)[:limit]
         return bids, asks
 
+    def best_opposite_ticks(self, symbol: str, side: str) -> int:
+        """The best ask for a BUY, the best bid for a SELL, in ticks; 0 when that side is empty."""
+        bids, asks = self.depth(symbol, 1)
+        level = asks if side == "BUY" else bids
+        inst = load_catalog().get(symbol)
+        return inst.parse_price(level[0][0]) if level and inst is not None else 0
+
     def trades(self, symbol: str, limit: int) -> list[m.Trade]:
         with self._lock:
             book = self.books.get(symbol)

@@ -119,7 +119,7 @@ async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: 
     cmd = m.PlaceOrder(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, side=body.side,
                        order_type=body.type, time_in_force=body.time_in_force, price=body.price,
                        quantity=body.quantity, client_order_id=body.client_order_id or f"pl-{rid[:32]}",
-                       reduce_only=body.reduce_only, stp=body.stp)
+                       reduce_only=body.reduce_only, stp=body.stp, price_bound=market_bound(d, inst, body.type, body.side))
     result = await _submit(d, request, acct, cmd, rid)
     if isinstance(result, JSONResponse):
         return result
@@ -127,6 +127,15 @@ async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: 
     order = d.readmodel.find_order(acct, result.order_id)
     return {"request_id": rid, "order_id": str(result.order_id),
             "order": _order_json(order) if order else None}
+
+
+def market_bound(d: ApiDeps, inst: Instrument, order_type: str, side: str) -> str | None:
+    """For a MARKET order: the protection bound from the book this API sees (None when that side is
+    empty: the accounts processor then rejects it with NO_LIQUIDITY)."""
+    if order_type != "MARKET" or d.readmodel is None:
+        return None
+    best = d.readmodel.best_opposite_ticks(inst.symbol, side)
+    return inst.format_price(inst.market_bound_ticks(side, best)) if best > 0 else None
 
 
 @router.delete("/orders/{order_id}", tags=["trading"])

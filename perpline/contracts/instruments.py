@@ -27,6 +27,8 @@ from perpline.contracts.units import (
 )
 
 INSTRUMENTS_FILE = Path(__file__).with_name("instruments.yaml")
+PPM = 1_000_000
+MARKET_PROTECTION_PPM = 50_000  # a MARKET order fills at most 5% beyond the best price at arrival
 
 
 def _decimals_of(text: str) -> int:
@@ -118,6 +120,15 @@ class Instrument:
         if price_ticks > 0 and self.notional(price_ticks, qty_lots) < self.min_notional:
             return Code.NOTIONAL_TOO_SMALL
         return Code.OK
+
+    def market_bound_ticks(self, side: str, best_opposite_ticks: int) -> int:
+        """The worst price a MARKET order may fill at: MARKET_PROTECTION_PPM beyond the best opposite
+        price at arrival (buy rounded down, sell rounded up, at least one tick) -- the matcher core's
+        rule for its own MARKET type."""
+        assert best_opposite_ticks > 0
+        if side == "BUY":
+            return best_opposite_ticks * (PPM + MARKET_PROTECTION_PPM) // PPM
+        return max(1, -((-best_opposite_ticks * (PPM - MARKET_PROTECTION_PPM)) // PPM))
 
     def bracket_for(self, notional: int) -> Bracket:
         for bracket in self.brackets:

@@ -57,6 +57,9 @@ class PlaceOrder(Msg, tag="place_order", kw_only=True):
     client_order_id: str
     reduce_only: bool = False
     stp: StpMode = "DEFAULT"
+    # MARKET only, set by the API from the book it sees: the worst price the order may fill at
+    # (market protection). Margin is reserved at it and the matcher gets an IOC/FOK limit there.
+    price_bound: str | None = None
 
 
 class CancelOrder(Msg, tag="cancel_order", kw_only=True):

@@ -148,3 +148,78 @@ def test_cancel_all_asks_the_matcher_for_each_open_order_of_the_symbol() -> None
     assert st.balances["USDT"].order_margin > 0  # released only when the matcher confirms each cancel
     again = handle(st, m.CancelAll(**META, request_id="ca", account_id=1, symbol=SYM))
     assert not [o for o in again if isinstance(o.msg, m.CancelRequest)]  # a resend asks nothing twice
+
+
+def place_with(state: AccountState, cid: str, **fields: object) -> list:
+    body = {"side": "BUY", "order_type": "LIMIT", "price": None, "quantity": "0.010", **fields}
+    return handle(state, m.PlaceOrder(**META, request_id=cid, account_id=state.account_id, symbol=SYM,
+                                      client_order_id=cid, **body))  # type: ignore[arg-type]
+
+
+def sent_orders(outs: list) -> list[m.NewOrder]:
+    return [o.msg for o in outs if isinstance(o.msg, m.NewOrder)]
+
+
+def test_market_order_reserves_at_its_bound_and_reaches_the_matcher_as_ioc() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "1000")
+    outs = place_with(st, "m1", order_type="MARKET", price_bound="52500")
+    assert result(outs).ok
+    (sent,) = sent_orders(outs)
+    assert (sent.order_type, sent.time_in_force, sent.price) == ("LIMIT", "IOC", "52500.00")
+    assert st.balances["USDT"].order_margin == parse_amount("26.25") + parse_amount("0.2625")  # 525/20 + 0.05%
+    fok = sent_orders(place_with(st, "m2", order_type="MARKET", time_in_force="FOK", price_bound="52500"))
+    assert fok[0].time_in_force == "FOK"
+    assert st.orders[result(place_with(st, "m3", order_type="MARKET", price_bound="52500")).order_id].order_type == "MARKET"
+
+
+def test_market_order_rejections_change_nothing() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "1000")
+    cases = {"n1": ({"order_type": "MARKET"}, Code.NO_LIQUIDITY),
+             "n2": ({"order_type": "MARKET", "price_bound": "50000", "price": "50000"}, Code.MALFORMED),
+             "n3": ({"order_type": "MARKET", "price_bound": "50000", "time_in_force": "GTX"}, Code.BAD_TIME_IN_FORCE),
+             "n4": ({"order_type": "MARKET", "price_bound": "50000.05"}, Code.PRICE_NOT_ON_TICK)}
+    for cid, (fields, code) in cases.items():
+        r = result(place_with(st, cid, **fields))
+        assert not r.ok and r.code == code, cid
+    assert st.orders == {} and st.balances["USDT"].available == parse_amount("1000")
+
+
+def _long(st: AccountState, qty: str = "0.020") -> None:
+    deposit(st, "10000")
+    order_id = result(place(st, "BUY", "50000", qty, "open")).order_id
+    leg(st, order_id, 1, "TAKER", "BUY", "50000", qty, "0")
+
+
+def test_reduce_only_needs_an_opposite_position_and_freezes_only_the_fee() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "1000")
+    r = result(place_with(st, "r0", side="SELL", price="50000", reduce_only=True))
+    assert not r.ok and r.code == Code.REDUCE_ONLY_REJECTED
+    st = AccountState(account_id=1)
+    _long(st)
+    before = st.balances["USDT"].order_margin
+    ok = place_with(st, "r1", side="SELL", price="51000", quantity="0.015", reduce_only=True)
+    assert result(ok).ok and sent_orders(ok)[0].reduce_only
+    assert st.balances["USDT"].order_margin - before == parse_amount("0.3825")  # fee only: 765 * 0.05%
+    over = result(place_with(st, "r2", side="SELL", price="51000", quantity="0.010", reduce_only=True))
+    assert not over.ok and over.code == Code.REDUCE_ONLY_REJECTED  # 0.015 of 0.020 already reserved
+    small = result(place_with(st, "r3", side="SELL", price="51000", quantity="0.005", reduce_only=True))
+    assert small.ok  # below min notional is fine for reduce-only
+    same_side = result(place_with(st, "r4", side="BUY", price="49000", quantity="0.001", reduce_only=True))
+    assert not same_side.ok and same_side.code == Code.REDUCE_ONLY_REJECTED
+
+
+def test_reduce_only_orders_are_cut_when_the_position_shrinks() -> None:
+    st = AccountState(account_id=1)
+    _long(st)
+    r_old = result(place_with(st, "r1", side="SELL", price="52000", quantity="0.010", reduce_only=True)).order_id
+    r_new = result(place_with(st, "r2", side="SELL", price="53000", quantity="0.010", reduce_only=True)).order_id
+    plain = result(place(st, "SELL", "50000", "0.015", "plain")).order_id
+    outs = leg(st, plain, 2, "TAKER", "SELL", "50000", "0.015", "0")
+    cancels = [o.msg.order_id for o in outs if isinstance(o.msg, m.CancelRequest)]
+    assert cancels == [r_new, r_old]  # position 0.005 left: both exceed it together, the newest first
+    assert st.positions[SYM].size_lots == 5
+    again = leg(st, plain, 2, "TAKER", "SELL", "50000", "0.015", "0")  # a re-delivered leg: nothing new
+    assert [o for o in again if isinstance(o.msg, m.CancelRequest)] == []
