@@ -36,7 +36,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check perpline tests bench
 	$(BIN)/mypy --strict perpline/contracts perpline/matcher/core.py
 
-bench: matcher
+BENCH_VENV := .venv-bench
+
+# PyPI peer engines for bench.matcher, in their own venv (never in the product's environment)
+$(BENCH_VENV)/.installed-stamp: bench/requirements-peers.lock
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BIN)/uv pip sync --quiet --python $(BENCH_VENV)/bin/python bench/requirements-peers.lock
+	touch $@
+
+bench: matcher $(BENCH_VENV)/.installed-stamp
 	$(BIN)/python -m bench.matcher
 	$(BIN)/python -m bench.topic
 
@@ -48,4 +56,4 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
 
 clean:
-	rm -rf $(VENV) build .perpline perpline/matcher/*.so
+	rm -rf $(VENV) $(BENCH_VENV) build .perpline perpline/matcher/*.so
