@@ -3,6 +3,7 @@
     perpline up [--demo]          run the whole exchange on this machine
     perpline api | matcher | accounts | clearing | ledger-sink | demo | broker | clickhouse
     perpline schemas              regenerate redpanda/schemas/*.json from the message types
+    perpline admin ...            users, API keys, wallet deposits (perpline admin -h)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ COMMANDS = {
     "broker": "perpline.broker.tansu",
     "clickhouse": "perpline.ch.server",
     "schemas": "perpline.contracts.schemas",
+    "admin": "perpline.auth.admin",
 }
 
 

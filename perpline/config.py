@@ -27,6 +27,9 @@ class Settings:
     log_level: str
     api_wait_ms: int
     fsync: str
+    secret_key: str  # Fernet key for API secrets at rest; "" = the data dir's key file
+    trust_account_header: bool  # accept a bare X-Account-Id (embedded demo only)
+    faucet: bool  # traders may credit their own wallet through the API (embedded demo only)
 
 
 def settings() -> Settings:
@@ -40,6 +43,9 @@ def settings() -> Settings:
         log_level=_env("PERPLINE_LOG_LEVEL", "INFO"),
         api_wait_ms=int(_env("PERPLINE_API_WAIT_MS", "5000")),
         fsync=_env("PERPLINE_MATCHER_FSYNC", "batch"),
+        secret_key=os.environ.get("PERPLINE_SECRET_KEY", ""),
+        trust_account_header=_env("PERPLINE_TRUST_ACCOUNT_HEADER", "0") == "1",
+        faucet=_env("PERPLINE_FAUCET", "0") == "1",
     )
 
 

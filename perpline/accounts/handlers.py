@@ -477,7 +477,8 @@ def _order_view(state: AccountState, inst: Instrument, order: OrderState) -> m.O
         symbol=order.symbol, side=order.side, order_type=order.order_type, time_in_force=order.time_in_force,  # type: ignore[arg-type]
         price=inst.format_price(order.price_ticks), quantity=inst.format_qty(order.qty_lots),
         filled=inst.format_qty(order.filled_lots), avg_price=avg, status=order.status,  # type: ignore[arg-type]
-        reduce_only=order.reduce_only, created_ms=order.created_ms, updated_ms=order.updated_ms)
+        reduce_only=order.reduce_only, created_ms=order.created_ms, updated_ms=order.updated_ms,
+        cum_quote=format_amount(order.filled_value_tick_lots * inst.amount_per_tick_lot))
 
 
 def _order_changed(state: AccountState, ctx: Ctx, inst: Instrument, order: OrderState) -> None:

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Producer
@@ -16,7 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from perpline.api import errors
+from perpline.api.ratelimit import RateLimiter
 from perpline.api.readmodel import ReadModel
+from perpline.auth.registry import KeyRegistry
+from perpline.auth.signing import ReplayGuard
 from perpline.ch.client import get_client
 from perpline.config import producer_config
 from perpline.contracts import codec
@@ -38,8 +41,14 @@ class ApiDeps:
     topics: dict[str, str]
     wait_s: float
     clickhouse_url: str | None = None
+    secret_key: str = ""
+    trust_account_header: bool = False
+    faucet: bool = False
     producer: Producer | None = None
     readmodel: ReadModel | None = None
+    registry: KeyRegistry | None = None
+    guard: ReplayGuard = field(default_factory=ReplayGuard)
+    limiter: RateLimiter = field(default_factory=RateLimiter)
 
     def publish(self, logical_topic: str, key: str, msg: object) -> None:
         assert self.producer is not None
@@ -68,7 +77,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         deps.producer = Producer(producer_config(deps.bootstrap))
-        deps.readmodel = ReadModel(deps.bootstrap, deps.topics)
+        deps.registry = KeyRegistry(deps.secret_key)
+        deps.readmodel = ReadModel(deps.bootstrap, deps.topics, deps.registry)
         deps.readmodel.start()
         yield
         deps.readmodel.stop()
@@ -81,9 +91,10 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.add_exception_handler(UnitError, errors.on_perpline_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.middleware("http")(_trace_and_measure)
-    from perpline.api import ops, v1  # noqa: PLC0415 (routers import the deps type from here)
+    from perpline.api import fapi, ops, v1  # noqa: PLC0415 (routers import the deps type from here)
 
     app.include_router(v1.router)
+    app.include_router(fapi.router)
     app.include_router(ops.router)
     return app
 
@@ -105,6 +116,9 @@ async def _trace_and_measure(request: Request, call_next: Callable[[Request], Aw
         log.info("request", extra={"trace_id": trace_id, "method": request.method, "route": path,
                                    "status": response.status_code, "ms": round(elapsed * 1000, 2)})
     response.headers["X-Trace-Id"] = trace_id
+    used = getattr(request.state, "used_weight", None)
+    if used is not None:
+        response.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
     return response
 
 

@@ -16,6 +16,7 @@ _STATUS_BY_CODE = {
     Code.CLICKHOUSE_UNAVAILABLE: 503,
     Code.INTERNAL: 500,
     Code.UNAUTHORIZED: 401,
+    Code.BAD_API_KEY: 401,
     Code.FORBIDDEN: 403,
     Code.RATE_LIMITED: 429,
     Code.REQUEST_TOO_LARGE: 413,
@@ -33,14 +34,26 @@ def error_body(code: int, msg: str, trace_id: str) -> dict[str, object]:
     return {"code": int(code), "msg": msg, "traceId": trace_id}
 
 
-def error_response(request: Request, code: int, msg: str) -> JSONResponse:
+def error_response(request: Request, code: int, msg: str, instrument: object = None) -> JSONResponse:
     trace_id = getattr(request.state, "trace_id", "")
-    return JSONResponse(error_body(code, msg, trace_id), status_code=http_status(code), headers={"X-Trace-Id": trace_id})
+    headers = {"X-Trace-Id": trace_id}
+    retry_after = getattr(request.state, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    used = getattr(request.state, "used_weight", None)
+    if used is not None:
+        headers["X-MBX-USED-WEIGHT-1M"] = str(used)
+    if request.url.path.startswith("/fapi"):  # Binance's wire: its codes and messages
+        from perpline.api import binance  # noqa: PLC0415
+
+        status, body = binance.error(code, msg, instrument)  # type: ignore[arg-type]
+        return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, msg, trace_id), status_code=http_status(code), headers=headers)
 
 
 async def on_perpline_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, (PerplineError, UnitError))
-    return error_response(request, int(exc.code), exc.msg)
+    return error_response(request, int(exc.code), exc.msg, getattr(exc, "instrument", None))
 
 
 async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from perpline.auth.registry import KeyRegistry
 from perpline.contracts import codec, sequence
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
@@ -23,9 +24,12 @@ from perpline.contracts.instruments import load_catalog
 log = logging.getLogger("perpline.api.readmodel")
 
 MAX_RESULTS = 100_000
-MAX_TRADES_PER_SYMBOL = 1000
+MAX_TRADES_PER_SYMBOL = 10_000
 MAX_CLOSED_ORDERS_PER_ACCOUNT = 10_000
 POLL_BATCH = 500
+MAX_TRACKED_ORDERS = 200_000
+MAX_MAKERS_TRACKED = 1000
+SETTLE_POLL_S = 0.005
 
 
 @dataclass
@@ -38,6 +42,17 @@ class AccountView:
 
 
 @dataclass
+class MatcherOrder:
+    """What the matcher said about one order: filled lots, resting, finished."""
+
+    filled_lots: int = 0
+    rested: bool = False
+    done: bool = False
+    code: int = 0  # the matcher's result code when it cancelled, expired or rejected the order
+    makers: list[tuple[int, int]] = field(default_factory=list)  # (account, order) this order traded against
+
+
+@dataclass
 class BookMirror:
     resting: dict[int, tuple[str, str, int]] = field(default_factory=dict)  # order id -> (side, price, leaves lots)
     trades: deque[m.Trade] = field(default_factory=lambda: deque(maxlen=MAX_TRADES_PER_SYMBOL))
@@ -45,8 +60,10 @@ class BookMirror:
 
 
 class ReadModel:
-    def __init__(self, bootstrap: str, topics: dict[str, str]) -> None:
+    def __init__(self, bootstrap: str, topics: dict[str, str], registry: KeyRegistry | None = None) -> None:
         self._bootstrap = bootstrap
+        self.registry = registry
+        self.matcher_orders: OrderedDict[int, MatcherOrder] = OrderedDict()
         self._topics = topics  # logical name -> physical name
         self._lock = threading.Lock()
         self.accounts: dict[int, AccountView] = {}
@@ -72,7 +89,7 @@ class ReadModel:
             "auto.offset.reset": "earliest", "isolation.level": "read_committed", "enable.partition.eof": True,
         })
         parts = []
-        for logical in ("account.events", "matcher.events"):
+        for logical in ("account.events", "matcher.events", "auth.keys"):
             name = self._topics[logical]
             meta = consumer.list_topics(name, timeout=10).topics[name]
             parts += [TopicPartition(name, p, 0) for p in meta.partitions]  # from the start: rebuild the views
@@ -105,6 +122,10 @@ class ReadModel:
             value = codec.decode(logical, msg.value())
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError) as exc:
             log.error("undecodable message skipped", extra={"topic": msg.topic(), "offset": msg.offset(), "error": str(exc)})
+            return
+        if logical == "auth.keys":
+            if self.registry is not None:
+                self.registry.apply(value, msg.offset())
             return
         with self._lock:
             self.applied += 1
@@ -154,6 +175,7 @@ class ReadModel:
         inst = load_catalog().get(ev.symbol)
         if inst is None:
             return
+        self._track(inst, ev)
         if isinstance(ev, m.OrderRested):
             book.resting[ev.order_id] = (ev.side, ev.price, inst.parse_qty(ev.leaves))
         elif isinstance(ev, m.Trade):
@@ -161,6 +183,81 @@ class ReadModel:
             self._reduce(book, ev.maker_order_id, inst.parse_qty(ev.maker_leaves, allow_zero=True))
         elif isinstance(ev, (m.OrderCancelled, m.OrderExpired)):
             book.resting.pop(ev.order_id, None)
+
+    def _track(self, inst: Any, ev: Any) -> None:
+        tracked = self.matcher_orders
+        if isinstance(ev, m.OrderAccepted):
+            tracked[ev.order_id] = MatcherOrder()
+            while len(tracked) > MAX_TRACKED_ORDERS:
+                tracked.popitem(last=False)
+        elif isinstance(ev, m.Trade):
+            lots = inst.parse_qty(ev.quantity)
+            taker = tracked.get(ev.taker_order_id)
+            if taker is not None and len(taker.makers) < MAX_MAKERS_TRACKED:
+                taker.makers.append((ev.maker_account_id, ev.maker_order_id))
+            for order_id, leaves in ((ev.taker_order_id, ev.taker_leaves), (ev.maker_order_id, ev.maker_leaves)):
+                state = tracked.get(order_id)
+                if state is not None:
+                    state.filled_lots += lots
+                    state.done = state.done or inst.parse_qty(leaves, allow_zero=True) == 0
+        elif isinstance(ev, m.OrderRested):
+            state = tracked.get(ev.order_id)
+            if state is not None:
+                state.rested = True
+        elif isinstance(ev, (m.OrderCancelled, m.OrderExpired, m.OrderRejected)):
+            state = tracked.get(ev.order_id)
+            if state is None and isinstance(ev, m.OrderRejected):
+                state = tracked[ev.order_id] = MatcherOrder()
+            if state is not None:
+                state.done = True
+                state.code = ev.code
+
+    def settled(self, account_id: int, order_id: int) -> bool:
+        """True once the matcher has finished acting on the order's arrival (it rests or is done) and
+        the account views -- the order's own and every maker's it traded against -- show exactly the
+        fills and final status the matcher decided. Then a reply reflects the whole write."""
+        with self._lock:
+            state = self.matcher_orders.get(order_id)
+            if state is None or not (state.rested or state.done):
+                return False
+            return self._reflects(account_id, order_id, state) and all(
+                self._reflects(acct, maker_id, self.matcher_orders.get(maker_id)) for acct, maker_id in state.makers)
+
+    def _reflects(self, account_id: int, order_id: int, state: MatcherOrder | None) -> bool:
+        """The account view shows the matcher's fills and finished-ness of this order (lock held)."""
+        if state is None:
+            return True  # forgotten (bounded tracking): nothing left to compare
+        view = self.accounts.get(account_id)
+        order = None if view is None else view.open_orders.get(order_id) or view.closed_orders.get(order_id)
+        if order is None:
+            return False
+        inst = load_catalog().get(order.symbol)
+        assert inst is not None
+        finished = order.status not in ("NEW", "PARTIALLY_FILLED")
+        return inst.parse_qty(order.filled, allow_zero=True) == state.filled_lots and finished == state.done
+
+    def matcher_code(self, order_id: int) -> int:
+        with self._lock:
+            state = self.matcher_orders.get(order_id)
+            return 0 if state is None else state.code
+
+    def find_client_order(self, account_id: int, client_order_id: str) -> m.OrderView | None:
+        with self._lock:
+            view = self.accounts.get(account_id)
+            if view is None:
+                return None
+            for order in [*view.open_orders.values(), *reversed(view.closed_orders.values())]:
+                if order.client_order_id == client_order_id:
+                    return order
+            return None
+
+    async def wait_settled(self, account_id: int, order_id: int, timeout_s: float) -> bool:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self.settled(account_id, order_id):
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(SETTLE_POLL_S)
+        return True
 
     @staticmethod
     def _reduce(book: BookMirror, order_id: int, leaves_lots: int) -> None:

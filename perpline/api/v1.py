@@ -1,6 +1,8 @@
 """Native REST API, /api/v1. Decimal strings for every amount; errors as {"code", "msg"}.
 
-Identity: until API keys land, the caller names its account in the X-Account-Id header.
+Identity: a signed request (X-MBX-APIKEY, HMAC-SHA256 of the query string + body, as Binance;
+see perpline.api.auth). Only where the operator trusts the network (the embedded demo stack,
+PERPLINE_TRUST_ACCOUNT_HEADER=1) may a caller name its account in X-Account-Id instead.
 Idempotency: an Idempotency-Key header becomes the command's request id, so a resent
 request is answered with the first outcome and changes nothing.
 """
@@ -17,7 +19,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr
 
-from perpline.api import errors
+from perpline.api import auth, errors
 from perpline.api.app import ApiDeps
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
@@ -26,7 +28,6 @@ from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import format_amount, format_rate
 
 router = APIRouter(prefix="/api/v1")
-MAX_ACCOUNT_ID = (1 << 30) - 1
 
 
 def deps(request: Request) -> ApiDeps:
@@ -34,10 +35,28 @@ def deps(request: Request) -> ApiDeps:
     return found
 
 
-def account_id(x_account_id: Annotated[str | None, Header()] = None) -> int:
-    if x_account_id is None or not x_account_id.isdigit() or not 0 < int(x_account_id) <= MAX_ACCOUNT_ID:
-        raise PerplineError(Code.UNAUTHORIZED, "X-Account-Id header with an account number is required")
-    return int(x_account_id)
+async def _identify(request: Request, permission: str) -> int:
+    d = deps(request)
+    if request.headers.get(auth.API_KEY_HEADER) is not None or not d.trust_account_header:
+        return (await auth.signed_caller(request, d.registry, d.guard, permission)).user_id
+    return auth.header_account(request)
+
+
+async def account_id(request: Request) -> int:
+    """The caller's account: read permission for GET, trade permission otherwise."""
+    return await _identify(request, auth.READ if request.method == "GET" else auth.TRADE)
+
+
+async def withdrawing_account(request: Request) -> int:
+    return await _identify(request, auth.WITHDRAW)
+
+
+async def faucet_account(request: Request) -> int:
+    """Deposits through the API exist only as the demo faucet (PERPLINE_FAUCET=1); money otherwise
+    enters through `perpline admin deposit`, never with a trader's key."""
+    if not deps(request).faucet:
+        raise PerplineError(Code.FORBIDDEN, "deposits are credited by the wallet service, not through the trading API")
+    return await _identify(request, auth.TRADE)
 
 
 def request_id(idempotency_key: Annotated[str | None, Header()] = None) -> str:
@@ -47,6 +66,8 @@ def request_id(idempotency_key: Annotated[str | None, Header()] = None) -> str:
 
 
 Account = Annotated[int, Depends(account_id)]
+WithdrawAccount = Annotated[int, Depends(withdrawing_account)]
+FaucetAccount = Annotated[int, Depends(faucet_account)]
 RequestId = Annotated[str, Depends(request_id)]
 Deps = Annotated[ApiDeps, Depends(deps)]
 
@@ -85,14 +106,14 @@ class Transfer(BaseModel):
 
 
 @router.post("/wallet/deposits", tags=["wallet"])
-async def deposit(body: Transfer, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
+async def deposit(body: Transfer, request: Request, acct: FaucetAccount, rid: RequestId, d: Deps) -> Any:
     cmd = m.Deposit(**_meta(request, rid), request_id=rid, account_id=acct, asset=body.asset, amount=body.amount)
     result = await _submit(d, request, acct, cmd, rid)
     return result if isinstance(result, JSONResponse) else {"request_id": rid, "status": "DONE", **_balances(d, acct)}
 
 
 @router.post("/wallet/withdrawals", tags=["wallet"])
-async def withdraw(body: Transfer, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
+async def withdraw(body: Transfer, request: Request, acct: WithdrawAccount, rid: RequestId, d: Deps) -> Any:
     cmd = m.Withdraw(**_meta(request, rid), request_id=rid, account_id=acct, asset=body.asset, amount=body.amount)
     result = await _submit(d, request, acct, cmd, rid)
     return result if isinstance(result, JSONResponse) else {"request_id": rid, "status": "DONE", **_balances(d, acct)}

@@ -72,6 +72,10 @@ class Code(IntEnum):
     FORBIDDEN = 6002
     RATE_LIMITED = 6003
     REQUEST_TOO_LARGE = 6004
+    BAD_SIGNATURE = 6005
+    STALE_REQUEST = 6006
+    REPLAYED_REQUEST = 6007
+    BAD_API_KEY = 6008
 
     @property
     def subsystem(self) -> str:

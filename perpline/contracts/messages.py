@@ -251,6 +251,7 @@ class OrderView(msgspec.Struct, kw_only=True):
     reduce_only: bool
     created_ms: int
     updated_ms: int
+    cum_quote: str = "0"  # filled value in the margin asset (sum of price x quantity over fills), exact
 
 
 class OrderChanged(Msg, tag="order", kw_only=True):
@@ -334,6 +335,35 @@ class DeadLetter(Msg, tag="dead_letter", kw_only=True):
     payload: str  # the raw bytes, decoded as UTF-8 with replacement
 
 
+# --- auth.keys (key: api key, or "user" for registrations; one partition) ----------------
+
+Permission = Literal["read", "trade", "withdraw"]
+
+
+class UserRegistered(Msg, tag="user_registered", kw_only=True):
+    """A new user: its user id (= account id) is USER_ID_BASE + this record's offset in auth.keys,
+    unique by construction without any other store."""
+
+    request_id: str
+    label: str = ""
+
+
+class ApiKeyIssued(Msg, tag="api_key_issued", kw_only=True):
+    api_key: str
+    user_id: int
+    secret_enc: str  # the HMAC secret, encrypted with the configured PERPLINE_SECRET_KEY (Fernet)
+    permissions: list[Permission]
+    label: str = ""
+
+
+class ApiKeyRevoked(Msg, tag="api_key_revoked", kw_only=True):
+    api_key: str
+    user_id: int
+
+
+AuthRecord = UserRegistered | ApiKeyIssued | ApiKeyRevoked
+
+
 TOPIC_TYPES: dict[str, object] = {
     "account.commands": AccountCommand,
     "orders": MatcherInput,
@@ -342,4 +372,5 @@ TOPIC_TYPES: dict[str, object] = {
     "ledger.entries": LedgerEntry,
     "positions": PositionSnapshot,
     "dead.letters": DeadLetter,
+    "auth.keys": AuthRecord,
 }

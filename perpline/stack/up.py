@@ -59,8 +59,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 
 def _base_env(plan: Plan) -> dict[str, str]:
+    """What every component gets. The embedded (demo) stack also trusts X-Account-Id and opens the
+    faucet unless the caller's environment says otherwise; a stack on an external broker never does."""
+    demo_default = "1" if plan.embedded_broker else "0"
     return {"PERPLINE_KAFKA_BOOTSTRAP": plan.kafka, "PERPLINE_CLICKHOUSE_URL": plan.clickhouse,
-            "PERPLINE_DATA_DIR": str(plan.data_dir), "PYTHONUNBUFFERED": "1"}
+            "PERPLINE_DATA_DIR": str(plan.data_dir), "PYTHONUNBUFFERED": "1",
+            "PERPLINE_TRUST_ACCOUNT_HEADER": os.environ.get("PERPLINE_TRUST_ACCOUNT_HEADER", demo_default),
+            "PERPLINE_FAUCET": os.environ.get("PERPLINE_FAUCET", demo_default)}
 
 
 def components(plan: Plan) -> list[ComponentSpec]:
@@ -133,6 +138,8 @@ def announce(plan: Plan, started: float) -> None:
     print(f"  metrics    {plan.api_url}/metrics  " + "  ".join(
         f"{name}=http://127.0.0.1:{port}/metrics" for name, port in plan_metrics.items() if name != "api"), flush=True)
     print(f"  kafka={plan.kafka}  clickhouse={plan.clickhouse}  data={plan.data_dir}", flush=True)
+    print(f"  API keys   PERPLINE_KAFKA_BOOTSTRAP={plan.kafka} PERPLINE_DATA_DIR={plan.data_dir} "
+          ".venv/bin/perpline admin create-user --deposit USDT=10000", flush=True)
     print(f"  ready in {time.monotonic() - started:.1f}s; Ctrl-C stops everything", flush=True)
 
 

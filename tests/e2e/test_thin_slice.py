@@ -10,84 +10,25 @@ checks that no process of it is left.
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from stackutil import Stack, running_stack, stack_pids
 
 from perpline.ch.client import get_client
 
 pytestmark = pytest.mark.e2e
 
-READY_RE = re.compile(r"perpline ready: api=(http://\S+)")
-START_TIMEOUT_S = 180
-
-
-def _stack_pids(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (entry / "environ").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-class Stack:
-    def __init__(self, tmp: Path) -> None:
-        self.marker = f"PERPLINE_STACK_ID=e2e-{uuid.uuid4().hex}"
-        env = {**os.environ, "PERPLINE_STACK_ID": self.marker.split("=", 1)[1]}
-        for key in ("PERPLINE_KAFKA_BOOTSTRAP", "PERPLINE_CLICKHOUSE_URL"):
-            env.pop(key, None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "perpline.cli", "up", "--free-ports", "--data-dir", str(tmp)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.api = ""
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            found = READY_RE.search(line)
-            if found:
-                self.api = found.group(1)
-                self.ready.set()
-
-    def value(self, name: str) -> str:
-        for line in self.lines:
-            found = re.search(rf"{name}=(\S+)", line)
-            if found:
-                return found.group(1)
-        raise AssertionError(f"{name} not printed by perpline up")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):
-    s = Stack(tmp_path_factory.mktemp("stack"))
-    if not s.ready.wait(START_TIMEOUT_S):
-        s.proc.kill()
-        pytest.fail("stack not ready in time:\n" + "\n".join(s.lines[-80:]))
-    yield s
-    if s.proc.poll() is None:
-        s.proc.kill()
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from running_stack(tmp_path_factory)
 
 
 def _post(api: str, path: str, account: int, body: dict, key: str | None = None) -> httpx.Response:
@@ -226,7 +167,7 @@ def _topic_values(bootstrap: str, topics: list[str]) -> list[tuple[str, bytes]]:
 
 
 def _component_pid(stack: Stack, module: str) -> int:
-    for pid in _stack_pids(stack.marker):
+    for pid in stack_pids(stack.marker):
         try:
             if module.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
@@ -277,7 +218,7 @@ def test_killed_matcher_and_accounts_recover_and_balances_stay_exact(stack: Stac
 
 
 def test_stop_leaves_no_process(stack: Stack) -> None:
-    assert _stack_pids(stack.marker), "the stack's processes carry the marker"
+    assert stack_pids(stack.marker), "the stack's processes carry the marker"
     code = stack.stop()
     assert code == 0, "\n".join(stack.lines[-40:])
-    _eventually(lambda: not _stack_pids(stack.marker), timeout_s=20)
+    _eventually(lambda: not stack_pids(stack.marker), timeout_s=20)

@@ -1,0 +1,91 @@
+"""Who is calling: a signed request (X-MBX-APIKEY + HMAC-SHA256, as Binance) or, only where the
+operator allows it (the embedded demo stack), a bare X-Account-Id header.
+
+Every signed request: key known and not revoked, permission granted, signature over the exact
+text, timestamp inside recvWindow; a state-changing request (POST/PUT/DELETE) is accepted once
+(its signature is remembered; a replay is refused). Reads may repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from perpline.auth import signing
+from perpline.auth.registry import KeyRecord, KeyRegistry
+from perpline.contracts.codes import Code, PerplineError
+
+API_KEY_HEADER = "x-mbx-apikey"
+MAX_ACCOUNT_ID = (1 << 30) - 1
+READ, TRADE, WITHDRAW = "read", "trade", "withdraw"
+UNKNOWN_KEY_WAIT_S = 1.0
+MAX_API_KEY_CHARS = 128
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: int
+    api_key: str | None  # None: identified by the trusted X-Account-Id header
+    params: dict[str, str]  # the signed parameters (query and form body)
+
+
+async def signed_caller(request: Request, registry: KeyRegistry | None, guard: signing.ReplayGuard,
+                        permission: str) -> Caller:
+    api_key = request.headers.get(API_KEY_HEADER)
+    if api_key is None:
+        raise PerplineError(Code.UNAUTHORIZED, "API-key format invalid.")
+    record = await _lookup(registry, api_key)
+    if record is None or record.revoked or record.secret is None:
+        raise PerplineError(Code.BAD_API_KEY, "Invalid API-key, IP, or permissions for action.")
+    if permission not in record.permissions:
+        raise PerplineError(Code.BAD_API_KEY, "Invalid API-key, IP, or permissions for action.")
+    signed = await _signed_text(request)
+    try:
+        signing.verify(record.secret, signed)
+        signing.check_time(signed.params, int(time.time() * 1000))
+    except signing.SignatureError as err:
+        raise PerplineError(err.code, err.msg) from err
+    if request.method != "GET" and not guard.first_use(signed.signature):
+        raise PerplineError(Code.REPLAYED_REQUEST, "this signed request was already received")
+    return Caller(record.user_id, api_key, signed.params)
+
+
+async def _lookup(registry: KeyRegistry | None, api_key: str) -> KeyRecord | None:
+    """The key's record; a key issued a moment ago may still be on its way from auth.keys, so an
+    unknown key is looked up again for up to UNKNOWN_KEY_WAIT_S (which also slows key guessing)."""
+    if registry is None or len(api_key) > MAX_API_KEY_CHARS:
+        return None
+    deadline = time.monotonic() + UNKNOWN_KEY_WAIT_S
+    record = registry.get(api_key)
+    while record is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        record = registry.get(api_key)
+    return record
+
+
+async def _signed_text(request: Request) -> signing.Signed:
+    """The signature lives in the query (GET/DELETE, or a JSON body signed as query + body) or at
+    the end of a form body (POST/PUT, as ccxt sends them)."""
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    body = (await request.body()).decode("utf-8", "replace")
+    try:
+        if "signature=" in query:
+            signed = signing.split(query)
+            if not body:
+                return signed
+            form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
+            params = {**signed.params, **(signing.split(f"{body}&signature={signed.signature}").params if form else {})}
+            return signing.Signed(signed.payload + body, signed.signature, params)
+        return signing.split(body)
+    except signing.SignatureError as err:
+        raise PerplineError(err.code, err.msg) from err
+
+
+def header_account(request: Request) -> int:
+    raw = request.headers.get("x-account-id")
+    if raw is None or not raw.isdigit() or not 0 < int(raw) <= MAX_ACCOUNT_ID:
+        raise PerplineError(Code.UNAUTHORIZED, "a signed request (X-MBX-APIKEY) is required")
+    return int(raw)

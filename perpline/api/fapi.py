@@ -1,0 +1,629 @@
+"""The Binance USD-M compatible subset, /fapi: what ccxt's binanceusdm needs (shared/BINANCE_USDM_SUBSET.md).
+
+Same commands, topics and read models as the native API; only the wire differs: Binance symbols
+(BTCUSDT), form-encoded signed requests, Binance error codes. Writes answer once the order has
+settled in the read model (the matcher finished with it and the account shows those fills), so a
+client reads its own writes.
+
+Not here yet (issue 7): mark and index price come from the last trade (or the mid), funding rate
+and funding history are empty.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from perpline.api import auth, binance
+from perpline.api.app import ApiDeps
+from perpline.contracts import messages as m
+from perpline.contracts.codes import Code, PerplineError
+from perpline.contracts.ids import new_request_id
+from perpline.contracts.instruments import Instrument, load_catalog
+from perpline.contracts.units import format_amount, format_fixed, parse_amount
+
+router = APIRouter(prefix="/fapi", tags=["binance usd-m"])
+CLIENT_ORDER_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+FUNDING_INTERVAL_MS = 8 * 3600 * 1000
+INTERVAL_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000,
+               "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000, "12h": 43_200_000,
+               "1d": 86_400_000, "3d": 259_200_000, "1w": 604_800_000}
+MAX_LIMIT = 1000
+
+
+def _deps(request: Request) -> ApiDeps:
+    found: ApiDeps = request.app.state.deps
+    return found
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _instrument(symbol: str | None) -> Instrument:
+    if not symbol:
+        raise PerplineError(Code.MISSING_FIELD, "symbol")
+    inst = load_catalog().get(symbol)
+    if inst is None:
+        raise PerplineError(Code.UNKNOWN_SYMBOL, f"unknown symbol {symbol!r}")
+    return inst
+
+
+def _limit(raw: str | None, default: int, maximum: int = MAX_LIMIT) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise PerplineError(Code.BAD_NUMBER, f"limit must be 1..{maximum}")
+    return int(raw)
+
+
+def _int_param(params: dict[str, str], name: str) -> int | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.lstrip("-").isdigit() or len(raw) > 20:
+        raise PerplineError(Code.BAD_NUMBER, name)
+    return int(raw)
+
+
+def _charge(request: Request, d: ApiDeps, weight: int, api_key: str | None = None, order: bool = False) -> None:
+    ip = request.client.host if request.client else "?"
+    checks = [("ip", ip, weight)] + ([("key", api_key, weight)] if api_key else [])
+    if order and api_key:
+        checks.append(("orders", api_key, 1))
+    for kind, who, cost in checks:
+        allowed, used, retry_s = d.limiter.charge(kind, who, cost)
+        request.state.used_weight = used if kind == "ip" else getattr(request.state, "used_weight", used)
+        if not allowed:
+            request.state.retry_after = retry_s
+            raise PerplineError(Code.RATE_LIMITED, f"{kind} limit of {d.limiter.limits[kind]} per minute reached")
+
+
+def _signed(permission: str, weight: int, order: bool = False) -> Callable[..., Any]:
+    async def dependency(request: Request) -> auth.Caller:
+        d = _deps(request)
+        _charge(request, d, weight)
+        caller = await auth.signed_caller(request, d.registry, d.guard, permission)
+        _charge(request, d, 0, caller.api_key, order=order)
+        return caller
+
+    return dependency
+
+
+def _public(weight: int) -> Callable[..., Any]:
+    def dependency(request: Request) -> dict[str, str]:
+        _charge(request, _deps(request), weight)
+        return dict(request.query_params)
+
+    return dependency
+
+
+Public = Annotated[dict[str, str], Depends(_public(1))]
+PublicHeavy = Annotated[dict[str, str], Depends(_public(2))]
+Read = Annotated[auth.Caller, Depends(_signed(auth.READ, 1))]
+ReadHeavy = Annotated[auth.Caller, Depends(_signed(auth.READ, 5))]
+Trade = Annotated[auth.Caller, Depends(_signed(auth.TRADE, 1))]
+PlaceOrder = Annotated[auth.Caller, Depends(_signed(auth.TRADE, 1, order=True))]
+
+
+def _meta(request: Request, rid: str) -> dict[str, Any]:
+    return {"trace_id": request.state.trace_id, "causation_id": rid, "ts_ms": _now_ms()}
+
+
+async def _submit(d: ApiDeps, acct: int, cmd: Any, rid: str) -> m.CommandResult:
+    d.publish("account.commands", str(acct), cmd)
+    d.flush()
+    assert d.readmodel is not None
+    result = await d.readmodel.wait_result(rid, d.wait_s)
+    if result is None:
+        raise PerplineError(Code.TIMEOUT, "no decision in time")
+    if not result.ok:
+        raise PerplineError(Code(result.code), result.msg)
+    return result
+
+
+# --- public market data ---------------------------------------------------------------------
+
+
+@router.get("/v1/ping")
+def ping(_: Public) -> Any:
+    return {}
+
+
+@router.get("/v1/time")
+def server_time(_: Public) -> Any:
+    return {"serverTime": _now_ms()}
+
+
+@router.get("/v1/exchangeInfo")
+def exchange_info(_: Public) -> Any:
+    return {"timezone": "UTC", "serverTime": _now_ms(), "futuresType": "U_MARGINED", "rateLimits": [
+        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+        {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200}],
+        "exchangeFilters": [], "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
+        "symbols": [binance.symbol_info(i) for i in load_catalog().instruments.values()]}
+
+
+@router.get("/v1/depth")
+def depth(request: Request, q: PublicHeavy) -> Any:
+    inst = _instrument(q.get("symbol"))
+    d = _deps(request)
+    assert d.readmodel is not None
+    bids, asks = d.readmodel.depth(inst.symbol, _limit(q.get("limit"), 500))
+    book = d.readmodel.books.get(inst.symbol)
+    now = _now_ms()
+    return {"lastUpdateId": book.last_seq if book else 0, "E": now, "T": now,
+            "bids": [[p, inst.format_qty(n)] for p, n in bids], "asks": [[p, inst.format_qty(n)] for p, n in asks]}
+
+
+def _trades(d: ApiDeps, inst: Instrument) -> list[m.Trade]:
+    assert d.readmodel is not None
+    return d.readmodel.trades(inst.symbol, 10**9)
+
+
+@router.get("/v1/aggTrades")
+def agg_trades(request: Request, q: PublicHeavy) -> Any:
+    inst = _instrument(q.get("symbol"))
+    trades = _in_window(_trades(_deps(request), inst), q)
+    limit = _limit(q.get("limit"), 500)
+    return [{"a": t.trade_id, "p": t.price, "q": t.quantity, "f": t.trade_id, "l": t.trade_id, "T": t.ts_ms,
+             "m": t.taker_side == "SELL"} for t in trades[-limit:]]
+
+
+@router.get("/v1/trades")
+def recent_trades(request: Request, q: PublicHeavy) -> Any:
+    inst = _instrument(q.get("symbol"))
+    limit = _limit(q.get("limit"), 500)
+    return [{"id": t.trade_id, "price": t.price, "qty": t.quantity,
+             "quoteQty": format_amount(inst.notional(inst.parse_price(t.price), inst.parse_qty(t.quantity))),
+             "time": t.ts_ms, "isBuyerMaker": t.taker_side == "SELL"} for t in _trades(_deps(request), inst)[-limit:]]
+
+
+def _in_window(trades: list[m.Trade], q: dict[str, str]) -> list[m.Trade]:
+    start, end = _int_param(q, "startTime"), _int_param(q, "endTime")
+    return [t for t in trades if (start is None or t.ts_ms >= start) and (end is None or t.ts_ms <= end)]
+
+
+def _last_price_ticks(d: ApiDeps, inst: Instrument) -> int:
+    """The mark price until issue 7's mark-price processor: the last trade, else the mid, else 0."""
+    assert d.readmodel is not None
+    recent = d.readmodel.trades(inst.symbol, 1)
+    if recent:
+        return inst.parse_price(recent[-1].price)
+    bids, asks = d.readmodel.depth(inst.symbol, 1)
+    if bids and asks:
+        return (inst.parse_price(bids[0][0]) + inst.parse_price(asks[0][0])) // 2
+    return 0
+
+
+@router.get("/v1/ticker/24hr")
+def ticker_24hr(request: Request, q: Public) -> Any:
+    d = _deps(request)
+    if q.get("symbol") is None:
+        return [_ticker(d, i) for i in load_catalog().instruments.values()]
+    return _ticker(d, _instrument(q.get("symbol")))
+
+
+def _ticker(d: ApiDeps, inst: Instrument) -> dict[str, Any]:
+    now = _now_ms()
+    window = [t for t in _trades(d, inst) if t.ts_ms >= now - 86_400_000]
+    prices = [inst.parse_price(t.price) for t in window]
+    lots = [inst.parse_qty(t.quantity) for t in window]
+    quote = sum(inst.notional(p, n) for p, n in zip(prices, lots, strict=True))
+    last = prices[-1] if prices else _last_price_ticks(d, inst)
+    first = prices[0] if prices else last
+    change = last - first
+    pct = (Decimal(change) * 100 / Decimal(first)).quantize(Decimal("0.001")) if first else Decimal("0.000")
+    volume_lots = sum(lots)
+    volume_lots = sum(lots)
+    weighted_ticks = quote // (volume_lots * inst.amount_per_tick_lot) if volume_lots else last
+    weighted = inst.format_price(weighted_ticks)
+    return {"symbol": inst.binance_symbol, "priceChange": _signed_price(inst, change),
+            "priceChangePercent": str(pct), "weightedAvgPrice": weighted, "lastPrice": inst.format_price(last),
+            "lastQty": inst.format_qty(lots[-1]) if lots else inst.format_qty(0), "openPrice": inst.format_price(first),
+            "highPrice": inst.format_price(max(prices, default=last)), "lowPrice": inst.format_price(min(prices, default=last)),
+            "volume": inst.format_qty(volume_lots), "quoteVolume": format_amount(quote),
+            "openTime": window[0].ts_ms if window else now - 86_400_000, "closeTime": now,
+            "firstId": window[0].trade_id if window else -1, "lastId": window[-1].trade_id if window else -1,
+            "count": len(window)}
+
+
+def _signed_price(inst: Instrument, ticks: int) -> str:
+    return format_fixed(ticks * inst.tick_units, inst.price_decimals)
+
+
+@router.get("/v1/premiumIndex")
+def premium_index(request: Request, q: Public) -> Any:
+    d = _deps(request)
+    if q.get("symbol") is None:
+        return [_premium(d, i) for i in load_catalog().instruments.values()]
+    return _premium(d, _instrument(q.get("symbol")))
+
+
+def _premium(d: ApiDeps, inst: Instrument) -> dict[str, Any]:
+    now = _now_ms()
+    mark = inst.format_price(_last_price_ticks(d, inst))
+    return {"symbol": inst.binance_symbol, "markPrice": mark, "indexPrice": mark, "estimatedSettlePrice": mark,
+            "lastFundingRate": "0.00000000", "interestRate": "0.00010000",
+            "nextFundingTime": (now // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS, "time": now}
+
+
+@router.get("/v1/fundingRate")
+def funding_rate(q: Public) -> Any:
+    _instrument(q.get("symbol")) if q.get("symbol") else None
+    return []
+
+
+@router.get("/v1/klines")
+def klines(request: Request, q: PublicHeavy) -> Any:
+    return _klines(_deps(request), q)
+
+
+@router.get("/v1/markPriceKlines")
+def mark_price_klines(request: Request, q: PublicHeavy) -> Any:
+    return _klines(_deps(request), q)
+
+
+def _klines(d: ApiDeps, q: dict[str, str]) -> list[list[Any]]:
+    """Candles from the trades the API holds (the last 10,000 per symbol), oldest first."""
+    inst = _instrument(q.get("symbol"))
+    interval = INTERVAL_MS.get(q.get("interval") or "")
+    if interval is None:
+        raise PerplineError(Code.MALFORMED, "interval")
+    limit = _limit(q.get("limit"), 500, 1500)
+    buckets: dict[int, list[m.Trade]] = {}
+    for t in _in_window(_trades(d, inst), q):
+        buckets.setdefault(t.ts_ms // interval * interval, []).append(t)
+    rows = []
+    for start in sorted(buckets)[-limit:]:
+        trades = buckets[start]
+        prices = [inst.parse_price(t.price) for t in trades]
+        lots = [inst.parse_qty(t.quantity) for t in trades]
+        quote = sum(inst.notional(p, n) for p, n in zip(prices, lots, strict=True))
+        buy = [(p, n) for t, p, n in zip(trades, prices, lots, strict=True) if t.taker_side == "BUY"]
+        rows.append([start, inst.format_price(prices[0]), inst.format_price(max(prices)), inst.format_price(min(prices)),
+                     inst.format_price(prices[-1]), inst.format_qty(sum(lots)), start + interval - 1,
+                     format_amount(quote), len(trades), inst.format_qty(sum(n for _, n in buy)),
+                     format_amount(sum(inst.notional(p, n) for p, n in buy)), "0"])
+    return rows
+
+
+# --- account (signed) -------------------------------------------------------------------------
+
+
+def _position_rows(d: ApiDeps, acct: int) -> list[dict[str, Any]]:
+    assert d.readmodel is not None
+    view = d.readmodel.snapshot_account(acct)
+    rows = []
+    for pos in view.positions.values():
+        inst = load_catalog().get(pos.symbol)
+        if inst is None or parse_amount(pos.size, allow_negative=True) == 0:
+            continue
+        rows.append(_position_row(d, inst, pos))
+    return rows
+
+
+def _position_row(d: ApiDeps, inst: Instrument, pos: m.PositionChanged) -> dict[str, Any]:
+    size = Decimal(pos.size)
+    entry = Decimal(pos.entry_price)
+    mark_ticks = _last_price_ticks(d, inst) or inst.parse_price(pos.entry_price)
+    mark = Decimal(inst.format_price(mark_ticks))
+    margin = Decimal(pos.margin)
+    notional = size * mark
+    bracket = inst.bracket_for(int(abs(notional) * 10**8))
+    mmr = Decimal(bracket.maint_margin_e8) / Decimal(10**8)
+    maint = abs(notional) * mmr - Decimal(bracket.maint_amount) / Decimal(10**8)
+    liq = _liquidation_price(size, entry, margin, mmr)
+    return {"symbol": inst.binance_symbol, "positionSide": "BOTH", "positionAmt": pos.size, "entryPrice": pos.entry_price,
+            "breakEvenPrice": pos.entry_price, "markPrice": inst.format_price(mark_ticks),
+            "unRealizedProfit": _money((mark - entry) * size), "liquidationPrice": _price(inst, liq),
+            "isolatedMargin": pos.margin, "notional": _money(notional), "marginAsset": inst.margin_asset,
+            "isolatedWallet": pos.margin, "initialMargin": pos.margin, "maintMargin": _money(max(maint, Decimal(0))),
+            "positionInitialMargin": pos.margin, "openOrderInitialMargin": "0", "adl": 0, "bidNotional": "0",
+            "askNotional": "0", "leverage": str(pos.leverage), "marginType": "isolated", "updateTime": pos.ts_ms}
+
+
+def _liquidation_price(size: Decimal, entry: Decimal, margin: Decimal, mmr: Decimal) -> Decimal:
+    """Isolated: the price where margin + unrealised PnL equals the maintenance margin."""
+    q = abs(size)
+    if q == 0:
+        return Decimal(0)
+    if size > 0:
+        price = (entry * q - margin) / (q * (1 - mmr))
+    else:
+        price = (entry * q + margin) / (q * (1 + mmr))
+    return max(price, Decimal(0))
+
+
+def _money(value: Decimal) -> str:
+    return format_amount(int(value.scaleb(8).to_integral_value()))
+
+
+def _price(inst: Instrument, value: Decimal) -> str:
+    ticks = int((value / Decimal(inst.tick_size)).to_integral_value())
+    return inst.format_price(max(ticks, 0))
+
+
+@router.get("/v3/account")
+@router.get("/v2/account")
+def account(request: Request, caller: ReadHeavy) -> Any:
+    d = _deps(request)
+    assert d.readmodel is not None
+    view = d.readmodel.snapshot_account(caller.user_id)
+    positions = _position_rows(d, caller.user_id)
+    now = _now_ms()
+    assets = []
+    for asset in load_catalog().assets:
+        bal = view.balances.get(asset)
+        wallet = parse_amount(bal.wallet) if bal else 0
+        available = parse_amount(bal.available) if bal else 0
+        initial = (parse_amount(bal.order_margin) + parse_amount(bal.position_margin)) if bal else 0
+        unrealized = sum(parse_amount(p["unRealizedProfit"], allow_negative=True) for p in positions)
+        maint = sum(parse_amount(p["maintMargin"]) for p in positions)
+        assets.append({"asset": asset, "walletBalance": format_amount(wallet),
+                       "unrealizedProfit": format_amount(unrealized), "marginBalance": format_amount(wallet + unrealized),
+                       "maintMargin": format_amount(maint), "initialMargin": format_amount(initial),
+                       "positionInitialMargin": bal.position_margin if bal else format_amount(0),
+                       "openOrderInitialMargin": bal.order_margin if bal else format_amount(0),
+                       "crossWalletBalance": format_amount(available), "crossUnPnl": format_amount(0),
+                       "availableBalance": format_amount(available), "maxWithdrawAmount": format_amount(available),
+                       "marginAvailable": True, "updateTime": bal.ts_ms if bal else now})
+    total = assets[0] if assets else {}
+    return {"totalInitialMargin": total.get("initialMargin", "0"), "totalMaintMargin": total.get("maintMargin", "0"),
+            "totalWalletBalance": total.get("walletBalance", "0"), "totalUnrealizedProfit": total.get("unrealizedProfit", "0"),
+            "totalMarginBalance": total.get("marginBalance", "0"), "availableBalance": total.get("availableBalance", "0"),
+            "maxWithdrawAmount": total.get("maxWithdrawAmount", "0"), "assets": assets, "positions": positions}
+
+
+@router.get("/v2/balance")
+@router.get("/v3/balance")
+def balance(request: Request, caller: ReadHeavy) -> Any:
+    full = account(request, caller)
+    return [{"accountAlias": "perpline", "asset": a["asset"], "balance": a["walletBalance"],
+             "crossWalletBalance": a["crossWalletBalance"], "crossUnPnl": "0", "availableBalance": a["availableBalance"],
+             "maxWithdrawAmount": a["maxWithdrawAmount"], "marginAvailable": True, "updateTime": a["updateTime"]}
+            for a in full["assets"]]
+
+
+@router.get("/v3/positionRisk")
+@router.get("/v2/positionRisk")
+def position_risk(request: Request, caller: ReadHeavy) -> Any:
+    rows = _position_rows(_deps(request), caller.user_id)
+    symbol = caller.params.get("symbol")
+    if symbol:
+        inst = _instrument(symbol)
+        rows = [r for r in rows if r["symbol"] == inst.binance_symbol]
+    return rows
+
+
+@router.get("/v1/leverageBracket")
+def leverage_bracket(caller: Read) -> Any:
+    symbol = caller.params.get("symbol")
+    insts = [_instrument(symbol)] if symbol else list(load_catalog().instruments.values())
+    rows = [{"symbol": i.binance_symbol, "notionalCoef": 1.0, "brackets": binance.bracket_rows(i)} for i in insts]
+    return rows[0] if symbol else rows
+
+
+@router.get("/v1/commissionRate")
+def commission_rate(caller: ReadHeavy) -> Any:
+    inst = _instrument(caller.params.get("symbol"))
+    from perpline.contracts.units import format_rate  # noqa: PLC0415
+
+    return {"symbol": inst.binance_symbol, "makerCommissionRate": format_rate(inst.maker_fee_e8),
+            "takerCommissionRate": format_rate(inst.taker_fee_e8)}
+
+
+@router.post("/v1/leverage")
+async def set_leverage(request: Request, caller: Trade) -> Any:
+    d = _deps(request)
+    inst = _instrument(caller.params.get("symbol"))
+    leverage = _int_param(caller.params, "leverage")
+    if leverage is None:
+        raise PerplineError(Code.MISSING_FIELD, "leverage")
+    rid = new_request_id()
+    cmd = m.SetLeverage(**_meta(request, rid), request_id=rid, account_id=caller.user_id, symbol=inst.symbol,
+                        leverage=leverage)
+    await _submit(d, caller.user_id, cmd, rid)
+    cap = next((b.notional_cap for b in reversed(inst.brackets) if b.max_leverage >= leverage), inst.brackets[0].notional_cap)
+    return {"symbol": inst.binance_symbol, "leverage": leverage, "maxNotionalValue": str(cap // 10**8)}
+
+
+@router.get("/v1/income")
+def income(request: Request, caller: ReadHeavy) -> Any:
+    """COMMISSION and REALIZED_PNL from the account's fills; FUNDING_FEE is empty until funding exists."""
+    d = _deps(request)
+    assert d.readmodel is not None
+    kind = caller.params.get("incomeType")
+    symbol = caller.params.get("symbol")
+    inst_filter = _instrument(symbol) if symbol else None
+    rows: list[dict[str, Any]] = []
+    for f in d.readmodel.snapshot_account(caller.user_id).fills:
+        inst = load_catalog().get(f.symbol)
+        if inst is None or (inst_filter is not None and inst.symbol != inst_filter.symbol):
+            continue
+        for income_type, amount in (("COMMISSION", "-" + f.fee if f.fee.strip("0.") else f.fee),
+                                    ("REALIZED_PNL", f.realized_pnl)):
+            if (kind is None or kind == income_type) and parse_amount(amount, allow_negative=True) != 0:
+                rows.append({"symbol": inst.binance_symbol, "incomeType": income_type, "income": amount,
+                             "asset": f.fee_asset, "info": income_type, "time": f.ts_ms,
+                             "tranId": f.trade_id * 10 + (1 if income_type == "COMMISSION" else 2),
+                             "tradeId": str(f.trade_id)})
+    start, end = _int_param(caller.params, "startTime"), _int_param(caller.params, "endTime")
+    rows = [r for r in rows if (start is None or r["time"] >= start) and (end is None or r["time"] <= end)]
+    return rows[-_limit(caller.params.get("limit"), 100):]
+
+
+# --- orders (signed) --------------------------------------------------------------------------
+
+
+@router.post("/v1/order")
+async def new_order(request: Request, caller: PlaceOrder
+                    ) -> Any:
+    d = _deps(request)
+    assert d.readmodel is not None
+    p = caller.params
+    inst = _instrument(p.get("symbol"))
+    side, order_type, quantity = p.get("side"), p.get("type"), p.get("quantity")
+    if side not in ("BUY", "SELL"):
+        raise PerplineError(Code.BAD_SIDE if side else Code.MISSING_FIELD, "side")
+    if order_type not in ("LIMIT", "MARKET"):
+        raise PerplineError(Code.BAD_ORDER_TYPE if order_type else Code.MISSING_FIELD, "type")
+    if not quantity:
+        raise PerplineError(Code.MISSING_FIELD, "quantity")
+    tif = p.get("timeInForce") or "GTC"
+    if tif not in ("GTC", "IOC", "FOK", "GTX") or (order_type == "MARKET" and tif == "GTX"):
+        raise PerplineError(Code.BAD_TIME_IN_FORCE, "timeInForce")
+    if p.get("positionSide", "BOTH") != "BOTH":
+        raise PerplineError(Code.MALFORMED, "positionSide: only one-way mode (BOTH)")
+    price = p.get("price") if order_type == "LIMIT" else None
+    if order_type == "LIMIT" and not price:
+        raise PerplineError(Code.MISSING_FIELD, "price")
+    coid = p.get("newClientOrderId") or f"pl-{new_request_id()[:30]}"
+    if not CLIENT_ORDER_ID.match(coid):
+        raise PerplineError(Code.MALFORMED, "newClientOrderId")
+    if d.readmodel.find_client_order(caller.user_id, coid) is not None:
+        raise PerplineError(Code.DUPLICATE_CLIENT_ORDER_ID, coid)
+    reduce_only = p.get("reduceOnly", "false").lower() == "true"
+    from perpline.api.v1 import market_bound  # noqa: PLC0415
+
+    rid = new_request_id()
+    fields: dict[str, Any] = {"side": side, "order_type": order_type, "time_in_force": tif}  # checked above
+    cmd = m.PlaceOrder(**_meta(request, rid), **fields, request_id=rid, account_id=caller.user_id, symbol=inst.symbol,
+                       price=price, quantity=quantity, client_order_id=coid, reduce_only=reduce_only,
+                       price_bound=market_bound(d, inst, order_type, side))
+    try:
+        result = await _submit(d, caller.user_id, cmd, rid)
+    except PerplineError as err:
+        raise _with_instrument(err, inst) from err
+    assert result.order_id is not None
+    await d.readmodel.wait_settled(caller.user_id, result.order_id, d.wait_s)
+    view = d.readmodel.find_order(caller.user_id, result.order_id)
+    if view is None:
+        raise PerplineError(Code.TIMEOUT, "order accepted; not visible yet")
+    _raise_matcher_rejection(d, view)
+    return binance.order(inst, view)
+
+
+def _with_instrument(err: PerplineError, inst: Instrument) -> PerplineError:
+    err.instrument = inst  # type: ignore[attr-defined]
+    return err
+
+
+def _raise_matcher_rejection(d: ApiDeps, view: m.OrderView) -> None:
+    """Binance refuses (not expires) a post-only order that would take and an FOK that cannot fill."""
+    assert d.readmodel is not None
+    code = d.readmodel.matcher_code(view.order_id)
+    if view.status in ("REJECTED", "EXPIRED") and code == Code.POST_ONLY_WOULD_TAKE:
+        raise PerplineError(Code.POST_ONLY_WOULD_TAKE, "post-only order would take")
+    if view.status == "EXPIRED" and code == Code.FOK_NOT_FILLABLE and view.time_in_force == "FOK":
+        raise PerplineError(Code.FOK_NOT_FILLABLE, "FOK order could not fill")
+
+
+def _find(d: ApiDeps, caller: auth.Caller, inst: Instrument) -> m.OrderView | None:
+    assert d.readmodel is not None
+    order_id = _int_param(caller.params, "orderId")
+    coid = caller.params.get("origClientOrderId")
+    if order_id is None and not coid:
+        raise PerplineError(Code.MISSING_FIELD, "orderId or origClientOrderId")
+    if order_id is not None:
+        found = d.readmodel.find_order(caller.user_id, order_id)
+    else:
+        found = d.readmodel.find_client_order(caller.user_id, coid or "")
+    return found if found is not None and found.symbol == inst.symbol else None
+
+
+@router.get("/v1/order")
+def get_order(request: Request, caller: Read) -> Any:
+    inst = _instrument(caller.params.get("symbol"))
+    found = _find(_deps(request), caller, inst)
+    if found is None:
+        status, body = binance.QUERY_UNKNOWN_ORDER[2], {"code": binance.QUERY_UNKNOWN_ORDER[0],
+                                                         "msg": binance.QUERY_UNKNOWN_ORDER[1]}
+        return JSONResponse(body, status_code=status)
+    return binance.order(inst, found)
+
+
+@router.delete("/v1/order")
+async def cancel_order(request: Request, caller: Trade) -> Any:
+    d = _deps(request)
+    inst = _instrument(caller.params.get("symbol"))
+    found = _find(d, caller, inst)
+    if found is None or found.status not in ("NEW", "PARTIALLY_FILLED"):
+        raise PerplineError(Code.UNKNOWN_ORDER, "Unknown order sent.")
+    rid = new_request_id()
+    cmd = m.CancelOrder(**_meta(request, rid), request_id=rid, account_id=caller.user_id, symbol=inst.symbol,
+                        order_id=found.order_id)
+    await _submit(d, caller.user_id, cmd, rid)
+    from perpline.api.v1 import _wait_order_closed  # noqa: PLC0415
+
+    closed = await _wait_order_closed(d, caller.user_id, found.order_id)
+    return binance.order(inst, closed or found)
+
+
+@router.delete("/v1/allOpenOrders")
+async def cancel_all(request: Request, caller: Trade) -> Any:
+    d = _deps(request)
+    inst = _instrument(caller.params.get("symbol"))
+    rid = new_request_id()
+    cmd = m.CancelAll(**_meta(request, rid), request_id=rid, account_id=caller.user_id, symbol=inst.symbol)
+    result = await _submit(d, caller.user_id, cmd, rid)
+    from perpline.api.v1 import _wait_order_closed  # noqa: PLC0415
+
+    for order_id in result.order_ids:
+        await _wait_order_closed(d, caller.user_id, order_id)
+    return {"msg": "The operation of cancel all open order is done."}
+
+
+@router.get("/v1/openOrders")
+def open_orders(request: Request, caller: Read) -> Any:
+    d = _deps(request)
+    assert d.readmodel is not None
+    symbol = caller.params.get("symbol")
+    inst_filter = _instrument(symbol) if symbol else None
+    view = d.readmodel.snapshot_account(caller.user_id)
+    out = []
+    for order in sorted(view.open_orders.values(), key=lambda o: o.order_id):
+        inst = load_catalog().get(order.symbol)
+        if inst is not None and (inst_filter is None or inst.symbol == inst_filter.symbol):
+            out.append(binance.order(inst, order))
+    return out
+
+
+@router.get("/v1/allOrders")
+def all_orders(request: Request, caller: ReadHeavy) -> Any:
+    d = _deps(request)
+    assert d.readmodel is not None
+    inst = _instrument(caller.params.get("symbol"))
+    view = d.readmodel.snapshot_account(caller.user_id)
+    orders = [o for o in [*view.open_orders.values(), *view.closed_orders.values()] if o.symbol == inst.symbol]
+    orders.sort(key=lambda o: o.order_id)
+    start, end = _int_param(caller.params, "startTime"), _int_param(caller.params, "endTime")
+    from_id = _int_param(caller.params, "orderId")
+    orders = [o for o in orders if (start is None or o.created_ms >= start) and (end is None or o.created_ms <= end)
+              and (from_id is None or o.order_id >= from_id)]
+    return [binance.order(inst, o) for o in orders[-_limit(caller.params.get("limit"), 500):]]
+
+
+@router.get("/v1/userTrades")
+def user_trades(request: Request, caller: ReadHeavy) -> Any:
+    d = _deps(request)
+    assert d.readmodel is not None
+    inst = _instrument(caller.params.get("symbol"))
+    fills = [f for f in d.readmodel.snapshot_account(caller.user_id).fills if f.symbol == inst.symbol]
+    start, end = _int_param(caller.params, "startTime"), _int_param(caller.params, "endTime")
+    from_id = _int_param(caller.params, "fromId")
+    fills = [f for f in fills if (start is None or f.ts_ms >= start) and (end is None or f.ts_ms <= end)
+             and (from_id is None or f.trade_id >= from_id)]
+    return [binance.user_trade(inst, f) for f in fills[-_limit(caller.params.get("limit"), 500):]]
+
+
+@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
+def unknown(path: str) -> Any:
+    code, msg, status = binance.NOT_FOUND
+    return JSONResponse({"code": code, "msg": f"{msg} /fapi/{path}"[:200]}, status_code=status)

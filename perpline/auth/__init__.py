@@ -1,0 +1,1 @@
+"""Users, API keys and request signing (Binance-style HMAC-SHA256)."""

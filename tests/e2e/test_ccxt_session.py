@@ -1,0 +1,111 @@
+"""A new user's ccxt session against the local stack, as shared/BINANCE_USDM_SUBSET.md tells them to
+configure `ccxt.binanceusdm`: two users made with `perpline admin create-user`, markets, book,
+orders of every kind, fills, positions, balances, trades, candles, and ccxt's own error classes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import ccxt
+import pytest
+from stackutil import Stack, admin, running_stack
+
+pytestmark = pytest.mark.e2e
+SYM = "BTC/USDT:USDT"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from running_stack(tmp_path_factory)
+
+
+def client(base: str, key: str, secret: str) -> Any:
+    ex = ccxt.binanceusdm({"apiKey": key, "secret": secret, "options": {
+        "fetchCurrencies": False, "fetchMarkets": {"types": ["linear"]}, "adjustForTimeDifference": False,
+        "fetchOpenOrders": {"warnWithoutSymbol": False}}})
+    ex.urls["api"] = {"fapiPublic": base + "/fapi/v1", "fapiPublicV2": base + "/fapi/v2", "fapiPublicV3": base + "/fapi/v3",
+                      "fapiPrivate": base + "/fapi/v1", "fapiPrivateV2": base + "/fapi/v2",
+                      "fapiPrivateV3": base + "/fapi/v3", "fapiData": base + "/futures/data"}
+    ex.exceptions["exact"] = {**ex.exceptions["exact"], **ex.exceptions["linear"]["exact"]}
+    return ex
+
+
+def test_a_full_ccxt_session_between_two_users(stack: Stack) -> None:
+    alice_keys = admin(stack, "create-user", "--label", "alice", "--deposit", "USDT=10000")
+    bob_keys = admin(stack, "create-user", "--label", "bob", "--deposit", "USDT=10000")
+    assert isinstance(alice_keys, dict) and isinstance(bob_keys, dict)
+    assert alice_keys["user_id"] != bob_keys["user_id"] and len(alice_keys["api_secret"]) == 64
+    alice = client(stack.api, alice_keys["api_key"], alice_keys["api_secret"])
+    bob = client(stack.api, bob_keys["api_key"], bob_keys["api_secret"])
+
+    markets = alice.load_markets()
+    market = markets[SYM]
+    assert market["linear"] and market["contract"] and market["settle"] == "USDT"
+    assert market["precision"]["price"] == 0.1 and market["precision"]["amount"] == 0.001
+    assert market["limits"]["cost"]["min"] == 100
+    bob.load_markets()
+    assert alice.fetch_balance()["USDT"]["free"] == 10000
+    for ex in (alice, bob):
+        ex.set_leverage(10, SYM)
+
+    ask = alice.create_order(SYM, "limit", "sell", 0.01, 50000)
+    assert ask["status"] == "open" and ask["filled"] == 0 and ask["price"] == 50000
+    assert [o["id"] for o in alice.fetch_open_orders(SYM)] == [ask["id"]]
+    book = bob.fetch_order_book(SYM)
+    assert book["asks"][0][:2] == [50000, 0.01] and book["bids"] == []
+
+    taken = bob.create_order(SYM, "market", "buy", 0.004)
+    assert taken["status"] == "closed" and taken["filled"] == 0.004 and taken["average"] == 50000
+    crossing = bob.create_order(SYM, "limit", "buy", 0.006, 50010)
+    assert crossing["status"] == "closed" and crossing["filled"] == 0.006 and crossing["average"] == 50000
+    done = alice.fetch_order(ask["id"], SYM)
+    assert done["status"] == "closed" and done["filled"] == 0.01 and done["cost"] == 500
+    assert alice.fetch_open_orders(SYM) == []
+
+    alice_trades = alice.fetch_my_trades(SYM)
+    assert [(t["side"], t["amount"], t["price"], t["takerOrMaker"]) for t in alice_trades] == [
+        ("sell", 0.004, 50000, "maker"), ("sell", 0.006, 50000, "maker")]
+    assert round(sum(t["fee"]["cost"] for t in alice_trades), 8) == 0.1  # 500 x 0.02 %
+    bob_trades = bob.fetch_my_trades(SYM)
+    assert [t["takerOrMaker"] for t in bob_trades] == ["taker", "taker"]
+    assert round(sum(t["fee"]["cost"] for t in bob_trades), 8) == 0.25  # 500 x 0.05 %
+
+    (short,) = alice.fetch_positions([SYM])
+    (long,) = bob.fetch_positions([SYM])
+    assert (short["side"], short["contracts"], short["entryPrice"]) == ("short", 0.01, 50000)
+    assert (long["side"], long["contracts"], long["entryPrice"]) == ("long", 0.01, 50000)
+    bal = bob.fetch_balance()["USDT"]
+    assert bal["total"] == 9999.75 and bal["used"] == 50 and bal["free"] == 9949.75  # margin 500 / 10
+
+    public = bob.fetch_trades(SYM)
+    assert [(t["amount"], t["side"]) for t in public] == [(0.004, "buy"), (0.006, "buy")]
+    assert bob.fetch_ticker(SYM)["last"] == 50000
+    candles = bob.fetch_ohlcv(SYM, "1m")
+    assert sum(c[5] for c in candles) == 0.01 and candles[-1][4] == 50000
+    assert bob.fetch_trading_fee(SYM)["taker"] == 0.0005
+
+    resting = bob.create_order(SYM, "limit", "buy", 0.003, 40000)
+    cancelled = bob.cancel_order(resting["id"], SYM)
+    assert cancelled["status"] == "canceled" and bob.fetch_open_orders(SYM) == []
+    closing = bob.create_order(SYM, "limit", "sell", 0.01, 60000, params={"reduceOnly": True})
+    assert closing["status"] == "open" and closing["reduceOnly"] is True
+    with pytest.raises(ccxt.InvalidOrder):  # -2022: would exceed the position
+        bob.create_order(SYM, "limit", "sell", 0.001, 60000, params={"reduceOnly": True})
+    bob.cancel_order(closing["id"], SYM)
+
+    with pytest.raises(ccxt.InsufficientFunds):
+        bob.create_order(SYM, "limit", "buy", 100, 50000)
+    with pytest.raises(ccxt.OrderNotFound):
+        bob.cancel_order("123456789", SYM)
+    with pytest.raises(ccxt.OrderNotFound):
+        bob.fetch_order("123456789", SYM)
+    alice.create_order(SYM, "limit", "sell", 0.002, 50500)
+    with pytest.raises(ccxt.OrderNotFillable):  # -5022 post-only would take
+        bob.create_order(SYM, "limit", "buy", 0.002, 50500, params={"postOnly": True})
+    with pytest.raises(ccxt.BadSymbol):
+        bob.fetch_order_book("NOPE/USDT:USDT") if False else bob.fapiPublicGetDepth({"symbol": "NOPEUSDT"})
+    impostor = client(stack.api, bob_keys["api_key"], "0" * 64)
+    with pytest.raises(ccxt.AuthenticationError):
+        impostor.fetch_balance()
+    assert bob.fetch_balance()["USDT"]["total"] == 9999.75  # none of the refused requests changed anything
