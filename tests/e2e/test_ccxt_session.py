@@ -4,10 +4,15 @@ orders of every kind, fills, positions, balances, trades, candles, and ccxt's ow
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import ccxt
+import httpx
 import pytest
 from stackutil import Stack, admin, running_stack
 
@@ -109,3 +114,66 @@ def test_a_full_ccxt_session_between_two_users(stack: Stack) -> None:
     with pytest.raises(ccxt.AuthenticationError):
         impostor.fetch_balance()
     assert bob.fetch_balance()["USDT"]["total"] == 9999.75  # none of the refused requests changed anything
+
+
+def signed(base: str, method: str, path: str, keys: dict, params: dict, secret: str | None = None,
+           timestamp: int | None = None) -> httpx.Response:
+    """A raw Binance-style signed request: params + timestamp, HMAC-SHA256 appended."""
+    text = urlencode({**params, "timestamp": timestamp or int(time.time() * 1000), "recvWindow": 5000})
+    text += "&signature=" + hmac.new((secret or keys["api_secret"]).encode(), text.encode(), hashlib.sha256).hexdigest()
+    headers = {"X-MBX-APIKEY": keys["api_key"]}
+    if method in ("POST", "PUT"):
+        return httpx.request(method, base + path, content=text, timeout=30,
+                             headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
+    return httpx.request(method, f"{base}{path}?{text}", headers=headers, timeout=30)
+
+
+def test_bad_requests_get_binance_errors_and_change_nothing(stack: Stack) -> None:
+    api = stack.api
+    carol = admin(stack, "create-user", "--label", "carol", "--deposit", "USDT=1000")
+    dave = admin(stack, "create-user", "--label", "dave", "--deposit", "USDT=1000")
+    assert isinstance(carol, dict) and isinstance(dave, dict)
+    order = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
+             "price": "10000"}
+    placed = signed(api, "POST", "/fapi/v1/order", carol, order)
+    assert placed.status_code == 200, placed.text
+    order_id = placed.json()["orderId"]
+
+    def refused(response: httpx.Response, status: int, code: int) -> None:
+        assert (response.status_code, response.json()["code"]) == (status, code), response.text
+
+    refused(signed(api, "GET", "/fapi/v1/order", dave, {"symbol": "BTCUSDT", "orderId": order_id}), 400, -2013)
+    refused(signed(api, "DELETE", "/fapi/v1/order", dave, {"symbol": "BTCUSDT", "orderId": order_id}), 400, -2011)
+    refused(signed(api, "GET", "/fapi/v3/account", carol, {}, secret="0" * 64), 400, -1022)
+    refused(signed(api, "GET", "/fapi/v3/account", carol, {}, timestamp=int(time.time() * 1000) - 60_000), 400, -1021)
+    refused(signed(api, "GET", "/fapi/v3/account", {**carol, "api_key": "nokey"}, {}), 401, -2015)
+    refused(httpx.get(api + "/fapi/v3/account", timeout=30), 401, -2014)
+    refused(httpx.get(api + "/fapi/v1/nothing", timeout=30), 404, -1000)
+    body = urlencode({"symbol": "BTCUSDT", "leverage": 5, "timestamp": int(time.time() * 1000)})
+    body += "&signature=" + hmac.new(carol["api_secret"].encode(), body.encode(), hashlib.sha256).hexdigest()
+    headers = {"X-MBX-APIKEY": carol["api_key"], "Content-Type": "application/x-www-form-urlencoded"}
+    assert httpx.post(api + "/fapi/v1/leverage", content=body, headers=headers, timeout=30).status_code == 200
+    refused(httpx.post(api + "/fapi/v1/leverage", content=body, headers=headers, timeout=30), 400, -1022)  # replay
+
+    for field, value, code in (("quantity", "NaN", -1100), ("quantity", "-1", -1100), ("quantity", "1e3", -1100),
+                               ("quantity", "0.0001", -1111), ("quantity", "0.0105", -1111),
+                               ("price", "10000.055", -1111), ("price", "10000.15", -4014),
+                               ("quantity", "9" * 40, -1100), ("quantity", "0.002", -4164),
+                               ("symbol", "NOPEUSDT", -1121), ("side", "UP", -1117), ("type", "STOP", -1116),
+                               ("timeInForce", "DAY", -1115), ("quantity", "100", -2019)):
+        refused(signed(api, "POST", "/fapi/v1/order", carol, {**order, field: value}), 400, code)
+    readonly = admin(stack, "create-key", "--user", str(carol["user_id"]), "--permissions", "read")
+    assert isinstance(readonly, dict)
+    refused(signed(api, "POST", "/fapi/v1/order", readonly, order), 401, -2015)
+    assert signed(api, "GET", "/fapi/v1/openOrders", readonly, {"symbol": "BTCUSDT"}).status_code == 200
+    admin(stack, "revoke-key", "--user", str(carol["user_id"]), "--api-key", readonly["api_key"])
+    deadline = time.monotonic() + 5  # every API replica applies the revocation from auth.keys within moments
+    while signed(api, "GET", "/fapi/v1/openOrders", readonly, {"symbol": "BTCUSDT"}).status_code == 200:
+        assert time.monotonic() < deadline, "revoked key still accepted after 5 s"
+        time.sleep(0.05)
+    refused(signed(api, "GET", "/fapi/v1/openOrders", readonly, {"symbol": "BTCUSDT"}), 401, -2015)
+
+    account = signed(api, "GET", "/fapi/v3/account", carol, {}).json()["assets"][0]
+    assert account["walletBalance"] == "1000.00000000" and account["openOrderInitialMargin"] == "5.05000000"
+    assert [o["orderId"] for o in signed(api, "GET", "/fapi/v1/openOrders", carol, {"symbol": "BTCUSDT"}).json()] == [
+        order_id]
