@@ -52,6 +52,7 @@ class Stack:
             found = READY_RE.search(line)
             if found:
                 self.api = found.group(1)
+            if self.api and "ready in" in line:  # the last line of the announcement
                 self.ready.set()
 
     def value(self, name: str) -> str:
