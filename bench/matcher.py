@@ -120,19 +120,9 @@ def _python_loop(core: Any, cmds: list[Any], volume_lots: int) -> float:
 
 
 def run_naive(data: Flow) -> dict[str, Any]:
-    from bench.naive_book import NaiveBook
+    from bench.peers import naive_reference
 
-    book = NaiveBook()
-    started = time.perf_counter()
-    for kind, oid, is_buy, price, qty in data:
-        if kind == 1:
-            book.cancel(oid)
-        else:
-            book.place(oid, bool(is_buy), price, qty, rest=kind == 0)
-    elapsed = time.perf_counter() - started
-    levels = [["B", p, sum(e[2] for e in q)] for p, q in book.bids.items()]
-    levels += [["S", p, sum(e[2] for e in q)] for p, q in book.asks.items()]
-    return {"ops_per_s": len(data) / elapsed, "volume_lots": book.volume_lots, "book": sorted(levels)}
+    return naive_reference(data)
 
 
 def encoded_inputs(data: Flow) -> list[bytes]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from bench.peers import Flow, Result, levels, result
 
@@ -17,9 +19,13 @@ NOTES = ("pure Python (sortedcontainers), Decimal-style prices (ints used as giv
 def run(commands: Flow) -> Result:
     from orderbook import Order, OrderBook, OrderSide
 
-    book = OrderBook()
-    orders = {oid: Order(OrderSide.BID if is_buy else OrderSide.ASK, price, qty)
-              for kind, oid, is_buy, price, qty in commands if kind != 1}
+    return drive(commands, OrderBook(), lambda is_buy, price, qty: Order(
+        OrderSide.BID if is_buy else OrderSide.ASK, price, qty), NOTES)
+
+
+def drive(commands: Flow, book: Any, make_order: Callable[[int, int, int], Any], notes: str) -> Result:
+    """The timed loop shared with cython-orderbook (the same code compiled with Cython)."""
+    orders = {oid: make_order(is_buy, price, qty) for kind, oid, is_buy, price, qty in commands if kind != 1}
     add, cancel, log = book.add_limit_order, book.cancel_order, book.trade_log
     started = time.perf_counter()
     for kind, oid, _, _, _ in commands:
@@ -34,4 +40,4 @@ def run(commands: Flow) -> Result:
     elapsed = time.perf_counter() - started
     out = levels("B", ((p, o.remaining_quantity) for p, lv in book.bids.items() for o in lv.queue.values()))
     out += levels("S", ((p, o.remaining_quantity) for p, lv in book.asks.items() for o in lv.queue.values()))
-    return result(commands, elapsed, volume, out, NOTES)
+    return result(commands, elapsed, volume, out, notes)

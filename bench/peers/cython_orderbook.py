@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
-from bench.peers import Flow, Result, levels, result
+from bench.peers import Flow, Result
+from bench.peers.akhil4n_orderbook import drive
 
 NOTES = ("Cython-compiled (Order/PriceLevel are cdef classes; the book itself is still a Python class "
          "on sortedcontainers), integer prices used as given; Order objects built before the timed "
@@ -18,21 +17,5 @@ NOTES = ("Cython-compiled (Order/PriceLevel are cdef classes; the book itself is
 def run(commands: Flow) -> Result:
     from cython_orderbook import Order, OrderBook, OrderSide
 
-    book = OrderBook()
-    orders = {oid: Order(OrderSide.BID if is_buy else OrderSide.ASK, qty, price)
-              for kind, oid, is_buy, price, qty in commands if kind != 1}
-    add, cancel, log = book.add_limit_order, book.cancel_order, book.trade_log
-    started = time.perf_counter()
-    for kind, oid, _, _, _ in commands:
-        order = orders[oid]
-        if kind == 1:
-            cancel(order.order_id)
-        else:
-            add(order)
-            if kind == 2 and order.remaining_quantity:
-                cancel(order.order_id)
-    volume = sum(trade.quantity_filled for trade in log)
-    elapsed = time.perf_counter() - started
-    out = levels("B", ((p, o.remaining_quantity) for p, lv in book.bids.items() for o in lv.queue.values()))
-    out += levels("S", ((p, o.remaining_quantity) for p, lv in book.asks.items() for o in lv.queue.values()))
-    return result(commands, elapsed, volume, out, NOTES)
+    return drive(commands, OrderBook(), lambda is_buy, price, qty: Order(
+        OrderSide.BID if is_buy else OrderSide.ASK, qty, price), NOTES)
