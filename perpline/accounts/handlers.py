@@ -66,6 +66,8 @@ def handle(state: AccountState, cmd: m.Msg) -> list[Out]:
     ctx = Ctx(cmd.trace_id, cause, cmd.ts_ms)
     if isinstance(cmd, m.FillLeg):
         _on_fill(state, cmd, ctx)
+    elif isinstance(cmd, m.AmendDone):
+        _on_amend_done(state, cmd, ctx)
     elif isinstance(cmd, m.OrderDone):
         _on_done(state, cmd, ctx)
     else:
@@ -78,6 +80,8 @@ def _leg_cause(cmd: m.Msg) -> str:
         return ids.fill_leg_id(cmd.symbol, cmd.seq, cmd.liquidity)
     if isinstance(cmd, m.OrderDone):
         return f"done:{cmd.symbol}:{cmd.seq}"
+    if isinstance(cmd, m.AmendDone):
+        return f"amend:{cmd.symbol}:{cmd.seq}"
     return cmd.causation_id
 
 
@@ -111,6 +115,8 @@ def _dispatch(state: AccountState, cmd: m.Msg, ctx: Ctx) -> RequestOutcome:
         return _cancel_all(state, cmd, ctx)
     if isinstance(cmd, m.SetLeverage):
         return _set_leverage(state, cmd, ctx)
+    if isinstance(cmd, m.AmendOrder):
+        return _amend(state, cmd, ctx)
     raise Reject(Code.MALFORMED, f"unsupported command {type(cmd).__name__}")
 
 
@@ -277,7 +283,7 @@ def _freeze(state: AccountState, ctx: Ctx, inst: Instrument, order: OrderState) 
     _order_changed(state, ctx, inst, order)
 
 
-def _find_order(state: AccountState, cmd: m.CancelOrder) -> OrderState:
+def _find_order(state: AccountState, cmd: m.CancelOrder | m.AmendOrder) -> OrderState:
     order_id = cmd.order_id
     if order_id is None and cmd.client_order_id is not None:
         order_id = state.client_ids.get(cmd.client_order_id)
@@ -294,6 +300,79 @@ def _cancel(state: AccountState, cmd: m.CancelOrder, ctx: Ctx) -> RequestOutcome
     ctx.emit(LOGICAL_ORDERS, order.symbol, m.CancelRequest(
         **ctx.meta(), order_id=order.order_id, account_id=state.account_id, symbol=order.symbol))
     return _ok(order.order_id, order.client_order_id)
+
+
+def _reservation(inst: Instrument, order: OrderState, price_ticks: int, leaves_lots: int) -> tuple[int, int]:
+    """(margin, fee) an open order must hold for `leaves_lots` at `price_ticks`: the one rule used at
+    placement (reduce-only: the fee only)."""
+    if order.reduce_only:
+        return 0, mg.fee(inst.notional(price_ticks, leaves_lots), inst.taker_fee_e8)
+    return mg.order_reservation(inst, price_ticks, leaves_lots, order.leverage)
+
+
+def _amend(state: AccountState, cmd: m.AmendOrder, ctx: Ctx) -> RequestOutcome:
+    order = _find_order(state, cmd)
+    if order.amend_pending or order.cut:
+        raise Reject(Code.MALFORMED, "the order is being amended or cancelled; wait for that first")
+    if order.order_type != "LIMIT":
+        raise Reject(Code.BAD_ORDER_TYPE, "only LIMIT orders can be amended")
+    inst = _instrument(cmd.symbol)
+    price_ticks = inst.parse_price(cmd.price) if cmd.price is not None else order.price_ticks
+    qty_lots = inst.parse_qty(cmd.quantity)
+    if qty_lots <= order.filled_lots:
+        raise Reject(Code.QTY_TOO_SMALL, f"quantity must exceed the filled {inst.format_qty(order.filled_lots)}")
+    code = inst.check_filters(price_ticks if not order.reduce_only else 0, qty_lots)
+    if code != Code.OK:
+        raise Reject(code, f"order fails the {code.name} filter of {inst.symbol}")
+    new_leaves = qty_lots - order.filled_lots
+    if order.reduce_only and new_leaves > order.leaves_lots:
+        _check_reduce_only(state, inst, order.side, new_leaves - order.leaves_lots)
+    margin, fee = _reservation(inst, order, price_ticks, new_leaves)
+    extra = max(0, margin + fee - order.margin_frozen - order.fee_frozen)
+    bal = state.balance(inst.margin_asset)
+    if bal.available < extra:
+        raise Reject(Code.INSUFFICIENT_BALANCE, f"the amend needs {format_amount(extra)} more {inst.margin_asset}")
+    if extra:
+        bal.available -= extra
+        bal.order_margin += extra
+        order.margin_frozen += extra
+        _journal(ctx, state, "ORDER_MARGIN_FROZEN", f"amend:{order.order_id}:{cmd.request_id}", inst.margin_asset,
+                 inst.symbol).transfer(user_account(state.account_id, "SPOT"), user_account(state.account_id, "ORDER_MARGIN"),
+                                       extra)
+        _balance_changed(state, ctx, inst.margin_asset)
+    order.amend_extra, order.amend_pending = extra, True
+    ctx.emit(LOGICAL_ORDERS, inst.symbol, m.AmendRequest(
+        **ctx.meta(), order_id=order.order_id, account_id=state.account_id, symbol=inst.symbol,
+        price=inst.format_price(price_ticks), quantity=inst.format_qty(qty_lots)))
+    return _ok(order.order_id, order.client_order_id)
+
+
+def _on_amend_done(state: AccountState, cmd: m.AmendDone, ctx: Ctx) -> None:
+    """The matcher applied or refused an amend: hold exactly what the order now needs."""
+    if _already_applied(state, cmd.symbol, cmd.seq * 2):
+        return
+    order = state.orders.get(cmd.order_id)
+    if order is None:
+        return  # finished meanwhile: its OrderDone or last fill released everything it held
+    inst = _instrument(cmd.symbol)
+    if cmd.ok:
+        order.price_ticks, order.qty_lots = inst.parse_price(cmd.price), inst.parse_qty(cmd.quantity)
+        order.leaves_lots = inst.parse_qty(cmd.leaves, allow_zero=True)
+        assert order.qty_lots == order.filled_lots + order.leaves_lots, "amend: matcher and account disagree on fills"
+    margin, fee = _reservation(inst, order, order.price_ticks, order.leaves_lots)  # refused: the old terms
+    release = order.margin_frozen + order.fee_frozen - margin - fee
+    order.margin_frozen, order.fee_frozen = margin, fee
+    order.amend_extra, order.amend_pending = 0, False
+    order.updated_ms = ctx.ts_ms
+    bal = state.balance(inst.margin_asset)
+    bal.order_margin -= release
+    bal.available += release
+    spot, frozen = user_account(state.account_id, "SPOT"), user_account(state.account_id, "ORDER_MARGIN")
+    journal = _journal(ctx, state, "ORDER_MARGIN_RELEASED", f"amend:{order.order_id}:{cmd.seq}", inst.margin_asset,
+                       inst.symbol)
+    journal.transfer(frozen, spot, release) if release >= 0 else journal.transfer(spot, frozen, -release)
+    _balance_changed(state, ctx, inst.margin_asset)
+    _order_changed(state, ctx, inst, order)
 
 
 def _cancel_all(state: AccountState, cmd: m.CancelAll, ctx: Ctx) -> RequestOutcome:

@@ -38,6 +38,8 @@ class OrderState(msgspec.Struct, kw_only=True):
     status: str = "NEW"
     reduce_only: bool = False
     cut: bool = False  # a reduce-only order whose cancel was sent because the position shrank
+    amend_extra: int = 0  # > 0 while an amend is with the matcher: what it froze on top (released if refused)
+    amend_pending: bool = False
     leverage: int
     margin_frozen: int
     fee_frozen: int

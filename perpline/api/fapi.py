@@ -566,6 +566,24 @@ async def cancel_order(request: Request, caller: Trade) -> Any:
     return binance.order(inst, closed or found)
 
 
+@router.put("/v1/order")
+async def modify_order(request: Request, caller: Trade) -> Any:
+    """Binance's modify order: new price and total quantity of an open LIMIT order (side must match)."""
+    d = _deps(request)
+    inst = _instrument(caller.params.get("symbol"))
+    found = _find(d, caller, inst)
+    if found is None or found.status not in ("NEW", "PARTIALLY_FILLED"):
+        raise PerplineError(Code.UNKNOWN_ORDER, "Unknown order sent.")
+    quantity, price = caller.params.get("quantity"), caller.params.get("price")
+    if not quantity or not price:
+        raise PerplineError(Code.MISSING_FIELD, "quantity and price")
+    if caller.params.get("side", found.side) != found.side:
+        raise PerplineError(Code.BAD_SIDE, "side cannot change")
+    from perpline.api.v1 import amend_and_wait  # noqa: PLC0415
+
+    return binance.order(inst, await amend_and_wait(d, request, caller.user_id, inst, found, price, quantity))
+
+
 @router.delete("/v1/allOpenOrders")
 async def cancel_all(request: Request, caller: Trade) -> Any:
     d = _deps(request)

@@ -50,6 +50,8 @@ class MatcherOrder:
     done: bool = False
     code: int = 0  # the matcher's result code when it cancelled, expired or rejected the order
     makers: list[tuple[int, int]] = field(default_factory=list)  # (account, order) this order traded against
+    amends: int = 0  # amends the matcher answered (applied or refused)
+    amend_code: int = 0  # the code of the last refused amend
 
 
 @dataclass
@@ -204,6 +206,11 @@ class ReadModel:
             state = tracked.get(ev.order_id)
             if state is not None:
                 state.rested = True
+        elif isinstance(ev, (m.OrderAmended, m.AmendRejected)):
+            state = tracked.get(ev.order_id)
+            if state is not None:
+                state.amends += 1
+                state.amend_code = ev.code if isinstance(ev, m.AmendRejected) else 0
         elif isinstance(ev, (m.OrderCancelled, m.OrderExpired, m.OrderRejected)):
             state = tracked.get(ev.order_id)
             if state is None and isinstance(ev, m.OrderRejected):
@@ -235,6 +242,23 @@ class ReadModel:
         assert inst is not None
         finished = order.status not in ("NEW", "PARTIALLY_FILLED")
         return inst.parse_qty(order.filled, allow_zero=True) == state.filled_lots and finished == state.done
+
+    def amends(self, order_id: int) -> tuple[int, int]:
+        """(amends answered by the matcher, code of the last refused one) for an order."""
+        with self._lock:
+            state = self.matcher_orders.get(order_id)
+            return (0, 0) if state is None else (state.amends, state.amend_code)
+
+    async def wait_amended(self, account_id: int, order_id: int, answered_before: int, timeout_s: float) -> int:
+        """Wait until the matcher answered one more amend of the order and the views show it; returns
+        the refusal code (0: applied)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.amends(order_id)[0] <= answered_before:
+            if asyncio.get_running_loop().time() >= deadline:
+                return -1
+            await asyncio.sleep(SETTLE_POLL_S)
+        await self.wait_settled(account_id, order_id, max(0.0, deadline - asyncio.get_running_loop().time()))
+        return self.amends(order_id)[1]
 
     def matcher_code(self, order_id: int) -> int:
         with self._lock:

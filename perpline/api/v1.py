@@ -159,6 +159,46 @@ def market_bound(d: ApiDeps, inst: Instrument, order_type: str, side: str) -> st
     return inst.format_price(inst.market_bound_ticks(side, best)) if best > 0 else None
 
 
+class AmendBody(BaseModel):
+    symbol: StrictStr = Field(max_length=32)
+    price: StrictStr | None = Field(default=None, max_length=64, description="new price; omit to keep it")
+    quantity: StrictStr = Field(max_length=64, description="new total quantity (filled part included)")
+
+
+async def amend_and_wait(d: ApiDeps, request: Request, acct: int, inst: Instrument, order: m.OrderView,
+                         price: str | None, quantity: str) -> m.OrderView:
+    """Amend an open order and wait (bounded) until the matcher answered and the views show it."""
+    assert d.readmodel is not None
+    rid = new_request_id()
+    answered, _ = d.readmodel.amends(order.order_id)
+    cmd = m.AmendOrder(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol,
+                       order_id=order.order_id, price=price, quantity=quantity)
+    d.publish("account.commands", str(acct), cmd)
+    d.flush()
+    result = await d.readmodel.wait_result(rid, d.wait_s)
+    if result is None:
+        raise PerplineError(Code.TIMEOUT, "no decision on the amend in time")
+    if not result.ok:
+        raise PerplineError(Code(result.code), result.msg)
+    code = await d.readmodel.wait_amended(acct, order.order_id, answered, d.wait_s)
+    if code == -1:
+        raise PerplineError(Code.TIMEOUT, "the matcher has not answered the amend yet")
+    if code != 0:
+        raise PerplineError(Code.UNKNOWN_ORDER if code == Code.MATCHER_UNKNOWN_ORDER else Code(code),
+                            "the matcher refused the amend")
+    return d.readmodel.find_order(acct, order.order_id) or order
+
+
+@router.put("/orders/{order_id}", tags=["trading"])
+async def amend_order(order_id: int, body: AmendBody, request: Request, acct: Account, d: Deps) -> Any:
+    inst = _instrument(body.symbol)
+    assert d.readmodel is not None
+    order = d.readmodel.find_order(acct, order_id)
+    if order is None or order.symbol != inst.symbol or order.status not in ("NEW", "PARTIALLY_FILLED"):
+        raise PerplineError(Code.UNKNOWN_ORDER, f"no open order {order_id} in {inst.symbol}")
+    return _order_json(await amend_and_wait(d, request, acct, inst, order, body.price, body.quantity))
+
+
 @router.delete("/orders/{order_id}", tags=["trading"])
 async def cancel_order(order_id: int, symbol: str, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
     inst = _instrument(symbol)

@@ -282,13 +282,14 @@ def serve(data_dir: Path, host: str, port: int) -> None:
     Handler.engine = Engine(data_dir)
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stopping: list[int] = []  # set by the handlers: no lock in a signal handler (Event.set can deadlock)
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     log.info("clickhouse ready", extra={"url": f"http://{host}:{port}", "data_dir": str(data_dir)})
-    stop.wait()
+    while not stopping:
+        time.sleep(0.2)
     server.shutdown()
     Handler.engine.close()
     log.info("clickhouse stopped")

@@ -85,6 +85,19 @@ class SetLeverage(Msg, tag="set_leverage", kw_only=True):
     leverage: int
 
 
+class AmendOrder(Msg, tag="amend_order", kw_only=True):
+    """Change an open order's price and/or quantity (total, filled part included). A smaller quantity
+    at the same price keeps time priority; anything else re-queues it (it may then trade)."""
+
+    request_id: str
+    account_id: int
+    symbol: str
+    order_id: int | None = None
+    client_order_id: str | None = None
+    price: str | None = None  # None: keep the price
+    quantity: str
+
+
 class FillLeg(Msg, tag="fill_leg", kw_only=True):
     """One side of a trade, from clearing. Idempotency key: (symbol, seq, liquidity)."""
 
@@ -112,7 +125,22 @@ class OrderDone(Msg, tag="order_done", kw_only=True):
     code: int
 
 
-AccountCommand = Union[Deposit, Withdraw, PlaceOrder, CancelOrder, CancelAll, SetLeverage, FillLeg, OrderDone]
+class AmendDone(Msg, tag="amend_done", kw_only=True):
+    """The matcher's answer to an amend, from clearing: applied (new price, quantity, leaves) or refused."""
+
+    account_id: int
+    symbol: str
+    seq: int
+    order_id: int
+    ok: bool
+    price: str = ""
+    quantity: str = ""
+    leaves: str = ""
+    code: int = 0
+
+
+AccountCommand = Union[Deposit, Withdraw, PlaceOrder, CancelOrder, CancelAll, SetLeverage, AmendOrder, FillLeg,
+                       OrderDone, AmendDone]
 
 
 # --- orders (key: symbol) ------------------------------------------------------------------
@@ -138,7 +166,15 @@ class CancelRequest(Msg, tag="cancel", kw_only=True):
     symbol: str
 
 
-MatcherInput = Union[NewOrder, CancelRequest]
+class AmendRequest(Msg, tag="amend", kw_only=True):
+    order_id: int
+    account_id: int
+    symbol: str
+    price: str
+    quantity: str  # the new total quantity
+
+
+MatcherInput = Union[NewOrder, CancelRequest, AmendRequest]
 
 
 # --- matcher.events (key: symbol); `seq` is gap-free per symbol -----------------------
@@ -208,7 +244,25 @@ class CancelRejected(MatcherEventBase, tag="cancel_rejected", kw_only=True):
     code: int
 
 
-MatcherEvent = Union[OrderAccepted, OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected, CancelRejected]
+class OrderAmended(MatcherEventBase, tag="amended", kw_only=True):
+    """An amend applied: the order's new price, total quantity and open quantity. When it lost time
+    priority, matching events (trade, rested, expired) for it follow."""
+
+    order_id: int
+    account_id: int
+    price: str
+    quantity: str
+    leaves: str
+
+
+class AmendRejected(MatcherEventBase, tag="amend_rejected", kw_only=True):
+    order_id: int
+    account_id: int
+    code: int
+
+
+MatcherEvent = Union[OrderAccepted, OrderRested, Trade, OrderCancelled, OrderExpired, OrderRejected, CancelRejected,
+                     OrderAmended, AmendRejected]
 
 
 # --- account.events (key: account id): the accounts processor's state changes ---------

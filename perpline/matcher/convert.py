@@ -36,6 +36,9 @@ def to_command(core: Any, cmd: m.Msg) -> Any:
         return core.Command(core.CMD_PLACE, cmd.order_id, cmd.account_id, codes[cmd.side], codes[cmd.order_type],
                             codes[cmd.time_in_force], price_ticks, inst.parse_qty(cmd.quantity), codes[cmd.stp],
                             cmd.reduce_only, cmd.client_order_id, ts_ns)
+    if isinstance(cmd, m.AmendRequest):
+        return core.Command(core.CMD_AMEND, cmd.order_id, cmd.account_id, price_ticks=inst.parse_price(cmd.price),
+                            qty_lots=inst.parse_qty(cmd.quantity), ts_ns=ts_ns)
     assert isinstance(cmd, m.CancelRequest)
     return core.Command(core.CMD_CANCEL, cmd.order_id, cmd.account_id, ts_ns=ts_ns)
 
@@ -50,8 +53,7 @@ def apply_batch(engine: Any, core: Any, inputs: list[tuple[m.Msg, Any]]) -> list
     out: list[list[m.Msg]] = []
     start = 0
     for (cause, _), end in zip(inputs, engine.ends, strict=True):
-        is_cancel = isinstance(cause, m.CancelRequest)
-        out.append([to_message(core, inst, raw[i], cause, is_cancel=is_cancel) for i in range(start, end)])
+        out.append([to_message(core, inst, raw[i], cause) for i in range(start, end)])
         start = end
     return out
 
@@ -61,7 +63,7 @@ def apply(engine: Any, core: Any, cmd: m.Msg) -> list[m.Msg]:
     return apply_batch(engine, core, [(cmd, to_command(core, cmd))])[0]
 
 
-def to_message(core: Any, inst: Instrument, ev: Any, cause: m.Msg, *, is_cancel: bool) -> m.Msg:
+def to_message(core: Any, inst: Instrument, ev: Any, cause: m.Msg) -> m.Msg:
     base: dict[str, Any] = {"trace_id": cause.trace_id, "causation_id": _cause_id(cause), "ts_ms": ev.ts_ns // 1_000_000,
                             "symbol": inst.symbol, "seq": ev.seq}
     side = "BUY" if ev.side == core.SIDE_BUY else "SELL"
@@ -84,12 +86,19 @@ def to_message(core: Any, inst: Instrument, ev: Any, cause: m.Msg, *, is_cancel:
     if kind == core.EV_EXPIRED:
         return m.OrderExpired(**base, order_id=ev.order_id, account_id=ev.account_id,
                               leaves=inst.format_qty(ev.leaves_lots), code=ev.code)
-    if kind == core.EV_REJECTED and is_cancel:
+    if kind == core.EV_AMENDED:
+        return m.OrderAmended(**base, order_id=ev.order_id, account_id=ev.account_id,
+                              price=inst.format_price(ev.price_ticks), quantity=inst.format_qty(ev.qty_lots),
+                              leaves=inst.format_qty(ev.leaves_lots))
+    if kind == core.EV_REJECTED and isinstance(cause, m.CancelRequest):
         return m.CancelRejected(**base, order_id=ev.order_id, account_id=ev.account_id, code=ev.code)
+    if kind == core.EV_REJECTED and isinstance(cause, m.AmendRequest):
+        return m.AmendRejected(**base, order_id=ev.order_id, account_id=ev.account_id, code=ev.code)
     if kind == core.EV_REJECTED:
         return m.OrderRejected(**base, order_id=ev.order_id, account_id=ev.account_id, code=ev.code)
     raise AssertionError(f"unknown engine event kind {kind}")
 
 
 def _cause_id(cause: m.Msg) -> str:
-    return f"order:{cause.order_id}" if isinstance(cause, m.NewOrder) else f"cancel:{cause.order_id}"
+    kind = {m.NewOrder: "order", m.CancelRequest: "cancel", m.AmendRequest: "amend"}[type(cause)]
+    return f"{kind}:{cause.order_id}"

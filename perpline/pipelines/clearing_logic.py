@@ -48,6 +48,13 @@ def _legs(event: m.Msg) -> list[m.Msg]:
                           side=event.taker_side, price=event.price, quantity=event.quantity,
                           order_leaves=event.taker_leaves)
         return [maker, taker]
+    if isinstance(event, m.OrderAmended):
+        return [m.AmendDone(**_meta(event), account_id=event.account_id, symbol=event.symbol, seq=event.seq,  # type: ignore[arg-type]
+                            order_id=event.order_id, ok=True, price=event.price, quantity=event.quantity,
+                            leaves=event.leaves)]
+    if isinstance(event, m.AmendRejected):
+        return [m.AmendDone(**_meta(event), account_id=event.account_id, symbol=event.symbol, seq=event.seq,  # type: ignore[arg-type]
+                            order_id=event.order_id, ok=False, code=event.code)]
     if isinstance(event, m.OrderRejected) and event.code == int(Code.MATCHER_DUPLICATE_ORDER_ID):
         return []  # a redelivered order: the live one must keep its reservation
     if isinstance(event, (m.OrderCancelled, m.OrderExpired, m.OrderRejected)):

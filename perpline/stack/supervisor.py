@@ -108,6 +108,7 @@ class Supervisor:
         self.items = {s.name: _Running(s) for s in specs}
         self.order = names
         self.max_restarts, self.window_s, self.grace_s = max_restarts, window_s, grace_s
+        self._signalled = False
         self.sink = sink
         self._sink_lock = threading.Lock()
         self._stop = threading.Event()
@@ -172,9 +173,11 @@ class Supervisor:
     def run(self) -> int:
         """Watch the components until a stop is requested or one keeps dying; returns an exit code."""
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
-            signal.signal(signal.SIGINT, lambda *_: self.request_stop())
-        while not self._stop.wait(0.2):
+            # A handler must not touch a lock the interrupted main thread may hold (Event.set inside
+            # Event.wait deadlocks): it only raises a flag that the loop reads.
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        while not self._signalled and not self._stop.wait(0.2):
             for item in self.items.values():
                 self._check(item)
         self.stop()
@@ -206,7 +209,7 @@ class Supervisor:
 
     def _restart(self, item: _Running) -> None:
         self.say("supervisor", f"restarting {item.spec.name} in {item.backoff_s:.1f} s")
-        if self._stop.wait(item.backoff_s):
+        if self._sleep(item.backoff_s):
             return
         item.backoff_s = min(BACKOFF_MAX_S, item.backoff_s * 2)
         item.total_restarts += 1
@@ -220,6 +223,17 @@ class Supervisor:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def _on_signal(self, *_: object) -> None:
+        self._signalled = True
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait up to `seconds`; True as soon as a stop is requested or signalled."""
+        deadline = time.monotonic() + seconds
+        while not self._signalled:
+            if self._stop.wait(min(0.2, max(0.0, deadline - time.monotonic()))) or time.monotonic() >= deadline:
+                return self._stop.is_set()
+        return True
 
     def stop(self) -> None:
         """SIGTERM every process group in reverse order, SIGKILL what is left after the grace period."""

@@ -74,7 +74,16 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.fail("stack not ready in time:\n" + "\n".join(s.lines[-80:]))
     yield s
     if s.proc.poll() is None:
-        s.proc.kill()
+        s.proc.send_signal(signal.SIGTERM)
+        try:
+            s.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            s.proc.kill()
+    for pid in stack_pids(s.marker):  # nothing of this stack may outlive the module
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 

@@ -91,6 +91,9 @@ def test_a_full_ccxt_session_between_two_users(stack: Stack) -> None:
     assert bob.fetch_trading_fee(SYM)["taker"] == 0.0005
 
     resting = bob.create_order(SYM, "limit", "buy", 0.003, 40000)
+    edited = bob.edit_order(resting["id"], SYM, "limit", "buy", 0.004, 40100)
+    assert (edited["id"], edited["amount"], edited["price"], edited["status"]) == (resting["id"], 0.004, 40100, "open")
+    assert bob.fetch_order_book(SYM)["bids"][0][:2] == [40100, 0.004]
     cancelled = bob.cancel_order(resting["id"], SYM)
     assert cancelled["status"] == "canceled" and bob.fetch_open_orders(SYM) == []
     closing = bob.create_order(SYM, "limit", "sell", 0.01, 60000, params={"reduceOnly": True})

@@ -55,9 +55,9 @@ class Client:
         headers = {"X-MBX-APIKEY": self.keys["api_key"]}
         for _ in range(60):  # a restarting component may make the API time out: retry (signatures are fresh)
             try:
-                if method == "POST":
-                    return httpx.post(self.api + path, content=text, timeout=30,
-                                      headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
+                if method in ("POST", "PUT"):
+                    return httpx.request(method, self.api + path, content=text, timeout=30,
+                                         headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
                 return httpx.request(method, f"{self.api}{path}?{text}", headers=headers, timeout=30)
             except httpx.TransportError:
                 time.sleep(0.5)
@@ -83,6 +83,8 @@ class Model:
     def __init__(self) -> None:
         self.book = NaiveBook("BTCUSDT-PERP", C.EngineConfig())
         self.position_lots: dict[int, int] = {}
+        self.filled: dict[int, int] = {}  # order id -> filled lots
+        self.qty: dict[int, int] = {}
         self.reduce_reserved: dict[int, dict[int, tuple[str, int]]] = {}  # account -> order -> (side, leaves)
 
     def closable(self, acct: int, side: str) -> int:
@@ -104,13 +106,12 @@ class Model:
             engine_tif = C.TIF_FOK if tif == "FOK" else C.TIF_IOC
         events = self.book.place(order_id, acct, engine_side, C.TYPE_LIMIT, engine_tif, limit_ticks, qty_lots, -1,
                                  False, "", ts)
+        self.qty[order_id] = qty_lots
         filled, status, error = 0, "NEW", None
         for ev in events:
             if ev.kind == C.EV_TRADE:
                 filled += ev.qty_lots
-                self._fill(ev.account_id, ev.side, ev.qty_lots)
-                self._fill(ev.maker_account_id, C.SIDE_SELL if ev.side == C.SIDE_BUY else C.SIDE_BUY, ev.qty_lots)
-                self._maker_fill(ev.maker_account_id, ev.maker_order_id, ev.maker_leaves_lots)
+                self._trade(ev)
             elif ev.kind == C.EV_REJECTED:
                 status, error = "REJECTED", -5022 if ev.code == C.R_POST_ONLY_WOULD_TAKE else None
             elif ev.kind == C.EV_EXPIRED and ev.order_id == order_id:
@@ -124,6 +125,32 @@ class Model:
         elif status == "NEW" and filled:
             status = "PARTIALLY_FILLED"
         return status, filled, error
+
+    def _trade(self, ev: Any) -> None:
+        self._fill(ev.account_id, ev.side, ev.qty_lots)
+        self._fill(ev.maker_account_id, C.SIDE_SELL if ev.side == C.SIDE_BUY else C.SIDE_BUY, ev.qty_lots)
+        self._maker_fill(ev.maker_account_id, ev.maker_order_id, ev.maker_leaves_lots)
+        for oid in (ev.order_id, ev.maker_order_id):
+            self.filled[oid] = self.filled.get(oid, 0) + ev.qty_lots
+
+    def amend(self, order_id: int, acct: int, price_ticks: int, qty_lots: int, ts: int) -> tuple[str, int, bool]:
+        """(status, executed lots, refused) after an amend."""
+        events = self.book.amend(order_id, acct, price_ticks, qty_lots, ts)
+        if events and events[0].kind == C.EV_REJECTED:
+            return "", 0, True
+        self.qty[order_id] = qty_lots
+        expired = False
+        for ev in events:
+            if ev.kind == C.EV_TRADE:
+                self._trade(ev)
+            elif ev.kind == C.EV_EXPIRED and ev.order_id == order_id:
+                expired = True
+        filled = self.filled.get(order_id, 0)
+        if expired:
+            return "EXPIRED", filled, False
+        if self.book.find(order_id) is None:
+            return "FILLED", filled, False
+        return ("PARTIALLY_FILLED" if filled else "NEW"), filled, False
 
     def _fill(self, acct: int, engine_side: int, lots: int) -> None:
         self.position_lots[acct] = self.position_lots.get(acct, 0) + (lots if engine_side == C.SIDE_BUY else -lots)
@@ -167,7 +194,29 @@ def test_random_session_matches_the_model_through_kills(stack: Stack) -> None:
         acct = user.user_id
         mid += rng.choice((-1, 0, 1))
         roll = rng.random()
-        if roll < 0.15 and open_orders[acct]:
+        live = [o for o in open_orders[acct] if model.book.find(o) is not None]
+        if roll < 0.08 and live:
+            order_id = rng.choice(live)
+            new_qty = model.filled.get(order_id, 0) + rng.randint(3, 20)
+            found = model.book.find(order_id)
+            new_price = mid + rng.randint(-8, 8) * (1 if found.side == C.SIDE_BUY else -1)
+            response = user.call("PUT", "/fapi/v1/order", {"symbol": "BTCUSDT", "orderId": order_id,
+                                                           "side": "BUY" if found.side == C.SIDE_BUY else "SELL",
+                                                           "quantity": str(new_qty * LOT),
+                                                           "price": str(new_price * TICK)})
+            status, executed, refused = model.amend(order_id, acct, new_price, new_qty, step)
+            if refused:
+                assert response.status_code == 400 or killed_recently, (step, response.text)
+                continue
+            if response.status_code == 200 and not killed_recently:
+                body = response.json()
+                assert (body["status"], Decimal(body["executedQty"]), Decimal(body["origQty"])) == (
+                    status, executed * LOT, new_qty * LOT), (step, body)
+                compared += 1
+            else:
+                _expect_order(user, order_id, status, executed)
+            continue
+        if roll < 0.2 and open_orders[acct]:
             order_id = open_orders[acct].pop(rng.randrange(len(open_orders[acct])))
             response = user.call("DELETE", "/fapi/v1/order", {"symbol": "BTCUSDT", "orderId": order_id})
             model.cancel(order_id, acct, step)

@@ -223,3 +223,64 @@ def test_reduce_only_orders_are_cut_when_the_position_shrinks() -> None:
     assert st.positions[SYM].size_lots == 5
     again = leg(st, plain, 2, "TAKER", "SELL", "50000", "0.015", "0")  # a re-delivered leg: nothing new
     assert [o for o in again if isinstance(o.msg, m.CancelRequest)] == []
+
+
+def amend(state: AccountState, rid: str, order_id: int, quantity: str, price: str | None = None) -> list:
+    return handle(state, m.AmendOrder(**META, request_id=rid, account_id=state.account_id, symbol=SYM,
+                                      order_id=order_id, price=price, quantity=quantity))
+
+
+def amend_done(state: AccountState, seq: int, order_id: int, ok: bool, price: str = "", qty: str = "",
+               leaves: str = "", code: int = 0) -> list:
+    return handle(state, m.AmendDone(**META, account_id=state.account_id, symbol=SYM, seq=seq, order_id=order_id,
+                                     ok=ok, price=price, quantity=qty, leaves=leaves, code=code))
+
+
+def test_amend_up_freezes_more_first_then_holds_exactly_what_the_new_terms_need() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "1000")
+    order_id = result(place(st, "BUY", "50000", "0.010", "c1")).order_id
+    assert st.balances["USDT"].order_margin == parse_amount("25.25")
+    outs = amend(st, "a1", order_id, "0.020", "51000")
+    assert result(outs).ok
+    (sent,) = [o.msg for o in outs if isinstance(o.msg, m.AmendRequest)]
+    assert (sent.price, sent.quantity) == ("51000.00", "0.020")
+    assert st.balances["USDT"].order_margin == parse_amount("51.51")  # 1020 / 20 + 0.05 %, frozen up front
+    busy = result(amend(st, "a2", order_id, "0.030"))
+    assert not busy.ok  # one amend at a time
+    outs = amend_done(st, 5, order_id, True, "51000.00", "0.020", "0.020")
+    assert st.orders[order_id].price_ticks == 510000 and st.orders[order_id].qty_lots == 20
+    assert st.balances["USDT"].order_margin == parse_amount("51.51")
+    assert all(journal_sum(j) == 0 for j in journals(outs))
+    again = amend_done(st, 5, order_id, True, "51000.00", "0.020", "0.020")  # redelivered: nothing
+    assert journals(again) == []
+
+
+def test_amend_down_releases_when_the_matcher_confirms_and_a_refusal_restores_the_old_terms() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "1000")
+    order_id = result(place(st, "BUY", "50000", "0.010", "c1")).order_id
+    assert result(amend(st, "a1", order_id, "0.004")).ok
+    assert st.balances["USDT"].order_margin == parse_amount("25.25")  # nothing released before the matcher agrees
+    amend_done(st, 3, order_id, True, "50000.00", "0.004", "0.004")
+    assert st.balances["USDT"].order_margin == parse_amount("10.1")
+    assert result(amend(st, "a2", order_id, "0.010", "52000")).ok
+    assert st.balances["USDT"].order_margin == parse_amount("26.26")
+    amend_done(st, 4, order_id, False, code=3005)
+    assert st.balances["USDT"].order_margin == parse_amount("10.1") and st.orders[order_id].qty_lots == 4
+    assert st.balances["USDT"].available == parse_amount("989.9")
+
+
+def test_amend_refusals_change_nothing() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "100")
+    order_id = result(place(st, "BUY", "50000", "0.010", "c1")).order_id
+    before = (st.balances["USDT"].available, st.balances["USDT"].order_margin)
+    for rid, (oid, qty, price, code) in {"b1": (order_id, "1.000", None, Code.INSUFFICIENT_BALANCE),
+                                         "b2": (999, "0.010", None, Code.UNKNOWN_ORDER),
+                                         "b3": (order_id, "0.001", None, Code.NOTIONAL_TOO_SMALL),
+                                         "b4": (order_id, "0.010", "50000.05", Code.PRICE_NOT_ON_TICK)}.items():
+        r = result(amend(st, rid, oid, qty, price))
+        assert not r.ok and r.code == code, rid
+    assert (st.balances["USDT"].available, st.balances["USDT"].order_margin) == before
+    assert not st.orders[order_id].amend_pending
