@@ -52,6 +52,7 @@ class MatcherOrder:
     makers: list[tuple[int, int]] = field(default_factory=list)  # (account, order) this order traded against
     amends: int = 0  # amends the matcher answered (applied or refused)
     amend_code: int = 0  # the code of the last refused amend
+    terms: tuple[str, str] | None = None  # (price, quantity) of the last applied amend
 
 
 @dataclass
@@ -211,6 +212,8 @@ class ReadModel:
             if state is not None:
                 state.amends += 1
                 state.amend_code = ev.code if isinstance(ev, m.AmendRejected) else 0
+                if isinstance(ev, m.OrderAmended):
+                    state.terms = (ev.price, ev.quantity)
         elif isinstance(ev, (m.OrderCancelled, m.OrderExpired, m.OrderRejected)):
             state = tracked.get(ev.order_id)
             if state is None and isinstance(ev, m.OrderRejected):
@@ -241,6 +244,8 @@ class ReadModel:
         inst = load_catalog().get(order.symbol)
         assert inst is not None
         finished = order.status not in ("NEW", "PARTIALLY_FILLED")
+        if state.terms is not None and not finished and (order.price, order.quantity) != state.terms:
+            return False  # the account has not applied the matcher's amend yet
         return inst.parse_qty(order.filled, allow_zero=True) == state.filled_lots and finished == state.done
 
     def amends(self, order_id: int) -> tuple[int, int]:

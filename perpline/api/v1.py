@@ -376,3 +376,57 @@ def _instrument_json(i: Instrument) -> dict[str, Any]:
             "brackets": [{"notional_cap": format_amount(b.notional_cap), "max_leverage": b.max_leverage,
                           "maint_margin_rate": format_rate(b.maint_margin_e8), "maint_amount": format_amount(b.maint_amount)}
                          for b in i.brackets]}
+
+
+# --- API keys -------------------------------------------------------------------------
+
+
+class NewKeyBody(BaseModel):
+    permissions: list[Literal["read", "trade", "withdraw"]] = Field(default=["read", "trade"], min_length=1, max_length=3)
+    label: StrictStr = Field(default="", max_length=64)
+
+
+KEY_VISIBLE_S = 5.0
+
+
+@router.post("/keys", tags=["keys"])
+async def create_key(body: NewKeyBody, request: Request, acct: Account, d: Deps) -> Any:
+    """A new API key for the caller; the secret is in this answer only (stored encrypted)."""
+    from perpline.auth import crypto  # noqa: PLC0415
+
+    api_key, secret = crypto.new_api_key(), crypto.new_api_secret()
+    issued = m.ApiKeyIssued(**_meta(request, f"key:{api_key[:8]}"), api_key=api_key, user_id=acct,
+                            secret_enc=crypto.encrypt(d.secret_key, secret), permissions=sorted(set(body.permissions)),
+                            label=body.label)
+    d.publish("auth.keys", api_key, issued)
+    d.flush()
+    await _until(lambda: d.registry is not None and d.registry.get(api_key) is not None)
+    return {"api_key": api_key, "api_secret": secret, "permissions": issued.permissions, "label": body.label}
+
+
+@router.get("/keys", tags=["keys"])
+def list_keys(acct: Account, d: Deps) -> Any:
+    keys = d.registry.keys_of(acct) if d.registry is not None else []
+    return [{"api_key": k.api_key, "permissions": list(k.permissions), "label": k.label, "created_ms": k.created_ms,
+             "revoked": k.revoked} for k in keys]
+
+
+@router.delete("/keys/{api_key}", tags=["keys"])
+async def revoke_key(api_key: str, request: Request, acct: Account, d: Deps) -> Any:
+    found = d.registry.get(api_key) if d.registry is not None else None
+    if found is None or found.user_id != acct:
+        raise PerplineError(Code.BAD_API_KEY, "no such key of yours")
+    d.publish("auth.keys", api_key, m.ApiKeyRevoked(**_meta(request, f"revoke:{api_key[:8]}"), api_key=api_key,
+                                                    user_id=acct))
+    d.flush()
+    await _until(lambda: found.revoked)
+    return {"api_key": api_key, "revoked": True}
+
+
+async def _until(done: Any, timeout_s: float = KEY_VISIBLE_S) -> None:
+    """Wait until this replica's registry shows a key change (other replicas follow within moments)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise PerplineError(Code.TIMEOUT, "the key change is not visible yet; retry the read shortly")
+        await asyncio.sleep(0.02)

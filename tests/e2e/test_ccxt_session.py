@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -180,3 +181,33 @@ def test_bad_requests_get_binance_errors_and_change_nothing(stack: Stack) -> Non
     assert account["walletBalance"] == "1000.00000000" and account["openOrderInitialMargin"] == "5.05000000"
     assert [o["orderId"] for o in signed(api, "GET", "/fapi/v1/openOrders", carol, {"symbol": "BTCUSDT"}).json()] == [
         order_id]
+
+
+def native(base: str, method: str, path: str, keys: dict, body: dict | None = None) -> httpx.Response:
+    """A signed native request: timestamp and signature in the query, signed over query + JSON body."""
+    raw = json.dumps(body) if body is not None else ""
+    query = urlencode({"timestamp": int(time.time() * 1000)})
+    signature = hmac.new(keys["api_secret"].encode(), (query + raw).encode(), hashlib.sha256).hexdigest()
+    return httpx.request(method, f"{base}{path}?{query}&signature={signature}", content=raw or None, timeout=30,
+                         headers={"X-MBX-APIKEY": keys["api_key"], "Content-Type": "application/json"})
+
+
+def test_keys_are_managed_through_the_signed_native_api(stack: Stack) -> None:
+    api = stack.api
+    erin = admin(stack, "create-user", "--label", "erin")
+    assert isinstance(erin, dict)
+    made = native(api, "POST", "/api/v1/keys", erin, {"permissions": ["read"], "label": "bot"})
+    assert made.status_code == 200, made.text
+    bot = {**made.json(), "user_id": erin["user_id"]}
+    listed = native(api, "GET", "/api/v1/keys", erin).json()
+    assert {k["api_key"]: k["permissions"] for k in listed}[bot["api_key"]] == ["read"]
+    assert "api_secret" not in str(listed) and bot["api_secret"] not in str(listed)
+    assert native(api, "GET", "/api/v1/account/balances", bot).status_code == 200
+    refused = native(api, "POST", "/api/v1/orders", bot, {"symbol": "BTCUSDT-PERP", "side": "BUY", "price": "100",
+                                                          "quantity": "1.000"})
+    assert refused.status_code == 401, refused.text  # read-only key
+    other = admin(stack, "create-user", "--label", "frank")
+    assert isinstance(other, dict)
+    assert native(api, "DELETE", f"/api/v1/keys/{bot['api_key']}", other).status_code == 401  # not frank's key
+    assert native(api, "DELETE", f"/api/v1/keys/{bot['api_key']}", erin).json()["revoked"] is True
+    assert native(api, "GET", "/api/v1/account/balances", bot).status_code == 401
