@@ -72,7 +72,7 @@ def handle(state: AccountState, cmd: m.Msg) -> list[Out]:
         _on_done(state, cmd, ctx)
     else:
         _on_request(state, cmd, ctx)
-    return _finalize(ctx)
+    return _finalize(ctx, state)
 
 
 def _leg_cause(cmd: m.Msg) -> str:
@@ -524,14 +524,16 @@ def _journal(ctx: Ctx, state: AccountState, ref_type: str, ref_id: str, asset: s
     return builder
 
 
-def _finalize(ctx: Ctx) -> list[Out]:
-    """Build the journals (dropping empty ones) so every output is a concrete message."""
+def _finalize(ctx: Ctx, state: AccountState) -> list[Out]:
+    """Build the journals (dropping empty ones, numbering the others per account) so every output is a
+    concrete message."""
     result = []
     for out in ctx.outs:
         if isinstance(out.msg, JournalBuilder):
-            journal = out.msg.build(ctx.trace_id, ctx.causation_id, ctx.ts_ms)
+            journal = out.msg.build(ctx.trace_id, ctx.causation_id, ctx.ts_ms, state.journal_seq + 1)
             if journal is None:
                 continue
+            state.journal_seq += 1
             out = Out(out.topic, out.key, journal)
         result.append(out)
     return result

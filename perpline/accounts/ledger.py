@@ -46,7 +46,7 @@ class JournalBuilder:
         assert len(self.postings) <= MAX_POSTINGS
         return self
 
-    def build(self, trace_id: str, causation_id: str, ts_ms: int) -> m.Journal | None:
+    def build(self, trace_id: str, causation_id: str, ts_ms: int, account_seq: int = 0) -> m.Journal | None:
         if not self.postings:
             return None
         assert sum(amount for _, amount in self.postings) == 0, "unbalanced journal"
@@ -60,6 +60,7 @@ class JournalBuilder:
             account_id=self.account_id,
             symbol=self.symbol,
             postings=[m.Posting(ledger_account=a, asset=self.asset, amount=format_amount(x)) for a, x in self.postings],
+            account_seq=account_seq,
         )
 
 

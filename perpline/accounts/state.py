@@ -73,6 +73,7 @@ class AccountState(msgspec.Struct, kw_only=True):
     positions: dict[str, Position] = {}
     leverage: dict[str, int] = {}
     order_seq: int = 0
+    journal_seq: int = 0  # the last account_seq given to one of this account's journals
     client_ids: dict[str, int] = {}  # client order id -> order id (open and recently closed)
     requests: dict[str, RequestOutcome] = {}  # insertion ordered; oldest evicted
     applied: dict[str, int] = {}  # symbol -> last applied matcher position (seq * 2 + leg)

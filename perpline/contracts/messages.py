@@ -359,6 +359,7 @@ class Journal(Msg, tag="journal", kw_only=True):
     account_id: int
     symbol: str = ""
     postings: list[Posting]
+    account_seq: int = 0  # 1, 2, 3... per account: the order the accounts processor wrote its journals in
 
 
 LedgerEntry = Journal

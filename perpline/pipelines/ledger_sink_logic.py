@@ -11,7 +11,8 @@ from perpline.accounts.ledger import journal_sum
 from perpline.contracts import messages as m
 
 POSTING_COLUMNS = ["journal_id", "posting_index", "ref_type", "ref_id", "account_id", "symbol", "ledger_account",
-                   "asset", "amount", "trace_id", "causation_id", "ts_ms", "source_partition", "source_offset"]
+                   "asset", "amount", "trace_id", "causation_id", "ts_ms", "source_partition", "source_offset",
+                   "account_seq"]
 ACCOUNT_EVENT_COLUMNS = ["source_partition", "source_offset", "account_id", "type", "trace_id", "causation_id",
                          "ts_ms", "payload"]
 MATCHER_EVENT_COLUMNS = ["symbol", "seq", "type", "trace_id", "causation_id", "ts_ms", "payload"]
@@ -27,7 +28,7 @@ def posting_rows(journal: m.Journal, partition: int, offset: int) -> list[list[A
         raise Unbalanced(f"journal {journal.journal_id} does not sum to zero per asset")
     return [[journal.journal_id, i, journal.ref_type, journal.ref_id, journal.account_id, journal.symbol,
              p.ledger_account, p.asset, Decimal(p.amount), journal.trace_id, journal.causation_id, journal.ts_ms,
-             partition, offset] for i, p in enumerate(journal.postings)]
+             partition, offset, journal.account_seq] for i, p in enumerate(journal.postings)]
 
 
 def account_event_row(event: m.Msg, raw: bytes, partition: int, offset: int) -> list[Any]:

@@ -284,3 +284,13 @@ def test_amend_refusals_change_nothing() -> None:
         assert not r.ok and r.code == code, rid
     assert (st.balances["USDT"].available, st.balances["USDT"].order_margin) == before
     assert not st.orders[order_id].amend_pending
+
+
+def test_journals_are_numbered_per_account_without_gaps() -> None:
+    st = AccountState(account_id=1)
+    seqs = [j.account_seq for j in journals(deposit(st, "1000"))]
+    seqs += [j.account_seq for j in journals(deposit(st, "1000"))]  # a resend writes nothing
+    seqs += [j.account_seq for j in journals(place(st, "BUY", "50000", "0.010", "c1"))]
+    order_id = next(iter(st.orders))
+    seqs += [j.account_seq for j in journals(leg(st, order_id, 1, "TAKER", "BUY", "50000", "0.010", "0"))]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 4
