@@ -226,10 +226,21 @@ def _order_numbers(inst: Instrument, cmd: m.PlaceOrder) -> tuple[int, int]:
             raise Reject(Code.MISSING_FIELD, "a limit order needs a price")
         price_text = cmd.price
     price_ticks, qty_lots = inst.parse_price(price_text), inst.parse_qty(cmd.quantity)
+    if cmd.order_type == "LIMIT":
+        _check_band(inst, price_ticks, cmd.band_reference)
     code = inst.check_filters(price_ticks if not cmd.reduce_only else 0, qty_lots)
     if code != Code.OK:
         raise Reject(code, f"order fails the {code.name} filter of {inst.symbol}")
     return price_ticks, qty_lots
+
+
+def _check_band(inst: Instrument, price_ticks: int, reference: str | None) -> None:
+    if reference is None:
+        return
+    low, high = inst.band_ticks(inst.parse_price(reference))
+    if not low <= price_ticks <= high:
+        raise Reject(Code.PRICE_OUT_OF_BAND, f"limit price must be within {inst.format_price(low)} and "
+                                             f"{inst.format_price(high)} (the price band around {reference})")
 
 
 def _reduce_only_reserved(state: AccountState, symbol: str, side: str) -> int:
@@ -319,6 +330,8 @@ def _amend(state: AccountState, cmd: m.AmendOrder, ctx: Ctx) -> RequestOutcome:
     inst = _instrument(cmd.symbol)
     price_ticks = inst.parse_price(cmd.price) if cmd.price is not None else order.price_ticks
     qty_lots = inst.parse_qty(cmd.quantity)
+    if price_ticks != order.price_ticks:
+        _check_band(inst, price_ticks, cmd.band_reference)
     if qty_lots <= order.filled_lots:
         raise Reject(Code.QTY_TOO_SMALL, f"quantity must exceed the filled {inst.format_qty(order.filled_lots)}")
     code = inst.check_filters(price_ticks if not order.reduce_only else 0, qty_lots)

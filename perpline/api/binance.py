@@ -28,6 +28,7 @@ _ERRORS: dict[Code, tuple[int, str, int]] = {
     Code.NOTIONAL_TOO_SMALL: (-4164, "Order's notional must be no smaller than {min_notional} (unless you choose "
                                      "reduce only).", 400),
     Code.BAD_SIDE: (-1117, "Invalid side.", 400),
+    Code.PRICE_OUT_OF_BAND: (-4016, "Limit price is outside the allowed band (PERCENT_PRICE).", 400),
     Code.BAD_ORDER_TYPE: (-1116, "Invalid orderType.", 400),
     Code.BAD_TIME_IN_FORCE: (-1115, "Invalid timeInForce.", 400),
     Code.MALFORMED: (-1102, "A mandatory parameter was not sent, was empty/null, or malformed.", 400),

@@ -490,13 +490,13 @@ async def new_order(request: Request, caller: PlaceOrder
     if d.readmodel.find_client_order(caller.user_id, coid) is not None:
         raise PerplineError(Code.DUPLICATE_CLIENT_ORDER_ID, coid)
     reduce_only = p.get("reduceOnly", "false").lower() == "true"
-    from perpline.api.v1 import market_bound  # noqa: PLC0415
+    from perpline.api.v1 import band_reference, market_bound  # noqa: PLC0415
 
     rid = new_request_id()
     fields: dict[str, Any] = {"side": side, "order_type": order_type, "time_in_force": tif}  # checked above
     cmd = m.PlaceOrder(**_meta(request, rid), **fields, request_id=rid, account_id=caller.user_id, symbol=inst.symbol,
                        price=price, quantity=quantity, client_order_id=coid, reduce_only=reduce_only,
-                       price_bound=market_bound(d, inst, order_type, side))
+                       price_bound=market_bound(d, inst, order_type, side), band_reference=band_reference(d, inst))
     try:
         result = await _submit(d, caller.user_id, cmd, rid)
     except PerplineError as err:

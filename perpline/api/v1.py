@@ -140,7 +140,8 @@ async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: 
     cmd = m.PlaceOrder(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, side=body.side,
                        order_type=body.type, time_in_force=body.time_in_force, price=body.price,
                        quantity=body.quantity, client_order_id=body.client_order_id or f"pl-{rid[:32]}",
-                       reduce_only=body.reduce_only, stp=body.stp, price_bound=market_bound(d, inst, body.type, body.side))
+                       reduce_only=body.reduce_only, stp=body.stp, price_bound=market_bound(d, inst, body.type, body.side),
+                       band_reference=band_reference(d, inst))
     result = await _submit(d, request, acct, cmd, rid)
     if isinstance(result, JSONResponse):
         return result
@@ -148,6 +149,14 @@ async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: 
     order = d.readmodel.find_order(acct, result.order_id)
     return {"request_id": rid, "order_id": str(result.order_id),
             "order": _order_json(order) if order else None}
+
+
+def band_reference(d: ApiDeps, inst: Instrument) -> str | None:
+    """The price band's reference: the last trade this API saw (the mark price once it exists)."""
+    if d.readmodel is None:
+        return None
+    last = d.readmodel.trades(inst.symbol, 1)
+    return last[-1].price if last else None
 
 
 def market_bound(d: ApiDeps, inst: Instrument, order_type: str, side: str) -> str | None:
@@ -172,7 +181,8 @@ async def amend_and_wait(d: ApiDeps, request: Request, acct: int, inst: Instrume
     rid = new_request_id()
     answered, _ = d.readmodel.amends(order.order_id)
     cmd = m.AmendOrder(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol,
-                       order_id=order.order_id, price=price, quantity=quantity)
+                       order_id=order.order_id, price=price, quantity=quantity,
+                       band_reference=band_reference(d, inst))
     d.publish("account.commands", str(acct), cmd)
     d.flush()
     result = await d.readmodel.wait_result(rid, d.wait_s)

@@ -121,6 +121,14 @@ class Instrument:
             return Code.NOTIONAL_TOO_SMALL
         return Code.OK
 
+    def band_ticks(self, reference_ticks: int) -> tuple[int, int]:
+        """(lowest, highest) LIMIT price allowed around a reference price: the price band, inclusive
+        (low rounded up, high rounded down to the tick)."""
+        assert reference_ticks > 0
+        low = -((-reference_ticks * (AMOUNT_SCALE - self.price_band_e8)) // AMOUNT_SCALE)
+        high = reference_ticks * (AMOUNT_SCALE + self.price_band_e8) // AMOUNT_SCALE
+        return low, high
+
     def market_bound_ticks(self, side: str, best_opposite_ticks: int) -> int:
         """The worst price a MARKET order may fill at: MARKET_PROTECTION_PPM beyond the best opposite
         price at arrival (buy rounded down, sell rounded up, at least one tick) -- the matcher core's

@@ -60,6 +60,9 @@ class PlaceOrder(Msg, tag="place_order", kw_only=True):
     # MARKET only, set by the API from the book it sees: the worst price the order may fill at
     # (market protection). Margin is reserved at it and the matcher gets an IOC/FOK limit there.
     price_bound: str | None = None
+    # Set by the API: the reference price of the price band (the last trade until the mark price
+    # exists); a LIMIT price more than the instrument's band away from it is refused. None: no check.
+    band_reference: str | None = None
 
 
 class CancelOrder(Msg, tag="cancel_order", kw_only=True):
@@ -96,6 +99,7 @@ class AmendOrder(Msg, tag="amend_order", kw_only=True):
     client_order_id: str | None = None
     price: str | None = None  # None: keep the price
     quantity: str
+    band_reference: str | None = None  # as in PlaceOrder
 
 
 class FillLeg(Msg, tag="fill_leg", kw_only=True):

@@ -91,16 +91,18 @@ def test_a_full_ccxt_session_between_two_users(stack: Stack) -> None:
     assert sum(c[5] for c in candles) == 0.01 and candles[-1][4] == 50000
     assert bob.fetch_trading_fee(SYM)["taker"] == 0.0005
 
-    resting = bob.create_order(SYM, "limit", "buy", 0.003, 40000)
-    edited = bob.edit_order(resting["id"], SYM, "limit", "buy", 0.004, 40100)
-    assert (edited["id"], edited["amount"], edited["price"], edited["status"]) == (resting["id"], 0.004, 40100, "open")
-    assert bob.fetch_order_book(SYM)["bids"][0][:2] == [40100, 0.004]
+    resting = bob.create_order(SYM, "limit", "buy", 0.003, 48000)
+    edited = bob.edit_order(resting["id"], SYM, "limit", "buy", 0.004, 48100)
+    assert (edited["id"], edited["amount"], edited["price"], edited["status"]) == (resting["id"], 0.004, 48100, "open")
+    assert bob.fetch_order_book(SYM)["bids"][0][:2] == [48100, 0.004]
+    with pytest.raises(ccxt.BadRequest):  # -4016: more than 5% from the last price
+        bob.create_order(SYM, "limit", "buy", 0.003, 40000)
     cancelled = bob.cancel_order(resting["id"], SYM)
     assert cancelled["status"] == "canceled" and bob.fetch_open_orders(SYM) == []
-    closing = bob.create_order(SYM, "limit", "sell", 0.01, 60000, params={"reduceOnly": True})
+    closing = bob.create_order(SYM, "limit", "sell", 0.01, 52000, params={"reduceOnly": True})
     assert closing["status"] == "open" and closing["reduceOnly"] is True
     with pytest.raises(ccxt.InvalidOrder):  # -2022: would exceed the position
-        bob.create_order(SYM, "limit", "sell", 0.001, 60000, params={"reduceOnly": True})
+        bob.create_order(SYM, "limit", "sell", 0.001, 52000, params={"reduceOnly": True})
     bob.cancel_order(closing["id"], SYM)
 
     with pytest.raises(ccxt.InsufficientFunds):
@@ -138,7 +140,7 @@ def test_bad_requests_get_binance_errors_and_change_nothing(stack: Stack) -> Non
     dave = admin(stack, "create-user", "--label", "dave", "--deposit", "USDT=1000")
     assert isinstance(carol, dict) and isinstance(dave, dict)
     order = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
-             "price": "10000"}
+             "price": "49000"}
     placed = signed(api, "POST", "/fapi/v1/order", carol, order)
     assert placed.status_code == 200, placed.text
     order_id = placed.json()["orderId"]
@@ -161,7 +163,7 @@ def test_bad_requests_get_binance_errors_and_change_nothing(stack: Stack) -> Non
 
     for field, value, code in (("quantity", "NaN", -1100), ("quantity", "-1", -1100), ("quantity", "1e3", -1100),
                                ("quantity", "0.0001", -1111), ("quantity", "0.0105", -1111),
-                               ("price", "10000.055", -1111), ("price", "10000.15", -4014),
+                               ("price", "49000.055", -1111), ("price", "49000.15", -4014), ("price", "10000", -4016),
                                ("quantity", "9" * 40, -1100), ("quantity", "0.002", -4164),
                                ("symbol", "NOPEUSDT", -1121), ("side", "UP", -1117), ("type", "STOP", -1116),
                                ("timeInForce", "DAY", -1115), ("quantity", "100", -2019)):
@@ -178,7 +180,7 @@ def test_bad_requests_get_binance_errors_and_change_nothing(stack: Stack) -> Non
     refused(signed(api, "GET", "/fapi/v1/openOrders", readonly, {"symbol": "BTCUSDT"}), 401, -2015)
 
     account = signed(api, "GET", "/fapi/v3/account", carol, {}).json()["assets"][0]
-    assert account["walletBalance"] == "1000.00000000" and account["openOrderInitialMargin"] == "5.05000000"
+    assert account["walletBalance"] == "1000.00000000" and account["openOrderInitialMargin"] == "24.74500000"
     assert [o["orderId"] for o in signed(api, "GET", "/fapi/v1/openOrders", carol, {"symbol": "BTCUSDT"}).json()] == [
         order_id]
 

@@ -294,3 +294,17 @@ def test_journals_are_numbered_per_account_without_gaps() -> None:
     order_id = next(iter(st.orders))
     seqs += [j.account_seq for j in journals(leg(st, order_id, 1, "TAKER", "BUY", "50000", "0.010", "0"))]
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 4
+
+
+def test_limit_prices_outside_the_band_around_the_reference_are_refused() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "10000")
+    for cid, price, ok in (("in-high", "52500", True), ("out-high", "52500.10", False), ("in-low", "47500", True),
+                           ("out-low", "47499.90", False)):
+        r = result(place_with(st, cid, price=price, band_reference="50000.00"))
+        assert r.ok is ok and (ok or r.code == Code.PRICE_OUT_OF_BAND), cid
+    assert result(place_with(st, "no-ref", price="90000")).ok  # no trade yet: no band
+    order_id = result(place_with(st, "amend-me", price="50000", band_reference="50000.00")).order_id
+    r = result(handle(st, m.AmendOrder(**META, request_id="a", account_id=1, symbol=SYM, order_id=order_id,
+                                       price="60000", quantity="0.010", band_reference="50000.00")))
+    assert not r.ok and r.code == Code.PRICE_OUT_OF_BAND
