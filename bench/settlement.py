@@ -1,0 +1,201 @@
+"""Settlement benchmark: the accounts processor and the ledger sink on the embedded broker and ClickHouse,
+each next to a baseline measured in the same run. Prints one JSON object; nothing here is a test.
+
+    python -m bench.settlement [--accounts 200] [--orders 20]
+
+1. `account.commands` is preloaded: per account one deposit, then `--orders` limit orders, then a
+   full taker fill leg for each of them (order ids are deterministic, so the legs are known ahead).
+2. The accounts processor (exactly-once, state per account) consumes all of it: commands/s and
+   settlement legs/s, from ready until its committed offsets reach the end of the topic.
+3. Baseline: a pass-through Quix processor (same app settings, exactly-once, no state) over the same
+   topic to a scratch topic: commands/s. Ratio = accounts / pass-through.
+4. The ledger sink loads what the accounts processor journaled into ClickHouse: posting rows/s until
+   every row is there. Baseline: the same rows in one bulk insert with clickhouse-connect into a
+   table of the same schema. Ratio = sink / direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from bench.topic import start_broker
+from perpline import REPO_ROOT
+from perpline.ch.client import get_client, wait_ready
+from perpline.config import producer_config
+from perpline.contracts import codec, ids
+from perpline.contracts import messages as m
+from perpline.pipelines.ledger_sink_logic import POSTING_COLUMNS, posting_rows
+from perpline.stack.supervisor import free_port
+
+TIMEOUT_S = 900.0
+SYMBOL = "BTCUSDT-PERP"
+
+
+def commands(accounts: int, orders: int) -> list[tuple[str, m.Msg]]:
+    meta = {"trace_id": "bench", "causation_id": "bench", "ts_ms": 1_700_000_000_000}
+    out: list[tuple[str, m.Msg]] = []
+    seq = 0
+    for n in range(accounts):
+        acct = 1000 + n
+        out.append((str(acct), m.Deposit(**meta, request_id=f"d{acct}", account_id=acct, asset="USDT", amount="1000000")))
+        for k in range(1, orders + 1):
+            out.append((str(acct), m.PlaceOrder(**meta, request_id=f"p{acct}-{k}", account_id=acct, symbol=SYMBOL,
+                                                side="BUY", order_type="LIMIT", price="50000", quantity="0.010",
+                                                client_order_id=f"c{k}")))
+        for k in range(1, orders + 1):
+            seq += 1
+            out.append((str(acct), m.FillLeg(**meta, account_id=acct, symbol=SYMBOL, seq=seq, trade_id=seq,
+                                             order_id=ids.order_id_for(acct, k), liquidity="TAKER", side="BUY",
+                                             price="50000.00", quantity="0.010", order_leaves="0.000")))
+    return out
+
+
+def preload(bootstrap: str, topic: str, items: list[tuple[str, m.Msg]]) -> None:
+    producer = Producer(producer_config(bootstrap, **{"batch.num.messages": 10000}))
+    for key, msg in items:
+        producer.produce(topic, key=key.encode(), value=codec.encode(msg))
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def _ends(bootstrap: str, topic: str) -> list[TopicPartition]:
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-probe"})
+    parts = probe.list_topics(topic, timeout=15).topics[topic].partitions
+    ends = [TopicPartition(topic, p, probe.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1])
+            for p in parts]
+    probe.close()
+    return ends
+
+
+def _wait_committed(bootstrap: str, group: str, ends: list[TopicPartition], started: float) -> float:
+    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        want = {(tp.partition): tp.offset for tp in ends}
+        while True:
+            assert time.monotonic() - started < TIMEOUT_S, "processor did not finish"
+            got = {tp.partition: tp.offset for tp in watcher.committed([TopicPartition(t.topic, t.partition) for t in ends],
+                                                                        timeout=10)}
+            if all(got.get(p, -1) >= off for p, off in want.items()):
+                return time.monotonic() - started
+            time.sleep(0.05)
+    finally:
+        watcher.close()
+
+
+def _run(argv: list[str], env: dict[str, str], ready: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env={**env, "PERPLINE_READY_FILE": str(ready)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, f"{argv[2]} did not start"
+        time.sleep(0.01)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+PASSTHROUGH = """
+from perpline.pipelines import io
+from perpline.pipelines.app import make_app
+from perpline.pipelines.runtime import ready_on_assign
+app = make_app("bench-passthrough")
+out = app.topic("bench.passthrough", value_serializer="bytes", key_serializer="str")
+app.dataframe(io.input_topic(app, "account.commands")).to_topic(out)
+ready_on_assign(app)
+app.run()
+"""
+
+
+def journals(bootstrap: str, topic: str, count_hint: int) -> list[list[Any]]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-journals", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    ends = _ends(bootstrap, topic)
+    consumer.assign([TopicPartition(topic, tp.partition, 0) for tp in ends])
+    want = sum(tp.offset for tp in ends)
+    rows: list[list[Any]] = []
+    seen = 0
+    deadline = time.monotonic() + 120
+    while seen < want and time.monotonic() < deadline:
+        for msg in consumer.consume(10_000, timeout=0.5):
+            if msg.error() is None:
+                seen += 1
+                rows.extend(posting_rows(codec.decode("ledger.entries", msg.value()), msg.partition(), msg.offset()))
+    consumer.close()
+    assert rows, "no journals"
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--accounts", type=int, default=200)
+    parser.add_argument("--orders", type=int, default=20)
+    args = parser.parse_args()
+    items = commands(args.accounts, args.orders)
+    legs = args.accounts * args.orders
+    broker, bootstrap = start_broker()
+    ch_port = free_port()
+    with tempfile.TemporaryDirectory(prefix="perpline-bench-") as tmp:
+        ch = subprocess.Popen([sys.executable, "-m", "perpline.ch.server", "--data-dir", f"{tmp}/ch", "--port",
+                               str(ch_port)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{ch_port}"
+        env = {**os.environ, "PERPLINE_KAFKA_BOOTSTRAP": bootstrap, "PERPLINE_CLICKHOUSE_URL": url}
+        try:
+            preload(bootstrap, "account.commands", items)
+            ends = _ends(bootstrap, "account.commands")
+
+            proc = _run([sys.executable, "-c", PASSTHROUGH], env, Path(tmp) / "pass.ready")
+            pass_s = _wait_committed(bootstrap, "bench-passthrough", ends, time.monotonic())
+            _stop(proc)
+
+            proc = _run([sys.executable, "-m", "perpline.pipelines.accounts", "--state-dir", f"{tmp}/state"], env,
+                        Path(tmp) / "accounts.ready")
+            accounts_s = _wait_committed(bootstrap, "perpline-accounts", ends, time.monotonic())
+            _stop(proc)
+
+            rows = journals(bootstrap, "ledger.entries", legs)
+            wait_ready(url, timeout_s=60)
+            proc = _run([sys.executable, "-m", "perpline.pipelines.ledger_sink"], env, Path(tmp) / "sink.ready")
+            client = get_client(url)
+            started = time.monotonic()
+            while client.query("SELECT count() FROM ledger_postings FINAL").result_rows[0][0] < len(rows):
+                assert time.monotonic() - started < TIMEOUT_S, "sink did not finish"
+                time.sleep(0.05)
+            sink_s = time.monotonic() - started
+            _stop(proc)
+
+            client.command("CREATE TABLE bench_postings AS ledger_postings")
+            started = time.monotonic()
+            client.insert("bench_postings", rows, column_names=POSTING_COLUMNS)
+            direct_s = time.monotonic() - started
+        finally:
+            ch.terminate()
+            ch.wait(30)
+            broker.terminate()
+            broker.wait(30)
+    n = len(items)
+    print(json.dumps({
+        "commands": n, "settlement_legs": legs, "posting_rows": len(rows),
+        "accounts_commands_per_s": round(n / accounts_s), "accounts_legs_per_s": round(legs / accounts_s),
+        "passthrough_commands_per_s": round(n / pass_s), "accounts_vs_passthrough": round(pass_s / accounts_s, 2),
+        "sink_rows_per_s": round(len(rows) / sink_s), "direct_insert_rows_per_s": round(len(rows) / direct_s),
+        "sink_vs_direct": round(direct_s / sink_s, 2)}))
+
+
+if __name__ == "__main__":
+    main()
