@@ -1,5 +1,5 @@
 """A seeded random trading session through /fapi, compared step by step with an independent model,
-while the matcher, the accounts processor and clearing are SIGKILLed in the middle of it.
+while the matcher, the accounts processor, clearing and the ledger sink are SIGKILLed in the middle of it.
 
 The model is the naive reference book (perpline.matcher.naive: linear scans, written apart from the
 core) plus plain Decimal bookkeeping of positions from the fills. Every order's outcome (status,
@@ -37,7 +37,8 @@ USERS = 3
 TICK = Decimal("0.1")
 LOT = Decimal("0.001")
 KILL_EVERY = 50
-VICTIMS = ("perpline.matcher.runner", "perpline.pipelines.accounts", "perpline.pipelines.clearing")
+VICTIMS = ("perpline.matcher.runner", "perpline.pipelines.accounts", "perpline.pipelines.clearing",
+           "perpline.pipelines.ledger_sink")
 
 
 @pytest.fixture(scope="module")

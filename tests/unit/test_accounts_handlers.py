@@ -308,3 +308,20 @@ def test_limit_prices_outside_the_band_around_the_reference_are_refused() -> Non
     r = result(handle(st, m.AmendOrder(**META, request_id="a", account_id=1, symbol=SYM, order_id=order_id,
                                        price="60000", quantity="0.010", band_reference="50000.00")))
     assert not r.ok and r.code == Code.PRICE_OUT_OF_BAND
+
+
+def test_the_flip_example_of_docs_ledger() -> None:
+    """docs/ledger.md, 'Worked example: a flip': these exact journals."""
+    st = AccountState(account_id=1)
+    _long(st, "0.100")
+    sell = result(place(st, "SELL", "51000", "0.150", "flip")).order_id
+    outs = leg(st, sell, 2, "TAKER", "SELL", "51000", "0.150", "0")
+    got = {j.ref_type: [(p.ledger_account, p.amount) for p in j.postings] for j in journals(outs)}
+    assert got == {
+        "TRADE_SETTLED": [("user:1:ORDER_MARGIN", "386.32500000"), ("user:1:SPOT", "-386.32500000"),
+                          ("user:1:POSITION_MARGIN", "250.00000000"), ("user:1:SPOT", "-250.00000000"),
+                          ("user:1:SPOT", "127.50000000"), ("user:1:POSITION_MARGIN", "-127.50000000")],
+        "TRADE_FEE": [("user:1:SPOT", "3.82500000"), ("platform:FEE_REVENUE", "-3.82500000")],
+        "POSITION_REALIZED_PNL": [("platform:PNL_CLEARING", "100.00000000"), ("user:1:SPOT", "-100.00000000")]}
+    pos = st.positions[SYM]
+    assert (pos.size_lots, pos.margin, pos.realized_pnl) == (-50, parse_amount("127.5"), parse_amount("100"))
