@@ -47,6 +47,7 @@ $(BENCH_VENV)/.installed-stamp: bench/requirements-peers.lock
 bench: matcher $(BENCH_VENV)/.installed-stamp
 	$(BIN)/python -m bench.matcher
 	$(BIN)/python -m bench.topic
+	$(BIN)/python -m bench.settlement
 
 schemas: $(STAMP)
 	$(BIN)/perpline schemas
