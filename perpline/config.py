@@ -30,6 +30,7 @@ class Settings:
     secret_key: str  # Fernet key for API secrets at rest; "" = the data dir's key file
     trust_account_header: bool  # accept a bare X-Account-Id (embedded demo only)
     faucet: bool  # traders may credit their own wallet through the API (embedded demo only)
+    rate_limits: tuple[int, int, int]  # request weight per IP, per API key, and orders per key, per minute
 
 
 def settings() -> Settings:
@@ -46,6 +47,8 @@ def settings() -> Settings:
         secret_key=os.environ.get("PERPLINE_SECRET_KEY", ""),
         trust_account_header=_env("PERPLINE_TRUST_ACCOUNT_HEADER", "0") == "1",
         faucet=_env("PERPLINE_FAUCET", "0") == "1",
+        rate_limits=(int(_env("PERPLINE_RATE_LIMIT_IP", "6000")), int(_env("PERPLINE_RATE_LIMIT_KEY", "2400")),
+                     int(_env("PERPLINE_RATE_LIMIT_ORDERS", "1200"))),
     )
 
 

@@ -119,6 +119,9 @@ async def _trace_and_measure(request: Request, call_next: Callable[[Request], Aw
     used = getattr(request.state, "used_weight", None)
     if used is not None:
         response.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
+    stages = getattr(request.state, "stages", None)
+    if stages is not None:
+        response.headers["X-Stage-Ms"] = stages
     return response
 
 

@@ -497,12 +497,16 @@ async def new_order(request: Request, caller: PlaceOrder
     cmd = m.PlaceOrder(**_meta(request, rid), **fields, request_id=rid, account_id=caller.user_id, symbol=inst.symbol,
                        price=price, quantity=quantity, client_order_id=coid, reduce_only=reduce_only,
                        price_bound=market_bound(d, inst, order_type, side), band_reference=band_reference(d, inst))
+    started = time.perf_counter()
     try:
         result = await _submit(d, caller.user_id, cmd, rid)
     except PerplineError as err:
         raise _with_instrument(err, inst) from err
+    decided = time.perf_counter()
     assert result.order_id is not None
     await d.readmodel.wait_settled(caller.user_id, result.order_id, d.wait_s)
+    # where the time went: the accounts processor's decision, then matching and settlement to the views
+    request.state.stages = f"accounts={(decided - started) * 1000:.2f};settled={(time.perf_counter() - decided) * 1000:.2f}"
     view = d.readmodel.find_order(caller.user_id, result.order_id)
     if view is None:
         raise PerplineError(Code.TIMEOUT, "order accepted; not visible yet")

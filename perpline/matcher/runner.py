@@ -106,6 +106,7 @@ class Matcher:
                 tail = []
         replayed.extend(self._apply_records(tail))
         index = max(index, wal_from)
+        self.state.inputs_since_snapshot = index - wal_from  # a long replayed tail brings the next snapshot closer
         self.wal.records = index
         self.wal.open()
         RECOVERY_SECONDS.set(time.monotonic() - started)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import random
 import signal
@@ -36,7 +37,7 @@ STEPS = int(os.environ.get("PERPLINE_RANDOM_SESSION_STEPS", "200"))
 USERS = 3
 TICK = Decimal("0.1")
 LOT = Decimal("0.001")
-KILL_EVERY = 50
+KILL_EVERY = int(os.environ.get("PERPLINE_RANDOM_SESSION_KILL_EVERY", "50"))
 VICTIMS = ("perpline.matcher.runner", "perpline.pipelines.accounts", "perpline.pipelines.clearing",
            "perpline.pipelines.ledger_sink")
 
@@ -49,6 +50,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 class Client:
     def __init__(self, api: str, keys: dict[str, Any]) -> None:
         self.api, self.keys, self.user_id = api, keys, int(keys["user_id"])
+
+    def native(self, path: str, body: dict[str, Any], key: str) -> httpx.Response:
+        """A signed native POST (query: timestamp + signature over query + JSON body), with a fixed
+        Idempotency-Key so a retry after a kill is the same request."""
+        raw = json.dumps(body)
+        query = urlencode({"timestamp": int(time.time() * 1000), "recvWindow": 10000})
+        signature = hmac.new(self.keys["api_secret"].encode(), (query + raw).encode(), hashlib.sha256).hexdigest()
+        headers = {"X-MBX-APIKEY": self.keys["api_key"], "Content-Type": "application/json", "Idempotency-Key": key}
+        response: httpx.Response | None = None
+        for _ in range(60):
+            try:
+                response = httpx.post(f"{self.api}{path}?{query}&signature={signature}", content=raw, headers=headers,
+                                      timeout=30)
+            except httpx.TransportError:
+                time.sleep(0.5)
+                continue
+            if response.status_code in (200, 400):
+                return response
+            time.sleep(0.5)  # 202: no decision yet (a kill): resend the same request
+            query = urlencode({"timestamp": int(time.time() * 1000), "recvWindow": 10000})
+            signature = hmac.new(self.keys["api_secret"].encode(), (query + raw).encode(), hashlib.sha256).hexdigest()
+        raise AssertionError(f"no answer for {key}: {response.text if response is not None else 'unreachable'}")
 
     def call(self, method: str, path: str, params: dict[str, Any]) -> httpx.Response:
         text = urlencode({**params, "timestamp": int(time.time() * 1000), "recvWindow": 10000})
@@ -187,6 +210,7 @@ def test_random_session_matches_the_model_through_kills(stack: Stack) -> None:
     model = Model()
     open_orders: dict[int, list[int]] = {u.user_id: [] for u in users}
     mid, kills, compared = 500_000, [], 0
+    moved = {u.user_id: Decimal(100000) for u in users}  # deposits - withdrawals
     for step in range(STEPS):
         if step and step % KILL_EVERY == 0:
             kills.append((step, _kill_one(stack, rng)))
@@ -196,6 +220,13 @@ def test_random_session_matches_the_model_through_kills(stack: Stack) -> None:
         mid += rng.choice((-1, 0, 1))
         roll = rng.random()
         live = [o for o in open_orders[acct] if model.book.find(o) is not None]
+        if roll < 0.04:  # money in or out through the wallet, idempotent by key, mid-session
+            path, amount = rng.choice((("/api/v1/wallet/deposits", Decimal(rng.randint(1, 500))),
+                                       ("/api/v1/wallet/withdrawals", -Decimal(rng.randint(1, 500)))))
+            done = user.native(path, {"asset": "USDT", "amount": str(abs(amount))}, f"w{step}")
+            assert done.status_code == 200, (step, done.text)
+            moved[acct] += amount
+            continue
         if roll < 0.08 and live:
             order_id = rng.choice(live)
             new_qty = model.filled.get(order_id, 0) + rng.randint(3, 20)
@@ -280,7 +311,7 @@ def test_random_session_matches_the_model_through_kills(stack: Stack) -> None:
         sizes[user.user_id] = sum(Decimal(r["positionAmt"]) for r in rows)
         assert sizes[user.user_id] == model.position_lots.get(user.user_id, 0) * LOT, user.user_id
         trades = user.call("GET", "/fapi/v1/userTrades", {"symbol": "BTCUSDT", "limit": 1000}).json()
-        wallet = Decimal(100000) - sum(Decimal(t["commission"]) for t in trades) + sum(
+        wallet = moved[user.user_id] - sum(Decimal(t["commission"]) for t in trades) + sum(
             Decimal(t["realizedPnl"]) for t in trades)
         account = user.call("GET", "/fapi/v3/account", {}).json()["assets"][0]
         assert Decimal(account["walletBalance"]) == wallet, user.user_id
