@@ -17,6 +17,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from perpline.auth.registry import KeyRegistry
+from perpline.consume import poll_batch
 from perpline.contracts import codec, sequence
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
@@ -105,7 +106,7 @@ class ReadModel:
         names = {v: k for k, v in self._topics.items()}
         try:
             while not self._stop.is_set():
-                for msg in consumer.consume(POLL_BATCH, timeout=0.2):
+                for msg in poll_batch(consumer, POLL_BATCH, 0.2):
                     self._on_message(msg, names)
         finally:
             consumer.close()

@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from perpline.config import producer_config, settings, topic_map
+from perpline.consume import poll_batch
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
@@ -137,7 +138,7 @@ class Matcher:
         mark_ready()
         try:
             while not self._stop:
-                batch = [msg for msg in consumer.consume(MAX_BATCH, timeout=0.1) if self._keep(msg)]
+                batch = [msg for msg in poll_batch(consumer, MAX_BATCH, 0.1) if self._keep(msg)]
                 if batch:
                     self._process(batch)
                 self._maybe_snapshot()
