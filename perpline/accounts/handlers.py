@@ -353,7 +353,7 @@ def _amend(state: AccountState, cmd: m.AmendOrder, ctx: Ctx) -> RequestOutcome:
                  inst.symbol).transfer(user_account(state.account_id, "SPOT"), user_account(state.account_id, "ORDER_MARGIN"),
                                        extra)
         _balance_changed(state, ctx, inst.margin_asset)
-    order.amend_extra, order.amend_pending = extra, True
+    order.amend_pending = True
     ctx.emit(LOGICAL_ORDERS, inst.symbol, m.AmendRequest(
         **ctx.meta(), order_id=order.order_id, account_id=state.account_id, symbol=inst.symbol,
         price=inst.format_price(price_ticks), quantity=inst.format_qty(qty_lots)))
@@ -375,7 +375,7 @@ def _on_amend_done(state: AccountState, cmd: m.AmendDone, ctx: Ctx) -> None:
     margin, fee = _reservation(inst, order, order.price_ticks, order.leaves_lots)  # refused: the old terms
     release = order.margin_frozen + order.fee_frozen - margin - fee
     order.margin_frozen, order.fee_frozen = margin, fee
-    order.amend_extra, order.amend_pending = 0, False
+    order.amend_pending = False
     order.updated_ms = ctx.ts_ms
     bal = state.balance(inst.margin_asset)
     bal.order_margin -= release
@@ -383,7 +383,10 @@ def _on_amend_done(state: AccountState, cmd: m.AmendDone, ctx: Ctx) -> None:
     spot, frozen = user_account(state.account_id, "SPOT"), user_account(state.account_id, "ORDER_MARGIN")
     journal = _journal(ctx, state, "ORDER_MARGIN_RELEASED", f"amend:{order.order_id}:{cmd.seq}", inst.margin_asset,
                        inst.symbol)
-    journal.transfer(frozen, spot, release) if release >= 0 else journal.transfer(spot, frozen, -release)
+    if release >= 0:
+        journal.transfer(frozen, spot, release)
+    else:  # fills while the amend was out released pro rata: hold the difference again
+        journal.transfer(spot, frozen, -release)
     _balance_changed(state, ctx, inst.margin_asset)
     _order_changed(state, ctx, inst, order)
 

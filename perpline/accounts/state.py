@@ -38,8 +38,7 @@ class OrderState(msgspec.Struct, kw_only=True):
     status: str = "NEW"
     reduce_only: bool = False
     cut: bool = False  # a reduce-only order whose cancel was sent because the position shrank
-    amend_extra: int = 0  # > 0 while an amend is with the matcher: what it froze on top (released if refused)
-    amend_pending: bool = False
+    amend_pending: bool = False  # an amend is with the matcher; the next waits for its answer
     leverage: int
     margin_frozen: int
     fee_frozen: int

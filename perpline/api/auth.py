@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from fastapi import Request
 
@@ -77,7 +78,7 @@ async def _signed_text(request: Request) -> signing.Signed:
             if not body:
                 return signed
             form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
-            params = {**signed.params, **(signing.split(f"{body}&signature={signed.signature}").params if form else {})}
+            params = {**signed.params, **(dict(parse_qsl(body, keep_blank_values=True)) if form else {})}
             return signing.Signed(signed.payload + body, signed.signature, params)
         return signing.split(body)
     except signing.SignatureError as err:

@@ -6,7 +6,6 @@ Binance's own wording because ccxt matches some of them exactly (shared/BINANCE_
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from perpline.contracts import messages as m
@@ -83,11 +82,6 @@ def error(code: int, detail: str, inst: Instrument | None = None) -> tuple[int, 
 # --- shapes -----------------------------------------------------------------------------------
 
 
-def _plain(text: str) -> str:
-    """A decimal string without trailing zeros beyond what Binance shows (keeps at least one digit)."""
-    return text
-
-
 def symbol_info(i: Instrument) -> dict[str, Any]:
     return {
         "symbol": i.binance_symbol, "pair": i.binance_symbol, "contractType": "PERPETUAL", "status": "TRADING",
@@ -140,7 +134,7 @@ def bracket_rows(i: Instrument) -> list[dict[str, Any]]:
     floor = 0
     for n, b in enumerate(i.brackets, start=1):
         rows.append({"bracket": n, "initialLeverage": b.max_leverage, "notionalCap": int(b.notional_cap // 10**8),
-                     "notionalFloor": int(floor // 10**8), "maintMarginRatio": float(Decimal(format_rate(b.maint_margin_e8))),
-                     "cum": float(Decimal(format_amount(b.maint_amount)))})
+                     "notionalFloor": int(floor // 10**8), "maintMarginRatio": format_rate(b.maint_margin_e8),
+                     "cum": format_amount(b.maint_amount)})
         floor = b.notional_cap
     return rows

@@ -22,11 +22,12 @@ from fastapi.responses import JSONResponse
 
 from perpline.api import auth, binance
 from perpline.api.app import ApiDeps
+from perpline.api.v1 import amend_and_wait, band_reference, market_bound, wait_order_closed
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_request_id
 from perpline.contracts.instruments import Instrument, load_catalog
-from perpline.contracts.units import format_amount, format_fixed, parse_amount
+from perpline.contracts.units import format_amount, format_rate, parse_amount
 
 router = APIRouter(prefix="/fapi", tags=["binance usd-m"])
 CLIENT_ORDER_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
@@ -224,7 +225,7 @@ def _ticker(d: ApiDeps, inst: Instrument) -> dict[str, Any]:
     volume_lots = sum(lots)
     weighted_ticks = quote // (volume_lots * inst.amount_per_tick_lot) if volume_lots else last
     weighted = inst.format_price(weighted_ticks)
-    return {"symbol": inst.binance_symbol, "priceChange": _signed_price(inst, change),
+    return {"symbol": inst.binance_symbol, "priceChange": inst.format_price(change),
             "priceChangePercent": str(pct), "weightedAvgPrice": weighted, "lastPrice": inst.format_price(last),
             "lastQty": inst.format_qty(lots[-1]) if lots else inst.format_qty(0), "openPrice": inst.format_price(first),
             "highPrice": inst.format_price(max(prices, default=last)), "lowPrice": inst.format_price(min(prices, default=last)),
@@ -232,10 +233,6 @@ def _ticker(d: ApiDeps, inst: Instrument) -> dict[str, Any]:
             "openTime": window[0].ts_ms if window else now - 86_400_000, "closeTime": now,
             "firstId": window[0].trade_id if window else -1, "lastId": window[-1].trade_id if window else -1,
             "count": len(window)}
-
-
-def _signed_price(inst: Instrument, ticks: int) -> str:
-    return format_fixed(ticks * inst.tick_units, inst.price_decimals)
 
 
 @router.get("/v1/premiumIndex")
@@ -256,7 +253,8 @@ def _premium(d: ApiDeps, inst: Instrument) -> dict[str, Any]:
 
 @router.get("/v1/fundingRate")
 def funding_rate(q: Public) -> Any:
-    _instrument(q.get("symbol")) if q.get("symbol") else None
+    if q.get("symbol"):
+        _instrument(q.get("symbol"))  # an unknown symbol is still an error
     return []
 
 
@@ -406,15 +404,13 @@ def position_risk(request: Request, caller: ReadHeavy) -> Any:
 def leverage_bracket(caller: Read) -> Any:
     symbol = caller.params.get("symbol")
     insts = [_instrument(symbol)] if symbol else list(load_catalog().instruments.values())
-    rows = [{"symbol": i.binance_symbol, "notionalCoef": 1.0, "brackets": binance.bracket_rows(i)} for i in insts]
+    rows = [{"symbol": i.binance_symbol, "notionalCoef": "1", "brackets": binance.bracket_rows(i)} for i in insts]
     return rows[0] if symbol else rows
 
 
 @router.get("/v1/commissionRate")
 def commission_rate(caller: ReadHeavy) -> Any:
     inst = _instrument(caller.params.get("symbol"))
-    from perpline.contracts.units import format_rate  # noqa: PLC0415
-
     return {"symbol": inst.binance_symbol, "makerCommissionRate": format_rate(inst.maker_fee_e8),
             "takerCommissionRate": format_rate(inst.taker_fee_e8)}
 
@@ -447,7 +443,7 @@ def income(request: Request, caller: ReadHeavy) -> Any:
         inst = load_catalog().get(f.symbol)
         if inst is None or (inst_filter is not None and inst.symbol != inst_filter.symbol):
             continue
-        for income_type, amount in (("COMMISSION", "-" + f.fee if f.fee.strip("0.") else f.fee),
+        for income_type, amount in (("COMMISSION", format_amount(-parse_amount(f.fee))),
                                     ("REALIZED_PNL", f.realized_pnl)):
             if (kind is None or kind == income_type) and parse_amount(amount, allow_negative=True) != 0:
                 rows.append({"symbol": inst.binance_symbol, "incomeType": income_type, "income": amount,
@@ -490,8 +486,6 @@ async def new_order(request: Request, caller: PlaceOrder
     if d.readmodel.find_client_order(caller.user_id, coid) is not None:
         raise PerplineError(Code.DUPLICATE_CLIENT_ORDER_ID, coid)
     reduce_only = p.get("reduceOnly", "false").lower() == "true"
-    from perpline.api.v1 import band_reference, market_bound  # noqa: PLC0415
-
     rid = new_request_id()
     fields: dict[str, Any] = {"side": side, "order_type": order_type, "time_in_force": tif}  # checked above
     cmd = m.PlaceOrder(**_meta(request, rid), **fields, request_id=rid, account_id=caller.user_id, symbol=inst.symbol,
@@ -564,9 +558,7 @@ async def cancel_order(request: Request, caller: Trade) -> Any:
     cmd = m.CancelOrder(**_meta(request, rid), request_id=rid, account_id=caller.user_id, symbol=inst.symbol,
                         order_id=found.order_id)
     await _submit(d, caller.user_id, cmd, rid)
-    from perpline.api.v1 import _wait_order_closed  # noqa: PLC0415
-
-    closed = await _wait_order_closed(d, caller.user_id, found.order_id)
+    closed = await wait_order_closed(d, caller.user_id, found.order_id)
     return binance.order(inst, closed or found)
 
 
@@ -583,8 +575,6 @@ async def modify_order(request: Request, caller: Trade) -> Any:
         raise PerplineError(Code.MISSING_FIELD, "quantity and price")
     if caller.params.get("side", found.side) != found.side:
         raise PerplineError(Code.BAD_SIDE, "side cannot change")
-    from perpline.api.v1 import amend_and_wait  # noqa: PLC0415
-
     return binance.order(inst, await amend_and_wait(d, request, caller.user_id, inst, found, price, quantity))
 
 
@@ -595,10 +585,8 @@ async def cancel_all(request: Request, caller: Trade) -> Any:
     rid = new_request_id()
     cmd = m.CancelAll(**_meta(request, rid), request_id=rid, account_id=caller.user_id, symbol=inst.symbol)
     result = await _submit(d, caller.user_id, cmd, rid)
-    from perpline.api.v1 import _wait_order_closed  # noqa: PLC0415
-
     for order_id in result.order_ids:
-        await _wait_order_closed(d, caller.user_id, order_id)
+        await wait_order_closed(d, caller.user_id, order_id)
     return {"msg": "The operation of cancel all open order is done."}
 
 

@@ -11,6 +11,7 @@ import logging
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import msgspec
@@ -368,7 +369,10 @@ class ReadModel:
     def trades(self, symbol: str, limit: int) -> list[m.Trade]:
         with self._lock:
             book = self.books.get(symbol)
-            return list(book.trades)[-limit:] if book else []
+            if book is None:
+                return []
+            newest = list(islice(reversed(book.trades), limit))  # the last `limit`, without copying the rest
+        return newest[::-1]
 
 
 def _set_result(fut: asyncio.Future[m.CommandResult], result: m.CommandResult) -> None:

@@ -216,13 +216,13 @@ async def cancel_order(order_id: int, symbol: str, request: Request, acct: Accou
     result = await _submit(d, request, acct, cmd, rid)
     if isinstance(result, JSONResponse):
         return result
-    order = await _wait_order_closed(d, acct, order_id)
+    order = await wait_order_closed(d, acct, order_id)
     if order is None:  # the matcher has not confirmed yet: the client polls GET /orders/{id}
         return JSONResponse({"request_id": rid, "order_id": str(order_id), "status": "CANCEL_PENDING"}, status_code=202)
     return _order_json(order)
 
 
-async def _wait_order_closed(d: ApiDeps, acct: int, order_id: int) -> m.OrderView | None:
+async def wait_order_closed(d: ApiDeps, acct: int, order_id: int) -> m.OrderView | None:
     """The order once it reached a final status, within the API's bounded wait."""
     assert d.readmodel is not None
     deadline = time.monotonic() + d.wait_s
@@ -241,7 +241,7 @@ async def cancel_all(symbol: str, request: Request, acct: Account, rid: RequestI
     result = await _submit(d, request, acct, cmd, rid)
     if isinstance(result, JSONResponse):
         return result
-    closed = [await _wait_order_closed(d, acct, oid) for oid in result.order_ids]
+    closed = [await wait_order_closed(d, acct, oid) for oid in result.order_ids]
     return {"request_id": rid, "symbol": inst.symbol,
             "orders": [_order_json(o) if o else {"order_id": str(oid), "status": "CANCEL_PENDING"}
                        for oid, o in zip(result.order_ids, closed, strict=True)]}
