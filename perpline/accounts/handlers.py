@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from perpline.accounts import margin as mg
 from perpline.accounts import order_status as st
 from perpline.accounts.ledger import JournalBuilder, platform_account, user_account
+from perpline.accounts.memory import DictMemory, Memory, Store
 from perpline.accounts.state import AccountState, OrderState, Position, RequestOutcome
 from perpline.contracts import ids
 from perpline.contracts import messages as m
@@ -44,6 +45,7 @@ class Ctx:
     trace_id: str
     causation_id: str
     ts_ms: int
+    memory: Memory
     outs: list[Out] = field(default_factory=list)
 
     def emit(self, topic: str, key: str | int, msg: object) -> None:
@@ -60,10 +62,15 @@ class Reject(Exception):
         self.msg = msg
 
 
-def handle(state: AccountState, cmd: m.Msg) -> list[Out]:
-    """Apply one command to one account's state; returns the messages to publish."""
+def handle(state: AccountState, cmd: m.Msg, store: Store | None = None) -> list[Out]:
+    """Apply one command to one account's state; returns the messages to publish.
+
+    `store` holds the account's idempotency memory (the processor's state store); without one
+    it lives in `state.local`.
+    """
     cause = getattr(cmd, "request_id", None) or _leg_cause(cmd)
-    ctx = Ctx(cmd.trace_id, cause, cmd.ts_ms)
+    memory = Memory(state, store if store is not None else DictMemory(state.local))
+    ctx = Ctx(cmd.trace_id, cause, cmd.ts_ms, memory)
     if isinstance(cmd, m.FillLeg):
         _on_fill(state, cmd, ctx)
     elif isinstance(cmd, m.AmendDone):
@@ -90,7 +97,7 @@ def _leg_cause(cmd: m.Msg) -> str:
 
 def _on_request(state: AccountState, cmd: m.Msg, ctx: Ctx) -> None:
     request_id: str = cmd.request_id
-    seen = state.requests.get(request_id)
+    seen = ctx.memory.request(request_id)
     if seen is not None:  # a resend: answer again, change nothing
         _result(state, ctx, request_id, seen)
         return
@@ -98,7 +105,7 @@ def _on_request(state: AccountState, cmd: m.Msg, ctx: Ctx) -> None:
         outcome = _dispatch(state, cmd, ctx)
     except (Reject, UnitError) as err:
         outcome = RequestOutcome(False, int(err.code), err.msg, None, getattr(cmd, "client_order_id", None))
-    state.remember_request(request_id, outcome)
+    ctx.memory.remember_request(request_id, outcome)
     _result(state, ctx, request_id, outcome)
 
 
@@ -174,7 +181,7 @@ def _instrument(symbol: str) -> Instrument:
 
 
 def _place(state: AccountState, cmd: m.PlaceOrder, ctx: Ctx) -> RequestOutcome:
-    existing = state.client_ids.get(cmd.client_order_id)
+    existing = ctx.memory.order_id_of(cmd.client_order_id)
     if existing is not None:  # a resent order: the existing one, never a second
         return _ok(existing, cmd.client_order_id)
     inst = _instrument(cmd.symbol)
@@ -287,17 +294,16 @@ def _freeze(state: AccountState, ctx: Ctx, inst: Instrument, order: OrderState) 
     bal.available -= amount
     bal.order_margin += amount
     state.orders[order.order_id] = order
-    state.remember_client_id(order.client_order_id, order.order_id)
     _journal(ctx, state, "ORDER_MARGIN_FROZEN", f"order:{order.order_id}", inst.margin_asset, inst.symbol).transfer(
         user_account(state.account_id, "SPOT"), user_account(state.account_id, "ORDER_MARGIN"), amount)
     _balance_changed(state, ctx, inst.margin_asset)
     _order_changed(state, ctx, inst, order)
 
 
-def _find_order(state: AccountState, cmd: m.CancelOrder | m.AmendOrder) -> OrderState:
+def _find_order(state: AccountState, cmd: m.CancelOrder | m.AmendOrder, ctx: Ctx) -> OrderState:
     order_id = cmd.order_id
     if order_id is None and cmd.client_order_id is not None:
-        order_id = state.client_ids.get(cmd.client_order_id)
+        order_id = ctx.memory.order_id_of(cmd.client_order_id)
     if order_id is None:
         raise Reject(Code.UNKNOWN_ORDER, "unknown order")
     order = state.orders.get(order_id)
@@ -307,7 +313,7 @@ def _find_order(state: AccountState, cmd: m.CancelOrder | m.AmendOrder) -> Order
 
 
 def _cancel(state: AccountState, cmd: m.CancelOrder, ctx: Ctx) -> RequestOutcome:
-    order = _find_order(state, cmd)
+    order = _find_order(state, cmd, ctx)
     ctx.emit(LOGICAL_ORDERS, order.symbol, m.CancelRequest(
         **ctx.meta(), order_id=order.order_id, account_id=state.account_id, symbol=order.symbol))
     return _ok(order.order_id, order.client_order_id)
@@ -322,7 +328,7 @@ def _reservation(inst: Instrument, order: OrderState, price_ticks: int, leaves_l
 
 
 def _amend(state: AccountState, cmd: m.AmendOrder, ctx: Ctx) -> RequestOutcome:
-    order = _find_order(state, cmd)
+    order = _find_order(state, cmd, ctx)
     if order.amend_pending or order.cut:
         raise Reject(Code.MALFORMED, "the order is being amended or cancelled; wait for that first")
     if order.order_type != "LIMIT":
@@ -443,7 +449,7 @@ def _on_fill(state: AccountState, leg: m.FillLeg, ctx: Ctx) -> None:
     order.filled_value_tick_lots += price_ticks * qty_lots
     _emit_fill(state, ctx, inst, leg, order, fee_paid, pnl)
     if new_status in st.TERMINAL:
-        _close_order(state, order)
+        _close_order(state, ctx, order)
     _cut_reduce_only(state, ctx, inst)
 
 
@@ -522,12 +528,13 @@ def _on_done(state: AccountState, cmd: m.OrderDone, ctx: Ctx) -> None:
              inst.symbol).transfer(user_account(state.account_id, "ORDER_MARGIN"), user_account(state.account_id, "SPOT"), amount)
     _balance_changed(state, ctx, inst.margin_asset)
     _order_changed(state, ctx, inst, order)
-    _close_order(state, order)
+    _close_order(state, ctx, order)
 
 
-def _close_order(state: AccountState, order: OrderState) -> None:
+def _close_order(state: AccountState, ctx: Ctx, order: OrderState) -> None:
     assert order.margin_frozen == 0 and order.fee_frozen == 0, "a closed order holds nothing frozen"
     del state.orders[order.order_id]
+    ctx.memory.remember_closed(order.client_order_id, order.order_id)
 
 
 # --- outputs ---------------------------------------------------------------------------

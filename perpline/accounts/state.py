@@ -1,15 +1,14 @@
 """One account's state, owned by the accounts processor (single writer per account).
 
-Stored in the processor's state store as plain builtins (msgspec.to_builtins), so it
-round-trips exactly through the changelog; every number is an int.
+Stored in the processor's state store as MessagePack (one key per account), so it round-trips
+exactly through the changelog; every number is an int. The idempotency memory (request outcomes,
+closed orders' client ids) lives beside it under its own keys (perpline.accounts.memory), so this
+core stays small however long an account trades.
 """
 
 from __future__ import annotations
 
 import msgspec
-
-MAX_REMEMBERED_REQUESTS = 4096  # idempotency window per account for API request ids
-MAX_REMEMBERED_CLIENT_IDS = 4096  # client order ids remembered after their order closed
 
 
 class Balance(msgspec.Struct, kw_only=True):
@@ -65,7 +64,7 @@ class RequestOutcome(msgspec.Struct, array_like=True):
     order_ids: list[int] = []
 
 
-class AccountState(msgspec.Struct, kw_only=True):
+class AccountState(msgspec.Struct, kw_only=True, omit_defaults=True):
     account_id: int
     balances: dict[str, Balance] = {}
     orders: dict[int, OrderState] = {}  # open orders only
@@ -73,9 +72,10 @@ class AccountState(msgspec.Struct, kw_only=True):
     leverage: dict[str, int] = {}
     order_seq: int = 0
     journal_seq: int = 0  # the last account_seq given to one of this account's journals
-    client_ids: dict[str, int] = {}  # client order id -> order id (open and recently closed)
-    requests: dict[str, RequestOutcome] = {}  # insertion ordered; oldest evicted
     applied: dict[str, int] = {}  # symbol -> last applied matcher position (seq * 2 + leg)
+    requests_remembered: int = 0  # request outcomes ever remembered (ring position, accounts.memory)
+    client_ids_remembered: int = 0  # closed client order ids ever remembered (ring position)
+    local: dict[str, bytes] = {}  # the idempotency memory when no processor store is given (unit tests)
 
     def balance(self, asset: str) -> Balance:
         found = self.balances.get(asset)
@@ -83,28 +83,14 @@ class AccountState(msgspec.Struct, kw_only=True):
             found = self.balances[asset] = Balance()
         return found
 
-    def remember_request(self, request_id: str, outcome: RequestOutcome) -> None:
-        self.requests[request_id] = outcome
-        while len(self.requests) > MAX_REMEMBERED_REQUESTS:
-            del self.requests[next(iter(self.requests))]
 
-    def remember_client_id(self, client_order_id: str, order_id: int) -> None:
-        self.client_ids[client_order_id] = order_id
-        while len(self.client_ids) > MAX_REMEMBERED_CLIENT_IDS + len(self.orders):
-            oldest = next(iter(self.client_ids))
-            if self.client_ids[oldest] in self.orders:
-                break  # never forget an open order's client id
-            del self.client_ids[oldest]
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AccountState)
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(AccountState)
+def to_store(state: AccountState) -> bytes:
+    return _encoder.encode(state)
 
 
-def to_store(state: AccountState) -> str:
-    """The state as a JSON string (the state store serialises values as JSON)."""
-    return _encoder.encode(state).decode()
-
-
-def from_store(text: str) -> AccountState:
-    return _decoder.decode(text)
+def from_store(raw: bytes) -> AccountState:
+    return _decoder.decode(raw)

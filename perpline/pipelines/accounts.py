@@ -26,9 +26,43 @@ log = logging.getLogger("perpline.accounts")
 SOURCE = "accounts"
 OUTPUTS = ["orders", "account.events", "ledger.entries", "positions", "dead.letters"]
 STATE_KEY = "account"
+MAX_CACHED_ACCOUNTS = 100_000
 
 PROCESSED = Counter("perpline_accounts_commands_total", "commands processed", ["type"])
 ALARMS = Counter("perpline_accounts_alarms_total", "invariant violations refused (never applied)")
+
+
+class DecodedStates:
+    """Decoded account states of recent commands, so a busy account is not decoded on every command.
+
+    An entry is used only while the store still holds exactly the bytes it was decoded from (one
+    state read and a byte comparison), so an aborted transaction, a rebalance or a restore from the
+    changelog can never serve a stale account. At most `limit` entries (oldest dropped).
+    """
+
+    def __init__(self, limit: int = MAX_CACHED_ACCOUNTS) -> None:
+        self.limit = limit
+        self._entries: dict[str, tuple[bytes, AccountState]] = {}
+
+    def load(self, key: str, stored: bytes | None, account_id: int) -> AccountState:
+        if stored is None:
+            return AccountState(account_id=account_id)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == stored:
+            return entry[1]
+        return from_store(stored)
+
+    def keep(self, key: str, stored: bytes, account: AccountState) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = (stored, account)
+        if len(self._entries) > self.limit:
+            del self._entries[next(iter(self._entries))]
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+_decoded = DecodedStates()
 
 
 def step(raw: bytes, key: str, state: State) -> list[dict[str, Any]]:
@@ -38,17 +72,20 @@ def step(raw: bytes, key: str, state: State) -> list[dict[str, Any]]:
         return [dead]
     if str(cmd.account_id) != key:
         return [io.dead_letter(SOURCE, "account.commands", raw, f"key {key!r} is not account {cmd.account_id}")]
-    stored = state.get(STATE_KEY)
-    account = from_store(stored) if stored is not None else AccountState(account_id=cmd.account_id)
+    account = _decoded.load(key, state.get_bytes(STATE_KEY), cmd.account_id)
     try:
-        outs = handle(account, cmd)
+        outs = handle(account, cmd, state)  # type: ignore[arg-type]
     except IllegalTransition as exc:  # a bug upstream: alarm, apply nothing
+        _decoded.drop(key)  # the handler may have changed the object before refusing
         ALARMS.inc()
         log.error("illegal order transition refused", extra={"trace_id": cmd.trace_id, "error": str(exc)})
         return [io.dead_letter(SOURCE, "account.commands", raw, f"illegal transition: {exc}")]
     except (UnitError, Reject) as exc:  # a settlement leg with numbers no instrument accepts: malformed
+        _decoded.drop(key)
         return [io.dead_letter(SOURCE, "account.commands", raw, f"{exc.code.name}: {exc.msg}")]
-    state.set(STATE_KEY, to_store(account))  # only a fully applied command changes state
+    stored = to_store(account)
+    state.set_bytes(STATE_KEY, stored)  # only a fully applied command changes state
+    _decoded.keep(key, stored, account)
     PROCESSED.labels(type(cmd).__name__).inc()
     return [io.routed(o.topic, o.key, o.msg) for o in outs]  # type: ignore[arg-type]
 
