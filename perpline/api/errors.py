@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.units import UnitError
+
+
+class ErrorBody(BaseModel):
+    """Every error: a result code (perpline.contracts.codes), a message, and the request's trace id."""
+
+    code: int
+    msg: str
+    traceId: str = ""  # noqa: N815 (wire name)
+
+
+class Pending(BaseModel):
+    """202: the command is on its way but no decision arrived within the wait; poll the request."""
+
+    status: str
+    request_id: str
+    code: int
+    msg: str
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a router: the error statuses its handlers can answer with."""
+    out: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody, "description": "error"} for status in statuses}
+    return out
+
+
+# What any route may answer besides its success: validation (400/422), identity (401/403), rate
+# limits and sizes (413/429), infrastructure (503/504).
+COMMON_ERRORS = (400, 401, 403, 404, 409, 413, 422, 429, 503, 504)
 
 _STATUS_BY_CODE = {
     Code.UNKNOWN_ORDER: 404,
@@ -17,6 +48,9 @@ _STATUS_BY_CODE = {
     Code.INTERNAL: 500,
     Code.UNAUTHORIZED: 401,
     Code.BAD_API_KEY: 401,
+    Code.BAD_CREDENTIALS: 401,
+    Code.BAD_TOKEN: 401,
+    Code.LOGIN_TAKEN: 409,
     Code.FORBIDDEN: 403,
     Code.RATE_LIMITED: 429,
     Code.REQUEST_TOO_LARGE: 413,

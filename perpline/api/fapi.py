@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from perpline.api import auth, binance
+from perpline.api import auth, binance, errors
 from perpline.api.app import ApiDeps
 from perpline.api.v1 import amend_and_wait, band_reference, market_bound, wait_order_closed
 from perpline.contracts import messages as m
@@ -29,7 +29,7 @@ from perpline.contracts.ids import new_request_id
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import format_amount, format_rate, parse_amount
 
-router = APIRouter(prefix="/fapi", tags=["binance usd-m"])
+router = APIRouter(prefix="/fapi", tags=["binance usd-m"], responses=errors.documented(*errors.COMMON_ERRORS))
 CLIENT_ORDER_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 FUNDING_INTERVAL_MS = 8 * 3600 * 1000
 INTERVAL_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000,

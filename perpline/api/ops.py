@@ -9,9 +9,10 @@ import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from perpline.api import errors
 from perpline.api.app import ApiDeps, metrics_response
 
-router = APIRouter()
+router = APIRouter(responses=errors.documented(429, 503))
 
 
 @router.get("/healthz", tags=["ops"])

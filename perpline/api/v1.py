@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr
 
-from perpline.api import auth, errors
+from perpline.api import auth, errors, sessions
 from perpline.api.app import ApiDeps
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
@@ -27,7 +27,9 @@ from perpline.contracts.ids import new_request_id
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import format_amount, format_rate
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses={
+    **errors.documented(*errors.COMMON_ERRORS),
+    202: {"model": errors.Pending, "description": "sent, no decision yet: poll GET /api/v1/requests/{request_id}"}})
 
 
 def deps(request: Request) -> ApiDeps:
@@ -36,7 +38,11 @@ def deps(request: Request) -> ApiDeps:
 
 
 async def _identify(request: Request, permission: str) -> int:
+    """A signed request (API key), a web session (Bearer JWT: every permission of its user) or, only
+    where trusted, a bare X-Account-Id."""
     d = deps(request)
+    if request.headers.get("authorization") is not None and request.headers.get(auth.API_KEY_HEADER) is None:
+        return (await sessions.bearer_claims(request, d)).user_id
     if request.headers.get(auth.API_KEY_HEADER) is not None or not d.trust_account_header:
         return (await auth.signed_caller(request, d.registry, d.guard, permission)).user_id
     return auth.header_account(request)

@@ -8,6 +8,7 @@ A user's id is USER_ID_BASE + the offset of its UserRegistered record (unique wi
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from perpline.auth import crypto
@@ -15,6 +16,7 @@ from perpline.contracts import messages as m
 
 USER_ID_BASE = 100_000
 PERMISSIONS = ("read", "trade", "withdraw")
+PRUNE_SESSIONS_EVERY = 1024
 
 
 @dataclass
@@ -28,17 +30,43 @@ class KeyRecord:
     revoked: bool = False
 
 
+@dataclass
+class Session:
+    session_id: str
+    user_id: int
+    refresh_hash: str
+    expires_ms: int
+    ended: bool = False
+
+
 class KeyRegistry:
     def __init__(self, secret_key: str) -> None:
         self._secret_key = secret_key
         self._lock = threading.Lock()
         self.keys: dict[str, KeyRecord] = {}
         self.users: dict[int, str] = {}  # user id -> label
+        self.logins: dict[str, tuple[int, str]] = {}  # login -> (user id, password hash); first record wins
+        self.registered: dict[str, int] = {}  # request id of a UserRegistered -> the user id it made
+        self.sessions: dict[str, Session] = {}
 
     def apply(self, record: m.Msg, offset: int) -> None:
         with self._lock:
             if isinstance(record, m.UserRegistered):
-                self.users[USER_ID_BASE + offset] = record.label
+                user_id = USER_ID_BASE + offset
+                self.users[user_id] = record.label
+                self.registered[record.request_id] = user_id
+                if record.login and record.login not in self.logins:
+                    self.logins[record.login] = (user_id, record.password_hash)
+            elif isinstance(record, m.SessionStarted):
+                self.sessions[record.session_id] = Session(record.session_id, record.user_id, record.refresh_hash,
+                                                           record.expires_ms)
+                if len(self.sessions) % PRUNE_SESSIONS_EVERY == 0:  # ended or expired sessions serve nothing
+                    now_ms = int(time.time() * 1000)
+                    self.sessions = {k: v for k, v in self.sessions.items() if not v.ended and v.expires_ms > now_ms}
+            elif isinstance(record, m.SessionEnded):
+                found_session = self.sessions.get(record.session_id)
+                if found_session is not None and found_session.user_id == record.user_id:
+                    found_session.ended = True
             elif isinstance(record, m.ApiKeyIssued):
                 secret = crypto.decrypt(self._secret_key, record.secret_enc)
                 self.keys[record.api_key] = KeyRecord(record.api_key, record.user_id, secret, tuple(record.permissions),
@@ -47,6 +75,14 @@ class KeyRegistry:
                 found = self.keys.get(record.api_key)
                 if found is not None and found.user_id == record.user_id:
                     found.revoked = True
+
+    def login(self, login: str) -> tuple[int, str] | None:
+        with self._lock:
+            return self.logins.get(login)
+
+    def session(self, session_id: str) -> Session | None:
+        with self._lock:
+            return self.sessions.get(session_id)
 
     def get(self, api_key: str) -> KeyRecord | None:
         with self._lock:

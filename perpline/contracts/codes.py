@@ -76,6 +76,9 @@ class Code(IntEnum):
     STALE_REQUEST = 6006
     REPLAYED_REQUEST = 6007
     BAD_API_KEY = 6008
+    BAD_CREDENTIALS = 6009  # login and password do not match
+    LOGIN_TAKEN = 6010
+    BAD_TOKEN = 6011  # a session token that is malformed, expired, or whose session ended
 
     @property
     def subsystem(self) -> str:

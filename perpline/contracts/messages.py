@@ -405,6 +405,8 @@ class UserRegistered(Msg, tag="user_registered", kw_only=True):
 
     request_id: str
     label: str = ""
+    login: str = ""  # set for users who sign up with a password (the web terminal); unique, first wins
+    password_hash: str = ""  # scrypt (perpline.auth.passwords); never the password
 
 
 class ApiKeyIssued(Msg, tag="api_key_issued", kw_only=True):
@@ -420,7 +422,23 @@ class ApiKeyRevoked(Msg, tag="api_key_revoked", kw_only=True):
     user_id: int
 
 
-AuthRecord = UserRegistered | ApiKeyIssued | ApiKeyRevoked
+class SessionStarted(Msg, tag="session_started", kw_only=True):
+    """A login: the session a refresh token renews. Only the token's SHA-256 is stored."""
+
+    session_id: str
+    user_id: int
+    refresh_hash: str
+    expires_ms: int
+
+
+class SessionEnded(Msg, tag="session_ended", kw_only=True):
+    """Logout or refresh (the old session ends as the new one starts): its tokens stop working."""
+
+    session_id: str
+    user_id: int
+
+
+AuthRecord = UserRegistered | ApiKeyIssued | ApiKeyRevoked | SessionStarted | SessionEnded
 
 
 TOPIC_TYPES: dict[str, object] = {

@@ -213,3 +213,47 @@ def test_keys_are_managed_through_the_signed_native_api(stack: Stack) -> None:
     assert native(api, "DELETE", f"/api/v1/keys/{bot['api_key']}", other).status_code == 401  # not frank's key
     assert native(api, "DELETE", f"/api/v1/keys/{bot['api_key']}", erin).json()["revoked"] is True
     assert native(api, "GET", "/api/v1/account/balances", bot).status_code == 401
+
+
+def test_web_sessions_sign_up_log_in_trade_refresh_and_log_out(stack: Stack) -> None:
+    api = stack.api
+    creds = {"login": "carol@example.com", "password": "s3cret-enough"}
+    user = httpx.post(f"{api}/api/v1/auth/signup", json=creds, timeout=30)
+    assert user.status_code == 200, user.text
+    user_id = user.json()["user_id"]
+    again = httpx.post(f"{api}/api/v1/auth/signup", json=creds, timeout=30)
+    assert again.status_code == 409 and again.json()["code"] == 6010
+    for bad in ({"login": "carol@example.com", "password": "wrong-password"},
+                {"login": "nobody-here", "password": "s3cret-enough"}):
+        refused = httpx.post(f"{api}/api/v1/auth/login", json=bad, timeout=30)
+        assert refused.status_code == 401 and refused.json()["code"] == 6009, refused.text
+    assert httpx.post(f"{api}/api/v1/auth/signup", json={"login": "x y", "password": "s3cret-enough"},
+                      timeout=30).status_code == 400
+    assert httpx.post(f"{api}/api/v1/auth/signup", json={"login": "dave", "password": "short"},
+                      timeout=30).status_code in (400, 422)
+
+    session = httpx.post(f"{api}/api/v1/auth/login", json=creds, timeout=30).json()
+    bearer = {"Authorization": f"Bearer {session['access_token']}"}
+    assert session["user_id"] == user_id and session["expires_in"] == 900
+    assert httpx.get(f"{api}/api/v1/auth/me", headers=bearer, timeout=30).json()["user_id"] == user_id
+    admin(stack, "deposit", "--user", str(user_id), "USDT=1000")
+    placed = httpx.post(f"{api}/api/v1/orders", headers=bearer, timeout=30, json={
+        "symbol": "BTCUSDT-PERP", "side": "BUY", "type": "LIMIT", "price": "40000", "quantity": "0.005"})
+    assert placed.status_code == 200, placed.text
+    opened = httpx.get(f"{api}/api/v1/orders", headers=bearer, timeout=30).json()
+    assert [o["order_id"] for o in opened] == [placed.json()["order_id"]]
+    tampered = session["access_token"][:-2] + ("AA" if not session["access_token"].endswith("AA") else "BB")
+    assert httpx.get(f"{api}/api/v1/orders", headers={"Authorization": f"Bearer {tampered}"},
+                     timeout=30).json()["code"] == 6011
+
+    renewed = httpx.post(f"{api}/api/v1/auth/refresh", json={"refresh_token": session["refresh_token"]}, timeout=30)
+    assert renewed.status_code == 200, renewed.text
+    reused = httpx.post(f"{api}/api/v1/auth/refresh", json={"refresh_token": session["refresh_token"]}, timeout=30)
+    assert reused.status_code == 401 and reused.json()["code"] == 6011  # rotation: a used refresh token is dead
+    old = httpx.get(f"{api}/api/v1/orders", headers=bearer, timeout=30)
+    assert old.status_code == 401  # the refreshed session ended with it
+    bearer = {"Authorization": f"Bearer {renewed.json()['access_token']}"}
+    assert httpx.get(f"{api}/api/v1/account/balances", headers=bearer, timeout=30).status_code == 200
+    assert httpx.post(f"{api}/api/v1/auth/logout", headers=bearer, timeout=30).json() == {"ok": True}
+    after = httpx.get(f"{api}/api/v1/account/balances", headers=bearer, timeout=30)
+    assert after.status_code == 401 and after.json()["code"] == 6011

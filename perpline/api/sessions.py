@@ -1,0 +1,166 @@
+"""Web sessions (/api/v1/auth): sign up with a login and password, log in for a short-lived JWT,
+refresh it, log out. Users and sessions are records on auth.keys like API keys, so every API
+replica sees a logout at once. Trading endpoints accept `Authorization: Bearer <access token>`
+wherever they accept a signed request (perpline.api.v1._identify).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field, StrictStr
+
+from perpline.api import errors
+from perpline.api.app import ApiDeps
+from perpline.auth import passwords, sessions
+from perpline.contracts import messages as m
+from perpline.contracts.codes import Code, PerplineError
+from perpline.contracts.ids import new_request_id
+
+router = APIRouter(prefix="/api/v1/auth", tags=["sessions"], responses=errors.documented(*errors.COMMON_ERRORS))
+LOGIN_RE = re.compile(r"^[A-Za-z0-9._@+-]{3,64}$")
+VISIBLE_S = 5.0  # how long to wait for this replica to see a record it just wrote
+UNKNOWN_SESSION_WAIT_S = 1.0  # a session started on another replica a moment ago may still be on its way
+_DUMMY_HASH = passwords.hash_password("not a password of anyone")
+
+
+def _deps(request: Request) -> ApiDeps:
+    found: ApiDeps = request.app.state.deps
+    return found
+
+
+Deps = Annotated[ApiDeps, Depends(_deps)]
+
+
+class Credentials(BaseModel):
+    login: StrictStr = Field(min_length=3, max_length=64, description="letters, digits and . _ @ + -")
+    password: StrictStr = Field(min_length=passwords.MIN_PASSWORD_CHARS, max_length=passwords.MAX_PASSWORD_CHARS)
+
+
+class RefreshBody(BaseModel):
+    refresh_token: StrictStr = Field(min_length=10, max_length=256)
+
+
+def _meta(request: Request, cause: str) -> dict[str, Any]:
+    return {"trace_id": request.state.trace_id, "causation_id": cause, "ts_ms": int(time.time() * 1000)}
+
+
+async def _until(done: Any, timeout_s: float = VISIBLE_S) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def _registry(d: ApiDeps) -> Any:
+    if d.registry is None:
+        raise PerplineError(Code.BROKER_UNAVAILABLE, "user registry not loaded")
+    return d.registry
+
+
+@router.post("/signup")
+async def signup(body: Credentials, request: Request, d: Deps) -> Any:
+    """A new user with a login and password (no money: deposits come from the wallet side)."""
+    if LOGIN_RE.match(body.login) is None:
+        raise PerplineError(Code.MALFORMED, "login: 3 to 64 letters, digits or . _ @ + -")
+    registry = _registry(d)
+    if registry.login(body.login) is not None:
+        raise PerplineError(Code.LOGIN_TAKEN, f"login {body.login!r} is taken")
+    password_hash = await asyncio.to_thread(passwords.hash_password, body.password)
+    rid = new_request_id()
+    d.publish("auth.keys", "user", m.UserRegistered(**_meta(request, rid), request_id=rid, login=body.login,
+                                                    password_hash=password_hash, label=body.login))
+    d.flush()
+    if not await _until(lambda: rid in registry.registered):
+        raise PerplineError(Code.TIMEOUT, "the registration was sent but is not visible yet; try logging in")
+    user_id = registry.registered[rid]
+    found = registry.login(body.login)
+    if found is None or found[0] != user_id:  # another sign-up with this login landed first
+        raise PerplineError(Code.LOGIN_TAKEN, f"login {body.login!r} is taken")
+    return {"user_id": user_id, "login": body.login}
+
+
+@router.post("/login")
+async def login(body: Credentials, request: Request, d: Deps) -> Any:
+    registry = _registry(d)
+    found = registry.login(body.login)
+    stored = found[1] if found is not None else _DUMMY_HASH  # the same work either way: no login probing by time
+    ok = await asyncio.to_thread(passwords.verify_password, body.password, stored)
+    if found is None or not ok:
+        raise PerplineError(Code.BAD_CREDENTIALS, "login or password is wrong")
+    return await _start_session(request, d, found[0])
+
+
+@router.post("/refresh")
+async def refresh(body: RefreshBody, request: Request, d: Deps) -> Any:
+    """A new access token and a new refresh token; the old session ends (rotation)."""
+    registry = _registry(d)
+    session = registry.session(sessions.session_of(body.refresh_token))
+    now_ms = int(time.time() * 1000)
+    if (session is None or session.ended or session.expires_ms <= now_ms
+            or not hmac.compare_digest(session.refresh_hash, sessions.refresh_hash(body.refresh_token))):
+        raise PerplineError(Code.BAD_TOKEN, "refresh token is invalid, expired or already used")
+    await _end_session(request, d, session.session_id, session.user_id)
+    return await _start_session(request, d, session.user_id)
+
+
+@router.post("/logout")
+async def logout(request: Request, d: Deps) -> Any:
+    claims = await bearer_claims(request, d)
+    await _end_session(request, d, claims.session_id, claims.user_id)
+    return {"ok": True}
+
+
+@router.get("/me")
+async def me(request: Request, d: Deps) -> Any:
+    claims = await bearer_claims(request, d)
+    return {"user_id": claims.user_id, "login": _registry(d).users.get(claims.user_id, ""),
+            "expires_s": claims.expires_s}
+
+
+async def _start_session(request: Request, d: ApiDeps, user_id: int) -> dict[str, Any]:
+    session_id = sessions.new_session_id()
+    refresh_token = sessions.new_refresh_token(session_id)
+    expires_ms = int(time.time() * 1000) + sessions.REFRESH_TTL_S * 1000
+    d.publish("auth.keys", "session", m.SessionStarted(**_meta(request, f"session:{session_id}"), session_id=session_id,
+                                                       user_id=user_id, refresh_hash=sessions.refresh_hash(refresh_token),
+                                                       expires_ms=expires_ms))
+    d.flush()
+    registry = _registry(d)
+    await _until(lambda: registry.session(session_id) is not None)
+    access, expires_s = sessions.issue(sessions.signing_key(d.secret_key), user_id, session_id)
+    return {"access_token": access, "token_type": "Bearer", "expires_in": sessions.ACCESS_TTL_S,
+            "expires_s": expires_s, "refresh_token": refresh_token, "user_id": user_id}
+
+
+async def _end_session(request: Request, d: ApiDeps, session_id: str, user_id: int) -> None:
+    d.publish("auth.keys", "session", m.SessionEnded(**_meta(request, f"logout:{session_id}"), session_id=session_id,
+                                                     user_id=user_id))
+    d.flush()
+    registry = _registry(d)
+    await _until(lambda: (found := registry.session(session_id)) is None or found.ended)
+
+
+async def bearer_claims(request: Request, d: ApiDeps) -> sessions.Claims:
+    """The caller's session from `Authorization: Bearer <access token>`: signature, expiry, and a
+    session that has not ended."""
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise PerplineError(Code.UNAUTHORIZED, "Authorization: Bearer <access token> required")
+    try:
+        claims = sessions.verify(sessions.signing_key(d.secret_key), header[7:].strip())
+    except sessions.TokenError as err:
+        raise PerplineError(Code.BAD_TOKEN, str(err)) from err
+    registry = _registry(d)
+    await _until(lambda: registry.session(claims.session_id) is not None, UNKNOWN_SESSION_WAIT_S)
+    session = registry.session(claims.session_id)
+    if session is None or session.ended or session.user_id != claims.user_id:
+        raise PerplineError(Code.BAD_TOKEN, "the session has ended; log in again")
+    return claims
