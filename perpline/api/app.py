@@ -30,6 +30,7 @@ from perpline.contracts.units import UnitError
 log = logging.getLogger("perpline.api")
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_QUERY_BYTES = 8 * 1024
 _local = threading.local()
 REQUESTS = Counter("perpline_api_requests_total", "API requests", ["route", "status"])
 LATENCY = Histogram("perpline_api_request_seconds", "API latency", ["route"])
@@ -103,9 +104,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
 async def _trace_and_measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     trace_id = new_trace_id()
     request.state.trace_id = trace_id
-    length = int(request.headers.get("content-length") or 0)
-    if length > MAX_BODY_BYTES:
-        return errors.error_response(request, int(Code.REQUEST_TOO_LARGE), f"body over {MAX_BODY_BYTES} bytes")
+    refused = _size_refusal(request)
+    if refused is not None:
+        return errors.error_response(request, int(Code.REQUEST_TOO_LARGE), refused)
     started = time.perf_counter()
     response = await call_next(request)
     route = request.scope.get("route")
@@ -124,6 +125,20 @@ async def _trace_and_measure(request: Request, call_next: Callable[[Request], Aw
     if stages is not None:
         response.headers["X-Stage-Ms"] = stages
     return response
+
+
+def _size_refusal(request: Request) -> str | None:
+    """Why a request is refused for its size before anything reads it, or None. A body must declare
+    its length (no chunked uploads), at most MAX_BODY_BYTES; the query at most MAX_QUERY_BYTES."""
+    if len(request.scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+        return f"query string over {MAX_QUERY_BYTES} bytes"
+    declared = request.headers.get("content-length")
+    if declared is None:
+        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+        return "a request body must declare its Content-Length" if chunked else None
+    if not declared.isdigit() or len(declared) > 12:
+        return "Content-Length is not a number"
+    return f"body over {MAX_BODY_BYTES} bytes" if int(declared) > MAX_BODY_BYTES else None
 
 
 def metrics_response() -> Response:
