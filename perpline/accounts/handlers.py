@@ -124,6 +124,10 @@ def _dispatch(state: AccountState, cmd: m.Msg, ctx: Ctx) -> RequestOutcome:
         return _set_leverage(state, cmd, ctx)
     if isinstance(cmd, m.AmendOrder):
         return _amend(state, cmd, ctx)
+    if isinstance(cmd, (m.FundingCharge, m.Liquidate)):
+        from perpline.accounts import perp  # noqa: PLC0415 (perp builds on this module's helpers)
+
+        return perp.funding(state, cmd, ctx) if isinstance(cmd, m.FundingCharge) else perp.liquidate(state, cmd, ctx)
     raise Reject(Code.MALFORMED, f"unsupported command {type(cmd).__name__}")
 
 
@@ -439,10 +443,15 @@ def _on_fill(state: AccountState, leg: m.FillLeg, ctx: Ctx) -> None:
     new_status = st.transition(order.status, event)  # raises before anything changes
     assert qty_lots <= order.leaves_lots, "fill larger than the order's open quantity"
     release = _release_for_fill(order, qty_lots)
-    fee_paid = mg.fee(inst.notional(price_ticks, qty_lots), inst.maker_fee_e8 if leg.liquidity == "MAKER" else inst.taker_fee_e8)
+    fee_rate = inst.maker_fee_e8 if leg.liquidity == "MAKER" else inst.taker_fee_e8
+    fee_paid = 0 if order.liquidation else mg.fee(inst.notional(price_ticks, qty_lots), fee_rate)
     pos = state.positions.setdefault(inst.symbol, Position(symbol=inst.symbol))
     closed_margin, pnl, new_margin = _apply_to_position(inst, pos, order, leg.side, price_ticks, qty_lots)
     _settle_balances(state, ctx, inst, leg, release, fee_paid, closed_margin, pnl, new_margin)
+    if order.liquidation:
+        from perpline.accounts import perp  # noqa: PLC0415
+
+        perp.settle_liquidation_fill(state, ctx, inst, leg, order, closed_margin, pnl)
     order.status, order.updated_ms = new_status, ctx.ts_ms
     order.filled_lots += qty_lots
     order.leaves_lots -= qty_lots
@@ -600,7 +609,6 @@ def _entry_price(inst: Instrument, pos: Position) -> str:
 
 def _emit_fill(state: AccountState, ctx: Ctx, inst: Instrument, leg: m.FillLeg, order: OrderState, fee_paid: int,
                pnl: int) -> None:
-    pos = state.positions[inst.symbol]
     acct = state.account_id
     ctx.emit(LOGICAL_ACCOUNT_EVENTS, acct, m.FillRecorded(
         **ctx.meta(), account_id=acct, symbol=inst.symbol, trade_id=leg.trade_id, order_id=leg.order_id, side=leg.side,
@@ -608,6 +616,12 @@ def _emit_fill(state: AccountState, ctx: Ctx, inst: Instrument, leg: m.FillLeg, 
         fee_asset=inst.margin_asset, realized_pnl=format_amount(pnl)))
     _order_changed(state, ctx, inst, order)
     _balance_changed(state, ctx, inst.margin_asset)
+    _position_changed(state, ctx, inst)
+
+
+def _position_changed(state: AccountState, ctx: Ctx, inst: Instrument) -> None:
+    """The position's new state for the read models (account.events) and the risk process (positions)."""
+    pos, acct = state.positions[inst.symbol], state.account_id
     size = format_fixed(pos.size_lots * inst.lot_units, inst.qty_decimals)
     entry = _entry_price(inst, pos)
     ctx.emit(LOGICAL_ACCOUNT_EVENTS, acct, m.PositionChanged(
@@ -616,4 +630,4 @@ def _emit_fill(state: AccountState, ctx: Ctx, inst: Instrument, leg: m.FillLeg, 
         version=pos.version))
     ctx.emit(LOGICAL_POSITIONS, inst.symbol, m.PositionSnapshot(
         **ctx.meta(), account_id=acct, symbol=inst.symbol, size=size, entry_price=entry,
-        margin=format_amount(pos.margin), leverage=pos.leverage, version=pos.version))
+        margin=format_amount(pos.margin), leverage=pos.leverage, version=pos.version, cost=format_amount(pos.cost)))

@@ -38,6 +38,7 @@ class OrderState(msgspec.Struct, kw_only=True):
     reduce_only: bool = False
     cut: bool = False  # a reduce-only order whose cancel was sent because the position shrank
     amend_pending: bool = False  # an amend is with the matcher; the next waits for its answer
+    liquidation: bool = False  # placed by a liquidation: no fee; its fills settle with the insurance fund
     leverage: int
     margin_frozen: int
     fee_frozen: int

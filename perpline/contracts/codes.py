@@ -46,6 +46,7 @@ class Code(IntEnum):
     ORDER_NOT_OPEN = 2008
     PRICE_OUT_OF_BAND = 2009
     LEVERAGE_TOO_LOW_FOR_POSITION = 2010
+    STALE_LIQUIDATION = 2011  # the position changed since the liquidation was decided, or one is working
     # 3xxx matcher
     MATCHER_UNKNOWN_ORDER = 3001
     MATCHER_DUPLICATE_ORDER_ID = 3002

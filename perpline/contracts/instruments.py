@@ -65,6 +65,10 @@ class Instrument:
     price_band_e8: int
     max_open_orders: int
     brackets: tuple[Bracket, ...]
+    interest_e8: int = 10_000  # per funding interval
+    funding_clamp_e8: int = 50_000
+    funding_cap_e8: int = 750_000
+    index_start_ticks: int = 0  # the demo random walk's start
 
     # --- conversions --------------------------------------------------------------
     def parse_price(self, text: str) -> int:
@@ -182,6 +186,10 @@ def _instrument(symbol: str, raw: dict[str, Any]) -> Instrument:
         price_band_e8=parse_rate(str(raw["price_band_rate"])),
         max_open_orders=int(raw["max_open_orders"]),
         brackets=tuple(_bracket(b) for b in raw["brackets"]),
+        interest_e8=parse_rate(str(raw.get("interest_rate", "0.0001"))),
+        funding_clamp_e8=parse_rate(str(raw.get("funding_clamp", "0.0005"))),
+        funding_cap_e8=parse_rate(str(raw.get("funding_cap", "0.0075"))),
+        index_start_ticks=parse_fixed(str(raw.get("index_start", "0")), price_decimals) // parse_fixed(tick, price_decimals),
     )
     assert inst.amount_per_tick_lot > 0
     assert 1 <= inst.default_leverage <= inst.max_leverage

@@ -143,8 +143,36 @@ class AmendDone(Msg, tag="amend_done", kw_only=True):
     code: int = 0
 
 
+class FundingCharge(Msg, tag="funding_charge", kw_only=True):
+    """One account's payment at one funding time, computed by the risk process from every position
+    at one cut of the symbol's trade stream (so the sizes of a round sum to zero). Idempotent by
+    request_id "funding:<symbol>:<funding_time_ms>:<account>"."""
+
+    request_id: str
+    account_id: int
+    symbol: str
+    funding_time_ms: int
+    rate: str  # signed; positive: longs pay shorts
+    mark_price: str
+    size: str  # signed position size at the cut
+    amount: str  # signed: positive the account pays, negative it receives
+
+
+class Liquidate(Msg, tag="liquidate", kw_only=True):
+    """The mark crossed this position's liquidation price: cancel the account's orders in the symbol
+    and close the position at no worse than its bankruptcy price. Applied only while the position is
+    still at `position_version` (a stale or repeated request changes nothing)."""
+
+    request_id: str
+    account_id: int
+    symbol: str
+    position_version: int
+    mark_price: str
+    attempt: int = 0  # 0: close at no worse than the bankruptcy price; later: within 5% of the mark
+
+
 AccountCommand = Union[Deposit, Withdraw, PlaceOrder, CancelOrder, CancelAll, SetLeverage, AmendOrder, FillLeg,
-                       OrderDone, AmendDone]
+                       OrderDone, AmendDone, FundingCharge, Liquidate]
 
 
 # --- orders (key: symbol) ------------------------------------------------------------------
@@ -342,7 +370,30 @@ class FillRecorded(Msg, tag="fill", kw_only=True):
     realized_pnl: str
 
 
-AccountEvent = Union[CommandResult, BalanceChanged, OrderChanged, PositionChanged, FillRecorded]
+class FundingApplied(Msg, tag="funding", kw_only=True):
+    account_id: int
+    symbol: str
+    funding_time_ms: int
+    rate: str
+    mark_price: str
+    size: str
+    amount: str  # signed: positive paid, negative received
+    asset: str
+
+
+class LiquidationDone(Msg, tag="liquidation", kw_only=True):
+    """A liquidated position closed: what was left of its margin went to the insurance fund (positive)
+    or the insurance fund covered a deficit (negative)."""
+
+    account_id: int
+    symbol: str
+    order_id: int
+    insurance_fund_delta: str
+    asset: str
+
+
+AccountEvent = Union[CommandResult, BalanceChanged, OrderChanged, PositionChanged, FillRecorded, FundingApplied,
+                     LiquidationDone]
 
 
 # --- ledger.entries (key: account id): balanced double-entry journals ------------------
@@ -380,6 +431,44 @@ class PositionSnapshot(Msg, tag="position_snapshot", kw_only=True):
     margin: str
     leverage: int
     version: int
+    cost: str = "0"  # entry value of the open size (amount), exact: the liquidation price is computed from it
+
+
+# --- prices.index / prices.mark / funding.rounds (key: symbol) ----------------------------
+
+
+class IndexPrice(Msg, tag="index_price", kw_only=True):
+    symbol: str
+    price: str
+    source: str
+
+
+class MarkPrice(Msg, tag="mark_price", kw_only=True):
+    """Published by the risk process every tick: the mark and what it was made of."""
+
+    symbol: str
+    mark_price: str
+    index_price: str
+    last_price: str
+    mid_price: str  # "" when one side of the book is empty
+    funding_rate: str  # the estimate for the next funding time, from the premiums sampled so far
+    next_funding_ms: int
+    index_stale: bool = False
+
+
+class FundingRound(Msg, tag="funding_round", kw_only=True):
+    """A funding time settled: every position's charge was sent before this record."""
+
+    symbol: str
+    funding_time_ms: int
+    rate: str
+    mark_price: str
+    positions: int
+    paid: str  # sum of what payers pay (rounded up)
+    received: str  # sum of what receivers get (rounded down); paid - received stays in FUNDING_CLEARING
+
+
+PriceRecord = Union[IndexPrice, MarkPrice]
 
 
 # --- dead.letters (key: source) --------------------------------------------------------
@@ -450,4 +539,7 @@ TOPIC_TYPES: dict[str, object] = {
     "positions": PositionSnapshot,
     "dead.letters": DeadLetter,
     "auth.keys": AuthRecord,
+    "prices.index": IndexPrice,
+    "prices.mark": MarkPrice,
+    "funding.rounds": FundingRound,
 }

@@ -1,0 +1,112 @@
+"""Funding payments and liquidations in the accounts processor (docs/risk.md).
+
+Both arrive from the risk process as commands with a request id, so the request memory makes a
+resend a no-op; both move money only through balanced journals:
+- FUNDING: a payer's SPOT (then, if that is short, its position margin) -> platform FUNDING_CLEARING;
+  a receiver gets FUNDING_CLEARING -> SPOT. Payers round up and receivers down, so FUNDING_CLEARING
+  keeps the rounding residue of every round (never negative by rounding).
+- LIQUIDATION: the account's orders in the symbol are cancelled and a fee-free reduce-only IOC
+  closes the position at no worse than its bankruptcy price (later attempts: within 5% of the mark).
+  Each liquidation fill sends what is left of the closed part's margin to the INSURANCE_FUND, or
+  takes a deficit from it, so the liquidated account loses exactly the position's margin.
+"""
+
+from __future__ import annotations
+
+from perpline.accounts import handlers as h
+from perpline.accounts.ledger import platform_account, user_account
+from perpline.accounts.state import AccountState, OrderState, RequestOutcome
+from perpline.contracts import ids
+from perpline.contracts import messages as m
+from perpline.contracts.codes import Code
+from perpline.contracts.units import RATE_SCALE, format_amount, parse_amount
+from perpline.risk.formulas import bankruptcy_ticks
+
+LIQUIDATION_SLIPPAGE_E8 = 5_000_000  # attempts after the first may fill up to 5% beyond the mark
+
+
+def funding(state: AccountState, cmd: m.FundingCharge, ctx: h.Ctx) -> RequestOutcome:
+    inst = h._instrument(cmd.symbol)
+    amount = parse_amount(cmd.amount, allow_negative=True, what="funding amount")
+    asset, acct = inst.margin_asset, state.account_id
+    bal = state.balance(asset)
+    spot, pos_m, clearing = user_account(acct, "SPOT"), user_account(acct, "POSITION_MARGIN"), platform_account(
+        "FUNDING_CLEARING")
+    journal = h._journal(ctx, state, "FUNDING", f"funding:{cmd.symbol}:{cmd.funding_time_ms}:{acct}", asset, inst.symbol)
+    paid = amount
+    if amount >= 0:
+        from_spot = min(amount, max(bal.available, 0))
+        pos = state.positions.get(inst.symbol)
+        from_margin = min(amount - from_spot, pos.margin if pos is not None else 0)
+        bal.available -= from_spot
+        bal.position_margin -= from_margin
+        if from_margin:
+            assert pos is not None
+            pos.margin -= from_margin
+            pos.version += 1
+            h._position_changed(state, ctx, inst)
+        journal.transfer(spot, clearing, from_spot).transfer(pos_m, clearing, from_margin)
+        paid = from_spot + from_margin  # an account with nothing left pays what it has (docs/risk.md)
+    else:
+        bal.available += -amount
+        journal.transfer(clearing, spot, -amount)
+    ctx.emit(h.LOGICAL_ACCOUNT_EVENTS, acct, m.FundingApplied(
+        **ctx.meta(), account_id=acct, symbol=inst.symbol, funding_time_ms=cmd.funding_time_ms, rate=cmd.rate,
+        mark_price=cmd.mark_price, size=cmd.size, amount=format_amount(paid), asset=asset))
+    h._balance_changed(state, ctx, asset)
+    return h._ok()
+
+
+def liquidate(state: AccountState, cmd: m.Liquidate, ctx: h.Ctx) -> RequestOutcome:
+    inst = h._instrument(cmd.symbol)
+    pos = state.positions.get(inst.symbol)
+    if pos is None or pos.size_lots == 0 or pos.version != cmd.position_version:
+        return RequestOutcome(False, int(Code.STALE_LIQUIDATION), "the position changed since; nothing to do", None, None)
+    if any(o.liquidation for o in state.orders.values() if o.symbol == inst.symbol):
+        return RequestOutcome(False, int(Code.STALE_LIQUIDATION), "a liquidation order is already working", None, None)
+    for order_id in sorted(oid for oid, o in state.orders.items() if o.symbol == inst.symbol and not o.cut):
+        state.orders[order_id].cut = True
+        ctx.emit(h.LOGICAL_ORDERS, inst.symbol, m.CancelRequest(
+            **ctx.meta(), order_id=order_id, account_id=state.account_id, symbol=inst.symbol))
+    side = "SELL" if pos.size_lots > 0 else "BUY"
+    price_ticks = bankruptcy_ticks(inst, pos.size_lots, pos.cost, pos.margin)
+    if cmd.attempt > 0:  # the book did not reach the bankruptcy price: close near the mark, the fund covers
+        mark = inst.parse_price(cmd.mark_price)
+        slip = mark * LIQUIDATION_SLIPPAGE_E8 // RATE_SCALE
+        price_ticks = max(1, mark - slip) if side == "SELL" else mark + slip
+    qty_lots = abs(pos.size_lots)
+    state.order_seq += 1
+    client_id = f"liq-{pos.version}-{cmd.attempt}"
+    order = OrderState(
+        order_id=ids.order_id_for(state.account_id, state.order_seq), client_order_id=client_id, symbol=inst.symbol,
+        side=side, order_type="LIMIT", time_in_force="IOC", price_ticks=price_ticks, qty_lots=qty_lots,
+        leaves_lots=qty_lots, leverage=pos.leverage or inst.default_leverage, margin_frozen=0, fee_frozen=0,
+        created_ms=ctx.ts_ms, updated_ms=ctx.ts_ms, reduce_only=True, liquidation=True)
+    state.orders[order.order_id] = order
+    h._order_changed(state, ctx, inst, order)
+    ctx.emit(h.LOGICAL_ORDERS, inst.symbol, m.NewOrder(
+        **ctx.meta(), order_id=order.order_id, account_id=state.account_id, symbol=inst.symbol, side=side,  # type: ignore[arg-type]
+        order_type="LIMIT", time_in_force="IOC", price=inst.format_price(price_ticks),
+        quantity=inst.format_qty(qty_lots), client_order_id=client_id, stp="EXPIRE_TAKER", reduce_only=True))
+    return h._ok(order.order_id, client_id)
+
+
+def settle_liquidation_fill(state: AccountState, ctx: h.Ctx, inst: object, leg: m.FillLeg, order: OrderState,
+                            closed_margin: int, pnl: int) -> None:
+    """After a liquidation fill was settled like any fill: move what the closed part returned to the
+    account (its margin + PnL) to the insurance fund, or cover it from the fund when negative."""
+    asset = inst.margin_asset  # type: ignore[attr-defined]
+    residual = closed_margin + pnl
+    bal = state.balance(asset)
+    bal.available -= residual
+    spot, fund = user_account(state.account_id, "SPOT"), platform_account("INSURANCE_FUND")
+    journal = h._journal(ctx, state, "LIQUIDATION", ids.fill_leg_id(leg.symbol, leg.seq, leg.liquidity), asset,
+                         leg.symbol)
+    if residual >= 0:
+        journal.transfer(spot, fund, residual)
+    else:
+        journal.transfer(fund, spot, -residual)
+    ctx.emit(h.LOGICAL_ACCOUNT_EVENTS, state.account_id, m.LiquidationDone(
+        **ctx.meta(), account_id=state.account_id, symbol=leg.symbol, order_id=order.order_id,
+        insurance_fund_delta=format_amount(residual), asset=asset))
+

@@ -1,0 +1,1 @@
+"""Perpetual risk: index and mark price, funding, liquidation (docs/risk.md)."""
