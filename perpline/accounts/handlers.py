@@ -627,7 +627,7 @@ def _position_changed(state: AccountState, ctx: Ctx, inst: Instrument) -> None:
     ctx.emit(LOGICAL_ACCOUNT_EVENTS, acct, m.PositionChanged(
         **ctx.meta(), account_id=acct, symbol=inst.symbol, size=size, entry_price=entry,
         margin=format_amount(pos.margin), leverage=pos.leverage, realized_pnl=format_amount(pos.realized_pnl),
-        version=pos.version))
+        version=pos.version, cost=format_amount(pos.cost)))
     ctx.emit(LOGICAL_POSITIONS, inst.symbol, m.PositionSnapshot(
         **ctx.meta(), account_id=acct, symbol=inst.symbol, size=size, entry_price=entry,
         margin=format_amount(pos.margin), leverage=pos.leverage, version=pos.version, cost=format_amount(pos.cost)))

@@ -28,6 +28,7 @@ from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_request_id
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import format_amount, format_rate, parse_amount
+from perpline.risk import formulas
 
 router = APIRouter(prefix="/fapi", tags=["binance usd-m"], responses=errors.documented(*errors.COMMON_ERRORS))
 CLIENT_ORDER_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
@@ -192,8 +193,11 @@ def _in_window(trades: list[m.Trade], q: dict[str, str]) -> list[m.Trade]:
 
 
 def _last_price_ticks(d: ApiDeps, inst: Instrument) -> int:
-    """The mark price until issue 7's mark-price processor: the last trade, else the mid, else 0."""
+    """The mark price: the risk process's, else the last trade, else the mid, else 0."""
     assert d.readmodel is not None
+    mark = d.readmodel.mark(inst.symbol)
+    if mark is not None:
+        return inst.parse_price(mark.mark_price)
     recent = d.readmodel.trades(inst.symbol, 1)
     if recent:
         return inst.parse_price(recent[-1].price)
@@ -245,17 +249,32 @@ def premium_index(request: Request, q: Public) -> Any:
 
 def _premium(d: ApiDeps, inst: Instrument) -> dict[str, Any]:
     now = _now_ms()
-    mark = inst.format_price(_last_price_ticks(d, inst))
-    return {"symbol": inst.binance_symbol, "markPrice": mark, "indexPrice": mark, "estimatedSettlePrice": mark,
-            "lastFundingRate": "0.00000000", "interestRate": "0.00010000",
-            "nextFundingTime": (now // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS, "time": now}
+    assert d.readmodel is not None
+    mark = d.readmodel.mark(inst.symbol)
+    rounds = d.readmodel.funding_rounds(inst.symbol)
+    last_rate = rounds[-1].rate if rounds else "0.00000000"
+    if mark is None:  # no risk process yet: the last price, and the next 8-hour boundary
+        price = inst.format_price(_last_price_ticks(d, inst))
+        return {"symbol": inst.binance_symbol, "markPrice": price, "indexPrice": price, "estimatedSettlePrice": price,
+                "lastFundingRate": last_rate, "interestRate": format_rate(inst.interest_e8),
+                "nextFundingTime": (now // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS, "time": now}
+    return {"symbol": inst.binance_symbol, "markPrice": mark.mark_price, "indexPrice": mark.index_price,
+            "estimatedSettlePrice": mark.mark_price, "lastFundingRate": last_rate,
+            "interestRate": format_rate(inst.interest_e8), "nextFundingTime": mark.next_funding_ms, "time": mark.ts_ms}
 
 
 @router.get("/v1/fundingRate")
-def funding_rate(q: Public) -> Any:
-    if q.get("symbol"):
-        _instrument(q.get("symbol"))  # an unknown symbol is still an error
-    return []
+def funding_rate(request: Request, q: Public) -> Any:
+    """Funding history, oldest first (Binance: startTime/endTime/limit, default 100, at most 1000)."""
+    d = _deps(request)
+    assert d.readmodel is not None
+    symbols = [_instrument(q.get("symbol"))] if q.get("symbol") else list(load_catalog().instruments.values())
+    limit = _limit(q.get("limit"), 100, 1000)
+    start, end = _int_param(q, "startTime"), _int_param(q, "endTime")
+    rows = [{"symbol": inst.binance_symbol, "fundingTime": r.funding_time_ms, "fundingRate": r.rate,
+             "markPrice": r.mark_price} for inst in symbols for r in d.readmodel.funding_rounds(inst.symbol)
+            if (start is None or r.funding_time_ms >= start) and (end is None or r.funding_time_ms <= end)]
+    return sorted(rows, key=lambda r: r["fundingTime"])[-limit:]
 
 
 @router.get("/v1/klines")
@@ -312,40 +331,24 @@ def _position_row(d: ApiDeps, inst: Instrument, pos: m.PositionChanged) -> dict[
     entry = Decimal(pos.entry_price)
     mark_ticks = _last_price_ticks(d, inst) or inst.parse_price(pos.entry_price)
     mark = Decimal(inst.format_price(mark_ticks))
-    margin = Decimal(pos.margin)
+    size_lots = int(size / Decimal(inst.lot_size))
+    cost = parse_amount(pos.cost)
     notional = size * mark
-    bracket = inst.bracket_for(int(abs(notional) * 10**8))
+    bracket = inst.bracket_for(cost)
     mmr = Decimal(bracket.maint_margin_e8) / Decimal(10**8)
     maint = abs(notional) * mmr - Decimal(bracket.maint_amount) / Decimal(10**8)
-    liq = _liquidation_price(size, entry, margin, mmr)
+    liq_ticks = formulas.liquidation_ticks(inst, size_lots, cost, parse_amount(pos.margin))
     return {"symbol": inst.binance_symbol, "positionSide": "BOTH", "positionAmt": pos.size, "entryPrice": pos.entry_price,
             "breakEvenPrice": pos.entry_price, "markPrice": inst.format_price(mark_ticks),
-            "unRealizedProfit": _money((mark - entry) * size), "liquidationPrice": _price(inst, liq),
+            "unRealizedProfit": _money((mark - entry) * size), "liquidationPrice": inst.format_price(liq_ticks),
             "isolatedMargin": pos.margin, "notional": _money(notional), "marginAsset": inst.margin_asset,
             "isolatedWallet": pos.margin, "initialMargin": pos.margin, "maintMargin": _money(max(maint, Decimal(0))),
             "positionInitialMargin": pos.margin, "openOrderInitialMargin": "0", "adl": 0, "bidNotional": "0",
             "askNotional": "0", "leverage": str(pos.leverage), "marginType": "isolated", "updateTime": pos.ts_ms}
 
 
-def _liquidation_price(size: Decimal, entry: Decimal, margin: Decimal, mmr: Decimal) -> Decimal:
-    """Isolated: the price where margin + unrealised PnL equals the maintenance margin."""
-    q = abs(size)
-    if q == 0:
-        return Decimal(0)
-    if size > 0:
-        price = (entry * q - margin) / (q * (1 - mmr))
-    else:
-        price = (entry * q + margin) / (q * (1 + mmr))
-    return max(price, Decimal(0))
-
-
 def _money(value: Decimal) -> str:
     return format_amount(int(value.scaleb(8).to_integral_value()))
-
-
-def _price(inst: Instrument, value: Decimal) -> str:
-    ticks = int((value / Decimal(inst.tick_size)).to_integral_value())
-    return inst.format_price(max(ticks, 0))
 
 
 @router.get("/v3/account")

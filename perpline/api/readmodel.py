@@ -29,6 +29,8 @@ log = logging.getLogger("perpline.api.readmodel")
 MAX_RESULTS = 100_000
 MAX_TRADES_PER_SYMBOL = 10_000
 MAX_CLOSED_ORDERS_PER_ACCOUNT = 10_000
+MAX_FUNDING_PER_ACCOUNT = 1000
+MAX_FUNDING_ROUNDS = 1000  # per symbol
 POLL_BATCH = 500
 MAX_TRACKED_ORDERS = 200_000
 MAX_MAKERS_TRACKED = 1000
@@ -42,6 +44,7 @@ class AccountView:
     closed_orders: OrderedDict[int, m.OrderView] = field(default_factory=OrderedDict)
     positions: dict[str, m.PositionChanged] = field(default_factory=dict)
     fills: deque[m.FillRecorded] = field(default_factory=lambda: deque(maxlen=MAX_CLOSED_ORDERS_PER_ACCOUNT))
+    funding: deque[m.FundingApplied] = field(default_factory=lambda: deque(maxlen=MAX_FUNDING_PER_ACCOUNT))
 
 
 @dataclass
@@ -74,6 +77,8 @@ class ReadModel:
         self._lock = threading.Lock()
         self.accounts: dict[int, AccountView] = {}
         self.books: dict[str, BookMirror] = {}
+        self.marks: dict[str, m.MarkPrice] = {}  # the risk process's latest mark per symbol
+        self.rounds: dict[str, deque[m.FundingRound]] = {}
         self._results: OrderedDict[str, m.CommandResult] = OrderedDict()
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[m.CommandResult]]]] = {}
         self._stop = threading.Event()
@@ -96,10 +101,14 @@ class ReadModel:
             **fetch_config(),
         })
         parts = []
-        for logical in ("account.events", "matcher.events", "auth.keys"):
+        for logical in ("account.events", "matcher.events", "auth.keys", "funding.rounds", "prices.mark"):
             name = self._topics[logical]
             meta = consumer.list_topics(name, timeout=10).topics[name]
-            parts += [TopicPartition(name, p, 0) for p in meta.partitions]  # from the start: rebuild the views
+            for p in meta.partitions:  # from the start: rebuild the views (marks: only the latest matter)
+                start = 0
+                if logical == "prices.mark":
+                    start = max(0, consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] - 4)
+                parts.append(TopicPartition(name, p, start))
         consumer.assign(parts)
         self._pending_eof = {(tp.topic, tp.partition) for tp in parts}
         return consumer
@@ -133,6 +142,9 @@ class ReadModel:
         if logical == "auth.keys":
             if self.registry is not None:
                 self.registry.apply(value, msg.offset())
+            return
+        if logical in ("prices.mark", "funding.rounds"):
+            self._apply_price(value)
             return
         with self._lock:
             self.applied += 1
@@ -172,6 +184,23 @@ class ReadModel:
             view.positions[ev.symbol] = ev
         elif isinstance(ev, m.FillRecorded):
             view.fills.append(ev)
+        elif isinstance(ev, m.FundingApplied):
+            view.funding.append(ev)
+
+    def _apply_price(self, ev: Any) -> None:
+        with self._lock:
+            if isinstance(ev, m.MarkPrice):
+                self.marks[ev.symbol] = ev
+            elif isinstance(ev, m.FundingRound):
+                self.rounds.setdefault(ev.symbol, deque(maxlen=MAX_FUNDING_ROUNDS)).append(ev)
+
+    def mark(self, symbol: str) -> m.MarkPrice | None:
+        with self._lock:
+            return self.marks.get(symbol)
+
+    def funding_rounds(self, symbol: str) -> list[m.FundingRound]:
+        with self._lock:
+            return list(self.rounds.get(symbol, ()))
 
     def _apply_market(self, ev: Any) -> None:
         book = self.books.setdefault(ev.symbol, BookMirror())
@@ -190,6 +219,12 @@ class ReadModel:
             self._reduce(book, ev.maker_order_id, inst.parse_qty(ev.maker_leaves, allow_zero=True))
         elif isinstance(ev, (m.OrderCancelled, m.OrderExpired)):
             book.resting.pop(ev.order_id, None)
+        elif isinstance(ev, m.OrderAmended) and ev.order_id in book.resting:
+            side, price, _ = book.resting[ev.order_id]
+            if price == ev.price:  # in place, smaller: same level (a re-queued order comes back with OrderRested)
+                book.resting[ev.order_id] = (side, price, inst.parse_qty(ev.leaves, allow_zero=True))
+            else:
+                del book.resting[ev.order_id]
 
     def _track(self, inst: Any, ev: Any) -> None:
         tracked = self.matcher_orders
@@ -335,7 +370,8 @@ class ReadModel:
         with self._lock:
             view = self.accounts.get(account_id) or AccountView()
             return AccountView(dict(view.balances), dict(view.open_orders), OrderedDict(view.closed_orders),
-                               dict(view.positions), deque(view.fills, maxlen=MAX_CLOSED_ORDERS_PER_ACCOUNT))
+                               dict(view.positions), deque(view.fills, maxlen=MAX_CLOSED_ORDERS_PER_ACCOUNT),
+                               deque(view.funding, maxlen=MAX_FUNDING_PER_ACCOUNT))
 
     def find_order(self, account_id: int, order_id: int) -> m.OrderView | None:
         with self._lock:

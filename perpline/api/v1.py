@@ -158,9 +158,12 @@ async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: 
 
 
 def band_reference(d: ApiDeps, inst: Instrument) -> str | None:
-    """The price band's reference: the last trade this API saw (the mark price once it exists)."""
+    """The price band's reference: the mark price (the last trade until the risk process publishes one)."""
     if d.readmodel is None:
         return None
+    mark = d.readmodel.mark(inst.symbol)
+    if mark is not None and not mark.index_stale:
+        return mark.mark_price
     last = d.readmodel.trades(inst.symbol, 1)
     return last[-1].price if last else None
 
@@ -366,6 +369,34 @@ def trades(symbol: str, d: Deps, limit: int = Query(100, ge=1, le=1000)) -> Any:
     return [{"trade_id": t.trade_id, "price": t.price, "quantity": t.quantity, "taker_side": t.taker_side,
              "ts_ms": t.ts_ms, "seq": t.seq} for t in d.readmodel.trades(inst.symbol, limit)]
 
+
+
+@router.get("/market/mark", tags=["market"])
+def mark_price(symbol: str, d: Deps) -> Any:
+    """Mark and index price, the funding-rate estimate and the next funding time (from the risk process)."""
+    inst = _instrument(symbol)
+    assert d.readmodel is not None
+    mark = d.readmodel.mark(inst.symbol)
+    if mark is None:
+        raise PerplineError(Code.NOT_READY, f"no mark price for {inst.symbol} yet")
+    return _strip(mark)
+
+
+@router.get("/market/funding", tags=["market"])
+def funding_history(symbol: str, d: Deps, limit: int = Query(100, ge=1, le=1000)) -> Any:
+    """Settled funding rounds of a symbol, oldest first."""
+    inst = _instrument(symbol)
+    assert d.readmodel is not None
+    return [_strip(r) for r in d.readmodel.funding_rounds(inst.symbol)[-limit:]]
+
+
+@router.get("/account/funding", tags=["account"])
+def account_funding(acct: Account, d: Deps, symbol: str | None = None,
+                    limit: int = Query(100, ge=1, le=1000)) -> Any:
+    """The caller's funding payments (amount: positive paid, negative received), oldest first."""
+    assert d.readmodel is not None
+    rows = [f for f in d.readmodel.snapshot_account(acct).funding if symbol is None or f.symbol == symbol]
+    return [_strip(f) for f in rows[-limit:]]
 
 # --- rendering ------------------------------------------------------------------------
 

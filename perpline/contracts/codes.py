@@ -68,6 +68,7 @@ class Code(IntEnum):
     BROKER_UNAVAILABLE = 5002
     CLICKHOUSE_UNAVAILABLE = 5003
     INTERNAL = 5004
+    NOT_READY = 5005  # a derived value (e.g. the mark price) is not published yet
     # 6xxx auth and limits
     UNAUTHORIZED = 6001
     FORBIDDEN = 6002

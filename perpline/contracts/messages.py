@@ -354,6 +354,7 @@ class PositionChanged(Msg, tag="position", kw_only=True):
     leverage: int
     realized_pnl: str
     version: int
+    cost: str = "0"  # entry value of the open size (amount), exact
 
 
 class FillRecorded(Msg, tag="fill", kw_only=True):

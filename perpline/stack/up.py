@@ -77,7 +77,7 @@ def components(plan: Plan) -> list[ComponentSpec]:
         metrics[name] = free_port() if plan.free_ports else next(ports)
         if name == "clickhouse":  # serves /metrics on its own HTTP port
             metrics[name] = int(plan.clickhouse.rsplit(":", 1)[1])
-        extra = {**env, "PERPLINE_METRICS_PORT": str(metrics[name])}
+        extra = {**env, "PERPLINE_METRICS_PORT": str(metrics[name]), **kw.pop("env_extra", {})}  # type: ignore[dict-item]
         probe = kw.pop("ready", None)
         if ready_file:
             path = plan.data_dir / "run" / f"{name}.ready"
@@ -101,6 +101,10 @@ def components(plan: Plan) -> list[ComponentSpec]:
         spec(name, [PY, "-m", module, "--state-dir", str(plan.data_dir / "state" / name)], deps, ready_timeout_s=120)
     spec("ledger-sink", [PY, "-m", "perpline.pipelines.ledger_sink"],
          deps + (["clickhouse"] if plan.embedded_clickhouse else []), ready_timeout_s=120)
+    spec("index-feed", [PY, "-m", "perpline.risk.index_feed"], deps)
+    funding_s = os.environ.get("PERPLINE_FUNDING_INTERVAL_S", "60" if plan.demo else str(8 * 3600))
+    spec("risk", [PY, "-m", "perpline.risk.runner"], deps, env_extra={"PERPLINE_FUNDING_INTERVAL_S": funding_s},
+         ready_timeout_s=120)
     spec("api", [PY, "-m", "perpline.api.main", "--host", plan.api_host, "--port", str(plan.api_port)],
          ["matcher", "accounts", "clearing"], ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
          ready_timeout_s=120)

@@ -32,12 +32,14 @@ def stack_pids(marker: str) -> list[int]:
 
 
 class Stack:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
         self.data_dir = tmp
         self.marker = f"PERPLINE_STACK_ID=e2e-{uuid.uuid4().hex}"
         env = {**os.environ, "PERPLINE_STACK_ID": self.marker.split("=", 1)[1]}
         for key in ("PERPLINE_KAFKA_BOOTSTRAP", "PERPLINE_CLICKHOUSE_URL"):
             env.pop(key, None)
+        env.setdefault("PERPLINE_INDEX_SOURCE", "none")  # tests write prices.index themselves when they need it
+        env.update(extra_env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "perpline.cli", "up", "--free-ports", "--data-dir", str(tmp)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
         self.lines: list[str] = []
@@ -67,8 +69,8 @@ class Stack:
         return self.proc.wait(timeout=60)
 
 
-def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("stack"))
+def running_stack(tmp_path_factory: pytest.TempPathFactory, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("stack"), extra_env)
     if not s.ready.wait(START_TIMEOUT_S):
         s.proc.kill()
         pytest.fail("stack not ready in time:\n" + "\n".join(s.lines[-80:]))

@@ -1,0 +1,251 @@
+"""The risk process: mark price every tick, funding at each funding time, liquidation on a cross.
+
+    python -m perpline.risk.runner [--tick-ms 1000]
+
+Read top to bottom, one loop:
+1. catch up: read matcher.events, positions and funding.rounds from the start and the last index
+   price, up to the end offsets seen at start; act on nothing before that;
+2. every tick, per symbol: index (stale after PERPLINE_INDEX_STALE_S: fall back to the book's mid,
+   else the last trade), premium sample, mark = Binance's median, publish on prices.mark;
+3. liquidations: the positions the mark crossed (log N + k), one Liquidate command each to the
+   accounts processor, retried every LIQUIDATION_RETRY_MS with the next attempt number while the
+   position stays at the same version;
+4. funding: at each multiple of PERPLINE_FUNDING_INTERVAL_S, the rate from the interval's premium
+   samples and one FundingCharge per open position at this cut of the trade stream (sizes sum to
+   zero), flushed, then the FundingRound record that marks the round done. A restart that finds
+   the round recorded does not charge it again; one that crashed between the charges and the record
+   sends the same charges again, which the accounts processor answers from its request memory.
+Outputs are commands with deterministic request ids; nothing here holds money.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from prometheus_client import Counter, Gauge
+
+from perpline.config import fetch_config, producer_config, settings, topic_map
+from perpline.contracts import codec
+from perpline.contracts import messages as m
+from perpline.contracts.units import format_amount, format_rate
+from perpline.obs import clear_ready, mark_ready, serve_metrics, setup_logging
+from perpline.risk import formulas as f
+from perpline.risk.state import MAX_PREMIUM_SAMPLES, RiskState, SymbolState
+
+log = logging.getLogger("perpline.risk")
+
+INPUTS = ("matcher.events", "positions", "funding.rounds", "prices.index")
+LIQUIDATION_RETRY_MS = 2000
+MAX_POLL_BATCH = 10_000
+TICKS = Counter("perpline_risk_ticks_total", "mark price ticks")
+LIQUIDATIONS = Counter("perpline_risk_liquidations_sent_total", "Liquidate commands sent", ["symbol"])
+ROUNDS = Counter("perpline_risk_funding_rounds_total", "funding rounds settled", ["symbol"])
+POSITIONS = Gauge("perpline_risk_positions", "positions tracked for liquidation", ["symbol"])
+MARK = Gauge("perpline_risk_mark_price", "last mark price", ["symbol"])
+
+
+def funding_interval_ms() -> int:
+    return int(float(os.environ.get("PERPLINE_FUNDING_INTERVAL_S", str(8 * 3600))) * 1000)
+
+
+def index_stale_ms() -> int:
+    return int(float(os.environ.get("PERPLINE_INDEX_STALE_S", "10")) * 1000)
+
+
+class Risk:
+    def __init__(self, bootstrap: str, tick_ms: int) -> None:
+        self.topics = topic_map()
+        self.logical = {physical: logical for logical, physical in self.topics.items()}
+        self.state = RiskState()
+        self.tick_ms = tick_ms
+        self.interval_ms = funding_interval_ms()
+        self.stale_ms = index_stale_ms()
+        self.sent: dict[tuple[str, int, int], tuple[int, int]] = {}  # (symbol, account, version) -> (attempt, ms)
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "perpline-risk", "enable.auto.commit": False,
+                                  "isolation.level": "read_committed", **fetch_config()})
+        self.producer = Producer(producer_config(bootstrap))
+        self.stopping = False
+
+    # --- 1. catch up ------------------------------------------------------------------------------
+
+    def assign(self) -> dict[tuple[str, int], int]:
+        """Assign every input partition from its start (the index from its last record); returns the
+        end offsets to catch up to."""
+        parts, ends = [], {}
+        for logical in INPUTS:
+            topic = self.topics[logical]
+            for p in self.consumer.list_topics(topic, timeout=30).topics[topic].partitions:
+                low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+                start = max(low, high - 1) if logical == "prices.index" else low
+                parts.append(TopicPartition(topic, p, start))
+                if high > start:
+                    ends[(topic, p)] = high
+        self.consumer.assign(parts)
+        return ends
+
+    def catch_up(self, ends: dict[tuple[str, int], int]) -> None:
+        while ends and not self.stopping:
+            for msg in self.consumer.consume(MAX_POLL_BATCH, 0.5):
+                self.on_message(msg)
+            for (topic, p), end in list(ends.items()):
+                position = self.consumer.position([TopicPartition(topic, p)])[0].offset
+                if position >= end:
+                    del ends[(topic, p)]
+
+    def on_message(self, msg: Any) -> None:
+        if msg.error() is not None:
+            if msg.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error", extra={"error": str(msg.error())})
+            return
+        logical = self.logical.get(msg.topic(), "")
+        try:
+            value = codec.decode(logical, msg.value())
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            log.error("undecodable input skipped", extra={"topic": logical, "offset": msg.offset(), "error": str(exc)})
+            return
+        if logical == "matcher.events":
+            self.state.on_matcher_event(value)
+        elif logical == "positions":
+            self.state.on_position(value)
+        elif logical == "funding.rounds":
+            self.state.on_round(value)
+        elif logical == "prices.index":
+            self.state.on_index(value)
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.catch_up(self.assign())
+        mark_ready()
+        log.info("risk ready", extra={"symbols": list(self.state.symbols), "funding_interval_ms": self.interval_ms})
+        next_tick = time.monotonic()
+        while not self.stopping:
+            for msg in self.consumer.consume(MAX_POLL_BATCH, max(0.0, min(0.2, next_tick - time.monotonic()))):
+                self.on_message(msg)
+            if time.monotonic() >= next_tick:
+                self.tick(int(time.time() * 1000))
+                next_tick += self.tick_ms / 1000
+        self.producer.flush(10)
+        self.consumer.close()
+
+    def tick(self, now_ms: int) -> None:
+        TICKS.inc()
+        for s in self.state.symbols.values():
+            if not self.mark(s, now_ms):
+                continue
+            self.liquidate(s, now_ms)
+            due = now_ms // self.interval_ms * self.interval_ms
+            if due > s.last_round_ms and s.last_round_ms and now_ms >= due:
+                self.fund(s, due)
+            elif not s.last_round_ms:
+                s.last_round_ms = due  # the first round of a new exchange is the next boundary
+            POSITIONS.labels(s.inst.symbol).set(len(s.liquidations))
+        self.producer.poll(0)
+
+    # --- 2. mark ----------------------------------------------------------------------------------
+
+    def mark(self, s: SymbolState, now_ms: int) -> bool:
+        bid, ask, inst = s.best_bid(), s.best_ask(), s.inst
+        stale = not s.index_ticks or now_ms - s.index_ms > self.stale_ms
+        index = s.index_ticks
+        if stale:  # documented fallback: the book's mid, else the last trade
+            index = (bid + ask) // 2 if bid and ask else s.last_trade_ticks
+        if index <= 0:
+            return False
+        if bid and ask:
+            s.basis.append((bid + ask) // 2 - index)
+            if len(s.premiums) < MAX_PREMIUM_SAMPLES:
+                s.premiums.append(f.premium_e8(index, bid, ask))
+        basis = sum(s.basis) // len(s.basis) if s.basis else 0
+        s.rate_e8 = f.funding_rate_e8(inst, s.premiums)
+        next_ms = (now_ms // self.interval_ms + 1) * self.interval_ms
+        s.mark_ticks = f.mark_ticks(index, bid, ask, s.last_trade_ticks, s.rate_e8, next_ms - now_ms, self.interval_ms,
+                                    basis)
+        MARK.labels(inst.symbol).set(s.mark_ticks)
+        self._produce("prices.mark", inst.symbol, m.MarkPrice(
+            trace_id="", causation_id=f"tick:{now_ms}", ts_ms=now_ms, symbol=inst.symbol,
+            mark_price=inst.format_price(s.mark_ticks), index_price=inst.format_price(index),
+            last_price=inst.format_price(s.last_trade_ticks) if s.last_trade_ticks else "",
+            mid_price=inst.format_price((bid + ask) // 2) if bid and ask else "", funding_rate=format_rate(s.rate_e8),
+            next_funding_ms=next_ms, index_stale=stale))
+        return True
+
+    # --- 3. liquidation ---------------------------------------------------------------------------
+
+    def liquidate(self, s: SymbolState, now_ms: int) -> None:
+        for account, version in s.liquidations.crossed(s.mark_ticks):
+            key = (s.inst.symbol, account, version)
+            attempt, sent_ms = self.sent.get(key, (0, 0))
+            if sent_ms and now_ms - sent_ms < LIQUIDATION_RETRY_MS:
+                continue
+            attempt = attempt + 1 if sent_ms else 0
+            self.sent[key] = (attempt, now_ms)
+            LIQUIDATIONS.labels(s.inst.symbol).inc()
+            log.warning("liquidating", extra={"symbol": s.inst.symbol, "account": account, "version": version,
+                                              "attempt": attempt, "mark": s.inst.format_price(s.mark_ticks)})
+            self._produce("account.commands", str(account), m.Liquidate(
+                trace_id="", causation_id=f"mark:{s.inst.symbol}:{now_ms}", ts_ms=now_ms,
+                request_id=f"liq:{s.inst.symbol}:{account}:{version}:{attempt}", account_id=account,
+                symbol=s.inst.symbol, position_version=version, mark_price=s.inst.format_price(s.mark_ticks),
+                attempt=attempt))
+        if len(self.sent) > 100_000:
+            self.sent.clear()
+
+    # --- 4. funding -------------------------------------------------------------------------------
+
+    def fund(self, s: SymbolState, funding_ms: int) -> None:
+        inst, rate, mark = s.inst, s.rate_e8, s.mark_ticks
+        assert sum(s.sizes.values()) == 0, "positions from the trade stream must net to zero"
+        paid = received = 0
+        for account, size in sorted(s.sizes.items()):
+            amount = f.funding_payment(inst, size, mark, rate)
+            paid, received = paid + max(amount, 0), received + max(-amount, 0)
+            self._produce("account.commands", str(account), m.FundingCharge(
+                trace_id="", causation_id=f"funding:{inst.symbol}:{funding_ms}", ts_ms=funding_ms,
+                request_id=f"funding:{inst.symbol}:{funding_ms}:{account}", account_id=account, symbol=inst.symbol,
+                funding_time_ms=funding_ms, rate=format_rate(rate), mark_price=inst.format_price(mark),
+                size=("-" if size < 0 else "") + inst.format_qty(abs(size)), amount=format_amount(amount)))
+        if self.producer.flush(30) > 0:
+            raise RuntimeError("funding charges not acknowledged; stopping before recording the round")
+        self._produce("funding.rounds", inst.symbol, m.FundingRound(
+            trace_id="", causation_id=f"funding:{inst.symbol}:{funding_ms}", ts_ms=funding_ms, symbol=inst.symbol,
+            funding_time_ms=funding_ms, rate=format_rate(rate), mark_price=inst.format_price(mark),
+            positions=len(s.sizes), paid=format_amount(paid), received=format_amount(received)))
+        if self.producer.flush(30) > 0:
+            raise RuntimeError("funding round record not acknowledged")
+        s.last_round_ms = funding_ms
+        s.premiums.clear()
+        ROUNDS.labels(inst.symbol).inc()
+        log.info("funding round", extra={"symbol": inst.symbol, "funding_time_ms": funding_ms,
+                                         "rate": format_rate(rate), "positions": len(s.sizes)})
+
+    def _produce(self, logical: str, key: str, msg: msgspec.Struct) -> None:
+        self.producer.produce(self.topics[logical], key=key.encode(), value=codec.encode(msg))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="perpline risk")
+    parser.add_argument("--tick-ms", type=int, default=int(os.environ.get("PERPLINE_MARK_TICK_MS", "1000")))
+    args = parser.parse_args(argv)
+    setup_logging("risk")
+    serve_metrics(None)
+    clear_ready()
+    risk = Risk(settings().kafka_bootstrap, args.tick_ms)
+
+    def stop(*_: object) -> None:
+        risk.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    risk.run()
+
+
+if __name__ == "__main__":
+    main()

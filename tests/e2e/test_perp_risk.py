@@ -1,0 +1,131 @@
+"""Mark price, funding and liquidation on the real stack (funding every 6 s, the index written by the test).
+
+alice buys 0.1 BTC at 50000 from bob (20x: 250 USDT margin each). With no premium, each funding round
+charges the interest rate, 0.01 %: alice pays 0.5 USDT, bob receives 0.5. Then carol bids 47600 and the
+index drops to 47000: the mark follows, crosses alice's liquidation price (47690.8), her orders are
+cancelled and a reduce-only IOC at her bankruptcy price (47500) sells to carol at 47600; the 10 USDT
+left of her margin goes to the insurance fund. Every journal sums to zero.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from confluent_kafka import Producer
+from stackutil import Stack, running_stack
+
+from perpline.ch.client import get_client
+from perpline.config import producer_config, topic_map
+from perpline.contracts import codec
+from perpline.contracts import messages as m
+
+pytestmark = pytest.mark.e2e
+SYM = "BTCUSDT-PERP"
+ALICE, BOB, CAROL = 7_300_001, 7_300_002, 7_300_003
+
+
+class IndexWriter:
+    """Writes the index price for BTC every 200 ms until stopped; `price` can be changed at any time."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.price = "50000.0"
+        self.producer = Producer(producer_config(bootstrap))
+        self.topic = topic_map()["prices.index"]
+        self.stopped = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            msg = m.IndexPrice(trace_id="", causation_id="test", ts_ms=int(time.time() * 1000), symbol=SYM,
+                               price=self.price, source="test")
+            self.producer.produce(self.topic, key=SYM.encode(), value=codec.encode(msg))
+            self.producer.flush(5)
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from running_stack(tmp_path_factory, {"PERPLINE_FUNDING_INTERVAL_S": "6", "PERPLINE_MARK_TICK_MS": "250"})
+
+
+def call(stack: Stack, method: str, path: str, acct: int, **kw: Any) -> Any:
+    headers = {"X-Account-Id": str(acct), **kw.pop("headers", {})}
+    response = httpx.request(method, stack.api + path, headers=headers, timeout=30, **kw)
+    assert response.status_code == 200, (path, response.text)
+    return response.json()
+
+
+def until(check: Any, timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.25)
+    raise AssertionError("condition not met in time")
+
+
+def order(stack: Stack, acct: int, side: str, price: str, qty: str) -> Any:
+    return call(stack, "POST", "/api/v1/orders", acct, json={"symbol": SYM, "side": side, "type": "LIMIT",
+                                                             "price": price, "quantity": qty})
+
+
+def test_mark_funding_and_a_liquidation_into_the_insurance_fund(stack: Stack) -> None:
+    index = IndexWriter(stack.value("kafka"))
+    try:
+        for acct in (ALICE, BOB, CAROL):
+            call(stack, "POST", "/api/v1/wallet/deposits", acct, json={"asset": "USDT", "amount": "10000"},
+                 headers={"Idempotency-Key": f"d{acct}"})
+        order(stack, BOB, "SELL", "50000", "0.100")
+        order(stack, ALICE, "BUY", "50000", "0.100")
+        until(lambda: [p for p in call(stack, "GET", "/api/v1/account/positions", ALICE) if p["size"] == "0.100"])
+        mark = until(lambda: httpx.get(f"{stack.api}/api/v1/market/mark", params={"symbol": SYM}, timeout=10).json()
+                     if httpx.get(f"{stack.api}/api/v1/market/mark", params={"symbol": SYM}, timeout=10).status_code == 200
+                     else None)
+        assert mark["index_price"] == "50000.00" and not mark["index_stale"]
+
+        paid = until(lambda: call(stack, "GET", "/api/v1/account/funding", ALICE), 30)
+        got = until(lambda: call(stack, "GET", "/api/v1/account/funding", BOB), 30)
+        assert (paid[0]["rate"], paid[0]["amount"], got[0]["amount"]) == ("0.00010000", "0.50000000", "-0.50000000")
+        assert paid[0]["funding_time_ms"] % 6000 == 0 and paid[0]["funding_time_ms"] == got[0]["funding_time_ms"]
+        rounds = httpx.get(f"{stack.api}/api/v1/market/funding", params={"symbol": SYM}, timeout=10).json()
+        assert rounds and rounds[0]["positions"] == 2 and rounds[0]["paid"] == rounds[0]["received"] == "0.50000000"
+        premium = httpx.get(f"{stack.api}/fapi/v1/premiumIndex", params={"symbol": "BTCUSDT"}, timeout=10).json()
+        assert premium["indexPrice"] == "50000.00" and premium["lastFundingRate"] == "0.00010000"
+        history = httpx.get(f"{stack.api}/fapi/v1/fundingRate", params={"symbol": "BTCUSDT"}, timeout=10).json()
+        assert history and history[0]["fundingRate"] == "0.00010000"
+
+        order(stack, ALICE, "BUY", "48000", "0.010")  # an open order the liquidation must cancel
+        order(stack, CAROL, "BUY", "47600", "0.100")
+        index.price = "47000.0"
+        until(lambda: [p for p in call(stack, "GET", "/api/v1/account/positions", ALICE) if p["size"] == "0.000"], 60)
+        assert call(stack, "GET", "/api/v1/orders", ALICE) == []
+        carol = [p for p in call(stack, "GET", "/api/v1/account/positions", CAROL) if p["symbol"] == SYM]
+        assert carol[0]["size"] == "0.100" and carol[0]["entry_price"] == "47600.00"
+        funding_paid = sum(Decimal(f["amount"]) for f in call(stack, "GET", "/api/v1/account/funding", ALICE))
+        wallet = Decimal(call(stack, "GET", "/api/v1/account/balances", ALICE)[0]["wallet"])
+        assert wallet == Decimal("10000") - Decimal("2.5") - Decimal("250") - funding_paid  # lost exactly her margin
+
+        client = get_client(stack.value("clickhouse"))
+
+        def ledger_settled() -> bool:
+            fund = client.query("SELECT sum(amount) FROM ledger_postings FINAL "
+                                "WHERE ledger_account = 'platform:INSURANCE_FUND'").result_rows[0][0]
+            return Decimal(fund) == Decimal("-10")  # a credit balance: the fund holds 10 USDT
+
+        until(ledger_settled, 30)
+        unbalanced = client.query("SELECT count() FROM (SELECT journal_id, sum(amount) s FROM ledger_postings FINAL "
+                                  "GROUP BY journal_id HAVING s != 0)").result_rows[0][0]
+        assert unbalanced == 0
+        assert client.query("SELECT sum(amount) FROM ledger_postings FINAL").result_rows[0][0] == 0
+        funding = client.query("SELECT count(), sum(amount) FROM ledger_postings FINAL WHERE ref_type = 'FUNDING' "
+                               "AND ledger_account = 'platform:FUNDING_CLEARING'").result_rows[0]
+        assert funding[0] >= 2 and funding[1] == 0  # both sides of every round: no rounding residue here
+    finally:
+        index.stopped.set()
