@@ -48,6 +48,7 @@ bench: matcher $(BENCH_VENV)/.installed-stamp
 	$(BIN)/python -m bench.matcher
 	$(BIN)/python -m bench.topic
 	$(BIN)/python -m bench.settlement
+	$(BIN)/python -m bench.risk
 
 schemas: $(STAMP)
 	$(BIN)/perpline schemas
