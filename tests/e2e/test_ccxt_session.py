@@ -238,7 +238,7 @@ def test_web_sessions_sign_up_log_in_trade_refresh_and_log_out(stack: Stack) -> 
     assert httpx.get(f"{api}/api/v1/auth/me", headers=bearer, timeout=30).json()["user_id"] == user_id
     admin(stack, "deposit", "--user", str(user_id), "USDT=1000")
     placed = httpx.post(f"{api}/api/v1/orders", headers=bearer, timeout=30, json={
-        "symbol": "BTCUSDT-PERP", "side": "BUY", "type": "LIMIT", "price": "40000", "quantity": "0.005"})
+        "symbol": "BTCUSDT-PERP", "side": "BUY", "type": "LIMIT", "price": "48000", "quantity": "0.005"})
     assert placed.status_code == 200, placed.text
     opened = httpx.get(f"{api}/api/v1/orders", headers=bearer, timeout=30).json()
     assert [o["order_id"] for o in opened] == [placed.json()["order_id"]]
