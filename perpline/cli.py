@@ -1,7 +1,8 @@
 """The `perpline` command: one entry point for every process and tool.
 
     perpline up [--demo]          run the whole exchange on this machine
-    perpline api | matcher | accounts | clearing | ledger-sink | demo | broker | clickhouse
+    perpline api | matcher | accounts | clearing | ledger-sink | risk | index-feed | recon | demo | broker | clickhouse
+    perpline recon --full --once  one full reconciliation pass: breaks as JSON lines, exit 1 if any
     perpline schemas              regenerate redpanda/schemas/*.json from the message types
     perpline admin ...            users, API keys, wallet deposits (perpline admin -h)
 """
@@ -18,6 +19,9 @@ COMMANDS = {
     "accounts": "perpline.pipelines.accounts",
     "clearing": "perpline.pipelines.clearing",
     "ledger-sink": "perpline.pipelines.ledger_sink",
+    "risk": "perpline.risk.runner",
+    "index-feed": "perpline.risk.index_feed",
+    "recon": "perpline.recon.runner",
     "demo": "perpline.demo.traders",
     "broker": "perpline.broker.tansu",
     "clickhouse": "perpline.ch.server",

@@ -472,6 +472,25 @@ class FundingRound(Msg, tag="funding_round", kw_only=True):
 PriceRecord = Union[IndexPrice, MarkPrice]
 
 
+# --- recon.breaks (key: rule) ------------------------------------------------------------
+
+
+class ReconBreak(Msg, tag="recon_break", kw_only=True):
+    """A reconciliation rule (clickhouse/queries/<rule>.sql) found a break, with its dimensions."""
+
+    run_id: str
+    rule: str
+    severity: str
+    asset: str = ""
+    account_id: int = 0
+    symbol: str = ""
+    journal_id: str = ""
+    ref_type: str = ""
+    window_start_ms: int = 0
+    window_end_ms: int = 0
+    detail: str = ""
+
+
 # --- dead.letters (key: source) --------------------------------------------------------
 
 
@@ -543,4 +562,5 @@ TOPIC_TYPES: dict[str, object] = {
     "prices.index": IndexPrice,
     "prices.mark": MarkPrice,
     "funding.rounds": FundingRound,
+    "recon.breaks": ReconBreak,
 }

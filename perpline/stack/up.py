@@ -105,6 +105,8 @@ def components(plan: Plan) -> list[ComponentSpec]:
     funding_s = os.environ.get("PERPLINE_FUNDING_INTERVAL_S", "60" if plan.demo else str(8 * 3600))
     spec("risk", [PY, "-m", "perpline.risk.runner"], deps, env_extra={"PERPLINE_FUNDING_INTERVAL_S": funding_s},
          ready_timeout_s=120)
+    spec("recon", [PY, "-m", "perpline.recon.runner"], deps + (["clickhouse"] if plan.embedded_clickhouse else []),
+         ready_timeout_s=120)
     spec("api", [PY, "-m", "perpline.api.main", "--host", plan.api_host, "--port", str(plan.api_port)],
          ["matcher", "accounts", "clearing"], ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
          ready_timeout_s=120)

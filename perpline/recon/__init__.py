@@ -1,0 +1,1 @@
+"""Continuous reconciliation of the ledger against itself, the matcher and the accounts' state."""

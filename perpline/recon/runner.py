@@ -1,0 +1,151 @@
+"""The reconciler: every rule of clickhouse/queries/ on a short cadence over what is new, plus a full
+pass on demand.
+
+    python -m perpline.recon.runner                # continuous, every PERPLINE_RECON_INTERVAL_S (5 s)
+    perpline recon --full [--once]                 # a full pass (everything, not only new rows)
+
+Each run: since_ms = the previous run's start minus an overlap (rows the sink wrote meanwhile), every
+rule, then one row in recon_runs and one per break in recon_breaks (ClickHouse), each break on
+`recon.breaks` (key: rule), and Prometheus gauges: breaks per rule, last run time and duration.
+Breaks of EVENTUAL rules (two tables the sink fills apart) are reported only when the previous run
+found them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Producer
+from prometheus_client import Counter, Gauge
+
+from perpline.ch.client import get_client, wait_ready
+from perpline.ch.migrate import apply_migrations
+from perpline.config import producer_config, settings, topic_map
+from perpline.contracts import codec
+from perpline.contracts import messages as m
+from perpline.obs import clear_ready, mark_ready, serve_metrics, setup_logging
+from perpline.recon.rules import Break, Rule, load_rules, run_rule
+
+log = logging.getLogger("perpline.recon")
+OVERLAP_MS = 10_000
+BREAKS = Gauge("perpline_recon_breaks", "breaks found by the last run, per rule", ["rule"])
+LAST_RUN = Gauge("perpline_recon_last_run_timestamp_seconds", "when the last run finished")
+RUN_SECONDS = Gauge("perpline_recon_run_seconds", "how long the last run took")
+RULE_ERRORS = Counter("perpline_recon_rule_errors_total", "rule runs that failed (bad SQL, ClickHouse away)", ["rule"])
+RULE_SECONDS = Gauge("perpline_recon_rule_seconds", "how long each rule took in the last run", ["rule"])
+
+
+class Reconciler:
+    def __init__(self, client: Any, producer: Producer | None, rules: list[Rule] | None = None) -> None:
+        self.client = client
+        self.producer = producer
+        self.rules = rules or load_rules()
+        self.last_start_ms = 0
+        self.previous: set[tuple[Any, ...]] = set()  # eventual breaks seen by the previous run
+
+    def run(self, full: bool = False) -> list[Break]:
+        started_ms = int(time.time() * 1000)
+        since_ms = 0 if full or not self.last_start_ms else self.last_start_ms - OVERLAP_MS
+        run_id = uuid.uuid4().hex[:16]
+        found: list[Break] = []
+        seen_eventual: set[tuple[Any, ...]] = set()
+        for rule in self.rules:
+            t0 = time.perf_counter()
+            try:
+                breaks = run_rule(self.client, rule, since_ms, started_ms)
+            except Exception as exc:  # noqa: BLE001 (one broken rule must not stop the others: count and log it)
+                RULE_ERRORS.labels(rule.name).inc()
+                log.error("reconciliation rule failed", extra={"rule": rule.name, "error": repr(exc)[:2000]})
+                continue
+            RULE_SECONDS.labels(rule.name).set(time.perf_counter() - t0)
+            if rule.eventual:
+                seen_eventual |= {b.key() for b in breaks}
+                breaks = [b for b in breaks if b.key() in self.previous]
+            BREAKS.labels(rule.name).set(len(breaks))
+            found += breaks
+        self.previous = seen_eventual
+        self.last_start_ms = started_ms
+        finished_ms = int(time.time() * 1000)
+        self._record(run_id, "full" if full else "incremental", started_ms, finished_ms, since_ms, found)
+        LAST_RUN.set(finished_ms / 1000)
+        RUN_SECONDS.set((finished_ms - started_ms) / 1000)
+        for b in found:
+            log.error("reconciliation break", extra={"rule": b.rule, "severity": b.severity, "asset": b.asset,
+                                                     "account": b.account_id, "symbol": b.symbol,
+                                                     "journal": b.journal_id, "detail": b.detail})
+        return found
+
+    def _record(self, run_id: str, mode: str, started_ms: int, finished_ms: int, since_ms: int,
+                found: list[Break]) -> None:
+        self.client.insert("recon_runs", [[run_id, mode, started_ms, finished_ms, since_ms, len(self.rules), len(found)]],
+                           column_names=["run_id", "mode", "started_ms", "finished_ms", "since_ms", "rules", "breaks"])
+        if found:
+            self.client.insert("recon_breaks", [[run_id, b.rule, b.severity, b.asset, b.account_id, b.symbol,
+                                                 b.journal_id, b.ref_type, b.window_start_ms, b.window_end_ms,
+                                                 b.detail, finished_ms] for b in found],
+                               column_names=["run_id", "rule", "severity", "asset", "account_id", "symbol",
+                                             "journal_id", "ref_type", "window_start_ms", "window_end_ms", "detail",
+                                             "found_ms"])
+        if self.producer is not None and found:
+            topic = topic_map()["recon.breaks"]
+            for b in found:
+                msg = m.ReconBreak(trace_id="", causation_id=run_id, ts_ms=finished_ms, run_id=run_id, rule=b.rule,
+                                   severity=b.severity, asset=b.asset, account_id=b.account_id, symbol=b.symbol,
+                                   journal_id=b.journal_id, ref_type=b.ref_type, window_start_ms=b.window_start_ms,
+                                   window_end_ms=b.window_end_ms, detail=b.detail[:1000])
+                self.producer.produce(topic, key=b.rule.encode(), value=codec.encode(msg))
+            self.producer.flush(10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="perpline recon")
+    parser.add_argument("--full", action="store_true", help="check everything, not only rows inserted since the last run")
+    parser.add_argument("--once", action="store_true", help="one run, print the breaks as JSON lines, exit 1 if any")
+    parser.add_argument("--interval-s", type=float, default=float(os.environ.get("PERPLINE_RECON_INTERVAL_S", "5")))
+    args = parser.parse_args(argv)
+    setup_logging("recon")
+    cfg = settings()
+    wait_ready(cfg.clickhouse_url, timeout_s=120)
+    client = get_client(cfg.clickhouse_url)
+    apply_migrations(client)
+    producer = Producer(producer_config(cfg.kafka_bootstrap))
+    recon = Reconciler(client, producer)
+    if args.once:
+        found = recon.run(full=args.full)
+        import json  # noqa: PLC0415
+
+        for b in found:
+            print(json.dumps(b.__dict__))
+        raise SystemExit(1 if found else 0)
+    serve_metrics(None)
+    clear_ready()
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    mark_ready()
+    first = True
+    while not stopping:
+        deadline = time.monotonic() + (0 if first else args.interval_s)
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not stopping:
+            try:
+                recon.run(full=args.full or first)  # a full pass first, then incremental
+                first = False
+            except Exception as exc:  # noqa: BLE001 (ClickHouse away for a moment: report, try again next time)
+                log.error("reconciliation run failed", extra={"error": repr(exc)})
+
+
+if __name__ == "__main__":
+    main()
