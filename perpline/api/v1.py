@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, StrictStr
 
 from perpline.api import auth, errors, sessions
 from perpline.api.app import ApiDeps
+from perpline.audit import Audit
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_request_id
@@ -337,6 +338,37 @@ def journals(acct: Account, d: Deps, ref_type: str | None = None, limit: int = Q
         parameters={"a": acct, "r": ref_type or "", "n": limit}).result_rows
     keys = ("journal_id", "ref_type", "ref_id", "symbol", "ledger_account", "asset", "amount", "trace_id", "ts_ms")
     return [{**dict(zip(keys, row, strict=True)), "amount": _decimal_amount(row[6])} for row in rows]
+
+
+@router.get("/account/statement", tags=["account"])
+def statement(acct: Account, d: Deps, from_ms: int = Query(0, ge=0), to_ms: int = Query(2**62, ge=0),
+              asset: str = Query("USDT", max_length=16)) -> Any:
+    """Opening balance, every journal of the period with its running balance, closing balance (from the
+    ledger; `agrees_with_ledger` checks the closing against the balance computed on its own)."""
+    found = Audit(d.clickhouse()).statement(acct, from_ms, to_ms, asset)
+    return {**found, "opening": _decimal_amount(found["opening"]), "closing": _decimal_amount(found["closing"]),
+            "lines": [{**line, "change": _decimal_amount(line["change"]), "balance": _decimal_amount(line["balance"])}
+                      for line in found["lines"]]}
+
+
+@router.get("/account/ledger-view", tags=["account"])
+def ledger_view(acct: Account, d: Deps, at_ms: int | None = Query(None, ge=0)) -> Any:
+    """The account at an instant, from the ledger alone: balances by kind, fees, funding, realised PnL,
+    deposits, withdrawals and liquidation losses to date."""
+    view = Audit(d.clickhouse()).account(acct, at_ms)
+    return {asset: {k: ({kk: _decimal_amount(vv) for kk, vv in v.items()} if isinstance(v, dict) else _decimal_amount(v))
+                    for k, v in fields.items()} for asset, fields in view.items()}
+
+
+@router.get("/account/trace/{key}", tags=["account"])
+def trace(key: str, acct: Account, d: Deps) -> Any:
+    """What a trace id, client order id or trade id caused in the caller's account, in order."""
+    if len(key) > 64:
+        raise PerplineError(Code.MALFORMED, "key too long")
+    rows = Audit(d.clickhouse()).trace(key)
+    mine = [r for r in rows if r["source"] != "matcher_events" and (
+        f'"account_id":{acct}' in r["detail"] or f"account {acct} " in r["detail"])]
+    return mine
 
 
 def _decimal_amount(value: Decimal) -> str:

@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import Producer
 from stackutil import Stack, running_stack
 
+from perpline.audit import Audit
 from perpline.ch.client import get_client
 from perpline.config import producer_config, topic_map
 from perpline.contracts import codec
@@ -129,6 +130,7 @@ def test_mark_funding_and_a_liquidation_into_the_insurance_fund(stack: Stack) ->
                                    "AND ledger_account = 'platform:FUNDING_CLEARING' AND ref_id LIKE {p:String}",
                                    parameters={"p": first}).result_rows[0] == (2, 0), 30)
         assert_candles_match_clickhouse(stack, client)
+        assert_audit_views(stack, client, funding_paid)
     finally:
         index.stopped.set()
 
@@ -149,3 +151,27 @@ def assert_candles_match_clickhouse(stack: Stack, client: Any) -> None:
     for row, (t, o, h, lo, c, v, qv, n) in zip(got, want, strict=True):
         assert (row[0], Decimal(row[1]), Decimal(row[2]), Decimal(row[3]), Decimal(row[4]), Decimal(row[5]),
                 Decimal(row[7]), row[8]) == (t, o, h, lo, c, v, qv, n), (row, (t, o, h, lo, c, v, qv, n))
+
+
+def assert_audit_views(stack: Stack, client: Any, funding_paid: Decimal) -> None:
+    """The audit module's balance sheet (now and at a past instant), alice's ledger view and statement,
+    and a trace by client order id, against what the test knows happened."""
+    audit = Audit(client)
+    sheet = audit.balance_sheet()["USDT"]
+    assert sheet["balanced"] and sheet["assets"]["total"] == Decimal("30000")  # three deposits, no withdrawal
+    assert sheet["equity"]["lines"]["platform:INSURANCE_FUND"] == Decimal("10")
+    first_ms = client.query("SELECT min(ts_ms) FROM ledger_postings FINAL WHERE ref_type = 'DEPOSIT'").result_rows[0][0]
+    early = audit.balance_sheet(at_ms=first_ms)["USDT"]
+    assert early["balanced"] and early["assets"]["total"] == early["liabilities"]["total"] == Decimal("10000")
+    view = call(stack, "GET", "/api/v1/account/ledger-view", ALICE)["USDT"]
+    assert (Decimal(view["fees_paid"]), Decimal(view["liquidation_losses"]), -Decimal(view["funding"])) == (
+        Decimal("2.5"), Decimal("10"), funding_paid)
+    assert Decimal(view["realized_pnl"]) == Decimal("-240") and Decimal(view["deposits"]) == Decimal("10000")
+    wallet = Decimal(call(stack, "GET", "/api/v1/account/balances", ALICE)[0]["wallet"])
+    assert Decimal(view["wallet"]) == wallet
+    statement = call(stack, "GET", "/api/v1/account/statement", ALICE)
+    assert statement["agrees_with_ledger"] and Decimal(statement["opening"]) == 0
+    assert Decimal(statement["closing"]) == wallet and statement["lines"][0]["ref_type"] == "DEPOSIT"
+    order = call(stack, "GET", "/api/v1/orders", ALICE, params={"status": "all"})[0]
+    steps = call(stack, "GET", f"/api/v1/account/trace/{order['client_order_id']}", ALICE)
+    assert {s["type"] for s in steps} >= {"ORDER_MARGIN_FROZEN", "order"}
