@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 
-.PHONY: up test install matcher lint bench schemas clean help
+.PHONY: up test install matcher lint bench notebooks schemas clean help
 
 help:
 	@echo "make up      install, compile the matcher, run the stack with demo traders"
 	@echo "make test    install, compile the matcher, run the whole suite"
 	@echo "make lint    ruff + mypy (strict on contracts/ and the matcher core)"
 	@echo "make bench   benchmarks (ratios against a baseline measured in the same run)"
+	@echo "make notebooks  Jupyter on notebooks/ (audit.ipynb, market.ipynb; PERPLINE_CLICKHOUSE_URL)"
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +34,7 @@ test: matcher
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check perpline tests bench
+	$(BIN)/ruff check perpline tests bench notebooks
 	$(BIN)/mypy --strict perpline/contracts perpline/matcher/core.py
 
 BENCH_VENV := .venv-bench
@@ -49,6 +50,11 @@ bench: matcher $(BENCH_VENV)/.installed-stamp
 	$(BIN)/python -m bench.topic
 	$(BIN)/python -m bench.settlement
 	$(BIN)/python -m bench.risk
+
+# Jupyter's UI for the notebooks (the test suite runs them with nbclient, without it)
+notebooks: $(STAMP)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python jupyterlab==4.6.6
+	$(BIN)/jupyter lab notebooks/
 
 schemas: $(STAMP)
 	$(BIN)/perpline schemas
