@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -73,3 +74,18 @@ def clear_ready() -> None:
     path = ready_file()
     if path is not None:
         path.unlink(missing_ok=True)
+
+
+class StopFlag:
+    """True once SIGTERM or SIGINT arrived: the main loop of a process checks it and ends cleanly."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, *_: object) -> None:
+        self.stopping = True
+
+    def __bool__(self) -> bool:
+        return self.stopping

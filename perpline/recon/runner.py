@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import time
 import uuid
 from typing import Any
@@ -29,7 +28,7 @@ from perpline.ch.migrate import apply_migrations
 from perpline.config import producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
-from perpline.obs import clear_ready, mark_ready, serve_metrics, setup_logging
+from perpline.obs import StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
 from perpline.recon.rules import Break, Rule, load_rules, run_rule
 
 log = logging.getLogger("perpline.recon")
@@ -125,14 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1 if found else 0)
     serve_metrics(None)
     clear_ready()
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = StopFlag()
     mark_ready()
     first = True
     while not stopping:

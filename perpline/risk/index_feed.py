@@ -17,7 +17,6 @@ import csv
 import logging
 import os
 import random
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from perpline.config import producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
-from perpline.obs import clear_ready, mark_ready, serve_metrics, setup_logging
+from perpline.obs import StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
 
 log = logging.getLogger("perpline.index")
 
@@ -64,14 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     clear_ready()
     producer = Producer(producer_config(settings().kafka_bootstrap))
     topic = topic_map()["prices.index"]
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = StopFlag()
 
     def publish(symbol: str, price: str, source: str) -> None:
         msg = m.IndexPrice(trace_id="", causation_id=source, ts_ms=int(time.time() * 1000), symbol=symbol, price=price,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import time
 from typing import Any
 
@@ -35,7 +34,7 @@ from perpline.config import fetch_config, producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.units import format_amount, format_rate
-from perpline.obs import clear_ready, mark_ready, serve_metrics, setup_logging
+from perpline.obs import StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
 from perpline.risk import formulas as f
 from perpline.risk.state import MAX_PREMIUM_SAMPLES, RiskState, SymbolState
 
@@ -71,7 +70,7 @@ class Risk:
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "perpline-risk", "enable.auto.commit": False,
                                   "isolation.level": "read_committed", **fetch_config()})
         self.producer = Producer(producer_config(bootstrap))
-        self.stopping = False
+        self.stopping = StopFlag()
 
     # --- 1. catch up ------------------------------------------------------------------------------
 
@@ -237,14 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging("risk")
     serve_metrics(None)
     clear_ready()
-    risk = Risk(settings().kafka_bootstrap, args.tick_ms)
-
-    def stop(*_: object) -> None:
-        risk.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    risk.run()
+    Risk(settings().kafka_bootstrap, args.tick_ms).run()
 
 
 if __name__ == "__main__":

@@ -90,6 +90,20 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory, extra_env: dict[str,
 
 
 
+def kill_component(stack: Stack, module: str) -> str:
+    """SIGKILL the stack's process running `module` (e.g. "perpline.pipelines.accounts"); returns the
+    module, or "nothing" if no such process was running."""
+    for pid in stack_pids(stack.marker):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if module in cmdline:
+            os.kill(pid, signal.SIGKILL)
+            return module
+    return "nothing"
+
+
 def admin(stack: Stack, *args: str) -> object:
     """Run `perpline admin ...` against the stack; returns its JSON output."""
     import json  # noqa: PLC0415

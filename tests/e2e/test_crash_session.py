@@ -23,20 +23,19 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from stackutil import Stack, running_stack, stack_pids
+from stackutil import Stack, kill_component, running_stack
 
+from perpline.accounts.memory import DictMemory
 from perpline.accounts.state import from_store
 from perpline.ch.client import get_client
 from perpline.config import producer_config, topic_map
@@ -156,18 +155,6 @@ class Flow:
                             reduce_only=rng.random() < 0.15, **extra)
 
 
-def _kill_one(stack: Stack, victim: str) -> str:
-    for pid in stack_pids(stack.marker):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if victim in cmdline:
-            os.kill(pid, signal.SIGKILL)
-            return victim
-    return "nothing"
-
-
 # --- reading the logs ----------------------------------------------------------------------------
 
 
@@ -207,22 +194,6 @@ def watermarks(bootstrap: str, names: list[str]) -> list[int]:
 # --- the undisturbed replay ----------------------------------------------------------------------
 
 
-class MemoryState:
-    """A processor state store in memory (get_bytes / set_bytes / delete), one per account key."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def get_bytes(self, key: str, default: bytes | None = None) -> bytes | None:
-        return self.data.get(key, default)
-
-    def set_bytes(self, key: str, value: bytes) -> None:
-        self.data[key] = value
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-
 def replay_matcher(orders: list[tuple[int, int, bytes, bytes]]) -> dict[str, list[bytes]]:
     """symbol -> the encoded events a fresh engine gives for the `orders` log, in seq order."""
     core = load_core()
@@ -258,7 +229,7 @@ def dedup_events(events: list[tuple[int, int, bytes, bytes]]) -> tuple[dict[str,
 
 class AccountsReplay:
     def __init__(self, commands: list[tuple[int, int, bytes, bytes]]) -> None:
-        self.stores: dict[str, MemoryState] = defaultdict(MemoryState)
+        self.stores: dict[str, DictMemory] = defaultdict(lambda: DictMemory({}))
         self.journals: dict[str, m.Journal] = {}
         self.balances: dict[tuple[int, str], m.BalanceChanged] = {}
         self.positions: dict[tuple[int, str], m.PositionChanged] = {}
@@ -436,7 +407,7 @@ def test_thousands_of_orders_through_a_dozen_kills_end_exact(stack: Stack) -> No
         if now - last_kill >= KILL_EVERY_S and n < COMMANDS * 0.9:
             if not order:  # each victim once per round, in a random order: the supervisor stops a stack
                 order = rng.sample(VICTIMS, len(VICTIMS))  # whose component dies > 5 times a minute
-            kills.append(_kill_one(stack, order.pop()))
+            kills.append(kill_component(stack, order.pop()))
             last_kill = now
         if n in (COMMANDS // 3, 2 * COMMANDS // 3):
             _redeliver(bootstrap, names, producer)

@@ -15,17 +15,15 @@ import hmac
 import json
 import os
 import random
-import signal
 import time
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
-from stackutil import Stack, admin, running_stack, stack_pids
+from stackutil import Stack, admin, kill_component, running_stack
 
 from perpline.ch.client import get_client
 from perpline.matcher.loader import load_core
@@ -89,16 +87,7 @@ class Client:
 
 
 def _kill_one(stack: Stack, rng: random.Random) -> str:
-    victim = rng.choice(VICTIMS)
-    for pid in stack_pids(stack.marker):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if victim in cmdline:
-            os.kill(pid, signal.SIGKILL)
-            return victim
-    return "nothing"
+    return kill_component(stack, rng.choice(VICTIMS))
 
 
 class Model:

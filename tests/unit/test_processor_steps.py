@@ -4,30 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from perpline.accounts.memory import DictMemory
 from perpline.accounts.state import from_store
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.pipelines import accounts, clearing
 
 
-class FakeState:
+class FakeState(DictMemory):
+    """A Quix state in memory: the accounts memory's byte store plus Quix's get/set."""
+
     def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
+        super().__init__({})
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
 
     def set(self, key: str, value: Any) -> None:
         self.data[key] = value
-
-    def get_bytes(self, key: str, default: bytes | None = None) -> bytes | None:
-        return self.data.get(key, default)
-
-    def set_bytes(self, key: str, value: bytes) -> None:
-        self.data[key] = value
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
 
 
 META = {"trace_id": "T1", "causation_id": "c", "ts_ms": 1}
