@@ -157,10 +157,9 @@ def depth(request: Request, q: PublicHeavy) -> Any:
     inst = _instrument(q.get("symbol"))
     d = _deps(request)
     assert d.readmodel is not None
-    bids, asks = d.readmodel.depth(inst.symbol, _limit(q.get("limit"), 500))
-    book = d.readmodel.books.get(inst.symbol)
+    seq, bids, asks = d.readmodel.depth_at(inst.symbol, _limit(q.get("limit"), 500))
     now = _now_ms()
-    return {"lastUpdateId": book.last_seq if book else 0, "E": now, "T": now,
+    return {"lastUpdateId": seq, "E": now, "T": now,
             "bids": [[p, inst.format_qty(n)] for p, n in bids], "asks": [[p, inst.format_qty(n)] for p, n in asks]}
 
 

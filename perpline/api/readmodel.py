@@ -28,6 +28,7 @@ log = logging.getLogger("perpline.api.readmodel")
 
 MAX_RESULTS = 100_000
 MAX_TRADES_PER_SYMBOL = 10_000
+MAX_DEPTH_CHANGES = 20_000  # level changes kept per symbol for incremental depth
 MAX_CLOSED_ORDERS_PER_ACCOUNT = 10_000
 MAX_FUNDING_PER_ACCOUNT = 1000
 MAX_FUNDING_ROUNDS = 1000  # per symbol
@@ -63,9 +64,32 @@ class MatcherOrder:
 
 @dataclass
 class BookMirror:
+    """The book as matcher.events tell it: resting orders, price levels, and the level changes by seq
+    (what /api/v1/market/depth/updates serves after a snapshot)."""
+
     resting: dict[int, tuple[str, str, int]] = field(default_factory=dict)  # order id -> (side, price, leaves lots)
+    levels: dict[tuple[str, str], int] = field(default_factory=dict)  # (side, price) -> lots
+    changes: deque[tuple[int, str, str, int]] = field(default_factory=lambda: deque(maxlen=MAX_DEPTH_CHANGES))
     trades: deque[m.Trade] = field(default_factory=lambda: deque(maxlen=MAX_TRADES_PER_SYMBOL))
     last_seq: int = 0
+
+    def set_order(self, order_id: int, entry: tuple[str, str, int] | None, seq: int) -> None:
+        """The one way the mirror changes: an order now rests as `entry` (side, price, lots), or not at
+        all; the levels it leaves and joins are updated and their new totals recorded with `seq`."""
+        old = self.resting.pop(order_id, None)
+        if old is not None:
+            self._level(old[0], old[1], -old[2], seq)
+        if entry is not None and entry[2] > 0:
+            self.resting[order_id] = entry
+            self._level(entry[0], entry[1], entry[2], seq)
+
+    def _level(self, side: str, price: str, delta: int, seq: int) -> None:
+        total = self.levels.get((side, price), 0) + delta
+        if total > 0:
+            self.levels[(side, price)] = total
+        else:
+            self.levels.pop((side, price), None)
+        self.changes.append((seq, side, price, max(total, 0)))
 
 
 class ReadModel:
@@ -213,18 +237,20 @@ class ReadModel:
             return
         self._track(inst, ev)
         if isinstance(ev, m.OrderRested):
-            book.resting[ev.order_id] = (ev.side, ev.price, inst.parse_qty(ev.leaves))
+            book.set_order(ev.order_id, (ev.side, ev.price, inst.parse_qty(ev.leaves)), ev.seq)
         elif isinstance(ev, m.Trade):
             book.trades.append(ev)
-            self._reduce(book, ev.maker_order_id, inst.parse_qty(ev.maker_leaves, allow_zero=True))
+            maker = book.resting.get(ev.maker_order_id)
+            if maker is not None:
+                book.set_order(ev.maker_order_id, (maker[0], maker[1], inst.parse_qty(ev.maker_leaves, allow_zero=True)),
+                               ev.seq)
         elif isinstance(ev, (m.OrderCancelled, m.OrderExpired)):
-            book.resting.pop(ev.order_id, None)
+            book.set_order(ev.order_id, None, ev.seq)
         elif isinstance(ev, m.OrderAmended) and ev.order_id in book.resting:
             side, price, _ = book.resting[ev.order_id]
-            if price == ev.price:  # in place, smaller: same level (a re-queued order comes back with OrderRested)
-                book.resting[ev.order_id] = (side, price, inst.parse_qty(ev.leaves, allow_zero=True))
-            else:
-                del book.resting[ev.order_id]
+            in_place = price == ev.price  # smaller at the same price: same level (a re-queued order comes back
+            leaves = inst.parse_qty(ev.leaves, allow_zero=True)  # with OrderRested)
+            book.set_order(ev.order_id, (side, price, leaves) if in_place else None, ev.seq)
 
     def _track(self, inst: Any, ev: Any) -> None:
         tracked = self.matcher_orders
@@ -327,16 +353,6 @@ class ReadModel:
             await asyncio.sleep(SETTLE_POLL_S)
         return True
 
-    @staticmethod
-    def _reduce(book: BookMirror, order_id: int, leaves_lots: int) -> None:
-        found = book.resting.get(order_id)
-        if found is None:
-            return
-        if leaves_lots <= 0:
-            del book.resting[order_id]
-        else:
-            book.resting[order_id] = (found[0], found[1], leaves_lots)
-
     # --- correlation ---------------------------------------------------------------------
     def _resolve(self, result: m.CommandResult) -> None:
         with self._lock:
@@ -382,18 +398,34 @@ class ReadModel:
 
     def depth(self, symbol: str, limit: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
         """(bids, asks) as (price string, qty lots), best first."""
-        with self._lock:
-            book = self.books.get(symbol)
-            resting = list(book.resting.values()) if book else []
-        levels: dict[tuple[str, str], int] = {}
-        for side, price, lots in resting:
-            levels[(side, price)] = levels.get((side, price), 0) + lots
+        _, bids, asks = self.depth_at(symbol, limit)
+        return bids, asks
+
+    def depth_at(self, symbol: str, limit: int) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
+        """(seq, bids, asks): the levels as of matcher seq `seq`, read together."""
         inst = load_catalog().get(symbol)
         assert inst is not None
+        with self._lock:
+            book = self.books.get(symbol)
+            if book is None:
+                return 0, [], []
+            seq, levels = book.last_seq, list(book.levels.items())
         key = lambda item: inst.parse_price(item[0])
-        bids = sorted(((p, q) for (s, p), q in levels.items() if s == "BUY"), key=key, reverse=True)[:limit]
-        asks = sorted(((p, q) for (s, p), q in levels.items() if s == "SELL"), key=key)[:limit]
-        return bids, asks
+        bids = sorted(((p, q) for (s, p), q in levels if s == "BUY"), key=key, reverse=True)[:limit]
+        asks = sorted(((p, q) for (s, p), q in levels if s == "SELL"), key=key)[:limit]
+        return seq, bids, asks
+
+    def depth_changes(self, symbol: str, after_seq: int) -> tuple[int, list[tuple[int, str, str, int]]] | None:
+        """(current seq, level changes after `after_seq` as (seq, side, price, new total lots)), or None when
+        `after_seq` is older than the changes kept: the client must take a new snapshot."""
+        with self._lock:
+            book = self.books.get(symbol)
+            if book is None:
+                return (0, []) if after_seq == 0 else None
+            oldest = book.changes[0][0] if book.changes else book.last_seq + 1
+            if after_seq > book.last_seq or (after_seq < oldest - 1 and len(book.changes) == book.changes.maxlen):
+                return None
+            return book.last_seq, [c for c in book.changes if c[0] > after_seq]
 
     def best_opposite_ticks(self, symbol: str, side: str) -> int:
         """The best ask for a BUY, the best bid for a SELL, in ticks; 0 when that side is empty."""

@@ -386,12 +386,28 @@ def instruments() -> Any:
 
 @router.get("/market/depth", tags=["market"])
 def depth(symbol: str, d: Deps, limit: int = Query(20, ge=1, le=1000)) -> Any:
+    """A snapshot of the top `limit` levels as of matcher `seq`; follow it with /market/depth/updates."""
     inst = _instrument(symbol)
     assert d.readmodel is not None
-    bids, asks = d.readmodel.depth(inst.symbol, limit)
-    book = d.readmodel.books.get(inst.symbol)
-    return {"symbol": inst.symbol, "seq": book.last_seq if book else 0,
+    seq, bids, asks = d.readmodel.depth_at(inst.symbol, limit)
+    return {"symbol": inst.symbol, "seq": seq,
             "bids": [[p, inst.format_qty(q)] for p, q in bids], "asks": [[p, inst.format_qty(q)] for p, q in asks]}
+
+
+@router.get("/market/depth/updates", tags=["market"])
+def depth_updates(symbol: str, after_seq: int, d: Deps) -> Any:
+    """Every level change after matcher seq `after_seq`, in order, as [seq, side, price, new quantity]
+    (quantity "0.000": the level is gone), and the seq they bring the book to. Apply them to a snapshot
+    taken at `after_seq`; the next call passes the returned seq. 409 when `after_seq` is too old (the
+    changes were dropped): take a new snapshot."""
+    inst = _instrument(symbol)
+    assert d.readmodel is not None
+    found = d.readmodel.depth_changes(inst.symbol, after_seq)
+    if found is None:
+        raise PerplineError(Code.STALE_SNAPSHOT, f"changes after seq {after_seq} are no longer kept: take a new snapshot")
+    seq, changes = found
+    return {"symbol": inst.symbol, "after_seq": after_seq, "seq": seq,
+            "changes": [[c_seq, side, price, inst.format_qty(lots)] for c_seq, side, price, lots in changes]}
 
 
 @router.get("/market/trades", tags=["market"])

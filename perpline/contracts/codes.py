@@ -69,6 +69,7 @@ class Code(IntEnum):
     CLICKHOUSE_UNAVAILABLE = 5003
     INTERNAL = 5004
     NOT_READY = 5005  # a derived value (e.g. the mark price) is not published yet
+    STALE_SNAPSHOT = 5006  # the incremental changes asked for are older than the ones kept
     # 6xxx auth and limits
     UNAUTHORIZED = 6001
     FORBIDDEN = 6002
