@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 
-.PHONY: up test install matcher lint bench notebooks schemas clean help
+.PHONY: up test install matcher browser lint bench notebooks schemas clean help
 
 help:
 	@echo "make up      install, compile the matcher, run the stack with demo traders"
@@ -30,7 +30,14 @@ matcher: $(STAMP)
 up: matcher
 	$(BIN)/perpline up --demo
 
-test: matcher
+# Debian's Chromium and ChromeDriver for the browser test (tests/e2e/test_web_terminal.py), when missing
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { SUDO=$$(command -v sudo || true); $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "chromium could not be installed: the browser test will be skipped"
+
+test: matcher browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

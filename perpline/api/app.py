@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from perpline.api import errors
@@ -31,6 +35,7 @@ log = logging.getLogger("perpline.api")
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_QUERY_BYTES = 8 * 1024
+WEB_DIR = Path(__file__).parent / "web"
 _local = threading.local()
 REQUESTS = Counter("perpline_api_requests_total", "API requests", ["route", "status"])
 LATENCY = Histogram("perpline_api_request_seconds", "API latency", ["route"])
@@ -98,6 +103,13 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(fapi.router)
     app.include_router(ops.router)
+    app.mount("/app", StaticFiles(directory=WEB_DIR), name="web")
+
+    @app.get("/", include_in_schema=False)
+    def terminal() -> FileResponse:
+        """The web trading terminal (perpline/api/web: plain HTML, CSS and JavaScript, no build step)."""
+        return FileResponse(WEB_DIR / "index.html")
+
     return app
 
 
@@ -117,6 +129,8 @@ async def _trace_and_measure(request: Request, call_next: Callable[[Request], Aw
     if path not in ("/metrics", "/healthz", "/readyz"):
         log.info("request", extra={"trace_id": trace_id, "method": request.method, "route": path,
                                    "status": response.status_code, "ms": round(elapsed * 1000, 2)})
+    if request.method == "GET" and response.status_code == 200 and response.media_type == "application/json":
+        response = await _with_etag(request, response)
     response.headers["X-Trace-Id"] = trace_id
     used = getattr(request.state, "used_weight", None)
     if used is not None:
@@ -125,6 +139,18 @@ async def _trace_and_measure(request: Request, call_next: Callable[[Request], Aw
     if stages is not None:
         response.headers["X-Stage-Ms"] = stages
     return response
+
+
+async def _with_etag(request: Request, response: Response) -> Response:
+    """A JSON read carries an ETag of its body; a client that already holds that body (If-None-Match)
+    gets 304 and no body, so an idle page that polls costs almost no bandwidth."""
+    body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    headers["ETag"] = etag
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(content=body, status_code=200, headers=headers, media_type="application/json")
 
 
 def _size_refusal(request: Request) -> str | None:

@@ -1,0 +1,240 @@
+// perpline web terminal: plain JavaScript on the native API (/api/v1, Bearer sessions), no build step.
+// Amounts stay the server's decimal strings; numbers are parsed only to draw (chart, depth bars).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { symbol: null, instruments: [], series: null, volume: null, chart: null, interval: "1m",
+                etags: {}, cache: {}, nextFunding: 0 };
+
+// --- session ---------------------------------------------------------------------------------------
+const session = {
+  get access() { return localStorage.getItem("access_token"); },
+  get refresh() { return localStorage.getItem("refresh_token"); },
+  save(tokens) {
+    localStorage.setItem("access_token", tokens.access_token);
+    localStorage.setItem("refresh_token", tokens.refresh_token);
+    localStorage.setItem("user_id", String(tokens.user_id));
+  },
+  clear() { ["access_token", "refresh_token", "user_id"].forEach((k) => localStorage.removeItem(k)); },
+};
+
+async function api(method, path, body, { auth = true, retry = true } = {}) {
+  const headers = {};
+  if (auth && session.access) headers.Authorization = `Bearer ${session.access}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method === "GET" && state.etags[path]) headers["If-None-Match"] = state.etags[path];
+  if (method !== "GET") headers["Idempotency-Key"] = crypto.randomUUID().replace(/-/g, "").slice(0, 32);
+  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (res.status === 304) return state.cache[path];
+  if (res.status === 401 && auth && retry && session.refresh) {
+    const renewed = await fetch("/api/v1/auth/refresh", { method: "POST", headers: { "Content-Type": "application/json" },
+                                                          body: JSON.stringify({ refresh_token: session.refresh }) });
+    if (renewed.ok) { session.save(await renewed.json()); return api(method, path, body, { auth, retry: false }); }
+    session.clear(); route();
+  }
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) { const err = new Error(data.msg || res.statusText); err.code = data.code; err.status = res.status; throw err; }
+  if (method === "GET" && res.headers.get("ETag")) { state.etags[path] = res.headers.get("ETag"); state.cache[path] = data; }
+  return data;
+}
+
+function say(id, text, ok) { const el = $(id); el.textContent = text; el.className = `msg ${ok ? "ok" : "error"}`; }
+function errorText(err) { return err.code ? `${err.message} (code ${err.code})` : err.message; }
+
+async function authenticate(kind) {
+  const body = { login: $("login").value.trim(), password: $("password").value };
+  try {
+    if (kind === "signup") await api("POST", "/api/v1/auth/signup", body, { auth: false });
+    session.save(await api("POST", "/api/v1/auth/login", body, { auth: false }));
+    say("login-msg", "", true);
+    location.hash = "#/trade";
+    route();
+  } catch (err) { say("login-msg", errorText(err), false); }
+}
+
+// --- views -----------------------------------------------------------------------------------------
+const VIEWS = ["login", "trade", "account", "wallet", "keys"];
+function route() {
+  let view = (location.hash.replace("#/", "") || "trade");
+  if (!session.access) view = "login";
+  if (!VIEWS.includes(view)) view = "trade";
+  VIEWS.forEach((v) => { $(`view-${v}`).hidden = v !== view; const a = $(`nav-${v}`); if (a) a.classList.toggle("active", v === view); });
+  $("logout").hidden = !session.access;
+  $("who").textContent = session.access ? `account ${localStorage.getItem("user_id")}` : "";
+  if (view === "trade") ensureChart();
+  refresh();
+}
+
+function rows(table, header, items) {
+  const head = `<tr>${header.map((h) => `<th>${h}</th>`).join("")}</tr>`;
+  $(table).innerHTML = head + items.map((cells) => `<tr>${cells.map((c) => `<td>${c}</td>`).join("")}</tr>`).join("");
+}
+const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
+const time = (ms) => new Date(ms).toLocaleTimeString();
+
+// --- market ----------------------------------------------------------------------------------------
+function ensureChart() {
+  if (state.chart || !window.LightweightCharts) return;
+  const dark = document.documentElement.dataset.theme === "dark";
+  state.chart = LightweightCharts.createChart($("chart"), { autoSize: true, layout: { background: { color: "transparent" },
+    textColor: dark ? "#e6edf3" : "#1b1f24" }, grid: { vertLines: { visible: false }, horzLines: { visible: false } },
+    timeScale: { timeVisible: true } });
+  state.series = state.chart.addCandlestickSeries();
+  state.volume = state.chart.addHistogramSeries({ priceScaleId: "", priceFormat: { type: "volume" } });
+  state.volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
+}
+
+async function loadMarket() {
+  const sym = state.symbol; const inst = state.instruments.find((i) => i.symbol === sym);
+  if (!inst) return;
+  const binance = sym.replace("-PERP", "");
+  const [book, trades, ticker, klines] = await Promise.all([
+    api("GET", `/api/v1/market/depth?symbol=${sym}&limit=12`, undefined, { auth: false }),
+    api("GET", `/api/v1/market/trades?symbol=${sym}&limit=20`, undefined, { auth: false }),
+    api("GET", `/fapi/v1/ticker/24hr?symbol=${binance}`, undefined, { auth: false }),
+    api("GET", `/fapi/v1/klines?symbol=${binance}&interval=${state.interval}&limit=300`, undefined, { auth: false }),
+  ]);
+  const widest = Math.max(1, ...[...book.bids, ...book.asks].map((l) => Number(l[1])));  // bar widths only
+  const level = (l) => `<tr><td><span>${l[0]}</span></td><td><div class="bar" style="width:${(100 * Number(l[1]) / widest).toFixed(1)}%"></div><span>${l[1]}</span></td></tr>`;
+  $("asks").innerHTML = book.asks.slice().reverse().map(level).join("");
+  $("bids").innerHTML = book.bids.map(level).join("");
+  $("spread").textContent = book.bids.length && book.asks.length ? `spread ${(Number(book.asks[0][0]) - Number(book.bids[0][0])).toFixed(2)}` : "no spread";
+  rows("trades", ["Price", "Qty", "Time"], trades.slice().reverse().map((t) =>
+    [`<span class="${t.taker_side === "BUY" ? "buy" : "sell"}">${t.price}</span>`, t.quantity, time(t.ts_ms)]));
+  $("t-last").textContent = ticker.lastPrice; $("t-change").textContent = `${ticker.priceChangePercent}%`;
+  $("t-high").textContent = ticker.highPrice; $("t-low").textContent = ticker.lowPrice; $("t-volume").textContent = ticker.volume;
+  if (state.series) {
+    state.series.setData(klines.map((k) => ({ time: k[0] / 1000, open: Number(k[1]), high: Number(k[2]), low: Number(k[3]), close: Number(k[4]) })));
+    state.volume.setData(klines.map((k) => ({ time: k[0] / 1000, value: Number(k[5]), color: Number(k[4]) >= Number(k[1]) ? "#3fb95066" : "#f8514966" })));
+  }
+  try {
+    const mark = await api("GET", `/api/v1/market/mark?symbol=${sym}`, undefined, { auth: false });
+    $("t-mark").textContent = mark.mark_price; $("t-index").textContent = mark.index_price;
+    $("t-funding").textContent = `${(mark.funding_rate * 100).toFixed(4)}%`; state.nextFunding = mark.next_funding_ms;
+  } catch (err) { $("t-mark").textContent = "-"; }
+}
+
+// --- account -----------------------------------------------------------------------------------------
+async function loadTrading() {
+  const [positions, open] = await Promise.all([api("GET", "/api/v1/account/positions"), api("GET", `/api/v1/orders?symbol=${state.symbol}`)]);
+  rows("positions", ["Symbol", "Size", "Entry", "Margin", "Leverage", "Realised PnL", ""], positions.filter((p) => Number(p.size) !== 0).map((p) =>
+    [p.symbol, p.size, p.entry_price, p.margin, p.leverage, p.realized_pnl,
+     `<button type="button" data-close="${p.symbol}" data-size="${p.size}">Close</button>`]));
+  rows("open-orders", ["Id", "Side", "Type", "Price", "Qty", "Filled", "Status", ""], open.map((o) =>
+    [o.order_id, `<span class="${o.side === "BUY" ? "buy" : "sell"}">${o.side}</span>`, `${o.order_type} ${o.time_in_force}`,
+     o.price ?? "", o.quantity, o.filled, o.status, `<button type="button" data-cancel="${o.order_id}">Cancel</button>`]));
+}
+
+async function loadAccount() {
+  const [balances, history, fills, funding] = await Promise.all([api("GET", "/api/v1/account/balances"),
+    api("GET", "/api/v1/orders?status=all"), api("GET", "/api/v1/account/trades"), api("GET", "/api/v1/account/funding")]);
+  rows("balances", ["Asset", "Available", "Order margin", "Position margin", "Wallet"], balances.map((b) =>
+    [b.asset, b.available, b.order_margin, b.position_margin, b.wallet]));
+  rows("order-history", ["Id", "Symbol", "Side", "Price", "Qty", "Filled", "Status"], history.slice(-50).reverse().map((o) =>
+    [o.order_id, o.symbol, o.side, o.price ?? "", o.quantity, o.filled, o.status]));
+  rows("trade-history", ["Time", "Symbol", "Side", "Price", "Qty", "Fee", "PnL"], fills.slice(-50).reverse().map((t) =>
+    [time(t.ts_ms), t.symbol, t.side, t.price, t.quantity, t.fee, t.realized_pnl]));
+  rows("funding-history", ["Time", "Symbol", "Rate", "Size", "Paid"], funding.slice(-50).reverse().map((f) =>
+    [time(f.funding_time_ms), f.symbol, f.rate, f.size, f.amount]));
+}
+
+async function loadKeys() {
+  const keys = await api("GET", "/api/v1/keys");
+  rows("keys", ["Key", "Label", "Permissions", "Revoked", ""], keys.map((k) =>
+    [esc(k.api_key.slice(0, 12)) + "…", esc(k.label), k.permissions.join(", "), k.revoked ? "yes" : "",
+     k.revoked ? "" : `<button type="button" data-revoke="${esc(k.api_key)}">Revoke</button>`]));
+}
+
+async function refresh() {
+  if (document.hidden || !session.access) return;  // an idle, hidden tab costs nothing
+  try {
+    const view = location.hash.replace("#/", "") || "trade";
+    if (view === "trade") await Promise.all([loadMarket(), loadTrading()]);
+    else if (view === "account") await loadAccount();
+    else if (view === "keys") await loadKeys();
+  } catch (err) { console.warn("refresh", err.message); }
+}
+
+// --- actions -----------------------------------------------------------------------------------------
+async function placeOrder(ev) {
+  ev.preventDefault();
+  const side = document.querySelector("input[name=side]:checked").value;
+  const type = $("o-type").value;
+  const body = { symbol: state.symbol, side, type, quantity: $("o-qty").value.trim(), reduce_only: $("o-reduce").checked };
+  if (type === "LIMIT") { body.price = $("o-price").value.trim(); body.time_in_force = $("o-tif").value; }
+  else if ($("o-tif").value === "FOK") body.time_in_force = "FOK";
+  try {
+    await api("POST", "/api/v1/leverage", { symbol: state.symbol, leverage: Number($("o-lev").value) });
+    const placed = await api("POST", "/api/v1/orders", body);
+    const o = placed.order;
+    say("order-msg", o ? `order ${o.order_id}: ${o.status}, filled ${o.filled}` : `order ${placed.order_id} accepted`, true);
+  } catch (err) { say("order-msg", errorText(err), false); }
+  refresh();
+}
+
+async function onClick(ev) {
+  const t = ev.target;
+  try {
+    if (t.dataset.cancel) await api("DELETE", `/api/v1/orders/${t.dataset.cancel}?symbol=${state.symbol}`);
+    else if (t.dataset.close) {
+      const size = t.dataset.size; const side = size.startsWith("-") ? "BUY" : "SELL";
+      await api("POST", "/api/v1/orders", { symbol: t.dataset.close, side, type: "MARKET", quantity: size.replace("-", ""), reduce_only: true });
+    } else if (t.dataset.revoke) await api("DELETE", `/api/v1/keys/${t.dataset.revoke}`);
+    else return;
+  } catch (err) { say("order-msg", errorText(err), false); }
+  refresh();
+}
+
+async function wallet(kind) {
+  const amount = $("w-amount").value.trim();
+  try {
+    await api("POST", `/api/v1/wallet/${kind}`, { asset: "USDT", amount });
+    say("wallet-msg", `${kind === "deposits" ? "deposited" : "withdrew"} ${amount} USDT`, true);
+  } catch (err) { say("wallet-msg", errorText(err), false); }
+}
+
+async function createKey(ev) {
+  ev.preventDefault();
+  const permissions = ["read"].concat($("k-trade").checked ? ["trade"] : [], $("k-withdraw").checked ? ["withdraw"] : []);
+  try {
+    const key = await api("POST", "/api/v1/keys", { permissions, label: $("k-label").value });
+    say("key-secret", `API key ${key.api_key} secret ${key.api_secret} (shown once: copy it now)`, true);
+  } catch (err) { say("key-secret", errorText(err), false); }
+  loadKeys();
+}
+
+function tickCountdown() {
+  if (!state.nextFunding) return;
+  const s = Math.max(0, Math.round((state.nextFunding - Date.now()) / 1000));
+  $("t-countdown").textContent = `${String(Math.floor(s / 3600)).padStart(2, "0")}:${String(Math.floor(s / 60) % 60).padStart(2, "0")}:${String(s % 60).padStart(2, "0")}`;
+}
+
+async function start() {
+  $("login-form").addEventListener("submit", (ev) => { ev.preventDefault(); authenticate("login"); });
+  $("do-signup").addEventListener("click", () => authenticate("signup"));
+  $("logout").addEventListener("click", async () => { try { await api("POST", "/api/v1/auth/logout"); } catch (e) { /* ended */ } session.clear(); route(); });
+  $("theme").addEventListener("click", () => {
+    const next = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
+    document.documentElement.dataset.theme = next; localStorage.setItem("theme", next);
+    if (state.chart) state.chart.applyOptions({ layout: { textColor: next === "dark" ? "#e6edf3" : "#1b1f24" } });
+  });
+  $("order-form").addEventListener("submit", placeOrder);
+  $("o-type").addEventListener("change", () => { $("o-price").disabled = $("o-type").value === "MARKET"; });
+  $("cancel-all").addEventListener("click", async () => { try { await api("DELETE", `/api/v1/orders?symbol=${state.symbol}`); } catch (err) { say("order-msg", errorText(err), false); } refresh(); });
+  $("w-deposit").addEventListener("click", () => wallet("deposits"));
+  $("w-withdraw").addEventListener("click", () => wallet("withdrawals"));
+  $("key-form").addEventListener("submit", createKey);
+  $("interval").addEventListener("change", () => { state.interval = $("interval").value; refresh(); });
+  document.addEventListener("click", onClick);
+  document.addEventListener("visibilitychange", refresh);
+  window.addEventListener("hashchange", route);
+  state.instruments = await api("GET", "/api/v1/market/instruments", undefined, { auth: false });
+  $("symbol").innerHTML = state.instruments.map((i) => `<option>${i.symbol}</option>`).join("");
+  state.symbol = state.instruments[0].symbol;
+  $("symbol").addEventListener("change", () => { state.symbol = $("symbol").value; refresh(); });
+  route();
+  setInterval(refresh, 2000);
+  setInterval(tickCountdown, 1000);
+}
+
+start();
