@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 
-.PHONY: up test install matcher browser lint bench notebooks schemas clean help
+.PHONY: up test install matcher browser lint bench notebooks k8s-validate k8s-up schemas clean help
 
 help:
 	@echo "make up      install, compile the matcher, run the stack with demo traders"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint    ruff + mypy (strict on contracts/ and the matcher core)"
 	@echo "make bench   benchmarks (ratios against a baseline measured in the same run)"
 	@echo "make notebooks  Jupyter on notebooks/ (audit.ipynb, market.ipynb; PERPLINE_CLICKHOUSE_URL)"
+	@echo "make k8s-validate  render and validate the Kubernetes overlays offline; make k8s-up: kind + local overlay"
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +39,7 @@ browser:
 	  echo "chromium could not be installed: the browser test will be skipped"
 
 test: matcher browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=12
 
 lint: $(STAMP)
 	$(BIN)/ruff check perpline tests bench notebooks
@@ -57,6 +58,21 @@ bench: matcher $(BENCH_VENV)/.installed-stamp
 	$(BIN)/python -m bench.topic
 	$(BIN)/python -m bench.settlement
 	$(BIN)/python -m bench.risk
+
+# Kubernetes: render every overlay and validate it offline (also part of make test)
+k8s-validate: $(STAMP)
+	@for overlay in local production; do \
+	  $(BIN)/kubectl kustomize k8s/overlays/$$overlay > .k8s-$$overlay.yaml && \
+	  $(BIN)/kubernetes-validate --strict --quiet .k8s-$$overlay.yaml && echo "k8s/overlays/$$overlay: valid" || exit 1; \
+	done; rm -f .k8s-*.yaml
+
+# a kind cluster with the local overlay (needs kind and a Docker engine)
+k8s-up: $(STAMP)
+	@command -v kind >/dev/null && docker info >/dev/null 2>&1 || { echo "k8s-up needs kind and a running Docker engine"; exit 1; }
+	docker build -t perpline:dev .
+	kind get clusters | grep -qx perpline || kind create cluster --name perpline
+	kind load docker-image perpline:dev --name perpline
+	$(BIN)/kubectl apply -k k8s/overlays/local
 
 # Jupyter's UI for the notebooks (the test suite runs them with nbclient, without it)
 notebooks: $(STAMP)

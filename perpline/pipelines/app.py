@@ -209,6 +209,9 @@ class DeadLetters:
     def send(self, src_topic: str, partition: int, offset: int, payload: Any, error: str) -> None:
         if self._app is None:
             raise RuntimeError("DeadLetters not attached to an Application")
+        from perpline.pipelines.io import DEAD_LETTERS  # noqa: PLC0415 (io imports this module's neighbours)
+
+        DEAD_LETTERS.labels(self.source).inc()
         letter = dead_letter(self.source, src_topic, partition, offset, payload, error)
         log.error("dead letter", extra={"source": self.source, "topic": src_topic, "partition": partition,
                                         "offset": offset, "error": error[:MAX_DEAD_ERROR]})

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import msgspec
+from prometheus_client import Counter
 from quixstreams import Application
 from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.models import Topic
@@ -59,7 +60,11 @@ def decode_or_dead_letter(source: str, logical_topic: str, raw: bytes) -> tuple[
         return None, dead_letter(source, logical_topic, raw, str(exc))
 
 
+DEAD_LETTERS = Counter("perpline_dead_letters_total", "inputs sent to dead.letters by a processor", ["source"])
+
+
 def dead_letter(source: str, logical_topic: str, raw: bytes | None, error: str) -> dict[str, Any]:
+    DEAD_LETTERS.labels(source).inc()
     log.error("dead letter", extra={"source": source, "topic": logical_topic, "error": error[:500]})
     letter = m.DeadLetter(trace_id="", causation_id=f"{logical_topic}", ts_ms=int(time.time() * 1000), source=source,
                           topic=logical_topic, partition=-1, offset=-1, error=error[:1000],
