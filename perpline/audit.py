@@ -14,11 +14,15 @@ docs/ledger.md: debit positive, so a credit-normal account's balance is minus it
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from perpline.ch.client import get_client
+from perpline.contracts.instruments import load_catalog
+from perpline.contracts.units import parse_amount
+from perpline.risk import formulas
 
 ASSET_ACCOUNTS = ("platform:HOT_WALLET",)
 EQUITY_ACCOUNTS = ("platform:FEE_REVENUE", "platform:INSURANCE_FUND", "platform:FUNDING_CLEARING",
@@ -102,6 +106,47 @@ class Audit:
         for view in out.values():
             view["wallet"] = sum(view["balances"].values(), Decimal(0))
         return out
+
+    def account_view(self, account_id: int, at_ms: int | None = None) -> dict[str, Any]:
+        """The full account at an instant: the ledger's balances, fees, funding and realised PnL (account());
+        each open position (as the accounts processor last published it) with its entry, the mark (the
+        last trade price at that instant: the mark the risk process published is not stored), unrealised
+        PnL, margin and liquidation price; and the open orders."""
+        t = at_ms if at_ms is not None else FAR_FUTURE_MS
+        positions = []
+        for payload in self._latest(account_id, "position", "JSONExtractString(payload, 'symbol')", t):
+            inst = load_catalog().get(payload["symbol"])
+            size = Decimal(payload["size"])
+            if inst is None or size == 0:
+                continue
+            mark = self._last_trade_price(inst.symbol, t)
+            size_lots = int(size / Decimal(inst.lot_size))
+            cost, margin = parse_amount(payload.get("cost", "0")), parse_amount(payload["margin"])
+            entry = Decimal(payload["entry_price"])
+            positions.append({"symbol": inst.symbol, "size": payload["size"], "entry_price": payload["entry_price"],
+                              "mark_price": str(mark) if mark is not None else None,
+                              "unrealized_pnl": str((mark - entry) * size) if mark is not None else None,
+                              "margin": payload["margin"], "leverage": payload["leverage"],
+                              "liquidation_price": inst.format_price(formulas.liquidation_ticks(inst, size_lots, cost, margin)),
+                              "realized_pnl": payload["realized_pnl"]})
+        orders = [o["order"] for o in self._latest(account_id, "order", "JSONExtractUInt(payload, 'order', 'order_id')", t)
+                  if o["order"]["status"] in ("NEW", "PARTIALLY_FILLED")]
+        return {"account_id": account_id, "at_ms": at_ms, "ledger": self.account(account_id, at_ms),
+                "positions": positions, "open_orders": orders}
+
+    def _latest(self, account_id: int, kind: str, key_sql: str, at_ms: int) -> list[dict[str, Any]]:
+        rows = self.client.query(
+            f"SELECT argMax(payload, source_offset) FROM account_events FINAL WHERE account_id = {{a:UInt64}} "
+            f"AND type = {{k:String}} AND ts_ms <= {{t:Int64}} GROUP BY {key_sql}",
+            parameters={"a": account_id, "k": kind, "t": at_ms}).result_rows
+        return [json.loads(r[0]) for r in rows]
+
+    def _last_trade_price(self, symbol: str, at_ms: int) -> Decimal | None:
+        found = self.client.query(
+            "SELECT argMax(JSONExtractString(payload, 'price'), seq) FROM matcher_events FINAL "
+            "WHERE symbol = {s:String} AND type = 'trade' AND ts_ms <= {t:Int64}",
+            parameters={"s": symbol, "t": at_ms}).result_rows
+        return Decimal(found[0][0]) if found and found[0][0] else None
 
     def statement(self, account_id: int, from_ms: int, to_ms: int, asset: str = "USDT") -> dict[str, Any]:
         """Opening balance, each journal of the period with its running balance, closing balance: all

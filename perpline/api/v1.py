@@ -360,6 +360,16 @@ def ledger_view(acct: Account, d: Deps, at_ms: int | None = Query(None, ge=0)) -
                     for k, v in fields.items()} for asset, fields in view.items()}
 
 
+@router.get("/account/view", tags=["account"])
+def account_view(acct: Account, d: Deps, at_ms: int | None = Query(None, ge=0)) -> Any:
+    """The full account at an instant (now by default) from ClickHouse: balances by kind, fees, funding,
+    realised PnL; positions with entry, mark, unrealised PnL, margin and liquidation price; open orders."""
+    view = Audit(d.clickhouse()).account_view(acct, at_ms)
+    ledger = {asset: {k: ({kk: _decimal_amount(vv) for kk, vv in v.items()} if isinstance(v, dict) else _decimal_amount(v))
+                      for k, v in fields.items()} for asset, fields in view["ledger"].items()}
+    return {**view, "ledger": ledger}
+
+
 @router.get("/account/trace/{key}", tags=["account"])
 def trace(key: str, acct: Account, d: Deps) -> Any:
     """What a trace id, client order id or trade id caused in the caller's account, in order."""

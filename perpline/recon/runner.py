@@ -18,6 +18,7 @@ import logging
 import os
 import time
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from confluent_kafka import Producer
@@ -28,6 +29,8 @@ from perpline.ch.migrate import apply_migrations
 from perpline.config import producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
+from perpline.contracts.instruments import load_catalog
+from perpline.contracts.units import format_rate
 from perpline.obs import StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
 from perpline.recon.rules import Break, Rule, load_rules, run_rule
 
@@ -47,6 +50,13 @@ class Reconciler:
         self.rules = rules or load_rules()
         self.last_start_ms = 0
         self.previous: set[tuple[Any, ...]] = set()  # eventual breaks seen by the previous run
+
+    def publish_instruments(self) -> None:
+        """The fee rates trade_fees.sql checks against, from instruments.yaml (the one source)."""
+        now_ms = int(time.time() * 1000)
+        rows = [[i.symbol, Decimal(format_rate(i.maker_fee_e8)), Decimal(format_rate(i.taker_fee_e8)), now_ms]
+                for i in load_catalog().instruments.values()]
+        self.client.insert("instruments", rows, column_names=["symbol", "maker_fee_rate", "taker_fee_rate", "updated_ms"])
 
     def run(self, full: bool = False) -> list[Break]:
         started_ms = int(time.time() * 1000)
@@ -115,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     apply_migrations(client)
     producer = Producer(producer_config(cfg.kafka_bootstrap))
     recon = Reconciler(client, producer)
+    recon.publish_instruments()
     if args.once:
         found = recon.run(full=args.full)
         import json  # noqa: PLC0415

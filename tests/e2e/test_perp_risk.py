@@ -149,6 +149,13 @@ def assert_candles_match_clickhouse(stack: Stack, client: Any) -> None:
     want = until(lambda: client.query(sql).result_rows, 30)
     got = httpx.get(f"{stack.api}/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m"}, timeout=10).json()
     assert len(got) == len(want) >= 1
+    native = httpx.get(f"{stack.api}/api/v1/market/candles", params={"symbol": SYM, "interval": "1m"}, timeout=10).json()
+    assert [[c["open_time"], c["open"], c["high"], c["low"], c["close"], c["volume"]] for c in native] == [
+        row[:6] for row in got]
+    ticker = httpx.get(f"{stack.api}/api/v1/market/ticker", params={"symbol": SYM}, timeout=10).json()
+    assert (ticker["high"], ticker["low"], ticker["trades"]) == (max((r[2] for r in got), key=Decimal),
+                                                                  min((r[3] for r in got), key=Decimal),
+                                                                  sum(r[8] for r in got))
     for row, (t, o, h, lo, c, v, qv, n) in zip(got, want, strict=True):
         assert (row[0], Decimal(row[1]), Decimal(row[2]), Decimal(row[3]), Decimal(row[4]), Decimal(row[5]),
                 Decimal(row[7]), row[8]) == (t, o, h, lo, c, v, qv, n), (row, (t, o, h, lo, c, v, qv, n))
@@ -173,6 +180,11 @@ def assert_audit_views(stack: Stack, client: Any, funding_paid: Decimal) -> None
     statement = call(stack, "GET", "/api/v1/account/statement", ALICE)
     assert statement["agrees_with_ledger"] and Decimal(statement["opening"]) == 0
     assert Decimal(statement["closing"]) == wallet and statement["lines"][0]["ref_type"] == "DEPOSIT"
+    full = call(stack, "GET", "/api/v1/account/view", CAROL)
+    (pos,) = full["positions"]
+    assert (pos["size"], pos["entry_price"], pos["mark_price"]) == ("0.100", "47600.00", "47600.00")
+    assert Decimal(pos["unrealized_pnl"]) == 0 and pos["liquidation_price"] == "45401.70"  # (4760 - 238) / (0.1 x 0.996)
+    assert Decimal(full["ledger"]["USDT"]["fees_paid"]) == Decimal("0.952")  # maker 0.02 % of 4760
     order = call(stack, "GET", "/api/v1/orders", ALICE, params={"status": "all"})[0]
     steps = call(stack, "GET", f"/api/v1/account/trace/{order['client_order_id']}", ALICE)
     assert {s["type"] for s in steps} >= {"ORDER_MARGIN_FROZEN", "order"}

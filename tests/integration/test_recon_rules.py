@@ -38,7 +38,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def posting(journal: str, i: int, ref_type: str, account: int, ledger_account: str, amount: str, seq: int = 0) -> list:
-    ref_id = journal.split("/")[0]
+    ref_id = journal.rsplit("/", 1)[0]
     return [journal, i, ref_type, ref_id, account, "", ledger_account, "USDT", Decimal(amount), "t", "c",
             int(time.time() * 1000), 0, 0, seq]
 
@@ -68,6 +68,20 @@ def test_rules_on_empty_clean_and_broken_ledgers(client: Any) -> None:
     assert [b.asset for b in hits["trial_balance"]] == ["USDT"]
     assert [b.symbol for b in hits["matcher_sequence"]] == ["BTCUSDT-PERP"]
     recon = Reconciler(client, None)
+    recon.publish_instruments()
+    old_ms = int(time.time() * 1000) - 60_000  # older than the settlement grace
+    client.insert("matcher_events", [["ETHUSDT-PERP", 1, "trade", "", "", old_ms,
+                                      '{"price":"3000.00","quantity":"0.100"}', old_ms]],
+                  column_names=[*MATCHER_EVENT_COLUMNS, "inserted_ms"])
+    fee_rows = []
+    for leg, fee in (("MAKER", "0.06"), ("TAKER", "0.14")):  # 300 x 0.02 % is right, 300 x 0.05 % = 0.15 is not
+        jid = f"fill:ETHUSDT-PERP:1:{leg}/TRADE_FEE"
+        fee_rows += [posting(jid, 0, "TRADE_FEE", 6, "user:6:SPOT", fee), posting(jid, 1, "TRADE_FEE", 6,
+                                                                               "platform:FEE_REVENUE", f"-{fee}")]
+    client.insert("ledger_postings", fee_rows, column_names=POSTING_COLUMNS)
+    hits = found(client)
+    assert [b.journal_id for b in hits["trade_fees"]] == ["fill:ETHUSDT-PERP:1:TAKER/TRADE_FEE"]
+    assert "expected 0.15" in hits["trade_fees"][0].detail
     breaks = recon.run(full=True)
     assert {b.rule for b in breaks} >= {"journal_balanced", "wallet_legs", "trial_balance", "matcher_sequence"}
     assert client.query("SELECT count() FROM recon_breaks").result_rows[0][0] == len(breaks)

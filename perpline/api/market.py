@@ -1,0 +1,37 @@
+"""Native market data that /fapi also serves: candles and the 24h ticker, computed once (in fapi.py,
+from the trades the read model streamed) and rendered here in the native shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from perpline.api import errors, fapi
+
+router = APIRouter(prefix="/api/v1/market", tags=["market"], responses=errors.documented(*errors.COMMON_ERRORS))
+INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
+
+
+@router.get("/candles")
+def candles(request: Request, symbol: str, interval: str = Query("1m", pattern="^(1m|5m|15m|1h|4h|1d)$"),
+            limit: int = Query(500, ge=1, le=1500), start_ms: int | None = Query(None, ge=0),
+            end_ms: int | None = Query(None, ge=0)) -> Any:
+    """OHLCV candles, oldest first: open time, open, high, low, close, volume (base), quote volume, trades."""
+    inst = fapi._instrument(symbol)  # noqa: SLF001 (the one symbol lookup of the market endpoints)
+    q = {"symbol": inst.symbol, "interval": interval, "limit": str(limit)}
+    q |= {k: str(v) for k, v in (("startTime", start_ms), ("endTime", end_ms)) if v is not None}
+    rows = fapi._klines(fapi._deps(request), q)  # noqa: SLF001
+    return [{"open_time": r[0], "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5],
+             "close_time": r[6], "quote_volume": r[7], "trades": r[8]} for r in rows]
+
+
+@router.get("/ticker")
+def ticker(request: Request, symbol: str) -> Any:
+    """24h rolling ticker: open, high, low, last, change, volume, quote volume."""
+    inst = fapi._instrument(symbol)  # noqa: SLF001
+    t = fapi._ticker(fapi._deps(request), inst)  # noqa: SLF001
+    return {"symbol": inst.symbol, "open": t["openPrice"], "high": t["highPrice"], "low": t["lowPrice"],
+            "last": t["lastPrice"], "change": t["priceChange"], "change_percent": t["priceChangePercent"],
+            "volume": t["volume"], "quote_volume": t["quoteVolume"], "trades": t["count"],
+            "open_time": t["openTime"], "close_time": t["closeTime"]}
