@@ -124,10 +124,12 @@ def _dispatch(state: AccountState, cmd: m.Msg, ctx: Ctx) -> RequestOutcome:
         return _set_leverage(state, cmd, ctx)
     if isinstance(cmd, m.AmendOrder):
         return _amend(state, cmd, ctx)
-    if isinstance(cmd, (m.FundingCharge, m.Liquidate)):
+    if isinstance(cmd, (m.FundingCharge, m.Liquidate, m.Deleverage)):
         from perpline.accounts import perp  # noqa: PLC0415 (perp builds on this module's helpers)
 
-        return perp.funding(state, cmd, ctx) if isinstance(cmd, m.FundingCharge) else perp.liquidate(state, cmd, ctx)
+        if isinstance(cmd, m.FundingCharge):
+            return perp.funding(state, cmd, ctx)
+        return perp.liquidate(state, cmd, ctx) if isinstance(cmd, m.Liquidate) else perp.deleverage(state, cmd, ctx)
     raise Reject(Code.MALFORMED, f"unsupported command {type(cmd).__name__}")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from perpline.accounts import handlers as h
 from perpline.accounts.ledger import platform_account, user_account
-from perpline.accounts.state import AccountState, OrderState, RequestOutcome
+from perpline.accounts.state import AccountState, OrderState, Position, RequestOutcome
 from perpline.contracts import ids
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
@@ -89,6 +89,48 @@ def liquidate(state: AccountState, cmd: m.Liquidate, ctx: h.Ctx) -> RequestOutco
         order_type="LIMIT", time_in_force="IOC", price=inst.format_price(price_ticks),
         quantity=inst.format_qty(qty_lots), client_order_id=client_id, stp="EXPIRE_TAKER", reduce_only=True))
     return h._ok(order.order_id, client_id)
+
+
+def deleverage(state: AccountState, cmd: m.Deleverage, ctx: h.Ctx) -> RequestOutcome:
+    """One side of an ADL trade, applied like a fee-free fill at the bankruptcy price: the bankrupt side
+    closes (what its margin + PnL leaves goes to or comes from the insurance fund, as a liquidation); the
+    counterparty reduces its position and realises its PnL at that price (beyond its size it opens the
+    other way, taking margin). Never refused: the other side is applied too, so open interest stays equal."""
+    inst = h._instrument(cmd.symbol)
+    price_ticks, qty_lots = inst.parse_price(cmd.price), inst.parse_qty(cmd.quantity)
+    pos = state.positions.setdefault(inst.symbol, Position(symbol=inst.symbol))
+    terms = OrderState(order_id=0, client_order_id=cmd.adl_id, symbol=inst.symbol, side=cmd.side, order_type="LIMIT",
+                       time_in_force="IOC", price_ticks=price_ticks, qty_lots=qty_lots, leaves_lots=qty_lots,
+                       leverage=pos.leverage or state.leverage.get(inst.symbol, inst.default_leverage), margin_frozen=0,
+                       fee_frozen=0, created_ms=ctx.ts_ms, updated_ms=ctx.ts_ms)
+    closed_margin, pnl, new_margin = h._apply_to_position(inst, pos, terms, cmd.side, price_ticks, qty_lots)
+    asset, acct = inst.margin_asset, state.account_id
+    bal = state.balance(asset)
+    bal.position_margin += new_margin - closed_margin
+    bal.available += closed_margin + pnl - new_margin
+    spot, pos_m = user_account(acct, "SPOT"), user_account(acct, "POSITION_MARGIN")
+    cause = f"adl:{cmd.adl_id}:{acct}"
+    h._journal(ctx, state, "ADL", cause, asset, inst.symbol).transfer(pos_m, spot, closed_margin).transfer(
+        spot, pos_m, new_margin)
+    pnl_journal = h._journal(ctx, state, "POSITION_REALIZED_PNL", cause, asset, inst.symbol)
+    clearing = platform_account("PNL_CLEARING")
+    if pnl >= 0:
+        pnl_journal.transfer(clearing, spot, pnl)
+    else:
+        pnl_journal.transfer(spot, clearing, -pnl)
+    if cmd.bankrupt:
+        residual = closed_margin + pnl
+        bal.available -= residual
+        fund = platform_account("INSURANCE_FUND")
+        journal = h._journal(ctx, state, "LIQUIDATION", cause, asset, inst.symbol)
+        if residual >= 0:
+            journal.transfer(spot, fund, residual)
+        else:
+            journal.transfer(fund, spot, -residual)
+    h._balance_changed(state, ctx, asset)
+    h._position_changed(state, ctx, inst)
+    h._cut_reduce_only(state, ctx, inst)
+    return h._ok()
 
 
 def settle_liquidation_fill(state: AccountState, ctx: h.Ctx, inst: object, leg: m.FillLeg, order: OrderState,

@@ -171,8 +171,23 @@ class Liquidate(Msg, tag="liquidate", kw_only=True):
     attempt: int = 0  # 0: close at no worse than the bankruptcy price; later: within 5% of the mark
 
 
+class Deleverage(Msg, tag="deleverage", kw_only=True):
+    """Auto-deleveraging: one side of a forced trade at the bankrupt position's bankruptcy price, decided
+    by the risk process when the market could not take the position (docs/risk.md). Both sides get one;
+    idempotent by request_id "adl:<adl_id>:<account>"."""
+
+    request_id: str
+    account_id: int
+    adl_id: str
+    symbol: str
+    side: Side  # what this account does: the bankrupt one closes, the counterparty reduces (or flips)
+    quantity: str
+    price: str
+    bankrupt: bool
+
+
 AccountCommand = Union[Deposit, Withdraw, PlaceOrder, CancelOrder, CancelAll, SetLeverage, AmendOrder, FillLeg,
-                       OrderDone, AmendDone, FundingCharge, Liquidate]
+                       OrderDone, AmendDone, FundingCharge, Liquidate, Deleverage]
 
 
 # --- orders (key: symbol) ------------------------------------------------------------------
@@ -469,6 +484,18 @@ class FundingRound(Msg, tag="funding_round", kw_only=True):
     received: str  # sum of what receivers get (rounded down); paid - received stays in FUNDING_CLEARING
 
 
+class AdlTrade(Msg, tag="adl_trade", kw_only=True):
+    """The risk process's record of one auto-deleveraging decision (written before its commands): the
+    trades it forces, so a restarted risk process counts them in every account's size."""
+
+    adl_id: str
+    symbol: str
+    bankrupt_account: int
+    side: Side  # the bankrupt account's side
+    price: str
+    fills: list[tuple[int, str]]  # (counterparty account, quantity)
+
+
 PriceRecord = Union[IndexPrice, MarkPrice]
 
 
@@ -561,6 +588,6 @@ TOPIC_TYPES: dict[str, object] = {
     "auth.keys": AuthRecord,
     "prices.index": IndexPrice,
     "prices.mark": MarkPrice,
-    "funding.rounds": FundingRound,
+    "funding.rounds": FundingRound | AdlTrade,
     "recon.breaks": ReconBreak,
 }

@@ -35,6 +35,7 @@ from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.units import format_amount, format_rate
 from perpline.obs import StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
+from perpline.risk import adl
 from perpline.risk import formulas as f
 from perpline.risk.state import MAX_PREMIUM_SAMPLES, RiskState, SymbolState
 
@@ -42,6 +43,8 @@ log = logging.getLogger("perpline.risk")
 
 INPUTS = ("matcher.events", "positions", "funding.rounds", "prices.index")
 LIQUIDATION_RETRY_MS = 2000
+ADL_AFTER_ATTEMPTS = 3  # liquidation orders that found no taker within 5 % of the mark: deleverage
+ADL_RESEND_MS = 600_000  # on restart, resend the commands of ADL decisions this recent (answered once)
 MAX_POLL_BATCH = 10_000
 TICKS = Counter("perpline_risk_ticks_total", "mark price ticks")
 LIQUIDATIONS = Counter("perpline_risk_liquidations_sent_total", "Liquidate commands sent", ["symbol"])
@@ -71,6 +74,7 @@ class Risk:
                                   "isolation.level": "read_committed", **fetch_config()})
         self.producer = Producer(producer_config(bootstrap))
         self.stopping = StopFlag()
+        self.recent_adl: list[m.AdlTrade] = []  # ADL decisions read while catching up
 
     # --- 1. catch up ------------------------------------------------------------------------------
 
@@ -115,6 +119,8 @@ class Risk:
             self.state.on_position(value)
         elif logical == "funding.rounds":
             self.state.on_round(value)
+            if isinstance(value, m.AdlTrade):
+                self.recent_adl.append(value)
         elif logical == "prices.index":
             self.state.on_index(value)
 
@@ -122,6 +128,11 @@ class Risk:
 
     def run(self) -> None:
         self.catch_up(self.assign())
+        now_ms = int(time.time() * 1000)
+        for record in self.recent_adl:  # a crash may have come between a decision and its commands
+            if now_ms - record.ts_ms < ADL_RESEND_MS:
+                self.send_adl(record)
+        self.recent_adl.clear()
         mark_ready()
         log.info("risk ready", extra={"symbols": list(self.state.symbols), "funding_interval_ms": self.interval_ms})
         next_tick = time.monotonic()
@@ -185,6 +196,11 @@ class Risk:
             if sent_ms and now_ms - sent_ms < LIQUIDATION_RETRY_MS:
                 continue
             attempt = attempt + 1 if sent_ms else 0
+            if attempt >= ADL_AFTER_ATTEMPTS:
+                if attempt == ADL_AFTER_ATTEMPTS:
+                    self.deleverage(s, account, now_ms)
+                self.sent[key] = (attempt, now_ms)
+                continue
             self.sent[key] = (attempt, now_ms)
             LIQUIDATIONS.labels(s.inst.symbol).inc()
             log.warning("liquidating", extra={"symbol": s.inst.symbol, "account": account, "version": version,
@@ -196,6 +212,33 @@ class Risk:
                 attempt=attempt))
         if len(self.sent) > 100_000:
             self.sent.clear()
+
+    def deleverage(self, s: SymbolState, account: int, now_ms: int) -> None:
+        """The market did not take the position: ADL (perpline.risk.adl). The decision is recorded on
+        funding.rounds before its commands, so a restart counts it in the sizes and can resend them."""
+        record = adl.plan(s, account, now_ms)
+        if record is None:
+            log.error("ADL found no counterparty for the whole position", extra={"account": account})
+            return
+        self._produce("funding.rounds", s.inst.symbol, record)
+        if self.producer.flush(30) > 0:
+            raise RuntimeError("ADL record not acknowledged; stopping before acting on it")
+        self.state.apply_adl(s, record)
+        self.send_adl(record)
+        log.warning("auto-deleveraging", extra={"symbol": s.inst.symbol, "account": account, "fills": record.fills,
+                                                "price": record.price})
+
+    def send_adl(self, record: m.AdlTrade) -> None:
+        other = "BUY" if record.side == "SELL" else "SELL"
+        total = sum(self.state.symbols[record.symbol].inst.parse_qty(q) for _, q in record.fills)
+        legs = [(record.bankrupt_account, record.side, self.state.symbols[record.symbol].inst.format_qty(total), True)]
+        legs += [(acct, other, qty, False) for acct, qty in record.fills]
+        for acct, side, qty, bankrupt in legs:
+            self._produce("account.commands", str(acct), m.Deleverage(
+                trace_id="", causation_id=f"adl:{record.adl_id}", ts_ms=record.ts_ms,
+                request_id=f"adl:{record.adl_id}:{acct}", account_id=acct, adl_id=record.adl_id, symbol=record.symbol,
+                side=side, quantity=qty, price=record.price, bankrupt=bankrupt))  # type: ignore[arg-type]
+        self.producer.flush(30)
 
     # --- 4. funding -------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class SymbolState:
     rate_e8: int = 0  # the current estimate (published with the mark)
     mark_ticks: int = 0
     liquidations: LiquidationBook = field(default_factory=LiquidationBook)
+    positions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # account -> (size, cost, margin, version)
 
     def best_bid(self) -> int:
         return max(self.bids) if self.bids else 0
@@ -129,9 +130,25 @@ class RiskState:
         cost, margin = parse_amount(ev.cost), parse_amount(ev.margin)
         liq = f.liquidation_ticks(s.inst, size, cost, margin) if size else 0
         s.liquidations.upsert(ev.account_id, size, liq, ev.version)
+        if size:
+            s.positions[ev.account_id] = (size, cost, margin, ev.version)
+        else:
+            s.positions.pop(ev.account_id, None)
 
-    def on_round(self, ev: m.FundingRound) -> None:
+    def on_round(self, ev: m.FundingRound | m.AdlTrade) -> None:
         s = self.get(ev.symbol)
-        if s is not None and ev.funding_time_ms > s.last_round_ms:
+        if s is not None and isinstance(ev, m.AdlTrade):
+            self.apply_adl(s, ev)
+        elif s is not None and ev.funding_time_ms > s.last_round_ms:
             s.last_round_ms = ev.funding_time_ms
             s.premiums.clear()
+
+    def apply_adl(self, s: SymbolState, ev: m.AdlTrade) -> None:
+        """An ADL decision moves sizes as a trade would (the trade stream does not carry it)."""
+        sign = 1 if ev.side == "BUY" else -1
+        for account, qty in ev.fills:
+            lots = s.inst.parse_qty(qty)
+            for acct, delta in ((ev.bankrupt_account, sign * lots), (account, -sign * lots)):
+                s.sizes[acct] = s.sizes.get(acct, 0) + delta
+                if s.sizes[acct] == 0:
+                    del s.sizes[acct]

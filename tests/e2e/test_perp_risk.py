@@ -132,6 +132,20 @@ def test_mark_funding_and_a_liquidation_into_the_insurance_fund(stack: Stack) ->
                                    parameters={"p": first}).result_rows[0] == (2, 0), 30)
         assert_candles_match_clickhouse(stack, client)
         assert_audit_views(stack, client, funding_paid)
+
+        # Auto-deleveraging: carol (long 0.1 at 47600, 238 margin) is crossed at 44000 and nobody bids:
+        # three liquidation orders expire unfilled, then ADL trades her position with bob's short (the only
+        # one) at her bankruptcy price, 45220.0. The insurance fund pays nothing more.
+        index.price = "44000.0"
+        until(lambda: [p for p in call(stack, "GET", "/api/v1/account/positions", CAROL) if p["size"] == "0.000"], 60)
+        until(lambda: [p for p in call(stack, "GET", "/api/v1/account/positions", BOB) if p["size"] == "0.000"], 30)
+        carol_wallet = Decimal(call(stack, "GET", "/api/v1/account/balances", CAROL)[0]["wallet"])
+        carol_funding = sum(Decimal(f["amount"]) for f in call(stack, "GET", "/api/v1/account/funding", CAROL))
+        assert carol_wallet == Decimal("10000") - Decimal("0.952") - Decimal("238") - carol_funding
+        until(lambda: client.query("SELECT count() FROM ledger_postings FINAL WHERE ref_type = 'ADL'").result_rows[0][0] >= 2,
+              30)
+        until(ledger_settled, 30)  # still 10: ADL at the bankruptcy price leaves nothing for the fund
+        assert client.query("SELECT sum(amount) FROM ledger_postings FINAL").result_rows[0][0] == 0
     finally:
         index.stopped.set()
 

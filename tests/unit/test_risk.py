@@ -198,3 +198,41 @@ def test_a_stale_or_repeated_liquidation_changes_nothing() -> None:
     again = run(alice, m.Liquidate(**META, request_id="l2", account_id=1, symbol=SYM, position_version=version,
                                    mark_price="47000", attempt=1), book)
     assert not next(o.msg for o in again if isinstance(o.msg, m.CommandResult)).ok and len(alice.orders) == 1
+
+
+def test_auto_deleveraging_closes_the_bankrupt_position_against_the_top_ranked_opposite_one() -> None:
+    """alice long 0.1 at 50000 (250 margin) is bankrupt at 47500 and the book cannot take it: ADL trades
+    it with bob's short at 47500. alice loses exactly her margin, bob realises +250, the fund is untouched."""
+    book: dict[str, int] = defaultdict(int)
+    alice, bob = AccountState(account_id=1), AccountState(account_id=2)
+    funded([alice, bob], book)
+    trade(bob, alice, "BUY", "50000", "0.100", book)
+    for st, side, bankrupt in ((alice, "SELL", True), (bob, "BUY", False)):
+        run(st, m.Deleverage(**META, request_id=f"adl:x1:{st.account_id}", account_id=st.account_id, adl_id="x1",
+                             symbol=SYM, side=side, quantity="0.100", price="47500", bankrupt=bankrupt), book)  # type: ignore[arg-type]
+    assert alice.positions[SYM].size_lots == 0 and bob.positions[SYM].size_lots == 0
+    assert alice.balances["USDT"].wallet == parse_amount("10000") - parse_amount("2.5") - parse_amount("250")
+    assert bob.positions[SYM].realized_pnl == parse_amount("250")
+    assert book["platform:INSURANCE_FUND"] == 0 and sum(book.values()) == 0
+    again = handle(bob, m.Deleverage(**META, request_id="adl:x1:2", account_id=2, adl_id="x1", symbol=SYM, side="BUY",
+                                     quantity="0.100", price="47500", bankrupt=False))
+    assert bob.positions[SYM].size_lots == 0 and not [o for o in again if isinstance(o.msg, m.Journal)]  # a resend
+
+
+def test_adl_plan_takes_the_most_profitable_most_leveraged_opposite_positions_first() -> None:
+    from perpline.risk import adl  # noqa: PLC0415
+    from perpline.risk.state import SymbolState  # noqa: PLC0415
+
+    s = SymbolState(BTC)
+    s.mark_ticks = px("47000")
+    # the bankrupt long 0.1 at 50000 with 250 margin; three shorts from 50000 with different margins
+    s.positions = {1: (100, parse_amount("5000"), parse_amount("250"), 7),
+                   2: (-60, parse_amount("3000"), parse_amount("1500"), 1),   # 2x: profit 180 on 1500
+                   3: (-50, parse_amount("2500"), parse_amount("125"), 1),    # 20x: profit 150 on 125 -> first
+                   4: (-100, parse_amount("5000"), parse_amount("500"), 1),   # 10x: profit 300 on 500 -> second
+                   5: (30, parse_amount("1500"), parse_amount("75"), 1)}      # same side: never
+    record = adl.plan(s, 1, 1000)
+    assert record is not None and record.fills == [(3, "0.050"), (4, "0.050")]
+    assert (record.side, record.price, record.adl_id) == ("SELL", "47500.00", f"{SYM}:1:7")
+    s.positions = {1: s.positions[1], 5: s.positions[5]}
+    assert adl.plan(s, 1, 1000) is None  # nobody on the other side
