@@ -5,9 +5,14 @@ core stays small: the core is read and written on every command, these entries o
 a request arrives or an order closes. Each kind is a bounded ring: slot n % capacity names
 the entry to forget when it is reused, so an account never holds more than `capacity`.
 
-The store is anything with get_bytes / set_bytes / delete: the accounts processor passes
-its Quix state (one RocksDB key per entry, in the account's own key space, changelogged);
-unit tests use `DictMemory`.
+The store is anything with get_bytes / set_bytes / delete. The accounts processor keeps it in
+the account's own state (`AccountState.local`), so an account's balances and its memory are one
+state key and one changelog record: restored together or not at all. (Stored under separate keys,
+a crash in the middle of writing a checkpoint could restore the balances without the memory on a
+broker that exposes an aborted transaction's records -- the embedded one does -- and a resent
+request would then be applied twice; the crash session test caught exactly that.) The rings bound
+the cost: a full memory is about 265 KB, 0.4 ms to encode; decoding is skipped while the processor's
+decoded-state cache holds the account.
 """
 
 from __future__ import annotations

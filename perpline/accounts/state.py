@@ -2,8 +2,8 @@
 
 Stored in the processor's state store as MessagePack (one key per account), so it round-trips
 exactly through the changelog; every number is an int. The idempotency memory (request outcomes,
-closed orders' client ids) lives beside it under its own keys (perpline.accounts.memory), so this
-core stays small however long an account trades.
+closed orders' client ids) is a bounded ring inside it (`local`; perpline.accounts.memory), so the
+state is one key, restored atomically, and bounded however long an account trades.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class AccountState(msgspec.Struct, kw_only=True, omit_defaults=True):
     applied: dict[str, int] = {}  # symbol -> last applied matcher position (seq * 2 + leg)
     requests_remembered: int = 0  # request outcomes ever remembered (ring position, accounts.memory)
     client_ids_remembered: int = 0  # closed client order ids ever remembered (ring position)
-    local: dict[str, bytes] = {}  # the idempotency memory when no processor store is given (unit tests)
+    local: dict[str, bytes] = {}  # the idempotency memory rings (perpline.accounts.memory)
 
     def balance(self, asset: str) -> Balance:
         found = self.balances.get(asset)

@@ -7,7 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from perpline.accounts import margin as mg
 from perpline.api import errors, fapi
+from perpline.contracts.codes import Code, PerplineError
+from perpline.contracts.units import format_amount, parse_amount
 
 router = APIRouter(prefix="/api/v1/market", tags=["market"], responses=errors.documented(*errors.COMMON_ERRORS))
 INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
@@ -35,3 +38,27 @@ def ticker(request: Request, symbol: str) -> Any:
             "last": t["lastPrice"], "change": t["priceChange"], "change_percent": t["priceChangePercent"],
             "volume": t["volume"], "quote_volume": t["quoteVolume"], "trades": t["count"],
             "open_time": t["openTime"], "close_time": t["closeTime"]}
+
+
+@router.get("/order-cost")
+def order_cost(request: Request, symbol: str, price: str = Query(max_length=64), leverage: int = Query(ge=1, le=1000),
+               quantity: str | None = Query(None, max_length=64), quote: str | None = Query(None, max_length=64)) -> Any:
+    """What an order would cost, by the accounts processor's own rules (perpline.accounts.margin): the
+    quantity (given, or the most a `quote` amount buys at `price`, rounded down to the lot), notional,
+    the initial margin and the taker fee it would freeze, and the instrument's filters it would fail."""
+    inst = fapi._instrument(symbol)  # noqa: SLF001
+    if not 1 <= leverage <= inst.max_leverage:
+        raise PerplineError(Code.BAD_LEVERAGE, f"leverage must be 1..{inst.max_leverage}")
+    price_ticks = inst.parse_price(price)
+    if quantity is not None:
+        qty_lots = inst.parse_qty(quantity)
+    elif quote is not None:
+        qty_lots = parse_amount(quote) // inst.notional(price_ticks, 1)
+    else:
+        raise PerplineError(Code.MISSING_FIELD, "quantity or quote")
+    margin, fee = mg.order_reservation(inst, price_ticks, qty_lots, leverage)
+    check = inst.check_filters(price_ticks, qty_lots)
+    return {"symbol": inst.symbol, "price": inst.format_price(price_ticks), "quantity": inst.format_qty(qty_lots),
+            "notional": format_amount(inst.notional(price_ticks, qty_lots)), "leverage": leverage,
+            "initial_margin": format_amount(margin), "fee": format_amount(fee), "cost": format_amount(margin + fee),
+            "filter": None if check == Code.OK else {"code": int(check), "name": check.name}}

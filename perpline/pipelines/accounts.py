@@ -74,7 +74,7 @@ def step(raw: bytes, key: str, state: State) -> list[dict[str, Any]]:
         return [io.dead_letter(SOURCE, "account.commands", raw, f"key {key!r} is not account {cmd.account_id}")]
     account = _decoded.load(key, state.get_bytes(STATE_KEY), cmd.account_id)
     try:
-        outs = handle(account, cmd, state)  # type: ignore[arg-type]
+        outs = handle(account, cmd)  # the request memory travels inside the account's one state key
     except IllegalTransition as exc:  # a bug upstream: alarm, apply nothing
         _decoded.drop(key)  # the handler may have changed the object before refusing
         ALARMS.inc()

@@ -31,11 +31,11 @@ from perpline.matcher.naive import NaiveBook
 
 pytestmark = pytest.mark.e2e
 C: Any = load_core(pure=True)
-STEPS = int(os.environ.get("PERPLINE_RANDOM_SESSION_STEPS", "200"))
+STEPS = int(os.environ.get("PERPLINE_RANDOM_SESSION_STEPS", "120"))
 USERS = 3
 TICK = Decimal("0.1")
 LOT = Decimal("0.001")
-KILL_EVERY = int(os.environ.get("PERPLINE_RANDOM_SESSION_KILL_EVERY", "50"))
+KILL_EVERY = int(os.environ.get("PERPLINE_RANDOM_SESSION_KILL_EVERY", "40"))
 VICTIMS = ("perpline.matcher.runner", "perpline.pipelines.accounts", "perpline.pipelines.clearing",
            "perpline.pipelines.ledger_sink")
 

@@ -107,6 +107,8 @@ def test_a_trader_session_in_the_browser(stack: Stack, browser: Any) -> None:
     d.get(stack.api + "/#/trade")
     fill(d, "o-price", "49000")
     fill(d, "o-qty", "0.010")
+    click(d, "o-lev")  # leave the quantity field: the preview asks the server what it would cost
+    until(lambda: "margin 24.50000000 + fee 0.24500000" in text(d, "o-cost"))  # 490 / 20, 0.05 % of 490
     click(d, "o-submit")
     until(lambda: "NEW" in text(d, "order-msg"))
     until(lambda: "49000.00" in text(d, "open-orders") and "49000.00" in text(d, "bids"))

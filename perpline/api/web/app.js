@@ -156,11 +156,27 @@ async function refresh() {
 }
 
 // --- actions -----------------------------------------------------------------------------------------
+async function preview() {
+  // the server's own rules (the accounts processor's margin formula), never a copy in JavaScript
+  const price = $("o-price").value.trim() || $("t-mark").textContent;
+  const size = $("o-qty").value.trim();
+  if (!size || !price || price === "-") { $("o-cost").textContent = ""; return null; }
+  const unit = $("o-unit").value === "quote" ? "quote" : "quantity";
+  try {
+    const c = await api("GET", `/api/v1/market/order-cost?symbol=${state.symbol}&price=${encodeURIComponent(price)}&leverage=${Number($("o-lev").value)}&${unit}=${encodeURIComponent(size)}`, undefined, { auth: false });
+    $("o-cost").className = c.filter ? "msg error" : "msg";
+    $("o-cost").textContent = `${c.quantity} contracts, notional ${c.notional}, margin ${c.initial_margin} + fee ${c.fee} = ${c.cost} USDT${c.filter ? ` (refused: ${c.filter.name})` : ""}`;
+    return c;
+  } catch (err) { $("o-cost").className = "msg error"; $("o-cost").textContent = errorText(err); return null; }
+}
+
 async function placeOrder(ev) {
   ev.preventDefault();
   const side = document.querySelector("input[name=side]:checked").value;
   const type = $("o-type").value;
-  const body = { symbol: state.symbol, side, type, quantity: $("o-qty").value.trim(), reduce_only: $("o-reduce").checked };
+  let quantity = $("o-qty").value.trim();
+  if ($("o-unit").value === "quote") { const c = await preview(); if (!c) return; quantity = c.quantity; }
+  const body = { symbol: state.symbol, side, type, quantity, reduce_only: $("o-reduce").checked };
   if (type === "LIMIT") { body.price = $("o-price").value.trim(); body.time_in_force = $("o-tif").value; }
   else if ($("o-tif").value === "FOK") body.time_in_force = "FOK";
   try {
@@ -225,6 +241,7 @@ async function start() {
   $("w-withdraw").addEventListener("click", () => wallet("withdrawals"));
   $("key-form").addEventListener("submit", createKey);
   $("interval").addEventListener("change", () => { state.interval = $("interval").value; refresh(); });
+  ["o-price", "o-qty", "o-lev", "o-unit"].forEach((id) => $(id).addEventListener("change", preview));
   document.addEventListener("click", onClick);
   document.addEventListener("visibilitychange", refresh);
   window.addEventListener("hashchange", route);
