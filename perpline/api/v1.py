@@ -26,7 +26,8 @@ from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_request_id
 from perpline.contracts.instruments import Instrument, load_catalog
-from perpline.contracts.units import format_amount, format_rate
+from perpline.contracts.units import format_amount, format_rate, parse_amount
+from perpline.risk import formulas
 
 router = APIRouter(prefix="/api/v1", responses={
     **errors.documented(*errors.COMMON_ERRORS),
@@ -313,8 +314,30 @@ def balances(acct: Account, d: Deps) -> Any:
 
 @router.get("/account/positions", tags=["account"])
 def positions(acct: Account, d: Deps) -> Any:
+    """Each position with its mark price (the risk process's, else the last trade), unrealised PnL at
+    that mark and liquidation price (the one formula, perpline.risk.formulas)."""
     assert d.readmodel is not None
-    return [_strip(p) for p in d.readmodel.snapshot_account(acct).positions.values()]
+    return [_position_json(d, p) for p in d.readmodel.snapshot_account(acct).positions.values()]
+
+
+def _position_json(d: ApiDeps, p: m.PositionChanged) -> dict[str, Any]:
+    out = _strip(p)
+    inst = load_catalog().get(p.symbol)
+    if inst is None or d.readmodel is None:
+        return out
+    negative = p.size.startswith("-")
+    size_lots = inst.parse_qty(p.size.lstrip("-"), allow_zero=True) * (-1 if negative else 1)
+    mark = d.readmodel.mark(inst.symbol)
+    last = d.readmodel.trades(inst.symbol, 1)
+    mark_ticks = (inst.parse_price(mark.mark_price) if mark is not None else
+                  inst.parse_price(last[-1].price) if last else 0)
+    cost, margin = parse_amount(p.cost), parse_amount(p.margin)
+    value = inst.notional(mark_ticks, abs(size_lots)) if mark_ticks else cost
+    pnl = value - cost if size_lots > 0 else cost - value
+    out["mark_price"] = inst.format_price(mark_ticks) if mark_ticks else None
+    out["unrealized_pnl"] = format_amount(pnl if size_lots else 0)
+    out["liquidation_price"] = inst.format_price(formulas.liquidation_ticks(inst, size_lots, cost, margin))
+    return out
 
 
 @router.get("/account/trades", tags=["account"])

@@ -127,6 +127,7 @@ def test_a_trader_session_in_the_browser(stack: Stack, browser: Any) -> None:
     click(d, "o-submit")
     until(lambda: "order" in text(d, "order-msg"))  # accepted (the fill settles a moment later)
     until(lambda: "0.010" in text(d, "positions") and "50000.00" in text(d, "positions"))
+    until(lambda: "47690.80" in text(d, "positions"))  # liquidation price: (500 - 25) / (0.01 x 0.996), rounded up
     shot(d, "4-position")
 
     fill(d, "o-price", "abc")

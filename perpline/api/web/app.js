@@ -117,8 +117,8 @@ async function loadMarket() {
 // --- account -----------------------------------------------------------------------------------------
 async function loadTrading() {
   const [positions, open] = await Promise.all([api("GET", "/api/v1/account/positions"), api("GET", `/api/v1/orders?symbol=${state.symbol}`)]);
-  rows("positions", ["Symbol", "Size", "Entry", "Margin", "Leverage", "Realised PnL", ""], positions.filter((p) => Number(p.size) !== 0).map((p) =>
-    [p.symbol, p.size, p.entry_price, p.margin, p.leverage, p.realized_pnl,
+  rows("positions", ["Symbol", "Size", "Entry", "Mark", "Unrealised PnL", "Margin", "Liq. price", "Leverage", "Realised PnL", ""], positions.filter((p) => Number(p.size) !== 0).map((p) =>
+    [p.symbol, p.size, p.entry_price, p.mark_price ?? "-", p.unrealized_pnl, p.margin, p.liquidation_price, p.leverage, p.realized_pnl,
      `<button type="button" data-close="${p.symbol}" data-size="${p.size}">Close</button>`]));
   rows("open-orders", ["Id", "Side", "Type", "Price", "Qty", "Filled", "Status", ""], open.map((o) =>
     [o.order_id, `<span class="${o.side === "BUY" ? "buy" : "sell"}">${o.side}</span>`, `${o.order_type} ${o.time_in_force}`,
