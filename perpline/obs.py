@@ -52,7 +52,10 @@ def serve_metrics(port: int | None) -> None:
     """Serve /metrics on 127.0.0.1:port (PERPLINE_METRICS_PORT when port is None; 0 or unset = off)."""
     port = port if port is not None else int(os.environ.get("PERPLINE_METRICS_PORT", "0") or 0)
     if port:
-        start_http_server(port, addr=os.environ.get("PERPLINE_METRICS_HOST", "127.0.0.1"))
+        try:
+            start_http_server(port, addr=os.environ.get("PERPLINE_METRICS_HOST", "127.0.0.1"))
+        except OSError as exc:  # a taken port must not take the process down with it: run, say so
+            logging.getLogger("perpline").error("metrics not served", extra={"port": port, "error": str(exc)})
 
 
 # --- readiness for processes without an HTTP server: PERPLINE_READY_FILE ---------------

@@ -113,7 +113,8 @@ def test_a_trader_session_in_the_browser(stack: Stack, browser: Any) -> None:
     until(lambda: "NEW" in text(d, "order-msg"))
     until(lambda: "49000.00" in text(d, "open-orders") and "49000.00" in text(d, "bids"))
     shot(d, "3-resting-order")
-    d.find_element(By.CSS_SELECTOR, "#open-orders button[data-cancel]").click()
+    # the table is redrawn every 2 s: find the button afresh on each try
+    until(lambda: d.find_element(By.CSS_SELECTOR, "#open-orders button[data-cancel]").click() or True)
     until(lambda: "Cancel" not in text(d, "open-orders") and "49000.00" not in text(d, "bids"))
 
     sold = httpx.post(f"{stack.api}/api/v1/wallet/deposits", headers={"X-Account-Id": str(SELLER)}, timeout=30,
