@@ -513,12 +513,17 @@ def _settle_balances(state: AccountState, ctx: Ctx, inst: Instrument, leg: m.Fil
     (_journal(ctx, state, "TRADE_SETTLED", leg_id, asset, inst.symbol)
         .transfer(order_m, spot, release).transfer(pos_m, spot, closed_margin).transfer(spot, pos_m, new_margin))
     _journal(ctx, state, "TRADE_FEE", leg_id, asset, inst.symbol).transfer(spot, platform_account("FEE_REVENUE"), fee_paid)
-    clearing = platform_account("PNL_CLEARING")
-    pnl_journal = _journal(ctx, state, "POSITION_REALIZED_PNL", leg_id, asset, inst.symbol)
+    _realized_pnl_journal(ctx, state, leg_id, asset, inst.symbol, pnl)
+
+
+def _realized_pnl_journal(ctx: Ctx, state: AccountState, cause: str, asset: str, symbol: str, pnl: int) -> None:
+    """POSITION_REALIZED_PNL: a profit from PNL_CLEARING to the user's SPOT, a loss the other way."""
+    spot, clearing = user_account(state.account_id, "SPOT"), platform_account("PNL_CLEARING")
+    journal = _journal(ctx, state, "POSITION_REALIZED_PNL", cause, asset, symbol)
     if pnl >= 0:
-        pnl_journal.transfer(clearing, spot, pnl)
+        journal.transfer(clearing, spot, pnl)
     else:
-        pnl_journal.transfer(spot, clearing, -pnl)
+        journal.transfer(spot, clearing, -pnl)
 
 
 def _on_done(state: AccountState, cmd: m.OrderDone, ctx: Ctx) -> None:

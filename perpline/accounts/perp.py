@@ -112,21 +112,9 @@ def deleverage(state: AccountState, cmd: m.Deleverage, ctx: h.Ctx) -> RequestOut
     cause = f"adl:{cmd.adl_id}:{acct}"
     h._journal(ctx, state, "ADL", cause, asset, inst.symbol).transfer(pos_m, spot, closed_margin).transfer(
         spot, pos_m, new_margin)
-    pnl_journal = h._journal(ctx, state, "POSITION_REALIZED_PNL", cause, asset, inst.symbol)
-    clearing = platform_account("PNL_CLEARING")
-    if pnl >= 0:
-        pnl_journal.transfer(clearing, spot, pnl)
-    else:
-        pnl_journal.transfer(spot, clearing, -pnl)
+    h._realized_pnl_journal(ctx, state, cause, asset, inst.symbol, pnl)
     if cmd.bankrupt:
-        residual = closed_margin + pnl
-        bal.available -= residual
-        fund = platform_account("INSURANCE_FUND")
-        journal = h._journal(ctx, state, "LIQUIDATION", cause, asset, inst.symbol)
-        if residual >= 0:
-            journal.transfer(spot, fund, residual)
-        else:
-            journal.transfer(fund, spot, -residual)
+        _to_insurance_fund(state, ctx, asset, inst.symbol, cause, closed_margin + pnl)
     h._balance_changed(state, ctx, asset)
     h._position_changed(state, ctx, inst)
     h._cut_reduce_only(state, ctx, inst)
@@ -139,16 +127,19 @@ def settle_liquidation_fill(state: AccountState, ctx: h.Ctx, inst: object, leg: 
     account (its margin + PnL) to the insurance fund, or cover it from the fund when negative."""
     asset = inst.margin_asset  # type: ignore[attr-defined]
     residual = closed_margin + pnl
-    bal = state.balance(asset)
-    bal.available -= residual
-    spot, fund = user_account(state.account_id, "SPOT"), platform_account("INSURANCE_FUND")
-    journal = h._journal(ctx, state, "LIQUIDATION", ids.fill_leg_id(leg.symbol, leg.seq, leg.liquidity), asset,
-                         leg.symbol)
-    if residual >= 0:
-        journal.transfer(spot, fund, residual)
-    else:
-        journal.transfer(fund, spot, -residual)
+    _to_insurance_fund(state, ctx, asset, leg.symbol, ids.fill_leg_id(leg.symbol, leg.seq, leg.liquidity), residual)
     ctx.emit(h.LOGICAL_ACCOUNT_EVENTS, state.account_id, m.LiquidationDone(
         **ctx.meta(), account_id=state.account_id, symbol=leg.symbol, order_id=order.order_id,
         insurance_fund_delta=format_amount(residual), asset=asset))
 
+
+def _to_insurance_fund(state: AccountState, ctx: h.Ctx, asset: str, symbol: str, cause: str, residual: int) -> None:
+    """LIQUIDATION: what a closed liquidated position returned to the account (margin + PnL) goes to the
+    insurance fund, or the fund covers it when negative; the account keeps nothing of it either way."""
+    state.balance(asset).available -= residual
+    spot, fund = user_account(state.account_id, "SPOT"), platform_account("INSURANCE_FUND")
+    journal = h._journal(ctx, state, "LIQUIDATION", cause, asset, symbol)
+    if residual >= 0:
+        journal.transfer(spot, fund, residual)
+    else:
+        journal.transfer(fund, spot, -residual)

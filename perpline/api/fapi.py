@@ -192,18 +192,8 @@ def _in_window(trades: list[m.Trade], q: dict[str, str]) -> list[m.Trade]:
 
 
 def _last_price_ticks(d: ApiDeps, inst: Instrument) -> int:
-    """The mark price: the risk process's, else the last trade, else the mid, else 0."""
     assert d.readmodel is not None
-    mark = d.readmodel.mark(inst.symbol)
-    if mark is not None:
-        return inst.parse_price(mark.mark_price)
-    recent = d.readmodel.trades(inst.symbol, 1)
-    if recent:
-        return inst.parse_price(recent[-1].price)
-    bids, asks = d.readmodel.depth(inst.symbol, 1)
-    if bids and asks:
-        return (inst.parse_price(bids[0][0]) + inst.parse_price(asks[0][0])) // 2
-    return 0
+    return d.readmodel.mark_ticks(inst.symbol)
 
 
 @router.get("/v1/ticker/24hr")

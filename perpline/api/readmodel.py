@@ -222,6 +222,21 @@ class ReadModel:
         with self._lock:
             return self.marks.get(symbol)
 
+    def mark_ticks(self, symbol: str) -> int:
+        """The mark price in ticks: the risk process's, else the last trade, else the mid, else 0."""
+        inst = load_catalog().get(symbol)
+        assert inst is not None
+        mark = self.mark(symbol)
+        if mark is not None:
+            return inst.parse_price(mark.mark_price)
+        recent = self.trades(symbol, 1)
+        if recent:
+            return inst.parse_price(recent[-1].price)
+        bids, asks = self.depth(symbol, 1)
+        if bids and asks:
+            return (inst.parse_price(bids[0][0]) + inst.parse_price(asks[0][0])) // 2
+        return 0
+
     def funding_rounds(self, symbol: str) -> list[m.FundingRound]:
         with self._lock:
             return list(self.rounds.get(symbol, ()))

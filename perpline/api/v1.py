@@ -327,10 +327,7 @@ def _position_json(d: ApiDeps, p: m.PositionChanged) -> dict[str, Any]:
         return out
     negative = p.size.startswith("-")
     size_lots = inst.parse_qty(p.size.lstrip("-"), allow_zero=True) * (-1 if negative else 1)
-    mark = d.readmodel.mark(inst.symbol)
-    last = d.readmodel.trades(inst.symbol, 1)
-    mark_ticks = (inst.parse_price(mark.mark_price) if mark is not None else
-                  inst.parse_price(last[-1].price) if last else 0)
+    mark_ticks = d.readmodel.mark_ticks(inst.symbol)
     cost, margin = parse_amount(p.cost), parse_amount(p.margin)
     value = inst.notional(mark_ticks, abs(size_lots)) if mark_ticks else cost
     pnl = value - cost if size_lots > 0 else cost - value
