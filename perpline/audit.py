@@ -120,7 +120,7 @@ class Audit:
             if inst is None or size == 0:
                 continue
             mark = self._last_trade_price(inst.symbol, t)
-            size_lots = int(size / Decimal(inst.lot_size))
+            size_lots = inst.parse_signed_qty(payload["size"])
             cost, margin = parse_amount(payload.get("cost", "0")), parse_amount(payload["margin"])
             entry = Decimal(payload["entry_price"])
             positions.append({"symbol": inst.symbol, "size": payload["size"], "entry_price": payload["entry_price"],

@@ -320,7 +320,7 @@ def _position_row(d: ApiDeps, inst: Instrument, pos: m.PositionChanged) -> dict[
     entry = Decimal(pos.entry_price)
     mark_ticks = _last_price_ticks(d, inst) or inst.parse_price(pos.entry_price)
     mark = Decimal(inst.format_price(mark_ticks))
-    size_lots = int(size / Decimal(inst.lot_size))
+    size_lots = inst.parse_signed_qty(pos.size)
     cost = parse_amount(pos.cost)
     notional = size * mark
     bracket = inst.bracket_for(cost)

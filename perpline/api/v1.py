@@ -325,8 +325,7 @@ def _position_json(d: ApiDeps, p: m.PositionChanged) -> dict[str, Any]:
     inst = load_catalog().get(p.symbol)
     if inst is None or d.readmodel is None:
         return out
-    negative = p.size.startswith("-")
-    size_lots = inst.parse_qty(p.size.lstrip("-"), allow_zero=True) * (-1 if negative else 1)
+    size_lots = inst.parse_signed_qty(p.size)
     mark_ticks = d.readmodel.mark_ticks(inst.symbol)
     cost, margin = parse_amount(p.cost), parse_amount(p.margin)
     value = inst.notional(mark_ticks, abs(size_lots)) if mark_ticks else cost

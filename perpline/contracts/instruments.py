@@ -92,6 +92,11 @@ class Instrument:
             raise UnitError(Code.QTY_NOT_ON_LOT, f"quantity {text} is not a multiple of the lot size {self.lot_size}")
         return units // self.lot_units
 
+    def parse_signed_qty(self, text: str) -> int:
+        """A position size ("-0.010": short) -> signed lots."""
+        lots = self.parse_qty(text.removeprefix("-"), allow_zero=True)
+        return -lots if text.startswith("-") else lots
+
     def format_qty(self, qty_lots: int) -> str:
         return format_fixed(qty_lots * self.lot_units, self.qty_decimals)
 

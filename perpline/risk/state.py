@@ -126,7 +126,7 @@ class RiskState:
         s = self.get(ev.symbol)
         if s is None:
             return
-        size = s.inst.parse_qty(ev.size.lstrip("-"), allow_zero=True) * (-1 if ev.size.startswith("-") else 1)
+        size = s.inst.parse_signed_qty(ev.size)
         cost, margin = parse_amount(ev.cost), parse_amount(ev.margin)
         liq = f.liquidation_ticks(s.inst, size, cost, margin) if size else 0
         s.liquidations.upsert(ev.account_id, size, liq, ev.version)
