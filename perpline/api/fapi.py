@@ -5,8 +5,8 @@ Same commands, topics and read models as the native API; only the wire differs: 
 settled in the read model (the matcher finished with it and the account shows those fills), so a
 client reads its own writes.
 
-Not here yet (issue 7): mark and index price come from the last trade (or the mid), funding rate
-and funding history are empty.
+Market data (klines, markPriceKlines, 24h ticker) comes from the read model's aggregates
+(perpline.market.candles); mark, index and funding from the risk process (prices.mark, funding.rounds).
 """
 
 from __future__ import annotations
@@ -28,14 +28,12 @@ from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_request_id
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import format_amount, format_rate, parse_amount
+from perpline.market.candles import INTERVALS_MS, DayStats
 from perpline.risk import formulas
 
 router = APIRouter(prefix="/fapi", tags=["binance usd-m"], responses=errors.documented(*errors.COMMON_ERRORS))
 CLIENT_ORDER_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 FUNDING_INTERVAL_MS = 8 * 3600 * 1000
-INTERVAL_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000,
-               "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000, "12h": 43_200_000,
-               "1d": 86_400_000, "3d": 259_200_000, "1w": 604_800_000}
 MAX_LIMIT = 1000
 
 
@@ -205,27 +203,23 @@ def ticker_24hr(request: Request, q: Public) -> Any:
 
 
 def _ticker(d: ApiDeps, inst: Instrument) -> dict[str, Any]:
+    """The rolling 24 hours (perpline.market.candles.RollingDay); without a trade in them, the last price."""
     now = _now_ms()
-    window = [t for t in _trades(d, inst) if t.ts_ms >= now - 86_400_000]
-    prices = [inst.parse_price(t.price) for t in window]
-    lots = [inst.parse_qty(t.quantity) for t in window]
-    quote = sum(inst.notional(p, n) for p, n in zip(prices, lots, strict=True))
-    last = prices[-1] if prices else _last_price_ticks(d, inst)
-    first = prices[0] if prices else last
-    change = last - first
-    pct = (Decimal(change) * 100 / Decimal(first)).quantize(Decimal("0.001")) if first else Decimal("0.000")
-    volume_lots = sum(lots)
-    volume_lots = sum(lots)
-    weighted_ticks = quote // (volume_lots * inst.amount_per_tick_lot) if volume_lots else last
-    weighted = inst.format_price(weighted_ticks)
+    assert d.readmodel is not None
+    day = d.readmodel.day_stats(inst.symbol, now)
+    if day is None:
+        last = _last_price_ticks(d, inst)
+        day = DayStats(now - 86_400_000, last, last, last, last, 0, 0, 0, 0, -1, -1)
+    change = day.last_ticks - day.open_ticks
+    pct = (Decimal(change) * 100 / Decimal(day.open_ticks)).quantize(Decimal("0.001")) if day.open_ticks else Decimal("0.000")
+    weighted = day.quote_minor // (day.volume_lots * inst.amount_per_tick_lot) if day.volume_lots else day.last_ticks
     return {"symbol": inst.binance_symbol, "priceChange": inst.format_price(change),
-            "priceChangePercent": str(pct), "weightedAvgPrice": weighted, "lastPrice": inst.format_price(last),
-            "lastQty": inst.format_qty(lots[-1]) if lots else inst.format_qty(0), "openPrice": inst.format_price(first),
-            "highPrice": inst.format_price(max(prices, default=last)), "lowPrice": inst.format_price(min(prices, default=last)),
-            "volume": inst.format_qty(volume_lots), "quoteVolume": format_amount(quote),
-            "openTime": window[0].ts_ms if window else now - 86_400_000, "closeTime": now,
-            "firstId": window[0].trade_id if window else -1, "lastId": window[-1].trade_id if window else -1,
-            "count": len(window)}
+            "priceChangePercent": str(pct), "weightedAvgPrice": inst.format_price(weighted),
+            "lastPrice": inst.format_price(day.last_ticks), "lastQty": inst.format_qty(day.last_lots),
+            "openPrice": inst.format_price(day.open_ticks), "highPrice": inst.format_price(day.high_ticks),
+            "lowPrice": inst.format_price(day.low_ticks), "volume": inst.format_qty(day.volume_lots),
+            "quoteVolume": format_amount(day.quote_minor), "openTime": day.open_ms, "closeTime": now,
+            "firstId": day.first_trade_id, "lastId": day.last_trade_id, "count": day.trades}
 
 
 @router.get("/v1/premiumIndex")
@@ -273,31 +267,24 @@ def klines(request: Request, q: PublicHeavy) -> Any:
 
 @router.get("/v1/markPriceKlines")
 def mark_price_klines(request: Request, q: PublicHeavy) -> Any:
-    return _klines(_deps(request), q)
+    return _klines(_deps(request), q, mark=True)
 
 
-def _klines(d: ApiDeps, q: dict[str, str]) -> list[list[Any]]:
-    """Candles from the trades the API holds (the last 10,000 per symbol), oldest first."""
+def _klines(d: ApiDeps, q: dict[str, str], mark: bool = False) -> list[list[Any]]:
+    """Candles of the trades (or of the risk process's mark prices) the read model aggregated as they
+    streamed (perpline.market.candles: the last 1,500 of each interval), oldest first."""
     inst = _instrument(q.get("symbol"))
-    interval = INTERVAL_MS.get(q.get("interval") or "")
-    if interval is None:
+    interval = q.get("interval") or ""
+    if interval not in INTERVALS_MS:
         raise PerplineError(Code.MALFORMED, "interval")
     limit = _limit(q.get("limit"), 500, 1500)
-    buckets: dict[int, list[m.Trade]] = {}
-    for t in _in_window(_trades(d, inst), q):
-        buckets.setdefault(t.ts_ms // interval * interval, []).append(t)
-    rows = []
-    for start in sorted(buckets)[-limit:]:
-        trades = buckets[start]
-        prices = [inst.parse_price(t.price) for t in trades]
-        lots = [inst.parse_qty(t.quantity) for t in trades]
-        quote = sum(inst.notional(p, n) for p, n in zip(prices, lots, strict=True))
-        buy = [(p, n) for t, p, n in zip(trades, prices, lots, strict=True) if t.taker_side == "BUY"]
-        rows.append([start, inst.format_price(prices[0]), inst.format_price(max(prices)), inst.format_price(min(prices)),
-                     inst.format_price(prices[-1]), inst.format_qty(sum(lots)), start + interval - 1,
-                     format_amount(quote), len(trades), inst.format_qty(sum(n for _, n in buy)),
-                     format_amount(sum(inst.notional(p, n) for p, n in buy)), "0"])
-    return rows
+    assert d.readmodel is not None
+    rows = d.readmodel.candles(inst.symbol, interval, _int_param(q, "startTime"), _int_param(q, "endTime"), limit, mark)
+    step = INTERVALS_MS[interval]
+    return [[c.open_ms, inst.format_price(c.open_ticks), inst.format_price(c.high_ticks), inst.format_price(c.low_ticks),
+             inst.format_price(c.close_ticks), inst.format_qty(c.volume_lots), c.open_ms + step - 1,
+             format_amount(c.quote_minor), c.trades, inst.format_qty(c.taker_buy_lots),
+             format_amount(c.taker_buy_quote_minor), "0"] for c in rows]
 
 
 # --- account (signed) -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict, deque
+from copy import copy
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -23,6 +24,7 @@ from perpline.consume import poll_batch
 from perpline.contracts import codec, sequence
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
+from perpline.market.candles import Candle, CandleSet, DayStats, RollingDay
 
 log = logging.getLogger("perpline.api.readmodel")
 
@@ -71,6 +73,8 @@ class BookMirror:
     levels: dict[tuple[str, str], int] = field(default_factory=dict)  # (side, price) -> lots
     changes: deque[tuple[int, str, str, int]] = field(default_factory=lambda: deque(maxlen=MAX_DEPTH_CHANGES))
     trades: deque[m.Trade] = field(default_factory=lambda: deque(maxlen=MAX_TRADES_PER_SYMBOL))
+    candles: CandleSet = field(default_factory=CandleSet)  # from every trade streamed, not only those kept
+    day: RollingDay = field(default_factory=RollingDay)
     last_seq: int = 0
 
     def set_order(self, order_id: int, entry: tuple[str, str, int] | None, seq: int) -> None:
@@ -102,6 +106,7 @@ class ReadModel:
         self.accounts: dict[int, AccountView] = {}
         self.books: dict[str, BookMirror] = {}
         self.marks: dict[str, m.MarkPrice] = {}  # the risk process's latest mark per symbol
+        self.mark_candles: dict[str, CandleSet] = {}
         self.rounds: dict[str, deque[m.FundingRound]] = {}
         self._results: OrderedDict[str, m.CommandResult] = OrderedDict()
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[m.CommandResult]]]] = {}
@@ -128,11 +133,8 @@ class ReadModel:
         for logical in ("account.events", "matcher.events", "auth.keys", "funding.rounds", "prices.mark"):
             name = self._topics[logical]
             meta = consumer.list_topics(name, timeout=10).topics[name]
-            for p in meta.partitions:  # from the start: rebuild the views (marks: only the latest matter)
-                start = 0
-                if logical == "prices.mark":
-                    start = max(0, consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] - 4)
-                parts.append(TopicPartition(name, p, start))
+            for p in meta.partitions:  # from the start: rebuild the views (and the mark-price candles)
+                parts.append(TopicPartition(name, p, 0))
         consumer.assign(parts)
         self._pending_eof = {(tp.topic, tp.partition) for tp in parts}
         return consumer
@@ -215,6 +217,9 @@ class ReadModel:
         with self._lock:
             if isinstance(ev, m.MarkPrice):
                 self.marks[ev.symbol] = ev
+                inst = load_catalog().get(ev.symbol)
+                if inst is not None:
+                    self.mark_candles.setdefault(ev.symbol, CandleSet()).add(ev.ts_ms, inst.parse_price(ev.mark_price), 0, 0)
             elif isinstance(ev, m.FundingRound):
                 self.rounds.setdefault(ev.symbol, deque(maxlen=MAX_FUNDING_ROUNDS)).append(ev)
 
@@ -255,6 +260,10 @@ class ReadModel:
             book.set_order(ev.order_id, (ev.side, ev.price, inst.parse_qty(ev.leaves)), ev.seq)
         elif isinstance(ev, m.Trade):
             book.trades.append(ev)
+            price, lots = inst.parse_price(ev.price), inst.parse_qty(ev.quantity)
+            quote = inst.notional(price, lots)
+            book.candles.add(ev.ts_ms, price, lots, quote, ev.taker_side == "BUY", ev.trade_id)
+            book.day.add(ev.ts_ms, price, lots, quote, ev.trade_id)
             maker = book.resting.get(ev.maker_order_id)
             if maker is not None:
                 book.set_order(ev.maker_order_id, (maker[0], maker[1], inst.parse_qty(ev.maker_leaves, allow_zero=True)),
@@ -448,6 +457,21 @@ class ReadModel:
         level = asks if side == "BUY" else bids
         inst = load_catalog().get(symbol)
         return inst.parse_price(level[0][0]) if level and inst is not None else 0
+
+    def candles(self, symbol: str, interval: str, start_ms: int | None, end_ms: int | None, limit: int,
+                mark: bool = False) -> list[Candle]:
+        """Trade (or mark-price) candles of `interval` (perpline.market.candles.INTERVALS_MS), oldest first."""
+        with self._lock:
+            found = self.mark_candles.get(symbol) if mark else getattr(self.books.get(symbol), "candles", None)
+            if found is None:
+                return []
+            return [copy(c) for c in found.series[interval].window(start_ms, end_ms, limit)]
+
+    def day_stats(self, symbol: str, now_ms: int) -> DayStats | None:
+        """The rolling 24 hours of trades ending at `now_ms`, or None without a trade in them."""
+        with self._lock:
+            book = self.books.get(symbol)
+            return None if book is None else book.day.stats(now_ms)
 
     def trades(self, symbol: str, limit: int) -> list[m.Trade]:
         with self._lock:

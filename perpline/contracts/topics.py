@@ -29,7 +29,6 @@ LEDGER_ENTRIES: Final = "ledger.entries"
 POSITIONS: Final = "positions"
 PRICES_INDEX: Final = "prices.index"
 PRICES_MARK: Final = "prices.mark"
-MARKET_TRADES: Final = "market.trades"
 RECON_BREAKS: Final = "recon.breaks"
 DEAD_LETTERS: Final = "dead.letters"
 AUTH_KEYS: Final = "auth.keys"
@@ -37,7 +36,7 @@ FUNDING_ROUNDS: Final = "funding.rounds"
 
 ALL: Final[tuple[str, ...]] = (
     ACCOUNT_COMMANDS, ORDERS, MATCHER_EVENTS, ACCOUNT_EVENTS, LEDGER_ENTRIES, POSITIONS,
-    PRICES_INDEX, PRICES_MARK, MARKET_TRADES, RECON_BREAKS, FUNDING_ROUNDS, AUTH_KEYS, DEAD_LETTERS,
+    PRICES_INDEX, PRICES_MARK, RECON_BREAKS, FUNDING_ROUNDS, AUTH_KEYS, DEAD_LETTERS,
 )
 
 TOPICS_FILE_ENV: Final = "PERPLINE_TOPICS_FILE"

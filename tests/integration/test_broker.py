@@ -109,7 +109,7 @@ def test_schema_validation_refuses_invalid_records(tmp_path: Path) -> None:
     schema_dir.mkdir()
     value_schema = {"type": "object", "required": ["rule", "count"],
                     "properties": {"rule": {"type": "string"}, "count": {"type": "integer"}}}
-    checked, free = topics.physical(topics.RECON_BREAKS), topics.physical(topics.MARKET_TRADES)
+    checked, free = topics.physical(topics.RECON_BREAKS), topics.physical(topics.DEAD_LETTERS)
     (schema_dir / f"{checked}.json").write_text(json.dumps({"type": "object", "properties": {"value": value_schema}}))
     with running_broker("--schema-dir", str(schema_dir)) as broker:
         assert _produce(broker.bootstrap, checked, b'{"rule": "zero_sum", "count": 2}') == "ok"
