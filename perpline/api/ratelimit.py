@@ -10,16 +10,21 @@ from __future__ import annotations
 import threading
 import time
 
+from prometheus_client import Counter
+
 IP_WEIGHT_PER_MIN = 6000
 KEY_WEIGHT_PER_MIN = 2400
 KEY_ORDERS_PER_MIN = 1200
 MAX_TRACKED = 100_000
+REJECTED = Counter("perpline_api_rate_limited_total", "requests refused with 429 by a rate limit", ["limit"])
 
 
 class RateLimiter:
     def __init__(self, ip_limit: int = IP_WEIGHT_PER_MIN, key_limit: int = KEY_WEIGHT_PER_MIN,
                  order_limit: int = KEY_ORDERS_PER_MIN) -> None:
         self.limits = {"ip": ip_limit, "key": key_limit, "orders": order_limit}
+        for kind in self.limits:
+            REJECTED.labels(kind)  # exported from the start (at 0)
         self._window = 0
         self._used: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -32,9 +37,12 @@ class RateLimiter:
             if window != self._window:
                 self._window, self._used = window, {}
             if len(self._used) >= MAX_TRACKED and (kind, who) not in self._used:
+                REJECTED.labels(kind).inc()
                 return False, 0, 60 - int(now % 60)
             used = self._used.get((kind, who), 0) + weight
             allowed = used <= self.limits[kind]
             if allowed:
                 self._used[(kind, who)] = used
+            else:
+                REJECTED.labels(kind).inc()
             return allowed, used, 60 - int(now % 60)

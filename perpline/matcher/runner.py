@@ -40,7 +40,7 @@ from perpline.contracts.units import UnitError
 from perpline.matcher import convert, snapshot
 from perpline.matcher.loader import load_core
 from perpline.matcher.segments import SegmentedWal
-from perpline.obs import clear_ready, mark_ready, serve_metrics, setup_logging
+from perpline.obs import LagWatcher, clear_ready, mark_ready, serve_metrics, setup_logging
 
 log = logging.getLogger("perpline.matcher")
 
@@ -87,6 +87,7 @@ class Matcher:
         self._stop = False
         self._delivery_error: str | None = None
         self._last_snapshot = time.monotonic()
+        self._lag = LagWatcher("perpline-matcher")
 
     # --- recovery ------------------------------------------------------------------------
     def recover(self) -> list[tuple[str, list[Any]]]:
@@ -143,6 +144,7 @@ class Matcher:
                     self._process(batch)
                 self._maybe_snapshot()
         finally:
+            self._lag.unwatch()
             consumer.close()
             flushed = self.producer.flush(10) == 0
             if flushed and self._delivery_error is None and self.state.inputs_since_snapshot:
@@ -161,6 +163,7 @@ class Matcher:
         meta = consumer.list_topics(name, timeout=15).topics[name]
         parts = [TopicPartition(name, p, self.state.next_offsets.get(p, 0)) for p in sorted(meta.partitions)]
         consumer.assign(parts)
+        self._lag.watch(consumer, parts)
         return consumer
 
     @staticmethod

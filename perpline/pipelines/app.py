@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import msgspec
 from confluent_kafka.admin import AdminClient
+from prometheus_client import Counter
 from quixstreams import Application
 from quixstreams.models import Row, Topic, TopicConfig
 from quixstreams.models.serializers import DeserializerType, Serializer
@@ -36,6 +37,10 @@ from perpline.contracts import messages as m
 from perpline.contracts import topics
 
 log = logging.getLogger("perpline.pipelines")
+PROCESSED = Counter("perpline_processor_messages_total", "inputs a processor has finished (every step ran)",
+                    ["group", "topic"])
+ERRORS = Counter("perpline_processor_errors_total", "errors that stopped a processor (it restarts from its last "
+                 "checkpoint); inputs skipped to dead.letters count in perpline_dead_letters_total", ["group"])
 
 COMMIT_INTERVAL_S = float(os.environ.get("PERPLINE_COMMIT_INTERVAL_S", "0.1"))
 SESSION_TIMEOUT_MS = 6000  # Tansu: a group join takes about half of it
@@ -73,16 +78,18 @@ def make_app(consumer_group: str, *, state_dir: Path | None = None, processing_g
     consumer_extra_config / producer_extra_config are merged into ours.
     """
     cfg = settings()
-    letters = DeadLetters(dead_letter_source or consumer_group)
+    group = f"{cfg.topic_prefix}{consumer_group}"
+    letters = DeadLetters(dead_letter_source or consumer_group, group)
     kwargs: dict[str, Any] = {
         "broker_address": cfg.kafka_bootstrap,
-        "consumer_group": f"{cfg.topic_prefix}{consumer_group}",
+        "consumer_group": group,
         "processing_guarantee": processing_guarantee,
         "auto_offset_reset": auto_offset_reset,
         "commit_interval": COMMIT_INTERVAL_S,
         "state_dir": str(state_dir or cfg.data_dir / "state" / consumer_group),
         "on_consumer_error": letters.on_consumer_error,
         "on_processing_error": letters.on_processing_error,
+        "on_message_processed": lambda topic_name, _partition, _offset: PROCESSED.labels(group, topic_name).inc(),
         "loglevel": "WARNING",
         "request_timeout": REQUEST_TIMEOUT_S,
         "topic_create_timeout": REQUEST_TIMEOUT_S,
@@ -185,9 +192,14 @@ class DeadLetters:
     Key: the source; causation_id: "<topic>:<partition>:<offset>" of the input, unique per input.
     """
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, group: str | None = None) -> None:
+        from perpline.pipelines.io import DEAD_LETTERS  # noqa: PLC0415 (io imports this module)
+
         self.source = source
+        self.group = group or source
         self._app: Application | None = None
+        DEAD_LETTERS.labels(source)  # exported from the start (at 0), not only after the first letter
+        ERRORS.labels(self.group)
 
     def attach(self, app: Application) -> None:
         self._app = app
@@ -195,6 +207,7 @@ class DeadLetters:
     def on_consumer_error(self, exc: Exception, message: Any, logger: logging.Logger) -> bool:
         if message is None or message.error() is not None or not isinstance(exc, SerializationError):
             log.error("consumer error", extra={"error": repr(exc)})
+            ERRORS.labels(self.group).inc()
             return False  # a broker / client error: stop, restart from the checkpoint
         self.send(message.topic(), message.partition(), message.offset(), message.value(), f"undecodable: {exc}")
         return True
@@ -202,6 +215,7 @@ class DeadLetters:
     def on_processing_error(self, exc: Exception, row: Row | None, logger: logging.Logger) -> bool:
         if row is None or not isinstance(exc, Malformed):
             log.error("processing error", extra={"error": repr(exc)}, exc_info=exc)
+            ERRORS.labels(self.group).inc()
             return False  # a bug: stop, restart from the checkpoint
         self.send(row.topic, row.partition, row.offset, row.value, f"malformed: {exc}")
         return True
@@ -209,7 +223,7 @@ class DeadLetters:
     def send(self, src_topic: str, partition: int, offset: int, payload: Any, error: str) -> None:
         if self._app is None:
             raise RuntimeError("DeadLetters not attached to an Application")
-        from perpline.pipelines.io import DEAD_LETTERS  # noqa: PLC0415 (io imports this module's neighbours)
+        from perpline.pipelines.io import DEAD_LETTERS  # noqa: PLC0415 (io imports this module)
 
         DEAD_LETTERS.labels(self.source).inc()
         letter = dead_letter(self.source, src_topic, partition, offset, payload, error)

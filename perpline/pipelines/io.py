@@ -22,6 +22,7 @@ from quixstreams.models.serializers import Serializer
 from perpline.config import topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
+from perpline.pipelines.app import PROCESSED
 
 log = logging.getLogger("perpline.pipelines")
 
@@ -39,7 +40,9 @@ def routed(logical_topic: str, key: str, msg: msgspec.Struct) -> dict[str, Any]:
 
 
 def input_topic(app: Application, logical: str) -> Topic:
-    return app.topic(topic_map()[logical], value_deserializer="bytes", key_deserializer="str")
+    physical = topic_map()[logical]
+    PROCESSED.labels(app.config.consumer_group, physical)  # exported from the start (at 0)
+    return app.topic(physical, value_deserializer="bytes", key_deserializer="str")
 
 
 def output_topics(app: Application, logicals: list[str]) -> dict[str, Topic]:

@@ -26,7 +26,7 @@ from perpline.obs import serve_metrics, setup_logging
 from perpline.pipelines import io
 from perpline.pipelines import ledger_sink_logic as rows
 from perpline.pipelines.app import make_app
-from perpline.pipelines.runtime import ready_on_assign
+from perpline.pipelines.runtime import export_lag, ready_on_assign
 
 log = logging.getLogger("perpline.ledger_sink")
 SOURCE = "ledger-sink"
@@ -100,9 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     applied = apply_migrations(get_client(url))
     log.info("migrations applied", extra={"applied": applied})
     serve_metrics(args.metrics_port)
+    io.DEAD_LETTERS.labels(SOURCE)  # exported from the start (at 0)
     app = make_app("perpline-ledger-sink", processing_guarantee="at-least-once")
     build(app, url)
     ready_on_assign(app)
+    export_lag(app)
     app.run()
 
 

@@ -50,6 +50,8 @@ class Reconciler:
         self.rules = rules or load_rules()
         self.last_start_ms = 0
         self.previous: set[tuple[Any, ...]] = set()  # eventual breaks seen by the previous run
+        for rule in self.rules:  # every rule's series exported from the start (at 0)
+            RULE_ERRORS.labels(rule.name)
 
     def publish_instruments(self) -> None:
         """The fee rates trade_fees.sql checks against, from instruments.yaml (the one source)."""
