@@ -65,12 +65,16 @@ function route() {
   refresh();
 }
 
-function rows(table, header, items) {
+function rows(table, header, items, fixedRows = 0) {
+  // fixedRows: the table always has that many body rows (blank ones pad it), so its height never jumps
   const head = `<tr>${header.map((h) => `<th>${h}</th>`).join("")}</tr>`;
-  $(table).innerHTML = head + items.map((cells) => `<tr>${cells.map((c) => `<td>${c}</td>`).join("")}</tr>`).join("");
+  const blank = `<tr>${header.map(() => "<td>&nbsp;</td>").join("")}</tr>`;
+  $(table).innerHTML = head + items.map((cells) => `<tr>${cells.map((c) => `<td>${c}</td>`).join("")}</tr>`).join("")
+    + blank.repeat(Math.max(0, fixedRows - items.length));
 }
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
 const time = (ms) => new Date(ms).toLocaleTimeString();
+const BOOK_LEVELS = 10, TRADE_ROWS = 16;
 
 // --- market ----------------------------------------------------------------------------------------
 function ensureChart() {
@@ -89,24 +93,27 @@ async function loadMarket() {
   if (!inst) return;
   const binance = sym.replace("-PERP", "");
   const [book, trades, ticker, klines] = await Promise.all([
-    api("GET", `/api/v1/market/depth?symbol=${sym}&limit=12`, undefined, { auth: false }),
-    api("GET", `/api/v1/market/trades?symbol=${sym}&limit=20`, undefined, { auth: false }),
+    api("GET", `/api/v1/market/depth?symbol=${sym}&limit=${BOOK_LEVELS}`, undefined, { auth: false }),
+    api("GET", `/api/v1/market/trades?symbol=${sym}&limit=${TRADE_ROWS}`, undefined, { auth: false }),
     api("GET", `/fapi/v1/ticker/24hr?symbol=${binance}`, undefined, { auth: false }),
     api("GET", `/fapi/v1/klines?symbol=${binance}&interval=${state.interval}&limit=300`, undefined, { auth: false }),
   ]);
   const widest = Math.max(1, ...[...book.bids, ...book.asks].map((l) => Number(l[1])));  // bar widths only
   const level = (l) => `<tr><td><span>${l[0]}</span></td><td><div class="bar" style="width:${(100 * Number(l[1]) / widest).toFixed(1)}%"></div><span>${l[1]}</span></td></tr>`;
-  $("asks").innerHTML = book.asks.slice().reverse().map(level).join("");
-  $("bids").innerHTML = book.bids.map(level).join("");
+  const blank = (n) => "<tr><td><span>&nbsp;</span></td><td></td></tr>".repeat(Math.max(0, BOOK_LEVELS - n));
+  $("asks").innerHTML = blank(book.asks.length) + book.asks.slice().reverse().map(level).join("");  // best ask next to the spread
+  $("bids").innerHTML = book.bids.map(level).join("") + blank(book.bids.length);
   $("spread").textContent = book.bids.length && book.asks.length ? `spread ${(Number(book.asks[0][0]) - Number(book.bids[0][0])).toFixed(2)}` : "no spread";
   rows("trades", ["Price", "Qty", "Time"], trades.slice().reverse().map((t) =>
-    [`<span class="${t.taker_side === "BUY" ? "buy" : "sell"}">${t.price}</span>`, t.quantity, time(t.ts_ms)]));
+    [`<span class="${t.taker_side === "BUY" ? "buy" : "sell"}">${t.price}</span>`, t.quantity, time(t.ts_ms)]), TRADE_ROWS);
   $("t-last").textContent = ticker.lastPrice; $("t-change").textContent = `${ticker.priceChangePercent}%`;
   $("t-high").textContent = ticker.highPrice; $("t-low").textContent = ticker.lowPrice; $("t-volume").textContent = ticker.volume;
   if (state.series) {
     state.series.setData(klines.map((k) => ({ time: k[0] / 1000, open: Number(k[1]), high: Number(k[2]), low: Number(k[3]), close: Number(k[4]) })));
     state.volume.setData(klines.map((k) => ({ time: k[0] / 1000, value: Number(k[5]), color: Number(k[4]) >= Number(k[1]) ? "#3fb95066" : "#f8514966" })));
   }
+  const k = klines[klines.length - 1];  // the forming candle, in the server's own decimal strings
+  $("chart-legend").textContent = k ? `${new Date(k[0]).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })} O ${k[1]} H ${k[2]} L ${k[3]} C ${k[4]} V ${k[5]} (${k[8]} trades)` : "no trades yet";
   try {
     const mark = await api("GET", `/api/v1/market/mark?symbol=${sym}`, undefined, { auth: false });
     $("t-mark").textContent = mark.mark_price; $("t-index").textContent = mark.index_price;
@@ -237,7 +244,7 @@ async function start() {
   $("order-form").addEventListener("submit", placeOrder);
   $("o-type").addEventListener("change", () => { $("o-price").disabled = $("o-type").value === "MARKET"; });
   $("cancel-all").addEventListener("click", async () => { try { await api("DELETE", `/api/v1/orders?symbol=${state.symbol}`); } catch (err) { say("order-msg", errorText(err), false); } refresh(); });
-  $("w-deposit").addEventListener("click", () => wallet("deposits"));
+  $("wallet-form").addEventListener("submit", (ev) => { ev.preventDefault(); wallet("deposits"); });  // Enter deposits
   $("w-withdraw").addEventListener("click", () => wallet("withdrawals"));
   $("key-form").addEventListener("submit", createKey);
   $("interval").addEventListener("change", () => { state.interval = $("interval").value; refresh(); });
