@@ -1,10 +1,12 @@
 """The web terminal in headless Chromium (Debian's chromium + chromedriver, installed by `make test`)
 against the real stack: sign up, deposit, a resting order in open orders and in the book, cancel it,
-cross another account's order and see the position, a rejected order shows the server's message,
-dark mode survives a reload, no error in the browser console; then the page with the demo traders
-running (book, trades and the chart's forming candle move, nothing jumps, no console error), and at a
-phone's width (no sideways scrolling, an order placed with the keyboard, cancel-all, close a position,
-no polling on a hidden tab, 304s while idle). Screenshots of each page go to artifacts/screenshots/."""
+cross another account's order and see the position, a rejected order shows the server's message, an
+API key created and revoked, dark mode survives a reload, log out and in again, no error in the
+browser console; then the page with the demo traders running (book, trades and the chart's forming
+candle move, nothing below them jumps, no console error), and at a phone's width (no sideways
+scrolling, an order placed with the keyboard, cancel-all, close a position), the candle interval
+switch, no polling on a hidden tab, 304s while idle. Screenshots of each page go to
+artifacts/screenshots/."""
 
 from __future__ import annotations
 
@@ -102,6 +104,7 @@ def shot(driver: Any, name: str) -> None:
 
 def test_a_trader_session_in_the_browser(stack: Stack, browser: Any) -> None:
     from selenium.webdriver.common.by import By  # noqa: PLC0415
+    from selenium.webdriver.common.keys import Keys  # noqa: PLC0415
 
     d = browser
     d.get(stack.api + "/")
@@ -157,6 +160,8 @@ def test_a_trader_session_in_the_browser(stack: Stack, browser: Any) -> None:
     click(d, "k-create")
     until(lambda: "shown once" in text(d, "key-secret"))
     shot(d, "6-keys")
+    until(lambda: d.find_element(By.CSS_SELECTOR, "#keys button[data-revoke]").click() or True)
+    until(lambda: shows(d, "keys", "yes") and not d.find_elements(By.CSS_SELECTOR, "#keys button[data-revoke]"))
 
     d.get(stack.api + "/#/trade")
     theme = d.execute_script("return document.documentElement.dataset.theme")
@@ -174,6 +179,13 @@ def test_a_trader_session_in_the_browser(stack: Stack, browser: Any) -> None:
     severe = [e for e in d.get_log("browser") if e.get("level") == "SEVERE" and e.get("source") != "network"]
     assert severe == [], severe
     assert Path(SHOTS / "7-trade-dark.png").stat().st_size > 10_000
+
+    click(d, "logout")  # the session ends on the server too: log in again with the password
+    until(lambda: d.find_element(By.ID, "view-login").is_displayed() and not d.execute_script("return localStorage.access_token"))
+    fill(d, "login", "dora@example.com")
+    fill(d, "password", "s3cret-enough")
+    d.find_element(By.ID, "password").send_keys(Keys.ENTER)  # Enter in the form logs in
+    until(lambda: d.find_element(By.ID, "view-trade").is_displayed() and "50000.00" in text(d, "positions"))
 
 
 def console_errors(driver: Any) -> list[Any]:
@@ -264,6 +276,7 @@ def test_the_page_moves_with_the_demo_traders(stack: Stack, browser: Any, tmp_pa
 def test_a_phone_width_and_idle_polling(stack: Stack, browser: Any) -> None:
     from selenium.webdriver.common.by import By  # noqa: PLC0415
     from selenium.webdriver.common.keys import Keys  # noqa: PLC0415
+    from selenium.webdriver.support.ui import Select  # noqa: PLC0415
 
     d = browser
     signed_in(d, stack)
@@ -276,6 +289,8 @@ def test_a_phone_width_and_idle_polling(stack: Stack, browser: Any) -> None:
         assert width[0] == 390 and max(width[1:]) <= 390, width  # nothing scrolls the page sideways
         form = d.execute_script("const r = document.getElementById('order-form').getBoundingClientRect(); return [r.left, r.right]")
         assert form[0] >= 0 and form[1] <= 390, form
+        until(lambda: shows(d, "chart-legend", "trades)"))
+        shot(d, "9-phone")
 
         # the order form with the keyboard alone: type, Enter submits
         httpx.post(f"{stack.api}/api/v1/wallet/deposits", headers={"X-Account-Id": str(BIDDER)}, timeout=30,
@@ -288,7 +303,7 @@ def test_a_phone_width_and_idle_polling(stack: Stack, browser: Any) -> None:
         until(lambda: shows(d, "order-msg", "NEW"))
         until(lambda: shows(d, "open-orders", "48000.00"))
         d.execute_script("document.getElementById('order-form').scrollIntoView()")
-        shot(d, "9-phone")
+        shot(d, "10-phone-order")
         click(d, "cancel-all")
         until(lambda: "Cancel" not in text(d, "open-orders"))
 
@@ -302,6 +317,13 @@ def test_a_phone_width_and_idle_polling(stack: Stack, browser: Any) -> None:
             until(lambda: "BTCUSDT-PERP" not in text(d, "positions"))
     finally:
         d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+    # the interval switch asks for that interval's candles and redraws
+    count_fetches(d)
+    Select(d.find_element(By.ID, "interval")).select_by_visible_text("5m")
+    until(lambda: any("interval=5m" in url and status == 200 for status, url in d.execute_script("return window.__answers")))
+    until(lambda: d.execute_script("return state.interval === '5m' && state.series.data().length > 0"))
+    Select(d.find_element(By.ID, "interval")).select_by_visible_text("1m")
 
     # a hidden tab polls nothing; shown again, it refreshes at once
     count_fetches(d)
