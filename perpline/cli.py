@@ -3,6 +3,8 @@
     perpline up [--demo]          run the whole exchange on this machine
     perpline api | matcher | accounts | clearing | ledger-sink | risk | index-feed | recon | demo | broker | clickhouse
     perpline recon --full --once  one full reconciliation pass: breaks as JSON lines, exit 1 if any
+    perpline topics [--json]      topics with partitions, offsets, records, consumer groups' committed offsets and lag
+    perpline topics tail TOPIC    records as pretty JSON [--from-beginning|--last N] [--trace-id X] [--key K] [--follow]
     perpline schemas              regenerate redpanda/schemas/*.json from the message types
     perpline admin ...            users, API keys, wallet deposits (perpline admin -h)
 """
@@ -27,6 +29,7 @@ COMMANDS = {
     "clickhouse": "perpline.ch.server",
     "schemas": "perpline.contracts.schemas",
     "admin": "perpline.auth.admin",
+    "topics": "perpline.topics_tool",
 }
 
 
