@@ -59,12 +59,17 @@ bench: matcher $(BENCH_VENV)/.installed-stamp
 	$(BIN)/python -m bench.settlement
 	$(BIN)/python -m bench.risk
 
-# Kubernetes: render every overlay and validate it offline (also part of make test)
+# Kubernetes: render every overlay and validate it offline, check and unit-test the alert rules with promtool
+# when it is installed (also part of make test)
 k8s-validate: $(STAMP)
 	@for overlay in local production; do \
 	  $(BIN)/kubectl kustomize k8s/overlays/$$overlay > .k8s-$$overlay.yaml && \
 	  $(BIN)/kubernetes-validate --strict --quiet .k8s-$$overlay.yaml && echo "k8s/overlays/$$overlay: valid" || exit 1; \
 	done; rm -f .k8s-*.yaml
+	@if command -v promtool >/dev/null; then \
+	  promtool check rules k8s/base/alerts/perpline.rules.yaml && \
+	  (cd k8s/base/alerts && promtool test rules perpline.rules.test.yaml) || exit 1; \
+	else echo "promtool not installed: alert rules not checked by it (install Prometheus' promtool to check them)"; fi
 
 # a kind cluster with the local overlay (needs kind and a Docker engine)
 k8s-up: $(STAMP)

@@ -1,12 +1,20 @@
 """Grafana dashboards as code: writes k8s/base/dashboards/*.json (committed; provisioned by the
-grafana-dashboards ConfigMap). Rerun after changing a panel: `python k8s/dashboards.py`."""
+grafana-dashboards ConfigMap), and the Prometheus Operator's PrometheusRule of the monitoring component
+from the alert rules k8s/base/alerts/perpline.rules.yaml (the one place rules are written).
+Rerun after changing a panel or a rule: `python k8s/dashboards.py` (a test checks both are current)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-OUT = Path(__file__).parent / "base" / "dashboards"
+import yaml
+
+K8S = Path(__file__).parent
+OUT = K8S / "base" / "dashboards"
+RULES = K8S / "base" / "alerts" / "perpline.rules.yaml"
+PROMETHEUS_RULE = K8S / "components" / "monitoring" / "prometheusrule.yaml"
 
 
 def panel(pid: int, title: str, exprs: list[tuple[str, str]], x: int, y: int, unit: str = "short") -> dict:
@@ -32,6 +40,8 @@ DASHBOARDS = {
         ("API requests / s by status", [("sum by (status) (rate(perpline_api_requests_total[1m]))", "{{status}}")], "reqps"),
         ("liquidations / min", [("sum by (symbol) (rate(perpline_risk_liquidations_sent_total[5m])) * 60", "{{symbol}}")],
          "short"),
+        ("consumer lag by group", [("sum by (group) (perpline_consumer_lag_messages)", "{{group}}")], "short"),
+        ("insurance fund", [("perpline_insurance_fund_balance", "{{asset}}")], "short"),
     ]),
     "matching-engine": dashboard("perpline-matcher", "perpline: matching engine", [
         ("inputs / s by symbol", [("sum by (symbol) (rate(perpline_matcher_inputs_total[1m]))", "{{symbol}}")], "ops"),
@@ -43,6 +53,13 @@ DASHBOARDS = {
                                     ("perpline_matcher_book_levels", "levels {{symbol}}")], "short"),
         ("recovery time", [("perpline_matcher_recovery_seconds", "last recovery")], "s"),
         ("seq", [("perpline_matcher_seq", "{{symbol}}")], "short"),
+        ("orders waiting (consumer lag)", [('sum by (topic, partition) (perpline_consumer_lag_messages{group="perpline-matcher"})',
+                                           "{{topic}}/{{partition}}")], "short"),
+        ("inputs per batch p50 / p99", [("histogram_quantile(0.5, sum by (le) (rate(perpline_matcher_batch_inputs_bucket[5m])))",
+                                         "p50"),
+                                        ("histogram_quantile(0.99, sum by (le) (rate(perpline_matcher_batch_inputs_bucket[5m])))",
+                                         "p99")], "short"),
+        ("dead letters", [("sum(increase(perpline_matcher_dead_letters_total[5m]))", "dead letters")], "short"),
     ]),
     "settlement-ledger": dashboard("perpline-settlement", "perpline: settlement and ledger", [
         ("accounts commands / s", [("sum by (type) (rate(perpline_accounts_commands_total[1m]))", "{{type}}")], "ops"),
@@ -52,6 +69,12 @@ DASHBOARDS = {
                                      "p99")], "s"),
         ("dead letters", [("sum by (source) (increase(perpline_dead_letters_total[5m]))", "{{source}}")], "short"),
         ("invariant alarms", [("sum(increase(perpline_accounts_alarms_total[5m]))", "alarms")], "short"),
+        ("consumer lag per partition", [("sum by (group, topic, partition) (perpline_consumer_lag_messages)",
+                                         "{{group}} {{topic}}/{{partition}}")], "short"),
+        ("processed / s by processor", [("sum by (group) (rate(perpline_processor_messages_total[1m]))", "{{group}}")], "ops"),
+        ("processor errors (restarts)", [("sum by (group) (increase(perpline_processor_errors_total[5m]))", "{{group}}")],
+         "short"),
+        ("ledger rows / s by table", [("sum by (table) (rate(perpline_ledger_sink_rows_total[1m]))", "{{table}}")], "ops"),
     ]),
     "reconciliation": dashboard("perpline-recon", "perpline: reconciliation", [
         ("breaks by rule", [("perpline_recon_breaks", "{{rule}}")], "short"),
@@ -60,6 +83,7 @@ DASHBOARDS = {
         ("rule duration", [("perpline_recon_rule_seconds", "{{rule}}")], "s"),
         ("rule errors", [("sum by (rule) (increase(perpline_recon_rule_errors_total[5m]))", "{{rule}}")], "short"),
         ("funding rounds", [("sum by (symbol) (increase(perpline_risk_funding_rounds_total[1h]))", "{{symbol}}")], "short"),
+        ("insurance fund", [("perpline_insurance_fund_balance", "{{asset}}")], "short"),
     ]),
     "api": dashboard("perpline-api", "perpline: API", [
         ("requests / s by route", [("sum by (route) (rate(perpline_api_requests_total[1m]))", "{{route}}")], "reqps"),
@@ -68,11 +92,53 @@ DASHBOARDS = {
          "s"),
         ("errors / s", [('sum by (status) (rate(perpline_api_requests_total{status=~"4..|5.."}[1m]))', "{{status}}")],
          "reqps"),
-        ("rate-limited / s", [('sum(rate(perpline_api_requests_total{status="429"}[1m]))', "429")], "reqps"),
+        ("rate-limited / s by limit", [("sum by (limit) (rate(perpline_api_rate_limited_total[1m]))", "{{limit}}")], "reqps"),
+        ("latency p99 by route", [("histogram_quantile(0.99, sum by (le, route) (rate(perpline_api_request_seconds_bucket[5m])))",
+                                   "{{route}}")], "s"),
     ]),
 }
 
+
+METRIC = re.compile(r"\b(perpline_[a-z0-9_]+)\b")
+BY = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+SELECTOR = re.compile(r"\{([^{}]*)\}")
+MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+TEMPLATE = re.compile(r"\{\{\s*(?:\$labels\.)?([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
+
+
+def queries() -> list[tuple[str, str, str]]:
+    """(where, PromQL expression, legend or summary) of every dashboard panel target and every alert rule."""
+    out = [(f"dashboard {name} / {p['title']}", t["expr"], t["legendFormat"])
+           for name, board in DASHBOARDS.items() for p in board["panels"] for t in p["targets"]]
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        out += [(f"alert {r['alert']}", r["expr"], r["annotations"]["summary"]) for r in group["rules"]]
+    return out
+
+
+def metrics_of(expr: str) -> set[str]:
+    """The series names an expression reads, as written (a histogram's _bucket, a counter's _total)."""
+    return set(METRIC.findall(expr))
+
+
+def labels_of(expr: str, text: str = "") -> set[str]:
+    """Label names an expression (grouping, matchers) and its legend or summary ({{x}}, {{ $labels.x }}) rely on."""
+    names = {n.strip() for clause in BY.findall(expr) for n in clause.split(",") if n.strip()}
+    names |= {n for selector in SELECTOR.findall(expr) for n in MATCHER.findall(selector)}
+    return (names | set(TEMPLATE.findall(text))) - {"le"}
+
+
+def rendered() -> dict[Path, str]:
+    """Every generated file and its text."""
+    files = {OUT / f"{name}.json": json.dumps(board, indent=2) + "\n" for name, board in DASHBOARDS.items()}
+    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "perpline", "namespace": "perpline", "labels": {"release": "kube-prometheus-stack"}},
+            "spec": yaml.safe_load(RULES.read_text())}
+    files[PROMETHEUS_RULE] = ("# Generated by k8s/dashboards.py from k8s/base/alerts/perpline.rules.yaml: edit that file.\n"
+                              + yaml.safe_dump(rule, sort_keys=False, width=200))
+    return files
+
+
 if __name__ == "__main__":
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, board in DASHBOARDS.items():
-        (OUT / f"{name}.json").write_text(json.dumps(board, indent=2) + "\n")
+    for path, text in rendered().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)

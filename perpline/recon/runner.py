@@ -41,6 +41,18 @@ LAST_RUN = Gauge("perpline_recon_last_run_timestamp_seconds", "when the last run
 RUN_SECONDS = Gauge("perpline_recon_run_seconds", "how long the last run took")
 RULE_ERRORS = Counter("perpline_recon_rule_errors_total", "rule runs that failed (bad SQL, ClickHouse away)", ["rule"])
 RULE_SECONDS = Gauge("perpline_recon_rule_seconds", "how long each rule took in the last run", ["rule"])
+INSURANCE_FUND = Gauge("perpline_insurance_fund_balance", "the insurance fund's balance per asset in the ledger "
+                       "(ClickHouse), read after each run", ["asset"])
+FUND_SQL = ("SELECT asset, -sum(amount) FROM ledger_postings FINAL WHERE ledger_account = 'platform:INSURANCE_FUND' "
+            "GROUP BY asset")
+
+
+def export_insurance_fund(client: Any) -> None:
+    """The fund's balance (a credit balance in the ledger: minus the postings' sum) for the alert on a draining fund."""
+    for inst in load_catalog().instruments.values():
+        INSURANCE_FUND.labels(inst.margin_asset)  # 0 until the first posting
+    for asset, balance in client.query(FUND_SQL).result_rows:
+        INSURANCE_FUND.labels(asset).set(float(balance))
 
 
 class Reconciler:
@@ -148,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 recon.run(full=args.full or first)  # a full pass first, then incremental
                 first = False
+                export_insurance_fund(client)
             except Exception as exc:  # noqa: BLE001 (ClickHouse away for a moment: report, try again next time)
                 log.error("reconciliation run failed", extra={"error": repr(exc)})
 
