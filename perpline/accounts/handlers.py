@@ -549,6 +549,11 @@ def _on_done(state: AccountState, cmd: m.OrderDone, ctx: Ctx) -> None:
 
 def _close_order(state: AccountState, ctx: Ctx, order: OrderState) -> None:
     assert order.margin_frozen == 0 and order.fee_frozen == 0, "a closed order holds nothing frozen"
+    if order.liquidation:
+        inst = _instrument(order.symbol)
+        ctx.emit(LOGICAL_POSITIONS, order.symbol, m.LiquidationOrderDone(
+            **ctx.meta(), account_id=state.account_id, symbol=order.symbol, order_id=order.order_id,
+            client_order_id=order.client_order_id, filled=inst.format_qty(order.filled_lots)))
     del state.orders[order.order_id]
     ctx.memory.remember_closed(order.client_order_id, order.order_id)
 

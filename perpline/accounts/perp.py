@@ -6,8 +6,9 @@ resend a no-op; both move money only through balanced journals:
   a receiver gets FUNDING_CLEARING -> SPOT. Payers round up and receivers down, so FUNDING_CLEARING
   keeps the rounding residue of every round (never negative by rounding).
 - LIQUIDATION: the account's orders in the symbol are cancelled and a fee-free reduce-only IOC
-  closes the position at no worse than its bankruptcy price (later attempts: within 5% of the mark).
-  Each liquidation fill sends what is left of the closed part's margin to the INSURANCE_FUND, or
+  closes the position at no worse than its bankruptcy price (later attempts: within 5% of the mark,
+  but no further beyond the bankruptcy price than the insurance fund can pay for; the risk process
+  says how much in `max_loss`). Each liquidation fill sends what is left of the closed part's margin to the INSURANCE_FUND, or
   takes a deficit from it, so the liquidated account loses exactly the position's margin.
 """
 
@@ -19,6 +20,7 @@ from perpline.accounts.state import AccountState, OrderState, Position, RequestO
 from perpline.contracts import ids
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
+from perpline.contracts.instruments import Instrument
 from perpline.contracts.units import RATE_SCALE, format_amount, parse_amount
 from perpline.risk.formulas import bankruptcy_ticks
 
@@ -70,13 +72,11 @@ def liquidate(state: AccountState, cmd: m.Liquidate, ctx: h.Ctx) -> RequestOutco
             **ctx.meta(), order_id=order_id, account_id=state.account_id, symbol=inst.symbol))
     side = "SELL" if pos.size_lots > 0 else "BUY"
     price_ticks = bankruptcy_ticks(inst, pos.size_lots, pos.cost, pos.margin)
-    if cmd.attempt > 0:  # the book did not reach the bankruptcy price: close near the mark, the fund covers
-        mark = inst.parse_price(cmd.mark_price)
-        slip = mark * LIQUIDATION_SLIPPAGE_E8 // RATE_SCALE
-        price_ticks = max(1, mark - slip) if side == "SELL" else mark + slip
     qty_lots = abs(pos.size_lots)
+    if cmd.attempt > 0:  # the book did not reach the bankruptcy price: close near the mark, the fund covers
+        price_ticks = _fund_backed_price(inst, side, price_ticks, qty_lots, cmd)
     state.order_seq += 1
-    client_id = f"liq-{pos.version}-{cmd.attempt}"
+    client_id = ids.liquidation_client_id(pos.version, cmd.attempt)
     order = OrderState(
         order_id=ids.order_id_for(state.account_id, state.order_seq), client_order_id=client_id, symbol=inst.symbol,
         side=side, order_type="LIMIT", time_in_force="IOC", price_ticks=price_ticks, qty_lots=qty_lots,
@@ -89,6 +89,20 @@ def liquidate(state: AccountState, cmd: m.Liquidate, ctx: h.Ctx) -> RequestOutco
         order_type="LIMIT", time_in_force="IOC", price=inst.format_price(price_ticks),
         quantity=inst.format_qty(qty_lots), client_order_id=client_id, stp="EXPIRE_TAKER", reduce_only=True))
     return h._ok(order.order_id, client_id)
+
+
+def _fund_backed_price(inst: Instrument, side: str, bankrupt_ticks: int, qty_lots: int, cmd: m.Liquidate) -> int:
+    """A later attempt's limit: within LIQUIDATION_SLIPPAGE_E8 of the mark, but never so far beyond the
+    bankruptcy price that the loss (the distance x size) exceeds what the insurance fund may pay."""
+    mark = inst.parse_price(cmd.mark_price)
+    slip = mark * LIQUIDATION_SLIPPAGE_E8 // RATE_SCALE
+    near_mark = max(1, mark - slip) if side == "SELL" else mark + slip
+    if not cmd.max_loss:
+        return near_mark
+    cover_ticks = parse_amount(cmd.max_loss) // (qty_lots * inst.amount_per_tick_lot)
+    if side == "SELL":
+        return max(near_mark, bankrupt_ticks - cover_ticks, 1)
+    return min(near_mark, bankrupt_ticks + cover_ticks)
 
 
 def deleverage(state: AccountState, cmd: m.Deleverage, ctx: h.Ctx) -> RequestOutcome:
@@ -143,3 +157,6 @@ def _to_insurance_fund(state: AccountState, ctx: h.Ctx, asset: str, symbol: str,
         journal.transfer(spot, fund, residual)
     else:
         journal.transfer(fund, spot, -residual)
+    ctx.emit(h.LOGICAL_POSITIONS, symbol, m.InsuranceFundMoved(
+        **ctx.meta(), account_id=state.account_id, symbol=symbol, asset=asset, amount=format_amount(residual),
+        cause=cause))

@@ -30,5 +30,18 @@ def fill_leg_id(symbol: str, seq: int, liquidity: str) -> str:
     return f"fill:{symbol}:{seq}:{liquidity}"
 
 
+def liquidation_client_id(position_version: int, attempt: int) -> str:
+    """The client order id of a liquidation order: which position version and attempt it closes."""
+    return f"liq-{position_version}-{attempt}"
+
+
+def parse_liquidation_client_id(client_order_id: str) -> tuple[int, int] | None:
+    """(position version, attempt) of a liquidation order's client id, or None for any other id."""
+    parts = client_order_id.split("-")
+    if len(parts) != 3 or parts[0] != "liq" or not (parts[1].isdigit() and parts[2].isdigit()):
+        return None
+    return int(parts[1]), int(parts[2])
+
+
 def journal_id(cause_id: str, ref_type: str) -> str:
     return f"{cause_id}/{ref_type}"

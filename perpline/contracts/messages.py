@@ -169,6 +169,8 @@ class Liquidate(Msg, tag="liquidate", kw_only=True):
     position_version: int
     mark_price: str
     attempt: int = 0  # 0: close at no worse than the bankruptcy price; later: within 5% of the mark
+    max_loss: str = ""  # later attempts: the most the insurance fund may pay beyond the bankruptcy price
+    #                     ("": no bound given)
 
 
 class Deleverage(Msg, tag="deleverage", kw_only=True):
@@ -450,6 +452,28 @@ class PositionSnapshot(Msg, tag="position_snapshot", kw_only=True):
     cost: str = "0"  # entry value of the open size (amount), exact: the liquidation price is computed from it
 
 
+class InsuranceFundMoved(Msg, tag="insurance_fund_moved", kw_only=True):
+    """The insurance fund received (positive) or paid (negative) `amount` for a liquidated position:
+    the risk process sums these into the fund's balance, the most it lets a liquidation lose."""
+
+    account_id: int
+    symbol: str
+    asset: str
+    amount: str
+    cause: str
+
+
+class LiquidationOrderDone(Msg, tag="liquidation_order_done", kw_only=True):
+    """A liquidation order closed (filled, expired or cancelled), after the fills it had: the risk
+    process decides the next attempt, or ADL, only once it has seen this for the previous one."""
+
+    account_id: int
+    symbol: str
+    order_id: int
+    client_order_id: str  # perpline.contracts.ids.liquidation_client_id(position version, attempt)
+    filled: str
+
+
 # --- prices.index / prices.mark / funding.rounds (key: symbol) ----------------------------
 
 
@@ -583,7 +607,7 @@ TOPIC_TYPES: dict[str, object] = {
     "matcher.events": MatcherEvent,
     "account.events": AccountEvent,
     "ledger.entries": LedgerEntry,
-    "positions": PositionSnapshot,
+    "positions": PositionSnapshot | InsuranceFundMoved | LiquidationOrderDone,
     "dead.letters": DeadLetter,
     "auth.keys": AuthRecord,
     "prices.index": IndexPrice,

@@ -6,7 +6,9 @@ Read top to bottom, one loop:
 1. catch up: read matcher.events, positions and funding.rounds from the start and the last index
    price, up to the end offsets seen at start; act on nothing before that;
 2. every tick, per symbol: index (stale after PERPLINE_INDEX_STALE_S: fall back to the book's mid,
-   else the last trade), premium sample, mark = Binance's median, publish on prices.mark;
+   else the last trade), premium sample, mark = Binance's median, publish on prices.mark; between
+   ticks, when the book, a trade or the index moved, the mark is recomputed (at most every
+   MARK_MIN_GAP_MS), the liquidation check runs at once, and a move of 0.01 % or more is published;
 3. liquidations: the positions the mark crossed (log N + k), one Liquidate command each to the
    accounts processor, retried every LIQUIDATION_RETRY_MS with the next attempt number while the
    position stays at the same version;
@@ -33,7 +35,7 @@ from prometheus_client import Counter, Gauge
 from perpline.config import fetch_config, producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
-from perpline.contracts.units import format_amount, format_rate
+from perpline.contracts.units import RATE_SCALE, format_amount, format_rate
 from perpline.obs import StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
 from perpline.risk import adl
 from perpline.risk import formulas as f
@@ -43,9 +45,12 @@ log = logging.getLogger("perpline.risk")
 
 INPUTS = ("matcher.events", "positions", "funding.rounds", "prices.index")
 LIQUIDATION_RETRY_MS = 2000
+LIQUIDATION_STUCK_MS = 30_000  # no LiquidationOrderDone for an attempt this long (it was refused): go on
 ADL_AFTER_ATTEMPTS = 3  # liquidation orders that found no taker within 5 % of the mark: deleverage
 ADL_RESEND_MS = 600_000  # on restart, resend the commands of ADL decisions this recent (answered once)
 MAX_POLL_BATCH = 10_000
+MARK_MIN_GAP_MS = 100  # between ticks, a moved book or index recomputes the mark at most this often
+MARK_PUBLISH_MOVE_E8 = 10_000  # ... and publishes it when it moved 0.01 % or more since the last published
 TICKS = Counter("perpline_risk_ticks_total", "mark price ticks")
 LIQUIDATIONS = Counter("perpline_risk_liquidations_sent_total", "Liquidate commands sent", ["symbol"])
 ROUNDS = Counter("perpline_risk_funding_rounds_total", "funding rounds settled", ["symbol"])
@@ -69,7 +74,8 @@ class Risk:
         self.tick_ms = tick_ms
         self.interval_ms = funding_interval_ms()
         self.stale_ms = index_stale_ms()
-        self.sent: dict[tuple[str, int, int], tuple[int, int]] = {}  # (symbol, account, version) -> (attempt, ms)
+        # (symbol, account, version) -> (attempt, sent ms, insurance-fund cover offered)
+        self.sent: dict[tuple[str, int, int], tuple[int, int, int]] = {}
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "perpline-risk", "enable.auto.commit": False,
                                   "isolation.level": "read_committed", **fetch_config()})
         self.producer = Producer(producer_config(bootstrap))
@@ -133,12 +139,15 @@ class Risk:
             if now_ms - record.ts_ms < ADL_RESEND_MS:
                 self.send_adl(record)
         self.recent_adl.clear()
+        for s in self.state.symbols.values():
+            s.dirty = False  # history moved nothing yet: the first tick publishes
         mark_ready()
         log.info("risk ready", extra={"symbols": list(self.state.symbols), "funding_interval_ms": self.interval_ms})
         next_tick = time.monotonic()
         while not self.stopping:
-            for msg in self.consumer.consume(MAX_POLL_BATCH, max(0.0, min(0.2, next_tick - time.monotonic()))):
+            for msg in self.consumer.consume(MAX_POLL_BATCH, max(0.0, min(0.05, next_tick - time.monotonic()))):
                 self.on_message(msg)
+            self.on_change(int(time.time() * 1000))
             if time.monotonic() >= next_tick:
                 self.tick(int(time.time() * 1000))
                 next_tick += self.tick_ms / 1000
@@ -146,9 +155,11 @@ class Risk:
         self.consumer.close()
 
     def tick(self, now_ms: int) -> None:
+        """The steady cadence: sample the premium, publish every symbol's mark, liquidate, fund."""
         TICKS.inc()
         for s in self.state.symbols.values():
-            if not self.mark(s, now_ms):
+            s.dirty = False
+            if not self.mark(s, now_ms, sample=True):
                 continue
             self.liquidate(s, now_ms)
             due = now_ms // self.interval_ms * self.interval_ms
@@ -159,9 +170,24 @@ class Risk:
             POSITIONS.labels(s.inst.symbol).set(len(s.liquidations))
         self.producer.poll(0)
 
+    def on_change(self, now_ms: int) -> None:
+        """Between ticks: a symbol whose book, trades or index moved gets its mark recomputed (at most every
+        MARK_MIN_GAP_MS) and checked against the liquidation prices at once; it is published when it moved
+        MARK_PUBLISH_MOVE_E8 or more since the last published mark."""
+        for s in self.state.symbols.values():
+            if not s.dirty or now_ms - s.computed_ms < MARK_MIN_GAP_MS:
+                continue
+            s.dirty = False
+            before = s.mark_ticks
+            if self.mark(s, now_ms, sample=False) and s.mark_ticks != before:
+                self.liquidate(s, now_ms)
+        self.producer.poll(0)
+
     # --- 2. mark ----------------------------------------------------------------------------------
 
-    def mark(self, s: SymbolState, now_ms: int) -> bool:
+    def mark(self, s: SymbolState, now_ms: int, sample: bool) -> bool:
+        """Compute the mark (Binance's median); publish it on a tick (`sample`: also take the premium and
+        basis samples) or when it moved enough. False: no price to mark from yet."""
         bid, ask, inst = s.best_bid(), s.best_ask(), s.inst
         stale = not s.index_ticks or now_ms - s.index_ms > self.stale_ms
         index = s.index_ticks
@@ -169,19 +195,23 @@ class Risk:
             index = (bid + ask) // 2 if bid and ask else s.last_trade_ticks
         if index <= 0:
             return False
-        if bid and ask:
+        if sample and bid and ask:
             s.basis.append((bid + ask) // 2 - index)
             if len(s.premiums) < MAX_PREMIUM_SAMPLES:
                 s.premiums.append(f.premium_e8(index, bid, ask))
         basis = sum(s.basis) // len(s.basis) if s.basis else 0
         s.rate_e8 = f.funding_rate_e8(inst, s.premiums)
         next_ms = (now_ms // self.interval_ms + 1) * self.interval_ms
-        s.mark_ticks = f.mark_ticks(index, bid, ask, s.last_trade_ticks, s.rate_e8, next_ms - now_ms, self.interval_ms,
-                                    basis)
-        MARK.labels(inst.symbol).set(s.mark_ticks)
+        mark = f.mark_ticks(index, bid, ask, s.last_trade_ticks, s.rate_e8, next_ms - now_ms, self.interval_ms, basis)
+        s.mark_ticks, s.computed_ms = mark, now_ms
+        moved = abs(mark - s.published_ticks) * RATE_SCALE >= MARK_PUBLISH_MOVE_E8 * max(1, s.published_ticks)
+        if not (sample or moved):
+            return True
+        s.published_ticks = mark
+        MARK.labels(inst.symbol).set(mark)
         self._produce("prices.mark", inst.symbol, m.MarkPrice(
-            trace_id="", causation_id=f"tick:{now_ms}", ts_ms=now_ms, symbol=inst.symbol,
-            mark_price=inst.format_price(s.mark_ticks), index_price=inst.format_price(index),
+            trace_id="", causation_id=f"tick:{now_ms}" if sample else f"change:{now_ms}", ts_ms=now_ms,
+            symbol=inst.symbol, mark_price=inst.format_price(mark), index_price=inst.format_price(index),
             last_price=inst.format_price(s.last_trade_ticks) if s.last_trade_ticks else "",
             mid_price=inst.format_price((bid + ask) // 2) if bid and ask else "", funding_rate=format_rate(s.rate_e8),
             next_funding_ms=next_ms, index_stale=stale))
@@ -190,36 +220,66 @@ class Risk:
     # --- 3. liquidation ---------------------------------------------------------------------------
 
     def liquidate(self, s: SymbolState, now_ms: int) -> None:
+        """One Liquidate per crossed position, retried every LIQUIDATION_RETRY_MS. Attempt 0 closes at the
+        bankruptcy price; later ones may go beyond it by what the insurance fund can pay (its balance less
+        what other attempts in flight may take). ADL when the fund has nothing to give, or after
+        ADL_AFTER_ATTEMPTS attempts found no taker."""
         for account, version in s.liquidations.crossed(s.mark_ticks):
             key = (s.inst.symbol, account, version)
-            attempt, sent_ms = self.sent.get(key, (0, 0))
-            if sent_ms and now_ms - sent_ms < LIQUIDATION_RETRY_MS:
+            attempt, sent_ms, _ = self.sent.get(key, (0, 0, 0))
+            if sent_ms and not self.may_retry(s, key, attempt, now_ms - sent_ms):
                 continue
             attempt = attempt + 1 if sent_ms else 0
-            if attempt >= ADL_AFTER_ATTEMPTS:
-                if attempt == ADL_AFTER_ATTEMPTS:
-                    self.deleverage(s, account, now_ms)
-                self.sent[key] = (attempt, now_ms)
+            cover = self.fund_cover(s.inst.margin_asset, key, now_ms) if attempt else 0
+            if attempt > ADL_AFTER_ATTEMPTS:
+                self.sent[key] = (attempt, now_ms, 0)  # deleveraged (or nobody to deleverage against): wait
                 continue
-            self.sent[key] = (attempt, now_ms)
+            if (attempt == ADL_AFTER_ATTEMPTS or (attempt and cover == 0)) and self.deleverage(s, account, now_ms):
+                self.sent[key] = (ADL_AFTER_ATTEMPTS + 1, now_ms, 0)
+                continue
+            if attempt == ADL_AFTER_ATTEMPTS:
+                self.sent[key] = (attempt + 1, now_ms, 0)
+                continue
+            self.sent[key] = (attempt, now_ms, cover)
             LIQUIDATIONS.labels(s.inst.symbol).inc()
             log.warning("liquidating", extra={"symbol": s.inst.symbol, "account": account, "version": version,
-                                              "attempt": attempt, "mark": s.inst.format_price(s.mark_ticks)})
+                                              "attempt": attempt, "mark": s.inst.format_price(s.mark_ticks),
+                                              "fund_cover": format_amount(cover)})
             self._produce("account.commands", str(account), m.Liquidate(
                 trace_id="", causation_id=f"mark:{s.inst.symbol}:{now_ms}", ts_ms=now_ms,
                 request_id=f"liq:{s.inst.symbol}:{account}:{version}:{attempt}", account_id=account,
                 symbol=s.inst.symbol, position_version=version, mark_price=s.inst.format_price(s.mark_ticks),
-                attempt=attempt))
+                attempt=attempt, max_loss=format_amount(cover) if attempt else ""))
         if len(self.sent) > 100_000:
             self.sent.clear()
 
-    def deleverage(self, s: SymbolState, account: int, now_ms: int) -> None:
-        """The market did not take the position: ADL (perpline.risk.adl). The decision is recorded on
-        funding.rounds before its commands, so a restart counts it in the sizes and can resend them."""
+    def may_retry(self, s: SymbolState, key: tuple[str, int, int], attempt: int, waited_ms: int) -> bool:
+        """The next attempt (or ADL) only once the last attempt's order closed (LiquidationOrderDone on
+        `positions`) and every trade the matcher made for the account is in its position snapshot: a fill
+        still on its way must not be deleveraged again. LIQUIDATION_STUCK_MS unblocks a refused attempt."""
+        if waited_ms < LIQUIDATION_RETRY_MS:
+            return False
+        symbol, account, version = key
+        if attempt <= ADL_AFTER_ATTEMPTS and (symbol, account, version, attempt) not in self.state.liquidation_done:
+            return waited_ms >= LIQUIDATION_STUCK_MS
+        snapshot = s.positions.get(account)
+        return snapshot is not None and s.sizes.get(account, 0) == snapshot[0]
+
+    def fund_cover(self, asset: str, key: tuple[str, int, int], now_ms: int) -> int:
+        """What the insurance fund may lose on this attempt: its balance less the covers offered to other
+        attempts still within their retry window (their fills may not have settled yet)."""
+        reserved = sum(cover for other, (_, ms, cover) in self.sent.items()
+                       if other != key and now_ms - ms < LIQUIDATION_RETRY_MS)
+        return max(0, self.state.fund.get(asset, 0) - reserved)
+
+    def deleverage(self, s: SymbolState, account: int, now_ms: int) -> bool:
+        """The market did not take the position and the fund cannot: ADL (perpline.risk.adl). The decision
+        is recorded on funding.rounds before its commands, so a restart counts it in the sizes and can
+        resend them. False: the opposite side cannot take the whole position."""
         record = adl.plan(s, account, now_ms)
         if record is None:
             log.error("ADL found no counterparty for the whole position", extra={"account": account})
-            return
+            return False
         self._produce("funding.rounds", s.inst.symbol, record)
         if self.producer.flush(30) > 0:
             raise RuntimeError("ADL record not acknowledged; stopping before acting on it")
@@ -227,6 +287,7 @@ class Risk:
         self.send_adl(record)
         log.warning("auto-deleveraging", extra={"symbol": s.inst.symbol, "account": account, "fills": record.fills,
                                                 "price": record.price})
+        return True
 
     def send_adl(self, record: m.AdlTrade) -> None:
         other = "BUY" if record.side == "SELL" else "SELL"

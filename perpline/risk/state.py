@@ -5,7 +5,8 @@
   sizes at any cut of the stream sum to exactly zero (funding is computed at such a cut);
 - the latest index price (`prices.index`);
 - every position's margin, cost and version as the accounts processor reports them (`positions`),
-  ordered by liquidation price (perpline.risk.liquidations);
+  ordered by liquidation price (perpline.risk.liquidations), and the insurance fund's balance per
+  asset from the fund's moves reported there;
 - the last funding time already settled per symbol (`funding.rounds`).
 Pure: no I/O; the runner feeds it decoded messages.
 """
@@ -15,8 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from perpline.contracts import ids, sequence
 from perpline.contracts import messages as m
-from perpline.contracts import sequence
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import parse_amount
 from perpline.risk import formulas as f
@@ -24,6 +25,7 @@ from perpline.risk.liquidations import LiquidationBook
 
 MAX_BASIS_SAMPLES = 1800  # moving average of the basis over the last 30 minutes of 1 s ticks
 MAX_PREMIUM_SAMPLES = 100_000  # per funding interval
+MAX_DONE_REMEMBERED = 100_000  # closed liquidation orders remembered
 
 
 @dataclass
@@ -42,6 +44,9 @@ class SymbolState:
     last_round_ms: int = 0
     rate_e8: int = 0  # the current estimate (published with the mark)
     mark_ticks: int = 0
+    computed_ms: int = 0  # when the mark was last computed
+    published_ticks: int = 0  # the last mark published on prices.mark
+    dirty: bool = False  # the book, a trade or the index moved since the mark was computed
     liquidations: LiquidationBook = field(default_factory=LiquidationBook)
     positions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)  # account -> (size, cost, margin, version)
 
@@ -55,6 +60,8 @@ class SymbolState:
 class RiskState:
     def __init__(self) -> None:
         self.symbols = {s: SymbolState(inst) for s, inst in load_catalog().instruments.items()}
+        self.fund: dict[str, int] = {}  # asset -> the insurance fund's balance, summed from InsuranceFundMoved
+        self.liquidation_done: set[tuple[str, int, int, int]] = set()  # (symbol, account, version, attempt) closed
 
     def get(self, symbol: str) -> SymbolState | None:
         return self.symbols.get(symbol)
@@ -69,6 +76,7 @@ class RiskState:
         if not verdict.apply:
             return
         s.last_seq = verdict.last_seq
+        s.dirty = True
         inst = s.inst
         if isinstance(ev, m.OrderRested):
             self._rest(s, ev.order_id, ev.side == "BUY", inst.parse_price(ev.price), inst.parse_qty(ev.leaves))
@@ -121,8 +129,19 @@ class RiskState:
         s = self.get(ev.symbol)
         if s is not None:
             s.index_ticks, s.index_ms = s.inst.parse_price(ev.price), ev.ts_ms
+            s.dirty = True
 
-    def on_position(self, ev: m.PositionSnapshot) -> None:
+    def on_position(self, ev: m.PositionSnapshot | m.InsuranceFundMoved | m.LiquidationOrderDone) -> None:
+        if isinstance(ev, m.InsuranceFundMoved):
+            self.fund[ev.asset] = self.fund.get(ev.asset, 0) + parse_amount(ev.amount, allow_negative=True)
+            return
+        if isinstance(ev, m.LiquidationOrderDone):
+            parsed = ids.parse_liquidation_client_id(ev.client_order_id)
+            if parsed is not None:
+                if len(self.liquidation_done) >= MAX_DONE_REMEMBERED:
+                    self.liquidation_done.clear()  # old attempts: their positions moved on long ago
+                self.liquidation_done.add((ev.symbol, ev.account_id, *parsed))
+            return
         s = self.get(ev.symbol)
         if s is None:
             return

@@ -9,6 +9,7 @@ left of her margin goes to the insurance fund. Every journal sums to zero.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -146,8 +147,27 @@ def test_mark_funding_and_a_liquidation_into_the_insurance_fund(stack: Stack) ->
               30)
         until(ledger_settled, 30)  # still 10: ADL at the bankruptcy price leaves nothing for the fund
         assert client.query("SELECT sum(amount) FROM ledger_postings FINAL").result_rows[0][0] == 0
+        # alice, liquidated before, was not touched again (an ADL decided while her fill was on its way would
+        # have opened her a short)
+        assert [p["size"] for p in call(stack, "GET", "/api/v1/account/positions", ALICE) if p["symbol"] == SYM] == ["0.000"]
+    except BaseException:
+        dump_for_diagnosis(stack)
+        raise
     finally:
         index.stopped.set()
+
+
+def dump_for_diagnosis(stack: Stack) -> None:
+    """On a failure: the risk and accounts log lines, and what the API shows of each account and the book."""
+    for line in stack.lines:
+        if any(w in line for w in ("liquidat", "Traceback", "rror", "deleverag", "risk", "accounts")):
+            print(line[:400], file=sys.stderr)
+    for who in (ALICE, CAROL, BOB):
+        for path, params in (("/api/v1/account/positions", {}), ("/api/v1/account/trades", {}),
+                             ("/api/v1/orders", {"status": "all"})):
+            answer = httpx.get(stack.api + path, params=params, headers={"X-Account-Id": str(who)}, timeout=10)
+            print(who, path, answer.text[:3000], file=sys.stderr)
+    print(httpx.get(stack.api + "/api/v1/market/depth", params={"symbol": SYM}, timeout=10).text, file=sys.stderr)
 
 
 def assert_candles_match_clickhouse(stack: Stack, client: Any) -> None:

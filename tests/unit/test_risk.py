@@ -146,7 +146,7 @@ def test_funding_both_ways_nets_to_the_rounding_residue() -> None:
     assert sum(book.values()) == 0
 
 
-def _long_then_liquidate(fill_price: str, attempt: int) -> tuple[AccountState, dict[str, int], int]:
+def _long_then_liquidate(fill_price: str, attempt: int) -> tuple[AccountState, dict[str, int], int, list]:
     book: dict[str, int] = defaultdict(int)
     alice, bob, carol = AccountState(account_id=1), AccountState(account_id=2), AccountState(account_id=3)
     funded([alice, bob, carol], book)
@@ -164,13 +164,13 @@ def _long_then_liquidate(fill_price: str, attempt: int) -> tuple[AccountState, d
         quantity="0.100", client_order_id="cb"), book) if isinstance(o.msg, m.CommandResult)).order_id
     run(carol, m.FillLeg(**META, account_id=3, symbol=SYM, seq=seq, trade_id=seq, order_id=carol_id, liquidity="MAKER",
                          side="BUY", price=fill_price, quantity="0.100", order_leaves="0"), book)
-    run(alice, m.FillLeg(**META, account_id=1, symbol=SYM, seq=seq, trade_id=seq, order_id=order.order_id,
-                         liquidity="TAKER", side="SELL", price=fill_price, quantity="0.100", order_leaves="0"), book)
-    return alice, book, parse_amount("10000") - parse_amount("2.5") - parse_amount("250")
+    outs = run(alice, m.FillLeg(**META, account_id=1, symbol=SYM, seq=seq, trade_id=seq, order_id=order.order_id,
+                                liquidity="TAKER", side="SELL", price=fill_price, quantity="0.100", order_leaves="0"), book)
+    return alice, book, parse_amount("10000") - parse_amount("2.5") - parse_amount("250"), outs
 
 
 def test_a_liquidation_covered_by_its_margin_feeds_the_insurance_fund() -> None:
-    alice, book, wallet = _long_then_liquidate("47600", attempt=0)
+    alice, book, wallet, outs = _long_then_liquidate("47600", attempt=0)
     assert alice.positions[SYM].size_lots == 0 and alice.orders == {}
     assert alice.balances["USDT"].available == wallet  # alice lost exactly her margin; no fee on the close
     assert book["platform:INSURANCE_FUND"] == -parse_amount("10")  # 250 - 240 loss = 10 into the fund (a credit)
@@ -178,10 +178,36 @@ def test_a_liquidation_covered_by_its_margin_feeds_the_insurance_fund() -> None:
 
 
 def test_a_liquidation_beyond_the_bankruptcy_price_is_paid_by_the_insurance_fund() -> None:
-    alice, book, wallet = _long_then_liquidate("47400", attempt=1)
+    alice, book, wallet, outs = _long_then_liquidate("47400", attempt=1)
     assert alice.balances["USDT"].available == wallet  # still exactly her margin: the fund paid the 10 beyond it
     assert book["platform:INSURANCE_FUND"] == parse_amount("10")
     assert sum(book.values()) == 0
+
+
+def test_a_later_attempt_goes_beyond_bankruptcy_only_as_far_as_the_fund_can_pay() -> None:
+    book: dict[str, int] = defaultdict(int)
+    alice, bob = AccountState(account_id=1), AccountState(account_id=2)
+    funded([alice, bob], book)
+    trade(bob, alice, "BUY", "50000", "0.100", book)  # bankruptcy 47500 (see above)
+    version = alice.positions[SYM].version
+    outs = run(alice, m.Liquidate(**META, request_id="l1", account_id=1, symbol=SYM, position_version=version,
+                                  mark_price="47600", attempt=1, max_loss="10"), book)
+    order = next(o.msg for o in outs if isinstance(o.msg, m.NewOrder))
+    assert order.price == "47400.00"  # 10 USDT over 0.1 BTC: 100 below the bankruptcy price, not the mark - 5 %
+    alice2, bob2 = AccountState(account_id=1), AccountState(account_id=2)
+    funded([alice2, bob2], book)
+    trade(bob2, alice2, "BUY", "50000", "0.100", book)
+    outs = run(alice2, m.Liquidate(**META, request_id="l2", account_id=1, symbol=SYM, position_version=version,
+                                   mark_price="47600", attempt=2, max_loss="0"), book)
+    assert next(o.msg for o in outs if isinstance(o.msg, m.NewOrder)).price == "47500.00"  # an empty fund: bankruptcy
+
+
+def test_every_insurance_fund_move_is_reported_to_the_risk_process() -> None:
+    for fill, amount in (("47600", "10.00000000"), ("47400", "-10.00000000")):  # into the fund, out of it
+        _, book, _, outs = _long_then_liquidate(fill, attempt=1 if fill == "47400" else 0)
+        moved = [(o.topic, o.msg.amount, o.msg.asset) for o in outs if isinstance(o.msg, m.InsuranceFundMoved)]
+        assert moved == [("positions", amount, "USDT")]
+        assert -book["platform:INSURANCE_FUND"] == parse_amount(amount, allow_negative=True)
 
 
 def test_a_stale_or_repeated_liquidation_changes_nothing() -> None:
