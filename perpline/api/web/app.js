@@ -73,7 +73,7 @@ function rows(table, header, items, fixedRows = 0) {
     + blank.repeat(Math.max(0, fixedRows - items.length));
 }
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
-const time = (ms) => new Date(ms).toLocaleTimeString();
+const time = (ms) => new Date(ms).toLocaleTimeString([], { hour12: false });
 const BOOK_LEVELS = 10, TRADE_ROWS = 16;
 
 // --- market ----------------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ async function loadMarket() {
   try {
     const mark = await api("GET", `/api/v1/market/mark?symbol=${sym}`, undefined, { auth: false });
     $("t-mark").textContent = mark.mark_price; $("t-index").textContent = mark.index_price;
-    $("t-funding").textContent = `${(mark.funding_rate * 100).toFixed(4)}%`; state.nextFunding = mark.next_funding_ms;
+    $("t-funding").textContent = `${(mark.funding_rate * 100).toFixed(4)}%`; state.nextFunding = mark.next_funding_ms; tickCountdown();
   } catch (err) { $("t-mark").textContent = "-"; }
 }
 
