@@ -6,7 +6,8 @@ resend a no-op; both move money only through balanced journals:
   a receiver gets FUNDING_CLEARING -> SPOT. Payers round up and receivers down, so FUNDING_CLEARING
   keeps the rounding residue of every round (never negative by rounding).
 - LIQUIDATION: the account's orders in the symbol are cancelled and a fee-free reduce-only IOC
-  closes the position at no worse than its bankruptcy price (later attempts: within 5% of the mark,
+  closes the position (above the first bracket: down to the bracket below,
+  formulas.liquidation_close_lots) at no worse than its bankruptcy price (later attempts: within 5% of the mark,
   but no further beyond the bankruptcy price than the insurance fund can pay for; the risk process
   says how much in `max_loss`). Each liquidation fill sends what is left of the closed part's margin to the INSURANCE_FUND, or
   takes a deficit from it, so the liquidated account loses exactly the position's margin.
@@ -22,7 +23,7 @@ from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
 from perpline.contracts.instruments import Instrument
 from perpline.contracts.units import RATE_SCALE, format_amount, parse_amount
-from perpline.risk.formulas import bankruptcy_ticks
+from perpline.risk.formulas import bankruptcy_ticks, liquidation_close_lots
 
 LIQUIDATION_SLIPPAGE_E8 = 5_000_000  # attempts after the first may fill up to 5% beyond the mark
 
@@ -72,7 +73,7 @@ def liquidate(state: AccountState, cmd: m.Liquidate, ctx: h.Ctx) -> RequestOutco
             **ctx.meta(), order_id=order_id, account_id=state.account_id, symbol=inst.symbol))
     side = "SELL" if pos.size_lots > 0 else "BUY"
     price_ticks = bankruptcy_ticks(inst, pos.size_lots, pos.cost, pos.margin)
-    qty_lots = abs(pos.size_lots)
+    qty_lots = liquidation_close_lots(inst, pos.size_lots, pos.cost)
     if cmd.attempt > 0:  # the book did not reach the bankruptcy price: close near the mark, the fund covers
         price_ticks = _fund_backed_price(inst, side, price_ticks, qty_lots, cmd)
     state.order_seq += 1

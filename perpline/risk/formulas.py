@@ -103,6 +103,20 @@ def liquidation_ticks(inst: Instrument, size_lots: int, cost: int, margin: int) 
     return max(1, div_floor(numerator, per_tick * (RATE_SCALE + bracket.maint_margin_e8)))
 
 
+def liquidation_close_lots(inst: Instrument, size_lots: int, cost: int) -> int:
+    """How much of a crossed position one liquidation closes: a position whose entry value lies above
+    the first bracket is cut down to the cap of the bracket below its own (partial liquidation: the
+    rest needs a lower maintenance rate, and its liquidation price is computed again); one in the
+    first bracket is closed whole. At least one lot."""
+    size = abs(size_lots)
+    brackets = inst.brackets
+    index = brackets.index(inst.bracket_for(cost)) if brackets else 0
+    if index == 0 or cost <= 0:
+        return size
+    keep = brackets[index - 1].notional_cap * size // cost  # lots whose entry value fits the lower cap
+    return max(1, size - keep)
+
+
 def bankruptcy_ticks(inst: Instrument, size_lots: int, cost: int, margin: int) -> int:
     """The price at which the position's margin is exactly used up: long (cost - margin) / size rounded
     up, short (cost + margin) / size rounded down; at least one tick."""

@@ -210,6 +210,42 @@ def test_every_insurance_fund_move_is_reported_to_the_risk_process() -> None:
         assert -book["platform:INSURANCE_FUND"] == parse_amount(amount, allow_negative=True)
 
 
+def test_a_position_above_the_first_bracket_is_liquidated_down_to_it_first() -> None:
+    """Partial liquidation (docs/risk.md): alice long 2 BTC at 50000 (entry value 100,000: the second
+    bracket, mmr 0.5 %, maint_amount 50) with 5000 margin. Liquidation (100000 - 5000 - 50) / (2 x 0.995)
+    = 47713.6, bankruptcy 47500. The first liquidation sells 1 BTC, what brings the entry value to the
+    first bracket's cap (50,000); the rest (margin 2500) has liquidation price (50000 - 2500) / 0.996 =
+    47690.8, no longer crossed at a mark of 47700."""
+    book: dict[str, int] = defaultdict(int)
+    alice, bob, carol = AccountState(account_id=1), AccountState(account_id=2), AccountState(account_id=3)
+    funded([alice, bob, carol], book)
+    trade(bob, alice, "BUY", "50000", "2.000", book)
+    pos = alice.positions[SYM]
+    assert (pos.cost, pos.margin) == (parse_amount("100000"), parse_amount("5000"))
+    assert BTC.format_price(f.liquidation_ticks(BTC, pos.size_lots, pos.cost, pos.margin)) == "47713.60"
+    assert f.liquidation_close_lots(BTC, pos.size_lots, pos.cost) == BTC.parse_qty("1.000")
+    outs = run(alice, m.Liquidate(**META, request_id="liq:big", account_id=1, symbol=SYM, position_version=pos.version,
+                                  mark_price="47700"), book)
+    order = next(o.msg for o in outs if isinstance(o.msg, m.NewOrder))
+    assert (order.side, order.quantity, order.price) == ("SELL", "1.000", "47500.00")
+    seq = next(SEQ)
+    carol_id = next(o.msg for o in run(carol, m.PlaceOrder(
+        **META, request_id="cb-big", account_id=3, symbol=SYM, side="BUY", order_type="LIMIT", price="47600",
+        quantity="1.000", client_order_id="cb-big"), book) if isinstance(o.msg, m.CommandResult)).order_id
+    run(carol, m.FillLeg(**META, account_id=3, symbol=SYM, seq=seq, trade_id=seq, order_id=carol_id, liquidity="MAKER",
+                         side="BUY", price="47600", quantity="1.000", order_leaves="0"), book)
+    outs = run(alice, m.FillLeg(**META, account_id=1, symbol=SYM, seq=seq, trade_id=seq, order_id=order.order_id,
+                                liquidity="TAKER", side="SELL", price="47600", quantity="1.000", order_leaves="0"), book)
+    rest = alice.positions[SYM]
+    assert (BTC.format_qty(rest.size_lots), rest.cost, rest.margin) == ("1.000", parse_amount("50000"), parse_amount("2500"))
+    liq = f.liquidation_ticks(BTC, rest.size_lots, rest.cost, rest.margin)
+    assert BTC.format_price(liq) == "47690.80" and not f.crossed(rest.size_lots, liq, BTC.parse_price("47700"))
+    assert book["platform:INSURANCE_FUND"] == -parse_amount("100")  # 2500 closed margin - 2400 loss
+    assert [o.msg.filled for o in outs if isinstance(o.msg, m.LiquidationOrderDone)] == ["1.000"]
+    assert alice.balances["USDT"].available == parse_amount("10000") - parse_amount("50") - parse_amount("5000")
+    assert sum(book.values()) == 0
+
+
 def test_a_stale_or_repeated_liquidation_changes_nothing() -> None:
     book: dict[str, int] = defaultdict(int)
     alice, bob = AccountState(account_id=1), AccountState(account_id=2)
