@@ -65,7 +65,8 @@ LAG_INTERVAL_S = 5.0
 LAG_TIMEOUT_S = 2.0
 CONSUMER_LAG = Gauge("perpline_consumer_lag_messages",
                      "records of a partition assigned to this consumer that it has not consumed yet: the partition's "
-                     "high watermark minus the consumer's position (its committed offset before the first record)",
+                     "high watermark minus the consumer's position (before its first record: where it was assigned, "
+                     "else the group's committed offset)",
                      ["group", "topic", "partition"])
 CONSUMER_LAG_TIMESTAMP = Gauge("perpline_consumer_lag_timestamp_seconds", "when this process last measured its lag",
                                ["group"])
@@ -79,10 +80,10 @@ class LagWatcher:
         lag.unwatch()                                                         # before consumer.close()
 
     Positions are the consumer's own: position(); before the first record of a partition, the offset it was
-    assigned at (`partitions` with offsets), else its group's committed offset, else none (no series). The end is the larger of the broker's answer
-    (ListOffsets) and the high watermark of the last fetch response: the embedded broker's ListOffsets can
-    be low after multi-record batches (docs/broker-notes.md), Redpanda's is exact. unwatch() holds the
-    watcher's lock, so no measurement runs on a consumer being closed."""
+    assigned at (`partitions` with offsets), else its group's committed offset, else none (no series). The
+    end is the larger of the broker's answer (ListOffsets) and the high watermark of the last fetch response:
+    the embedded broker's ListOffsets can be low after multi-record batches (docs/broker-notes.md), Redpanda's
+    is exact. unwatch() holds the watcher's lock, so no measurement runs on a consumer being closed."""
 
     def __init__(self, group: str, interval_s: float = LAG_INTERVAL_S) -> None:
         self.group = group
