@@ -130,7 +130,8 @@ async def _trace_and_measure(request: Request, call_next: Callable[[Request], Aw
     if path not in ("/metrics", "/healthz", "/readyz"):
         log.info("request", extra={"trace_id": trace_id, "method": request.method, "route": path,
                                    "status": response.status_code, "ms": round(elapsed * 1000, 2)})
-    if request.method == "GET" and response.status_code == 200 and response.media_type == "application/json":
+    if (request.method == "GET" and response.status_code == 200
+            and response.headers.get("content-type", "").startswith("application/json")):
         response = await _with_etag(request, response)
     response.headers["X-Trace-Id"] = trace_id
     used = getattr(request.state, "used_weight", None)

@@ -350,9 +350,6 @@ def count_fetches(driver: Any) -> None:
         window.__answers = [];""")
 
 
-@pytest.mark.xfail(strict=True, reason="perpline/api/app.py's ETag middleware never fires: behind call_next the response is "
-                   "a _StreamingResponse whose media_type is None, so `response.media_type == 'application/json'` is "
-                   "always false (test the content-type header instead); remove this mark with that fix")
 def test_an_idle_page_is_answered_304(stack: Stack, browser: Any) -> None:
     d = browser
     signed_in(d, stack)

@@ -33,3 +33,12 @@ def test_oversized_bodies_queries_and_undeclared_lengths_are_refused_with_413() 
     for response in cases:
         assert response.status_code == 413, response.text
         assert response.json()["code"] == 6004 and response.headers["X-Trace-Id"]
+
+
+def test_a_json_read_carries_an_etag_and_an_unchanged_one_is_answered_304() -> None:
+    first = call("GET", "/api/v1/market/instruments")
+    assert first.status_code == 200 and first.headers["ETag"].startswith('"')
+    again = call("GET", "/api/v1/market/instruments", headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304 and again.content == b"" and again.headers["ETag"] == first.headers["ETag"]
+    other = call("GET", "/api/v1/market/instruments", headers={"If-None-Match": '"stale"'})
+    assert other.status_code == 200 and other.json() == first.json()
