@@ -25,6 +25,7 @@ from perpline.contracts import codec, sequence
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
 from perpline.market.candles import Candle, CandleSet, DayStats, RollingDay
+from perpline.obs import LagWatcher
 
 log = logging.getLogger("perpline.api.readmodel")
 
@@ -113,6 +114,7 @@ class ReadModel:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="readmodel", daemon=True)
         self.caught_up = threading.Event()
+        self._lag = LagWatcher("perpline-api-readmodel")
         self.applied = 0
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -136,6 +138,7 @@ class ReadModel:
             for p in meta.partitions:  # from the start: rebuild the views (and the mark-price candles)
                 parts.append(TopicPartition(name, p, 0))
         consumer.assign(parts)
+        self._lag.watch(consumer, parts)
         self._pending_eof = {(tp.topic, tp.partition) for tp in parts}
         return consumer
 
@@ -147,6 +150,7 @@ class ReadModel:
                 for msg in poll_batch(consumer, POLL_BATCH, 0.2):
                     self._on_message(msg, names)
         finally:
+            self._lag.unwatch()
             consumer.close()
 
     def _on_message(self, msg: Any, names: dict[str, str]) -> None:

@@ -22,26 +22,39 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from confluent_kafka import Producer
+from prometheus_client import Counter, Gauge
 
 from perpline.config import producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
+from perpline.contracts.units import RATE_SCALE, parse_rate
 from perpline.obs import StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
 
 log = logging.getLogger("perpline.index")
+PUBLISHED = Counter("perpline_index_prices_published_total", "index prices published", ["symbol", "source"])
+LAST_MS = Gauge("perpline_index_last_published_timestamp_seconds", "when the last index price was published", ["symbol"])
+INDEX = Gauge("perpline_index_price_ticks", "the random walk's last index price, in ticks", ["symbol"])
 
 
-def random_walk(seed: int, volatility: float) -> Iterator[dict[str, str]]:
-    """Per step, {symbol: price}. The step size is a float draw turned into whole ticks at once:
-    no float ever becomes a price."""
+def normal_milli(rng: random.Random) -> int:
+    """A standard normal draw in thousandths, in integers: the sum of twelve uniform draws of 0..1000
+    less 6000 (Irwin-Hall: mean 0, standard deviation about 1000)."""
+    return sum(rng.randint(0, 1000) for _ in range(12)) - 6000
+
+
+def random_walk(seed: int, volatility_e8: int) -> Iterator[dict[str, str]]:
+    """Per step, {symbol: price}: each price moves by a normal step of `volatility_e8` (parts per 1e8) of
+    itself, in whole ticks, integers throughout (seeded: the same seed gives the same path)."""
     rng = random.Random(seed)
     catalog = load_catalog()
     ticks = {s: i.index_start_ticks for s, i in catalog.instruments.items() if i.index_start_ticks > 0}
     while True:
         for symbol in ticks:
-            step = round(rng.gauss(0.0, volatility) * ticks[symbol])
+            draw = ticks[symbol] * volatility_e8 * normal_milli(rng)
+            step = draw // (RATE_SCALE * 1000) if draw >= 0 else -((-draw) // (RATE_SCALE * 1000))
             ticks[symbol] = max(1, ticks[symbol] + step)
+            INDEX.labels(symbol).set(ticks[symbol])
         yield {s: catalog.instruments[s].format_price(t) for s, t in ticks.items()}
 
 
@@ -70,10 +83,13 @@ def main(argv: list[str] | None = None) -> None:
                            source=source)
         producer.produce(topic, key=symbol.encode(), value=codec.encode(msg))
         producer.poll(0)
+        PUBLISHED.labels(symbol, source).inc()
+        LAST_MS.labels(symbol).set(msg.ts_ms / 1000)
 
     mark_ready()
     if args.source == "random-walk":
-        walk = random_walk(args.seed, float(os.environ.get("PERPLINE_INDEX_VOLATILITY", "0.0005")))
+        walk = random_walk(args.seed, parse_rate(os.environ.get("PERPLINE_INDEX_VOLATILITY", "0.0005"),
+                                                 allow_negative=False, what="PERPLINE_INDEX_VOLATILITY"))
         while not stopping:
             for symbol, price in next(walk).items():
                 publish(symbol, price, "random-walk")

@@ -36,7 +36,7 @@ from perpline.config import fetch_config, producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.units import RATE_SCALE, format_amount, format_rate
-from perpline.obs import StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
+from perpline.obs import LagWatcher, StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
 from perpline.risk import adl
 from perpline.risk import formulas as f
 from perpline.risk.state import MAX_PREMIUM_SAMPLES, RiskState, SymbolState
@@ -80,6 +80,7 @@ class Risk:
                                   "isolation.level": "read_committed", **fetch_config()})
         self.producer = Producer(producer_config(bootstrap))
         self.stopping = StopFlag()
+        self.lag = LagWatcher("perpline-risk")
         self.recent_adl: list[m.AdlTrade] = []  # ADL decisions read while catching up
 
     # --- 1. catch up ------------------------------------------------------------------------------
@@ -97,6 +98,7 @@ class Risk:
                 if high > start:
                     ends[(topic, p)] = high
         self.consumer.assign(parts)
+        self.lag.watch(self.consumer, parts)
         return ends
 
     def catch_up(self, ends: dict[tuple[str, int], int]) -> None:
@@ -152,6 +154,7 @@ class Risk:
                 self.tick(int(time.time() * 1000))
                 next_tick += self.tick_ms / 1000
         self.producer.flush(10)
+        self.lag.unwatch()
         self.consumer.close()
 
     def tick(self, now_ms: int) -> None:

@@ -298,3 +298,17 @@ def test_adl_plan_takes_the_most_profitable_most_leveraged_opposite_positions_fi
     assert (record.side, record.price, record.adl_id) == ("SELL", "47500.00", f"{SYM}:1:7")
     s.positions = {1: s.positions[1], 5: s.positions[5]}
     assert adl.plan(s, 1, 1000) is None  # nobody on the other side
+
+
+def test_the_random_walk_index_is_seeded_integer_and_about_as_volatile_as_asked() -> None:
+    from itertools import islice  # noqa: PLC0415
+
+    from perpline.risk.index_feed import random_walk  # noqa: PLC0415
+
+    first = list(islice(random_walk(7, 50_000), 400))  # 0.05 % a step
+    assert first == list(islice(random_walk(7, 50_000), 400)) and first != list(islice(random_walk(8, 50_000), 400))
+    prices = [px(step[SYM]) for step in first]
+    moves = [(b - a) * 10**8 // a for a, b in zip(prices, prices[1:], strict=False)]  # in parts per 1e8
+    spread = (sum(x * x for x in moves) // len(moves)) ** 0.5
+    assert 35_000 < spread < 65_000, spread  # about 0.05 % a step
+    assert all(step[SYM] == BTC.format_price(px(step[SYM])) for step in first)  # whole ticks
