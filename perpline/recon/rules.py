@@ -18,7 +18,7 @@ from perpline import REPO_ROOT
 QUERIES_DIR = REPO_ROOT / "clickhouse" / "queries"
 BREAK_COLUMNS = ("severity", "asset", "account_id", "symbol", "journal_id", "ref_type", "window_start_ms",
                  "window_end_ms", "detail")
-EVENTUAL = frozenset({"ledger_vs_state", "open_interest", "frozen_without_orders"})
+EVENTUAL = frozenset({"ledger_vs_state", "open_interest", "frozen_without_orders", "funding_round"})
 SETTLE_GRACE_MS = 5_000
 MAX_BREAKS_PER_RULE = 1_000  # a rule that finds more reports the first 1000 (and the run says so)
 

@@ -86,3 +86,25 @@ def test_rules_on_empty_clean_and_broken_ledgers(client: Any) -> None:
     assert {b.rule for b in breaks} >= {"journal_balanced", "wallet_legs", "trial_balance", "matcher_sequence"}
     assert client.query("SELECT count() FROM recon_breaks").result_rows[0][0] == len(breaks)
     assert client.query("SELECT breaks FROM recon_runs").result_rows[0][0] == len(breaks)
+
+
+def test_a_funding_round_is_judged_once_its_legs_are_settled(client: Any) -> None:
+    cols = [*POSTING_COLUMNS, "inserted_ms"]
+    now = int(time.time() * 1000)
+
+    def leg(round_ms: int, account: int, clearing: str, inserted_ms: int) -> list[list[Any]]:
+        journal = f"funding:BTCUSDT-PERP:{round_ms}:{account}/FUNDING"
+        user = str(-Decimal(clearing))
+        return [posting(journal, 0, "FUNDING", account, f"user:{account}:SPOT", user, 50) + [inserted_ms],
+                posting(journal, 1, "FUNDING", account, "platform:FUNDING_CLEARING", clearing, 50) + [inserted_ms]]
+
+    def funding_breaks() -> list[Any]:
+        return found(client).get("funding_round", [])
+
+    client.insert("ledger_postings", leg(1000, 7, "-5", now), column_names=cols)  # the payer's leg, just stored
+    assert funding_breaks() == []  # the receiver's may be a moment behind: not judged yet
+    client.insert("ledger_postings", leg(2000, 7, "-5", now - 60_000), column_names=cols)  # a minute old, alone
+    (only,) = funding_breaks()
+    assert "funding:BTCUSDT-PERP:2000" in str(only)
+    client.insert("ledger_postings", leg(2000, 8, "5", now - 60_000), column_names=cols)  # the receiver's leg
+    assert funding_breaks() == []
