@@ -97,11 +97,12 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.add_exception_handler(UnitError, errors.on_perpline_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.middleware("http")(_trace_and_measure)
-    from perpline.api import fapi, market, ops, sessions, v1  # noqa: PLC0415 (routers import the deps type from here)
+    from perpline.api import fapi, market, ops, sessions, stream, v1  # noqa: PLC0415 (routers import the deps type from here)
 
     app.include_router(v1.router)
     app.include_router(sessions.router)
     app.include_router(market.router)
+    app.include_router(stream.router)
     app.include_router(fapi.router)
     app.include_router(ops.router)
     app.mount("/app", StaticFiles(directory=WEB_DIR), name="web")

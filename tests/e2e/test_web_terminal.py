@@ -270,6 +270,8 @@ def test_the_page_moves_with_the_demo_traders(stack: Stack, browser: Any, tmp_pa
     assert {(s["book_rows"], s["trade_rows"]) for s in samples} == {(20, 17)}, samples[-1]
     assert len({tuple(s["tops"]) for s in samples}) == 1, [s["tops"] for s in samples]  # nothing below moved
     assert console_errors(d) == []
+    live, frames = d.execute_script("return [stream.live, stream.frames]")  # the book and trades came pushed
+    assert live and frames >= 3, (live, frames)
     assert Path(SHOTS / "8-demo-running.png").stat().st_size > 10_000
 
 
@@ -356,6 +358,16 @@ def test_an_idle_page_is_answered_304(stack: Stack, browser: Any) -> None:
     until(lambda: shows(d, "positions", "Symbol"))  # the page has polled once
     count_fetches(d)
     time.sleep(4.5)  # two polling periods on a market nobody trades: the page already holds every answer
+    answers = d.execute_script("return window.__answers")
+    unchanged = {url for status, url in answers if status == 304}
+    assert d.execute_script("return stream.live")  # book, trades and mark come over the websocket: not polled
+    assert not [url for _, url in answers if "/market/depth" in url or "/market/trades" in url], answers
+    assert {"/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=300", "/api/v1/account/positions"} <= unchanged, answers
+    # the stream down (and kept down): polling takes the book and trades over, answered 304 while idle
+    d.execute_script("connectStream = () => {}; closeStream();")
+    time.sleep(2.5)
+    count_fetches(d)
+    time.sleep(4.5)
     answers = d.execute_script("return window.__answers")
     unchanged = {url for status, url in answers if status == 304}
     assert {"/api/v1/market/depth?symbol=BTCUSDT-PERP&limit=10", "/api/v1/market/trades?symbol=BTCUSDT-PERP&limit=16",

@@ -88,24 +88,63 @@ function ensureChart() {
   state.volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
 }
 
-async function loadMarket() {
-  const sym = state.symbol; const inst = state.instruments.find((i) => i.symbol === sym);
-  if (!inst) return;
-  const binance = sym.replace("-PERP", "");
-  const [book, trades, ticker, klines] = await Promise.all([
-    api("GET", `/api/v1/market/depth?symbol=${sym}&limit=${BOOK_LEVELS}`, undefined, { auth: false }),
-    api("GET", `/api/v1/market/trades?symbol=${sym}&limit=${TRADE_ROWS}`, undefined, { auth: false }),
-    api("GET", `/fapi/v1/ticker/24hr?symbol=${binance}`, undefined, { auth: false }),
-    api("GET", `/fapi/v1/klines?symbol=${binance}&interval=${state.interval}&limit=300`, undefined, { auth: false }),
-  ]);
+// --- market stream: book, trades and mark pushed over a websocket; REST polling takes over when it is down
+const stream = { ws: null, symbol: null, live: false, frames: 0 };
+
+function connectStream() {
+  if (document.hidden || !state.symbol || (stream.ws && stream.symbol === state.symbol)) return;
+  closeStream();
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/api/v1/market/stream?symbol=${state.symbol}&levels=${BOOK_LEVELS}&trades=${TRADE_ROWS}`);
+  stream.ws = ws; stream.symbol = state.symbol;
+  ws.onmessage = (ev) => {
+    const f = JSON.parse(ev.data);
+    if (f.type !== "market" || f.symbol !== state.symbol || stream.ws !== ws) return;
+    stream.live = true; stream.frames += 1;
+    renderBook(f); renderTrades(f.trades); if (f.mark) renderMark(f.mark);
+  };
+  ws.onclose = () => { if (stream.ws === ws) { stream.ws = null; stream.live = false; setTimeout(connectStream, 3000); } };
+}
+
+function closeStream() {
+  const ws = stream.ws;
+  stream.ws = null; stream.live = false;
+  if (ws) ws.close();
+}
+
+function renderBook(book) {
   const widest = Math.max(1, ...[...book.bids, ...book.asks].map((l) => Number(l[1])));  // bar widths only
   const level = (l) => `<tr><td><span>${l[0]}</span></td><td><div class="bar" style="width:${(100 * Number(l[1]) / widest).toFixed(1)}%"></div><span>${l[1]}</span></td></tr>`;
   const blank = (n) => "<tr><td><span>&nbsp;</span></td><td></td></tr>".repeat(Math.max(0, BOOK_LEVELS - n));
   $("asks").innerHTML = blank(book.asks.length) + book.asks.slice().reverse().map(level).join("");  // best ask next to the spread
   $("bids").innerHTML = book.bids.map(level).join("") + blank(book.bids.length);
   $("spread").textContent = book.bids.length && book.asks.length ? `spread ${(Number(book.asks[0][0]) - Number(book.bids[0][0])).toFixed(2)}` : "no spread";
+}
+
+function renderTrades(trades) {
   rows("trades", ["Price", "Qty", "Time"], trades.slice().reverse().map((t) =>
     [`<span class="${t.taker_side === "BUY" ? "buy" : "sell"}">${t.price}</span>`, t.quantity, time(t.ts_ms)]), TRADE_ROWS);
+}
+
+function renderMark(mark) {
+  $("t-mark").textContent = mark.mark_price; $("t-index").textContent = mark.index_price;
+  $("t-funding").textContent = `${(mark.funding_rate * 100).toFixed(4)}%`; state.nextFunding = mark.next_funding_ms; tickCountdown();
+}
+
+async function loadMarket() {
+  const sym = state.symbol; const inst = state.instruments.find((i) => i.symbol === sym);
+  if (!inst) return;
+  connectStream();
+  const binance = sym.replace("-PERP", "");
+  const pushed = stream.live;  // the stream brings book, trades and mark: poll only what it does not
+  const [book, trades, ticker, klines] = await Promise.all([
+    pushed ? null : api("GET", `/api/v1/market/depth?symbol=${sym}&limit=${BOOK_LEVELS}`, undefined, { auth: false }),
+    pushed ? null : api("GET", `/api/v1/market/trades?symbol=${sym}&limit=${TRADE_ROWS}`, undefined, { auth: false }),
+    api("GET", `/fapi/v1/ticker/24hr?symbol=${binance}`, undefined, { auth: false }),
+    api("GET", `/fapi/v1/klines?symbol=${binance}&interval=${state.interval}&limit=300`, undefined, { auth: false }),
+  ]);
+  if (book) renderBook(book);
+  if (trades) renderTrades(trades);
   $("t-last").textContent = ticker.lastPrice; $("t-change").textContent = `${ticker.priceChangePercent}%`;
   $("t-high").textContent = ticker.highPrice; $("t-low").textContent = ticker.lowPrice; $("t-volume").textContent = ticker.volume;
   if (state.series) {
@@ -114,10 +153,9 @@ async function loadMarket() {
   }
   const k = klines[klines.length - 1];  // the forming candle, in the server's own decimal strings
   $("chart-legend").textContent = k ? `${new Date(k[0]).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })} O ${k[1]} H ${k[2]} L ${k[3]} C ${k[4]} V ${k[5]} (${k[8]} trades)` : "no trades yet";
+  if (pushed) return;
   try {
-    const mark = await api("GET", `/api/v1/market/mark?symbol=${sym}`, undefined, { auth: false });
-    $("t-mark").textContent = mark.mark_price; $("t-index").textContent = mark.index_price;
-    $("t-funding").textContent = `${(mark.funding_rate * 100).toFixed(4)}%`; state.nextFunding = mark.next_funding_ms; tickCountdown();
+    renderMark(await api("GET", `/api/v1/market/mark?symbol=${sym}`, undefined, { auth: false }));
   } catch (err) { $("t-mark").textContent = "-"; }
 }
 
@@ -250,7 +288,7 @@ async function start() {
   $("interval").addEventListener("change", () => { state.interval = $("interval").value; refresh(); });
   ["o-price", "o-qty", "o-lev", "o-unit"].forEach((id) => $(id).addEventListener("change", preview));
   document.addEventListener("click", onClick);
-  document.addEventListener("visibilitychange", refresh);
+  document.addEventListener("visibilitychange", () => { if (document.hidden) closeStream(); refresh(); });
   window.addEventListener("hashchange", route);
   state.instruments = await api("GET", "/api/v1/market/instruments", undefined, { auth: false });
   $("symbol").innerHTML = state.instruments.map((i) => `<option>${i.symbol}</option>`).join("");

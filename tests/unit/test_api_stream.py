@@ -1,0 +1,73 @@
+"""The market-data websocket (perpline.api.stream) through the ASGI app, over a read model stub: a frame
+on connect in the REST shapes, a new frame when the book moves, refusals for bad parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from perpline.api import stream
+from perpline.api.app import ApiDeps, create_app
+from perpline.contracts import messages as m
+
+SYM = "BTCUSDT-PERP"
+
+
+class Book:
+    """What the stream reads of the read model."""
+
+    def __init__(self) -> None:
+        self.seq, self.bids, self.asks = 7, [("49990.00", 1500)], [("50010.00", 250)]
+        self.recent = [m.Trade(trace_id="", causation_id="", ts_ms=1, symbol=SYM, seq=5, trade_id=3, price="50000.00",
+                               quantity="0.100", taker_side="BUY", taker_order_id=1, taker_account_id=1, taker_leaves="0",
+                               maker_order_id=2, maker_account_id=2, maker_leaves="0")]
+
+    def depth_at(self, symbol: str, limit: int) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
+        return self.seq, self.bids[:limit], self.asks[:limit]
+
+    def trades(self, symbol: str, limit: int) -> list[m.Trade]:
+        return self.recent[-limit:]
+
+    def mark(self, symbol: str) -> m.MarkPrice | None:
+        return None
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch) -> tuple[TestClient, Book]:
+    monkeypatch.setattr(stream, "PUSH_INTERVAL_S", 0.01)
+    deps = ApiDeps(bootstrap="unused:1", topics={}, wait_s=0.1)
+    book = Book()
+    deps.readmodel = book  # type: ignore[assignment]
+    return TestClient(create_app(deps)), book  # no lifespan: no broker
+
+
+def test_a_frame_on_connect_and_another_when_the_book_moves(client: tuple[TestClient, Book]) -> None:
+    tc, book = client
+    with tc.websocket_connect(f"/api/v1/market/stream?symbol={SYM}&levels=5&trades=3") as ws:
+        first: dict[str, Any] = ws.receive_json()
+        assert (first["type"], first["symbol"], first["seq"], first["mark"]) == ("market", SYM, 7, None)
+        assert first["bids"] == [["49990.00", "1.500"]] and first["asks"] == [["50010.00", "0.250"]]
+        assert [(t["trade_id"], t["price"], t["taker_side"]) for t in first["trades"]] == [(3, "50000.00", "BUY")]
+        book.seq, book.bids = 8, []  # the bid was taken
+        moved = ws.receive_json()
+        assert (moved["seq"], moved["bids"]) == (8, [])
+
+
+@pytest.mark.parametrize("query", ["symbol=NOPE", f"symbol={SYM}&levels=0", f"symbol={SYM}&trades=101", ""])
+def test_bad_parameters_are_refused_with_a_policy_close(client: tuple[TestClient, Book], query: str) -> None:
+    tc, _ = client
+    with pytest.raises(WebSocketDisconnect) as refused, tc.websocket_connect(f"/api/v1/market/stream?{query}") as ws:
+        ws.receive_json()
+    assert refused.value.code == stream.POLICY_VIOLATION
+
+
+def test_streams_beyond_the_limit_are_told_to_come_back(client: tuple[TestClient, Book],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    tc, _ = client
+    monkeypatch.setattr(stream, "MAX_STREAMS", 0)
+    with pytest.raises(WebSocketDisconnect) as refused, tc.websocket_connect(f"/api/v1/market/stream?symbol={SYM}") as ws:
+        ws.receive_json()
+    assert refused.value.code == stream.TRY_AGAIN_LATER
