@@ -154,8 +154,13 @@ async def bearer_claims(request: Request, d: ApiDeps) -> sessions.Claims:
     header = request.headers.get("authorization", "")
     if not header.lower().startswith("bearer "):
         raise PerplineError(Code.UNAUTHORIZED, "Authorization: Bearer <access token> required")
+    return await token_claims(d, header[7:].strip())
+
+
+async def token_claims(d: ApiDeps, token: str) -> sessions.Claims:
+    """An access token's session: signature, expiry, and a session that has not ended."""
     try:
-        claims = sessions.verify(sessions.signing_key(d.secret_key), header[7:].strip())
+        claims = sessions.verify(sessions.signing_key(d.secret_key), token)
     except sessions.TokenError as err:
         raise PerplineError(Code.BAD_TOKEN, str(err)) from err
     registry = _registry(d)
@@ -164,3 +169,9 @@ async def bearer_claims(request: Request, d: ApiDeps) -> sessions.Claims:
     if session is None or session.ended or session.user_id != claims.user_id:
         raise PerplineError(Code.BAD_TOKEN, "the session has ended; log in again")
     return claims
+
+
+def session_live(d: ApiDeps, claims: sessions.Claims) -> bool:
+    """The session is still open (no logout, no refresh replaced it) and its token not expired."""
+    found = _registry(d).session(claims.session_id)
+    return found is not None and not found.ended and claims.expires_s > time.time()

@@ -8,32 +8,44 @@ trades (/market/trades) and the mark (/market/mark, null before the first). A fr
 of them changed, checked every PUSH_INTERVAL_S, and at least every HEARTBEAT_S (so a gone client is
 noticed). A client that wants every level change follows the seq with /market/depth/updates.
 
+An account's own data, for a web session:
+
+    GET ws://host/api/v1/account/stream     then send {"token": "<access token>"} within AUTH_TIMEOUT_S
+
+Frames `{"type": "account", "balances", "positions", "open_orders", "ts_ms"}` in the shapes of
+/api/v1/account/balances, /account/positions (with mark and unrealised PnL) and /orders, on change
+and as heartbeats. A bad token closes with 4001; the stream closes with 4001 when the session ends
+(logout, refresh) or its token expires: the client refreshes and connects again.
+
 Bounded: at most MAX_STREAMS open per API process (more are closed with 1013, try again later), at
 most MAX_LEVELS levels and MAX_TRADES trades a frame, and a client that does not take a frame within
-SEND_TIMEOUT_S is dropped. Nothing here reads from the client; market data needs no session.
+SEND_TIMEOUT_S is dropped. Market streams read nothing from the client; market data needs no session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from perpline.api import v1
+from perpline.api import sessions, v1
 from perpline.contracts.codes import PerplineError
 from perpline.contracts.instruments import Instrument, load_catalog
 
-router = APIRouter(prefix="/api/v1/market", tags=["market"])
+router = APIRouter(prefix="/api/v1", tags=["market"])
 PUSH_INTERVAL_S = 0.25
 HEARTBEAT_S = 5.0
 SEND_TIMEOUT_S = 5.0
 MAX_STREAMS = 500
 MAX_LEVELS = 100
 MAX_TRADES = 100
-POLICY_VIOLATION, TRY_AGAIN_LATER = 1008, 1013  # websocket close codes (RFC 6455)
+AUTH_TIMEOUT_S = 5.0
+POLICY_VIOLATION, TRY_AGAIN_LATER, UNAUTHORIZED = 1008, 1013, 4001  # websocket close codes (RFC 6455; 4xxx ours)
 _open_streams = 0  # per process; the event loop is single-threaded
 
 
@@ -53,7 +65,7 @@ def _changed_key(f: dict[str, Any]) -> tuple[Any, ...]:
     return f["seq"], last_trade, None if f["mark"] is None else f["mark"]["ts_ms"]
 
 
-@router.websocket("/stream")
+@router.websocket("/market/stream")
 async def stream(ws: WebSocket, symbol: str = "", levels: int = 10, trades: int = 16) -> None:
     global _open_streams  # noqa: PLW0603 (one counter per process)
     inst = load_catalog().get(symbol)
@@ -66,18 +78,55 @@ async def stream(ws: WebSocket, symbol: str = "", levels: int = 10, trades: int 
     _open_streams += 1
     try:
         await ws.accept()
-        await _push(ws, ws.app.state.deps, inst, levels, trades)
+        await _push(ws, lambda: frame(ws.app.state.deps, inst, levels, trades), _changed_key, lambda: True)
     finally:
         _open_streams -= 1
 
 
-async def _push(ws: WebSocket, deps: Any, inst: Instrument, levels: int, trades: int) -> None:
-    sent_key: tuple[Any, ...] | None = None
+def account_frame(deps: Any, account: int) -> dict[str, Any]:
+    return {"type": "account", "balances": v1.balances(account, deps), "positions": v1.positions(account, deps),
+            "open_orders": v1.list_orders(account, deps), "ts_ms": int(time.time() * 1000)}
+
+
+def _account_key(f: dict[str, Any]) -> str:
+    return json.dumps([f["balances"], f["positions"], f["open_orders"]], sort_keys=True)
+
+
+@router.websocket("/account/stream")
+async def account_stream(ws: WebSocket) -> None:
+    global _open_streams  # noqa: PLW0603
+    if _open_streams >= MAX_STREAMS:
+        await ws.close(code=TRY_AGAIN_LATER, reason="too many streams on this API process")
+        return
+    _open_streams += 1
+    try:
+        await ws.accept()
+        deps = ws.app.state.deps
+        try:
+            hello = await asyncio.wait_for(ws.receive_json(), AUTH_TIMEOUT_S)
+            claims = await sessions.token_claims(deps, str(hello.get("token", "")) if isinstance(hello, dict) else "")
+        except (PerplineError, TimeoutError, ValueError, KeyError, WebSocketDisconnect) as err:
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await ws.close(code=UNAUTHORIZED, reason=str(err)[:100] or "send {\"token\": <access token>} first")
+            return
+        await _push(ws, lambda: account_frame(deps, claims.user_id), _account_key,
+                    lambda: sessions.session_live(deps, claims))
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await ws.close(code=UNAUTHORIZED, reason="the session ended")
+    finally:
+        _open_streams -= 1
+
+
+async def _push(ws: WebSocket, build: Callable[[], dict[str, Any]], key_of: Callable[[dict[str, Any]], Any],
+                alive: Callable[[], bool]) -> None:
+    """Send build()'s frame when its key changed or HEARTBEAT_S passed, while alive(); return when the
+    client is gone, too slow, or alive() turned false."""
+    sent_key: Any = None
     sent_at = 0.0
     with contextlib.suppress(WebSocketDisconnect, TimeoutError, RuntimeError):  # gone, slow, or closed: done
-        while True:
-            f = frame(deps, inst, levels, trades)
-            key = _changed_key(f)
+        while alive():
+            f = build()
+            key = key_of(f)
             if key != sent_key or time.monotonic() - sent_at >= HEARTBEAT_S:
                 await asyncio.wait_for(ws.send_json(f), SEND_TIMEOUT_S)
                 sent_key, sent_at = key, time.monotonic()

@@ -272,6 +272,7 @@ def test_the_page_moves_with_the_demo_traders(stack: Stack, browser: Any, tmp_pa
     assert console_errors(d) == []
     live, frames = d.execute_script("return [stream.live, stream.frames]")  # the book and trades came pushed
     assert live and frames >= 3, (live, frames)
+    assert d.execute_script("return accountStream.live && accountStream.frames > 0")
     assert Path(SHOTS / "8-demo-running.png").stat().st_size > 10_000
 
 
@@ -360,11 +361,13 @@ def test_an_idle_page_is_answered_304(stack: Stack, browser: Any) -> None:
     time.sleep(4.5)  # two polling periods on a market nobody trades: the page already holds every answer
     answers = d.execute_script("return window.__answers")
     unchanged = {url for status, url in answers if status == 304}
-    assert d.execute_script("return stream.live")  # book, trades and mark come over the websocket: not polled
-    assert not [url for _, url in answers if "/market/depth" in url or "/market/trades" in url], answers
-    assert {"/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=300", "/api/v1/account/positions"} <= unchanged, answers
-    # the stream down (and kept down): polling takes the book and trades over, answered 304 while idle
-    d.execute_script("connectStream = () => {}; closeStream();")
+    # book, trades and mark, positions and open orders come over the websockets: not polled
+    assert d.execute_script("return [stream.live, accountStream.live]") == [True, True]
+    pushed = ("/market/depth", "/market/trades", "/account/positions", "/api/v1/orders?symbol")
+    assert not [url for _, url in answers if any(p in url for p in pushed)], answers
+    assert "/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=300" in unchanged, answers
+    # the streams down (and kept down): polling takes over, answered 304 while idle
+    d.execute_script("connectStream = () => {}; closeStream(); connectAccountStream = () => {}; closeAccountStream();")
     time.sleep(2.5)
     count_fetches(d)
     time.sleep(4.5)

@@ -71,3 +71,59 @@ def test_streams_beyond_the_limit_are_told_to_come_back(client: tuple[TestClient
     with pytest.raises(WebSocketDisconnect) as refused, tc.websocket_connect(f"/api/v1/market/stream?symbol={SYM}") as ws:
         ws.receive_json()
     assert refused.value.code == stream.TRY_AGAIN_LATER
+
+
+class Accounts(Book):
+    """Adds what the account stream reads: one account's view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from perpline.api.readmodel import AccountView  # noqa: PLC0415
+
+        self.view = AccountView()
+
+    def snapshot_account(self, account_id: int) -> Any:
+        return self.view
+
+    def mark_ticks(self, symbol: str) -> int:
+        return 0
+
+
+def test_the_account_stream_wants_a_live_session(client: tuple[TestClient, Book], monkeypatch: pytest.MonkeyPatch) -> None:
+    tc, _ = client
+    with pytest.raises(WebSocketDisconnect) as refused, tc.websocket_connect("/api/v1/account/stream") as ws:
+        ws.send_json({"token": "not-a-token"})
+        ws.receive_json()
+    assert refused.value.code == stream.UNAUTHORIZED
+
+
+def test_the_account_stream_pushes_changes_and_ends_with_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    from perpline.api import sessions as api_sessions  # noqa: PLC0415
+    from perpline.auth.sessions import Claims  # noqa: PLC0415
+
+    monkeypatch.setattr(stream, "PUSH_INTERVAL_S", 0.01)
+    live = {"on": True}
+
+    async def claims(_deps: Any, token: str) -> Claims:
+        assert token == "good"
+        return Claims(user_id=42, session_id="s", expires_s=2**40)
+
+    monkeypatch.setattr(api_sessions, "token_claims", claims)
+    monkeypatch.setattr(api_sessions, "session_live", lambda _deps, _claims: live["on"])
+    deps = ApiDeps(bootstrap="unused:1", topics={}, wait_s=0.1)
+    accounts = Accounts()
+    deps.readmodel = accounts  # type: ignore[assignment]
+    with TestClient(create_app(deps)).websocket_connect("/api/v1/account/stream") as ws:
+        ws.send_json({"token": "good"})
+        first = ws.receive_json()
+        assert (first["type"], first["balances"], first["positions"], first["open_orders"]) == ("account", [], [], [])
+        accounts.view.balances["USDT"] = m.BalanceChanged(
+            trace_id="", causation_id="", ts_ms=1, account_id=42, asset="USDT", available="10.00000000",
+            order_margin="0.00000000", position_margin="0.00000000", wallet="10.00000000", version=1)
+        moved = ws.receive_json()
+        assert [(b["asset"], b["available"]) for b in moved["balances"]] == [("USDT", "10.00000000")]
+        live["on"] = False  # logout
+        with pytest.raises(WebSocketDisconnect) as ended:
+            while True:
+                ws.receive_json()
+        assert ended.value.code == stream.UNAUTHORIZED

@@ -112,6 +112,31 @@ function closeStream() {
   if (ws) ws.close();
 }
 
+// --- account stream: balances, positions and open orders pushed for the session; polled while it is down
+const accountStream = { ws: null, live: false, frames: 0, last: null };
+
+function connectAccountStream() {
+  if (document.hidden || !session.access || accountStream.ws) return;
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/api/v1/account/stream`);
+  accountStream.ws = ws;
+  ws.onopen = () => ws.send(JSON.stringify({ token: session.access }));
+  ws.onmessage = (ev) => {
+    const f = JSON.parse(ev.data);
+    if (f.type !== "account" || accountStream.ws !== ws) return;
+    accountStream.live = true; accountStream.frames += 1; accountStream.last = f;
+    renderTrading(f.positions, f.open_orders.filter((o) => o.symbol === state.symbol));
+  };
+  // closed by the server when the session ends or its token expires: polling refreshes the token meanwhile
+  ws.onclose = () => { if (accountStream.ws === ws) { accountStream.ws = null; accountStream.live = false; setTimeout(connectAccountStream, 3000); } };
+}
+
+function closeAccountStream() {
+  const ws = accountStream.ws;
+  accountStream.ws = null; accountStream.live = false;
+  if (ws) ws.close();
+}
+
 function renderBook(book) {
   const widest = Math.max(1, ...[...book.bids, ...book.asks].map((l) => Number(l[1])));  // bar widths only
   const level = (l) => `<tr><td><span>${l[0]}</span></td><td><div class="bar" style="width:${(100 * Number(l[1]) / widest).toFixed(1)}%"></div><span>${l[1]}</span></td></tr>`;
@@ -161,7 +186,17 @@ async function loadMarket() {
 
 // --- account -----------------------------------------------------------------------------------------
 async function loadTrading() {
+  connectAccountStream();
+  const f = accountStream.last;
+  if (accountStream.live && f) {  // pushed; drawn again here for a symbol just switched to
+    renderTrading(f.positions, f.open_orders.filter((o) => o.symbol === state.symbol));
+    return;
+  }
   const [positions, open] = await Promise.all([api("GET", "/api/v1/account/positions"), api("GET", `/api/v1/orders?symbol=${state.symbol}`)]);
+  renderTrading(positions, open);
+}
+
+function renderTrading(positions, open) {
   rows("positions", ["Symbol", "Size", "Entry", "Mark", "Unrealised PnL", "Margin", "Liq. price", "Leverage", "Realised PnL", ""], positions.filter((p) => Number(p.size) !== 0).map((p) =>
     [p.symbol, p.size, p.entry_price, p.mark_price ?? "-", p.unrealized_pnl, p.margin, p.liquidation_price, p.leverage, p.realized_pnl,
      `<button type="button" data-close="${p.symbol}" data-size="${p.size}">Close</button>`]));
@@ -273,7 +308,7 @@ function tickCountdown() {
 async function start() {
   $("login-form").addEventListener("submit", (ev) => { ev.preventDefault(); authenticate("login"); });
   $("do-signup").addEventListener("click", () => authenticate("signup"));
-  $("logout").addEventListener("click", async () => { try { await api("POST", "/api/v1/auth/logout"); } catch (e) { /* ended */ } session.clear(); route(); });
+  $("logout").addEventListener("click", async () => { try { await api("POST", "/api/v1/auth/logout"); } catch (e) { /* ended */ } closeAccountStream(); session.clear(); route(); });
   $("theme").addEventListener("click", () => {
     const next = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
     document.documentElement.dataset.theme = next; localStorage.setItem("theme", next);
@@ -288,7 +323,7 @@ async function start() {
   $("interval").addEventListener("change", () => { state.interval = $("interval").value; refresh(); });
   ["o-price", "o-qty", "o-lev", "o-unit"].forEach((id) => $(id).addEventListener("change", preview));
   document.addEventListener("click", onClick);
-  document.addEventListener("visibilitychange", () => { if (document.hidden) closeStream(); refresh(); });
+  document.addEventListener("visibilitychange", () => { if (document.hidden) { closeStream(); closeAccountStream(); } refresh(); });
   window.addEventListener("hashchange", route);
   state.instruments = await api("GET", "/api/v1/market/instruments", undefined, { auth: false });
   $("symbol").innerHTML = state.instruments.map((i) => `<option>${i.symbol}</option>`).join("");
