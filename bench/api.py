@@ -79,7 +79,7 @@ async def drive(api: str, keys: dict[str, Any], rate: float, seconds: float, wor
                 tick = time.monotonic()
                 k += 1
                 body = signed(keys, {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
-                                     "quantity": "0.010", "price": f"{40000 + n}.0", "newClientOrderId": f"b{n}-{k}"})
+                                     "quantity": "0.010", "price": f"{48500 + n}.0", "newClientOrderId": f"b{n}-{k}"})
                 t0 = time.perf_counter()
                 placed = await client.post("/fapi/v1/order", content=body)
                 acks.append((time.perf_counter() - t0) * 1000)
