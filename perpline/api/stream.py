@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -67,18 +67,27 @@ def _changed_key(f: dict[str, Any]) -> tuple[Any, ...]:
 
 @router.websocket("/market/stream")
 async def stream(ws: WebSocket, symbol: str = "", levels: int = 10, trades: int = 16) -> None:
-    global _open_streams  # noqa: PLW0603 (one counter per process)
     inst = load_catalog().get(symbol)
     if inst is None or not (1 <= levels <= MAX_LEVELS and 1 <= trades <= MAX_TRADES):
         await ws.close(code=POLICY_VIOLATION, reason=f"a known symbol, levels 1..{MAX_LEVELS}, trades 1..{MAX_TRADES}")
         return
+    async with _slot(ws) as accepted:
+        if accepted:
+            await _push(ws, lambda: frame(ws.app.state.deps, inst, levels, trades), _changed_key, lambda: True)
+
+
+@contextlib.asynccontextmanager
+async def _slot(ws: WebSocket) -> AsyncIterator[bool]:
+    """One of the process's MAX_STREAMS, accepted (True), or the client told to come back later (False)."""
+    global _open_streams  # noqa: PLW0603 (one counter per process)
     if _open_streams >= MAX_STREAMS:
         await ws.close(code=TRY_AGAIN_LATER, reason="too many streams on this API process")
+        yield False
         return
     _open_streams += 1
     try:
         await ws.accept()
-        await _push(ws, lambda: frame(ws.app.state.deps, inst, levels, trades), _changed_key, lambda: True)
+        yield True
     finally:
         _open_streams -= 1
 
@@ -94,13 +103,9 @@ def _account_key(f: dict[str, Any]) -> str:
 
 @router.websocket("/account/stream")
 async def account_stream(ws: WebSocket) -> None:
-    global _open_streams  # noqa: PLW0603
-    if _open_streams >= MAX_STREAMS:
-        await ws.close(code=TRY_AGAIN_LATER, reason="too many streams on this API process")
-        return
-    _open_streams += 1
-    try:
-        await ws.accept()
+    async with _slot(ws) as accepted:
+        if not accepted:
+            return
         deps = ws.app.state.deps
         try:
             hello = await asyncio.wait_for(ws.receive_json(), AUTH_TIMEOUT_S)
@@ -113,8 +118,6 @@ async def account_stream(ws: WebSocket) -> None:
                     lambda: sessions.session_live(deps, claims))
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             await ws.close(code=UNAUTHORIZED, reason="the session ended")
-    finally:
-        _open_streams -= 1
 
 
 async def _push(ws: WebSocket, build: Callable[[], dict[str, Any]], key_of: Callable[[dict[str, Any]], Any],
