@@ -11,7 +11,7 @@ from typing import Any
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
 from perpline.contracts.instruments import Instrument
-from perpline.contracts.units import format_amount, format_rate
+from perpline.contracts.units import RATE_SCALE, div_ceil, format_amount, format_fixed, format_rate
 
 _ERRORS: dict[Code, tuple[int, str, int]] = {
     Code.BAD_NUMBER: (-1100, "Illegal characters found in a parameter.", 400),
@@ -100,8 +100,9 @@ def symbol_info(i: Instrument) -> dict[str, Any]:
              "maxQty": i.format_qty(i.market_max_qty_lots)},
             {"filterType": "MAX_NUM_ORDERS", "limit": i.max_open_orders},
             {"filterType": "MIN_NOTIONAL", "notional": format_amount(i.min_notional)},
-            {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500",
-             "multiplierDecimal": "4"},
+            {"filterType": "PERCENT_PRICE", "multiplierDecimal": "4",  # the band of Instrument.band_ticks,
+             "multiplierUp": format_fixed((RATE_SCALE + i.price_band_e8) // 10**4, 4),  # rounded inwards
+             "multiplierDown": format_fixed(div_ceil(RATE_SCALE - i.price_band_e8, 10**4), 4)},
         ],
     }
 
