@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -77,6 +78,10 @@ class ApiDeps:
         assert self.producer is not None
         if self.producer.flush(timeout_s) > 0:
             raise PerplineError(Code.BROKER_UNAVAILABLE, "the broker did not acknowledge the command in time")
+
+    async def flushed(self, timeout_s: float = 5.0) -> None:
+        """flush() off the event loop: a broker slow to acknowledge holds this request, not every request."""
+        await asyncio.to_thread(self.flush, timeout_s)
 
 
 def create_app(deps: ApiDeps) -> FastAPI:

@@ -118,7 +118,7 @@ def _meta(request: Request, rid: str) -> dict[str, Any]:
 
 async def _submit(d: ApiDeps, acct: int, cmd: Any, rid: str) -> m.CommandResult:
     d.publish("account.commands", str(acct), cmd)
-    d.flush()
+    await d.flushed()
     assert d.readmodel is not None
     result = await d.readmodel.wait_result(rid, d.wait_s)
     if result is None:

@@ -77,7 +77,7 @@ async def signup(body: Credentials, request: Request, d: Deps) -> Any:
     rid = new_request_id()
     d.publish("auth.keys", "user", m.UserRegistered(**_meta(request, rid), request_id=rid, login=body.login,
                                                     password_hash=password_hash, label=body.login))
-    d.flush()
+    await d.flushed()
     if not await _until(lambda: rid in registry.registered):
         raise PerplineError(Code.TIMEOUT, "the registration was sent but is not visible yet; try logging in")
     user_id = registry.registered[rid]
@@ -132,7 +132,7 @@ async def _start_session(request: Request, d: ApiDeps, user_id: int) -> dict[str
     d.publish("auth.keys", "session", m.SessionStarted(**_meta(request, f"session:{session_id}"), session_id=session_id,
                                                        user_id=user_id, refresh_hash=sessions.refresh_hash(refresh_token),
                                                        expires_ms=expires_ms))
-    d.flush()
+    await d.flushed()
     registry = _registry(d)
     await _until(lambda: registry.session(session_id) is not None)
     access, expires_s = sessions.issue(sessions.signing_key(d.secret_key), user_id, session_id)
@@ -143,7 +143,7 @@ async def _start_session(request: Request, d: ApiDeps, user_id: int) -> dict[str
 async def _end_session(request: Request, d: ApiDeps, session_id: str, user_id: int) -> None:
     d.publish("auth.keys", "session", m.SessionEnded(**_meta(request, f"logout:{session_id}"), session_id=session_id,
                                                      user_id=user_id))
-    d.flush()
+    await d.flushed()
     registry = _registry(d)
     await _until(lambda: (found := registry.session(session_id)) is None or found.ended)
 

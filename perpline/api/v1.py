@@ -94,7 +94,7 @@ def _meta(request: Request, rid: str) -> dict[str, Any]:
 async def _submit(d: ApiDeps, request: Request, acct: int, cmd: msgspec.Struct, rid: str) -> m.CommandResult | JSONResponse:
     """Publish a command and wait, bounded, for the accounts processor's decision."""
     d.publish("account.commands", str(acct), cmd)
-    d.flush()
+    await d.flushed()
     assert d.readmodel is not None
     result = await d.readmodel.wait_result(rid, d.wait_s)
     if result is None:
@@ -195,7 +195,7 @@ async def amend_and_wait(d: ApiDeps, request: Request, acct: int, inst: Instrume
                        order_id=order.order_id, price=price, quantity=quantity,
                        band_reference=band_reference(d, inst))
     d.publish("account.commands", str(acct), cmd)
-    d.flush()
+    await d.flushed()
     result = await d.readmodel.wait_result(rid, d.wait_s)
     if result is None:
         raise PerplineError(Code.TIMEOUT, "no decision on the amend in time")
@@ -523,7 +523,7 @@ async def create_key(body: NewKeyBody, request: Request, acct: Account, d: Deps)
                             secret_enc=crypto.encrypt(d.secret_key, secret), permissions=sorted(set(body.permissions)),
                             label=body.label)
     d.publish("auth.keys", api_key, issued)
-    d.flush()
+    await d.flushed()
     await _until(lambda: d.registry is not None and d.registry.get(api_key) is not None)
     return {"api_key": api_key, "api_secret": secret, "permissions": issued.permissions, "label": body.label}
 
@@ -542,7 +542,7 @@ async def revoke_key(api_key: str, request: Request, acct: Account, d: Deps) -> 
         raise PerplineError(Code.BAD_API_KEY, "no such key of yours")
     d.publish("auth.keys", api_key, m.ApiKeyRevoked(**_meta(request, f"revoke:{api_key[:8]}"), api_key=api_key,
                                                     user_id=acct))
-    d.flush()
+    await d.flushed()
     await _until(lambda: found.revoked)
     return {"api_key": api_key, "revoked": True}
 

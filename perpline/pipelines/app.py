@@ -43,6 +43,10 @@ ERRORS = Counter("perpline_processor_errors_total", "errors that stopped a proce
                  "checkpoint); inputs skipped to dead.letters count in perpline_dead_letters_total", ["group"])
 
 COMMIT_INTERVAL_S = float(os.environ.get("PERPLINE_COMMIT_INTERVAL_S", "0.1"))
+# How long Quix's loop waits for an input before it looks at the checkpoint again: the transaction
+# holding a result commits (becomes visible to read_committed readers) only then. Quix's default,
+# 1 s, held every answer of an idle processor for up to a second.
+POLL_TIMEOUT_S = float(os.environ.get("PERPLINE_POLL_TIMEOUT_S", "0.02"))
 SESSION_TIMEOUT_MS = 6000  # Tansu: a group join takes about half of it
 HEARTBEAT_INTERVAL_MS = 1000  # < session / 3
 TRANSACTION_TIMEOUT_MS = 15000  # bounds how long a crashed instance's open transaction blocks readers
@@ -86,6 +90,7 @@ def make_app(consumer_group: str, *, state_dir: Path | None = None, processing_g
         "processing_guarantee": processing_guarantee,
         "auto_offset_reset": auto_offset_reset,
         "commit_interval": COMMIT_INTERVAL_S,
+        "consumer_poll_timeout": POLL_TIMEOUT_S,
         "state_dir": str(state_dir or cfg.data_dir / "state" / consumer_group),
         "on_consumer_error": letters.on_consumer_error,
         "on_processing_error": letters.on_processing_error,
