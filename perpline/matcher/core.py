@@ -30,9 +30,14 @@ Semantics (Binance USD-M where it defines them):
   EXPIRE_BOTH expires the maker, then the taker's remainder.
 - CANCELLED / EXPIRED events carry leaves_lots = the open quantity that was cancelled
   or expired (what to release); the order is gone afterwards.
-- Order ids are consumed when ACCEPTED: a later order with the same id is REJECTED
+- Order ids are consumed once an order passes the checks that do not depend on the book
+  (shape, quantity, price, id): a later order with the same id is REJECTED
   R_DUPLICATE_ORDER_ID (live ids always; finished ids while they are among the last
-  config.max_seen_ids accepted, oldest forgotten first). A REJECTED order consumes no id.
+  config.max_seen_ids consumed, oldest forgotten first). So an order rejected for the book's
+  sake (post-only would take, no liquidity, book full, a live client_order_id) and then
+  delivered again is a duplicate, not a second try that might rest or trade against an
+  order the accounts processor already closed. An order refused by those first checks
+  consumes no id (a copy gets the same answer).
   A client_order_id equal to one of the account's LIVE orders is R_BAD_INPUT.
 - amend: new qty <= filled is R_BAD_QTY. Same price and leaves not growing keeps time
   priority (one AMENDED). A price change or a leaves increase re-queues: AMENDED, then
@@ -685,8 +690,6 @@ class Engine:
             return R_BAD_PRICE
         if key in self.orders or key in self.seen:
             return R_DUPLICATE_ORDER_ID
-        if client_order_id and (account_id, client_order_id) in self.by_client:
-            return R_BAD_INPUT
         return OK
 
     def _room_to_rest(self, mine: AccountOrders | None, side: int, price_ticks: int) -> int:
@@ -723,6 +726,10 @@ class Engine:
         if code != OK:
             self._reject(order_id, account_id, side, code, ts_ns, client_order_id)
             return
+        self._remember(key)  # from here on every answer depends on the book: a resent copy must not get another
+        if client_order_id and (account_id, client_order_id) in self.by_client:
+            self._reject(order_id, account_id, side, R_BAD_INPUT, ts_ns, client_order_id)
+            return
         if tif == TIF_GTX_REPRICE:
             price_ticks = self._repriced(side, price_ticks)
             if price_ticks == 0:
@@ -746,7 +753,6 @@ class Engine:
         order = self._new_order(order_id, account_id, side, tif, price_ticks if order_type == TYPE_LIMIT else 0,
                                 qty_lots, self.config.default_stp if stp == STP_DEFAULT else stp, reduce_only,
                                 client_order_id, ts_ns, key)
-        self._remember(key)
         self._order_event(EV_ACCEPTED, order, ts_ns, OK)
         if tif == TIF_FOK:
             code = self._fok_check(order, limit_ticks)

@@ -134,8 +134,6 @@ class NaiveBook:
             return C.R_BAD_PRICE
         if self.find(oid) is not None or oid in self.seen:
             return C.R_DUPLICATE_ORDER_ID
-        if coid and any(o.account_id == acct and o.client_order_id == coid for o in self.resting):
-            return C.R_BAD_INPUT
         return C.OK
 
     def reprice(self, side: int, price: int) -> int:
@@ -163,6 +161,12 @@ class NaiveBook:
         code = self.validate(oid, acct, side, otype, tif, price, qty, stp, coid, ts_ns)
         if code:
             return self.reject(oid, acct, side, code, ts_ns, coid)
+        if self.config.max_seen_ids > 0:  # consumed from here on, even by a rejection
+            self.seen.append(oid)
+            if len(self.seen) > self.config.max_seen_ids:
+                self.seen.pop(0)
+        if coid and any(o.account_id == acct and o.client_order_id == coid for o in self.resting):
+            return self.reject(oid, acct, side, C.R_BAD_INPUT, ts_ns, coid)
         if tif == C.TIF_GTX_REPRICE:
             price = self.reprice(side, price)
             if price == 0:
@@ -185,10 +189,6 @@ class NaiveBook:
                 return self.reject(oid, acct, side, C.R_POST_ONLY_WOULD_TAKE, ts_ns, coid)
         o = NOrder(oid, acct, side, tif, price if otype == C.TYPE_LIMIT else 0, qty, qty, 0,
                    self.config.default_stp if stp == -1 else stp, reduce_only, coid, ts_ns)
-        if self.config.max_seen_ids > 0:
-            self.seen.append(oid)
-            if len(self.seen) > self.config.max_seen_ids:
-                self.seen.pop(0)
         self.order_event(C.EV_ACCEPTED, o, ts_ns, C.OK)
         if tif == C.TIF_FOK:
             code = self.fok(o, limit)

@@ -175,8 +175,13 @@ def test_market_on_empty_side_is_rejected(core: ModuleType) -> None:
     b.buy(100, 1)
     events = b.buy(0, 1, order_type=core.TYPE_MARKET)
     assert kinds(events) == [core.EV_REJECTED] and events[0].code == core.R_NO_LIQUIDITY
+    b.sell(101, 1, account=2)  # the buy now would trade, but a copy of the rejected order is a duplicate
     again = b.buy(0, 1, order_type=core.TYPE_MARKET, order_id=events[0].order_id)
-    assert again[0].code == core.R_NO_LIQUIDITY, "a rejected order consumes no id"
+    assert kinds(again) == [core.EV_REJECTED] and again[0].code == core.R_DUPLICATE_ORDER_ID
+    bad = b.buy(0, 0, order_type=core.TYPE_MARKET)
+    assert bad[0].code == core.R_BAD_QTY
+    fixed = b.buy(0, 1, order_type=core.TYPE_MARKET, order_id=bad[0].order_id)
+    assert core.EV_REJECTED not in kinds(fixed), "an order refused before the book was asked consumes no id"
 
 
 def test_market_fok_and_gtx(core: ModuleType) -> None:
