@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 
-.PHONY: up test install matcher browser lint bench notebooks k8s-validate k8s-up schemas clean help
+.PHONY: up test install matcher browser promtool lint bench notebooks k8s-validate k8s-up schemas clean help
 
 help:
 	@echo "make up      install, compile the matcher, run the stack with demo traders"
@@ -38,7 +38,16 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 	  echo "chromium could not be installed: the browser test will be skipped"
 
-test: matcher browser
+# Prometheus' promtool (checks and unit-tests the alert rules): taken out of Debian's prometheus package
+# into the venv, without installing the package (no daemon, no service), when missing
+promtool: $(STAMP)
+	@command -v promtool >/dev/null || test -x $(BIN)/promtool || \
+	  { tmp=$$(mktemp -d) && (cd $$tmp && { apt-get download -qq prometheus 2>/dev/null || \
+	      { SUDO=$$(command -v sudo || true); $$SUDO apt-get update -qq && apt-get download -qq prometheus 2>/dev/null; }; }) && \
+	    dpkg-deb -x $$tmp/prometheus_*.deb $$tmp/x && cp $$tmp/x/usr/bin/promtool $(BIN)/promtool; rm -rf $$tmp; } || \
+	  echo "promtool could not be fetched: the alert rules will not be checked by it"
+
+test: matcher browser promtool
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=12
 
 lint: $(STAMP)
@@ -60,16 +69,16 @@ bench: matcher $(BENCH_VENV)/.installed-stamp
 	$(BIN)/python -m bench.risk
 
 # Kubernetes: render every overlay and validate it offline, check and unit-test the alert rules with promtool
-# when it is installed (also part of make test)
-k8s-validate: $(STAMP)
+# (also part of make test)
+k8s-validate: $(STAMP) promtool
 	@for overlay in local production; do \
 	  $(BIN)/kubectl kustomize k8s/overlays/$$overlay > .k8s-$$overlay.yaml && \
 	  $(BIN)/kubernetes-validate --strict --quiet .k8s-$$overlay.yaml && echo "k8s/overlays/$$overlay: valid" || exit 1; \
 	done; rm -f .k8s-*.yaml
-	@if command -v promtool >/dev/null; then \
-	  promtool check rules k8s/base/alerts/perpline.rules.yaml && \
-	  (cd k8s/base/alerts && promtool test rules perpline.rules.test.yaml) || exit 1; \
-	else echo "promtool not installed: alert rules not checked by it (install Prometheus' promtool to check them)"; fi
+	@promtool=$$(command -v promtool || ls $$PWD/$(BIN)/promtool 2>/dev/null); if [ -n "$$promtool" ]; then \
+	  $$promtool check rules k8s/base/alerts/perpline.rules.yaml && \
+	  (cd k8s/base/alerts && $$promtool test rules perpline.rules.test.yaml) || exit 1; \
+	else echo "promtool not installed: alert rules not checked by it (make promtool fetches it)"; fi
 
 # a kind cluster with the local overlay (needs kind and a Docker engine)
 k8s-up: $(STAMP)
