@@ -80,6 +80,8 @@ def existing_topics(bootstrap: str) -> set[str]:
 
 def topics_ready(bootstrap: str) -> bool:
     """True when every topic of topics.yaml exists (a readiness probe: never raises)."""
+    if not _port_open(bootstrap):  # no librdkafka "Connection refused" lines on the console before it listens
+        return False
     try:
         return {s.physical() for s in t.specs().values()} <= existing_topics(bootstrap)
     except Exception:  # noqa: BLE001 (not reachable yet: not ready)
