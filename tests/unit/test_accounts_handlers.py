@@ -325,3 +325,34 @@ def test_the_flip_example_of_docs_ledger() -> None:
         "POSITION_REALIZED_PNL": [("platform:PNL_CLEARING", "100.00000000"), ("user:1:SPOT", "-100.00000000")]}
     pos = st.positions[SYM]
     assert (pos.size_lots, pos.margin, pos.realized_pnl) == (-50, parse_amount("127.5"), parse_amount("100"))
+
+
+def _postings(outs: list) -> dict[str, list[tuple[str, str]]]:
+    return {j.ref_type: [(p.ledger_account, p.amount) for p in j.postings] for j in journals(outs)}
+
+
+def test_the_open_add_partial_close_example_of_docs_ledger() -> None:
+    """docs/ledger.md, 'Worked example: open, add, partial close': these exact journals and balances."""
+    st = AccountState(account_id=1)
+    deposit(st, "10000")
+    spot, order_m, pos_m, fees = "user:1:SPOT", "user:1:ORDER_MARGIN", "user:1:POSITION_MARGIN", "platform:FEE_REVENUE"
+    steps = (("open", "BUY", "50000", "0.100", "252.50000000", "2.50000000"),
+             ("add", "BUY", "52000", "0.050", "131.30000000", "1.30000000"),
+             ("part", "SELL", "53000", "0.060", "160.59000000", "1.59000000"))
+    got = []
+    for seq, (cid, side, price, qty, frozen, fee) in enumerate(steps, start=1):
+        placed = place(st, side, price, qty, cid)
+        assert _postings(placed) == {"ORDER_MARGIN_FROZEN": [(spot, frozen), (order_m, "-" + frozen)]}
+        filled = leg(st, result(placed).order_id, seq, "TAKER", side, price, qty, "0")
+        assert all(journal_sum(j) == 0 for j in journals(filled))
+        assert _postings(filled)["TRADE_FEE"] == [(spot, fee), (fees, "-" + fee)]
+        assert _postings(filled)["TRADE_SETTLED"][:2] == [(order_m, frozen), (spot, "-" + frozen)]
+        bal, pos = st.balances["USDT"], st.positions[SYM]
+        got.append((bal.available, bal.order_margin, bal.position_margin, pos.size_lots, pos.cost, pos.realized_pnl,
+                    _postings(filled)["TRADE_SETTLED"][2:], _postings(filled).get("POSITION_REALIZED_PNL")))
+    a = parse_amount
+    assert got == [
+        (a("9747.5"), 0, a("250"), 100, a("5000"), 0, [(spot, "250.00000000"), (pos_m, "-250.00000000")], None),
+        (a("9616.2"), 0, a("380"), 150, a("7600"), 0, [(spot, "130.00000000"), (pos_m, "-130.00000000")], None),
+        (a("9906.61"), 0, a("228"), 90, a("4560"), a("140"), [(pos_m, "152.00000000"), (spot, "-152.00000000")],
+         [("platform:PNL_CLEARING", "140.00000000"), (spot, "-140.00000000")])]
