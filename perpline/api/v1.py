@@ -154,6 +154,9 @@ async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: 
     if isinstance(result, JSONResponse):
         return result
     assert result.order_id is not None and d.readmodel is not None
+    # as /fapi and Binance: answer with the order as matching left it (NEW resting, FILLED, EXPIRED, ...), once
+    # the matcher is done with it and this account and its makers show the fills (bounded by the API's wait)
+    await d.readmodel.wait_settled(acct, result.order_id, d.wait_s)
     order = d.readmodel.find_order(acct, result.order_id)
     return {"request_id": rid, "order_id": str(result.order_id),
             "order": _order_json(order) if order else None}

@@ -84,8 +84,11 @@ def test_mark_funding_and_a_liquidation_into_the_insurance_fund(stack: Stack) ->
         for acct in (ALICE, BOB, CAROL):
             call(stack, "POST", "/api/v1/wallet/deposits", acct, json={"asset": "USDT", "amount": "10000"},
                  headers={"Idempotency-Key": f"d{acct}"})
-        order(stack, BOB, "SELL", "50000", "0.100")
-        order(stack, ALICE, "BUY", "50000", "0.100")
+        rested = order(stack, BOB, "SELL", "50000", "0.100")["order"]
+        assert (rested["status"], rested["filled"]) == ("NEW", "0.000")  # answered as matching left it
+        taken = order(stack, ALICE, "BUY", "50000", "0.100")["order"]
+        assert (taken["status"], taken["filled"], taken["avg_price"]) == ("FILLED", "0.100", "50000.00")
+        assert [o["status"] for o in call(stack, "GET", "/api/v1/orders", BOB, params={"status": "all"})] == ["FILLED"]
         until(lambda: [p for p in call(stack, "GET", "/api/v1/account/positions", ALICE) if p["size"] == "0.100"])
         mark = until(lambda: httpx.get(f"{stack.api}/api/v1/market/mark", params={"symbol": SYM}, timeout=10).json()
                      if httpx.get(f"{stack.api}/api/v1/market/mark", params={"symbol": SYM}, timeout=10).status_code == 200
