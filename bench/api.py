@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -48,6 +49,8 @@ def start_stack(data_dir: str) -> tuple[subprocess.Popen[str], str, str]:
         if api and kafka and "ready in" in line:
             break
         assert time.monotonic() < deadline, "stack not ready"
+    # keep reading: a full pipe would block the supervisor's log relay, and with it every component
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
     return proc, api, kafka
 
 
