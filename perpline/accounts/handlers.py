@@ -154,7 +154,7 @@ def _deposit(state: AccountState, cmd: m.Deposit, ctx: Ctx) -> RequestOutcome:
     asset, amount = _asset(cmd.asset), _positive_amount(cmd.amount)
     bal = state.balance(asset)
     bal.available += amount
-    _journal(ctx, state, "DEPOSIT", cmd.request_id, asset).transfer(
+    _journal(ctx, state, "DEPOSIT", ids.wallet_cause(state.account_id, cmd.request_id), asset).transfer(
         platform_account("HOT_WALLET"), user_account(state.account_id, "SPOT"), amount)
     _balance_changed(state, ctx, asset)
     return _ok()
@@ -166,7 +166,7 @@ def _withdraw(state: AccountState, cmd: m.Withdraw, ctx: Ctx) -> RequestOutcome:
     if bal.available < amount:
         raise Reject(Code.INSUFFICIENT_BALANCE, f"available {format_amount(bal.available)} < {cmd.amount}")
     bal.available -= amount
-    _journal(ctx, state, "WITHDRAWAL", cmd.request_id, asset).transfer(
+    _journal(ctx, state, "WITHDRAWAL", ids.wallet_cause(state.account_id, cmd.request_id), asset).transfer(
         user_account(state.account_id, "SPOT"), platform_account("HOT_WALLET"), amount)
     _balance_changed(state, ctx, asset)
     return _ok()

@@ -120,7 +120,7 @@ async def _submit(d: ApiDeps, acct: int, cmd: Any, rid: str) -> m.CommandResult:
     d.publish("account.commands", str(acct), cmd)
     await d.flushed()
     assert d.readmodel is not None
-    result = await d.readmodel.wait_result(rid, d.wait_s)
+    result = await d.readmodel.wait_result(acct, rid, d.wait_s)
     if result is None:
         raise PerplineError(Code.TIMEOUT, "no decision in time")
     if not result.ok:

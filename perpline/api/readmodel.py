@@ -109,8 +109,9 @@ class ReadModel:
         self.marks: dict[str, m.MarkPrice] = {}  # the risk process's latest mark per symbol
         self.mark_candles: dict[str, CandleSet] = {}
         self.rounds: dict[str, deque[m.FundingRound]] = {}
-        self._results: OrderedDict[str, m.CommandResult] = OrderedDict()
-        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[m.CommandResult]]]] = {}
+        # keyed by (account, request id): a request id (an Idempotency-Key) is the client's, unique per account only
+        self._results: OrderedDict[tuple[int, str], m.CommandResult] = OrderedDict()
+        self._waiters: dict[tuple[int, str], list[tuple[asyncio.AbstractEventLoop, asyncio.Future[m.CommandResult]]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="readmodel", daemon=True)
         self.caught_up = threading.Event()
@@ -194,7 +195,7 @@ class ReadModel:
 
     def _apply_account(self, ev: Any) -> None:
         if isinstance(ev, m.CommandResult):
-            self._results[ev.request_id] = ev
+            self._results[(ev.account_id, ev.request_id)] = ev
             while len(self._results) > MAX_RESULTS:
                 self._results.popitem(last=False)
             return
@@ -384,30 +385,31 @@ class ReadModel:
     # --- correlation ---------------------------------------------------------------------
     def _resolve(self, result: m.CommandResult) -> None:
         with self._lock:
-            waiters = self._waiters.pop(result.request_id, [])
+            waiters = self._waiters.pop((result.account_id, result.request_id), [])
         for loop, fut in waiters:
             loop.call_soon_threadsafe(_set_result, fut, result)
 
-    async def wait_result(self, request_id: str, timeout_s: float) -> m.CommandResult | None:
+    async def wait_result(self, account_id: int, request_id: str, timeout_s: float) -> m.CommandResult | None:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[m.CommandResult] = loop.create_future()
+        key = (account_id, request_id)
         with self._lock:
-            known = self._results.get(request_id)
+            known = self._results.get(key)
             if known is not None:
                 return known
-            self._waiters.setdefault(request_id, []).append((loop, fut))
+            self._waiters.setdefault(key, []).append((loop, fut))
         try:
             return await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             with self._lock:
-                waiters = self._waiters.get(request_id, [])
+                waiters = self._waiters.get(key, [])
                 if (loop, fut) in waiters:
                     waiters.remove((loop, fut))
             return None
 
-    def result(self, request_id: str) -> m.CommandResult | None:
+    def result(self, account_id: int, request_id: str) -> m.CommandResult | None:
         with self._lock:
-            return self._results.get(request_id)
+            return self._results.get((account_id, request_id))
 
     # --- queries -------------------------------------------------------------------------
     def snapshot_account(self, account_id: int) -> AccountView:

@@ -96,7 +96,7 @@ async def _submit(d: ApiDeps, request: Request, acct: int, cmd: msgspec.Struct, 
     d.publish("account.commands", str(acct), cmd)
     await d.flushed()
     assert d.readmodel is not None
-    result = await d.readmodel.wait_result(rid, d.wait_s)
+    result = await d.readmodel.wait_result(acct, rid, d.wait_s)
     if result is None:
         return JSONResponse({"status": "PENDING", "request_id": rid, "code": int(Code.TIMEOUT),
                              "msg": "no decision yet; poll GET /api/v1/requests/{request_id}"}, status_code=202)
@@ -199,7 +199,7 @@ async def amend_and_wait(d: ApiDeps, request: Request, acct: int, inst: Instrume
                        band_reference=band_reference(d, inst))
     d.publish("account.commands", str(acct), cmd)
     await d.flushed()
-    result = await d.readmodel.wait_result(rid, d.wait_s)
+    result = await d.readmodel.wait_result(acct, rid, d.wait_s)
     if result is None:
         raise PerplineError(Code.TIMEOUT, "no decision on the amend in time")
     if not result.ok:
@@ -292,9 +292,10 @@ async def set_leverage(body: LeverageBody, request: Request, acct: Account, rid:
 
 
 @router.get("/requests/{req_id}", tags=["trading"])
-def get_request(req_id: str, d: Deps) -> Any:
+async def get_request(req_id: str, acct: Account, d: Deps) -> Any:
+    """The decision on one of the caller's own requests (request ids are unique per account only)."""
     assert d.readmodel is not None
-    result = d.readmodel.result(req_id)
+    result = d.readmodel.result(acct, req_id)
     if result is None:
         return {"request_id": req_id, "status": "PENDING"}
     return {"request_id": req_id, "status": "DONE" if result.ok else "REJECTED", "code": result.code, "msg": result.msg,

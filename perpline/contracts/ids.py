@@ -44,4 +44,12 @@ def parse_liquidation_client_id(client_order_id: str) -> tuple[int, int] | None:
 
 
 def journal_id(cause_id: str, ref_type: str) -> str:
+    """A journal's id, derived from its cause so a replay rewrites the same rows. The cause must be
+    unique across accounts: matcher seqs and order ids are; a client's request id is not (see wallet_cause)."""
     return f"{cause_id}/{ref_type}"
+
+
+def wallet_cause(account_id: int, request_id: str) -> str:
+    """The cause of a deposit or withdrawal: the client's request id (an Idempotency-Key, unique per account
+    only) scoped by its account, so two accounts' "dep-1" never share a journal id."""
+    return f"wallet:{account_id}:{request_id}"

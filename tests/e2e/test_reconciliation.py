@@ -89,7 +89,7 @@ def test_a_clean_run_is_clean_and_every_injected_fault_is_found(stack: Stack) ->
     client.command(f"ALTER TABLE ledger_postings DELETE WHERE journal_id = '{leg[0]}' SETTINGS mutations_sync = 1")
     seq = leg[1].split(":")[2]
     # 3. a journal duplicated under a new id
-    dep = f"dep-{ANN}/DEPOSIT"
+    dep = f"wallet:{ANN}:dep-{ANN}/DEPOSIT"
     copied = cols.replace("journal_id", "concat(journal_id, '-copy')", 1)
     client.command(f"INSERT INTO ledger_postings ({cols}) SELECT {copied} FROM ledger_postings FINAL "
                    f"WHERE journal_id = '{dep}'")

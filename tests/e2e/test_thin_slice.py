@@ -56,11 +56,12 @@ def _eventually(fn, timeout_s: float = 30.0, every_s: float = 0.2):
 def test_first_trade_flows_end_to_end(stack: Stack) -> None:
     api = stack.api
     buyer, seller = 101, 202
-    for acct in (buyer, seller):
-        r = _post(api, "/api/v1/wallet/deposits", acct, {"asset": "USDT", "amount": "10000"}, key=f"dep-{acct}")
+    for acct in (buyer, seller):  # the same Idempotency-Key in two accounts: two deposits, each its own answer
+        r = _post(api, "/api/v1/wallet/deposits", acct, {"asset": "USDT", "amount": "10000"}, key="dep-1")
         assert r.status_code == 200, r.text
+        assert [(b["account_id"], b["available"]) for b in r.json()["balances"]] == [(acct, "10000.00000000")]
     # a resent deposit with the same idempotency key changes nothing
-    again = _post(api, "/api/v1/wallet/deposits", buyer, {"asset": "USDT", "amount": "10000"}, key=f"dep-{buyer}")
+    again = _post(api, "/api/v1/wallet/deposits", buyer, {"asset": "USDT", "amount": "10000"}, key="dep-1")
     assert again.status_code == 200
     # bad input: clear error, nothing changes
     bad = _post(api, "/api/v1/wallet/deposits", buyer, {"asset": "USDT", "amount": "1e5"})
@@ -129,7 +130,7 @@ def test_first_trade_flows_end_to_end(stack: Stack) -> None:
     fee_revenue = ch.query("SELECT sum(amount) FROM ledger_postings FINAL WHERE ledger_account = 'platform:FEE_REVENUE'").result_rows[0][0]
     assert fee_revenue == Decimal("-3.5")
     deposits = ch.query("SELECT count() FROM ledger_postings FINAL WHERE ref_type = 'DEPOSIT'").result_rows[0][0]
-    assert deposits == 4  # two deposits, two postings each; the resend wrote nothing
+    assert deposits == 4  # two deposits (one key, two accounts: two journals), two postings each; the resend wrote nothing
 
     # the account's journals through the API, from ClickHouse
     fee_rows = _get(api, "/api/v1/account/journals", buyer, ref_type="TRADE_FEE").json()

@@ -356,3 +356,16 @@ def test_the_open_add_partial_close_example_of_docs_ledger() -> None:
         (a("9616.2"), 0, a("380"), 150, a("7600"), 0, [(spot, "130.00000000"), (pos_m, "-130.00000000")], None),
         (a("9906.61"), 0, a("228"), 90, a("4560"), a("140"), [(pos_m, "152.00000000"), (spot, "-152.00000000")],
          [("platform:PNL_CLEARING", "140.00000000"), (spot, "-140.00000000")])]
+
+
+def test_the_same_request_id_in_two_accounts_makes_two_journals() -> None:
+    """A request id is the client's Idempotency-Key, unique per account only: two accounts' "dep-1" (and
+    "wd-1") must be two journals in ClickHouse, whose ReplacingMergeTree would keep one of a shared id."""
+    ids_seen = set()
+    for acct in (41, 42):
+        st = AccountState(account_id=acct)
+        (dep,) = journals(deposit(st, "100", rid="dep-1"))
+        (wd,) = journals(handle(st, m.Withdraw(**META, request_id="wd-1", account_id=acct, asset="USDT", amount="1")))
+        assert dep.journal_id == f"wallet:{acct}:dep-1/DEPOSIT" and wd.journal_id == f"wallet:{acct}:wd-1/WITHDRAWAL"
+        ids_seen |= {dep.journal_id, wd.journal_id}
+    assert len(ids_seen) == 4

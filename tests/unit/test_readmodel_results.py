@@ -1,0 +1,35 @@
+"""The API's read model answers a request with that account's decision only: request ids (Idempotency-Keys)
+are the client's, unique per account, so two accounts may send the same one."""
+
+from __future__ import annotations
+
+import asyncio
+
+from perpline.api.readmodel import ReadModel
+from perpline.contracts import messages as m
+
+META = {"trace_id": "t", "causation_id": "c", "ts_ms": 1}
+
+
+def decided(model: ReadModel, account_id: int, request_id: str, ok: bool) -> None:
+    result = m.CommandResult(**META, request_id=request_id, account_id=account_id, ok=ok, code=0 if ok else 2002)
+    with model._lock:  # noqa: SLF001 (the read model's own apply, without a broker)
+        model._apply_account(result)  # noqa: SLF001
+    model._resolve(result)  # noqa: SLF001
+
+
+def test_the_same_request_id_in_two_accounts_gets_each_its_own_answer() -> None:
+    model = ReadModel("unused:1", {})
+    decided(model, 41, "dep-1", ok=True)
+    assert model.result(41, "dep-1").ok and model.result(42, "dep-1") is None  # type: ignore[union-attr]
+
+    async def scenario() -> tuple[m.CommandResult | None, m.CommandResult | None]:
+        waiting = asyncio.ensure_future(model.wait_result(42, "dep-1", 5.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done(), "account 41's answer must not answer account 42"
+        decided(model, 42, "dep-1", ok=False)
+        return await waiting, await model.wait_result(41, "dep-1", 0.1)
+
+    theirs, mine = asyncio.run(scenario())
+    assert theirs is not None and (theirs.account_id, theirs.ok) == (42, False)
+    assert mine is not None and (mine.account_id, mine.ok) == (41, True)
