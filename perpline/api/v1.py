@@ -10,6 +10,7 @@ request is answered with the first outcome and changes nothing.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -398,10 +399,13 @@ def trace(key: str, acct: Account, d: Deps) -> Any:
     """What a trace id, client order id or trade id caused in the caller's account, in order."""
     if len(key) > 64:
         raise PerplineError(Code.MALFORMED, "key too long")
-    rows = Audit(d.clickhouse()).trace(key)
-    mine = [r for r in rows if r["source"] != "matcher_events" and (
-        f'"account_id":{acct}' in r["detail"] or f"account {acct} " in r["detail"])]
-    return mine
+    return own_trace_rows(Audit(d.clickhouse()).trace(key), acct)
+
+
+def own_trace_rows(rows: list[dict[str, Any]], acct: int) -> list[dict[str, Any]]:
+    """The rows of a trace that belong to this account (never account 42's for account 4)."""
+    own = re.compile(rf'"account_id":{acct}(?!\d)|account {acct} ')
+    return [r for r in rows if r["source"] != "matcher_events" and own.search(r["detail"])]
 
 
 def _decimal_amount(value: Decimal) -> str:

@@ -33,3 +33,15 @@ def test_the_same_request_id_in_two_accounts_gets_each_its_own_answer() -> None:
     theirs, mine = asyncio.run(scenario())
     assert theirs is not None and (theirs.account_id, theirs.ok) == (42, False)
     assert mine is not None and (mine.account_id, mine.ok) == (41, True)
+
+
+def test_a_trace_shows_only_the_callers_rows() -> None:
+    from perpline.api.v1 import own_trace_rows  # noqa: PLC0415
+
+    rows = [{"source": "account_events", "detail": '{"account_id":42,"available":"1"}'},
+            {"source": "account_events", "detail": '{"account_id":4,"available":"2"}'},
+            {"source": "ledger", "detail": "fill:X:1:MAKER/TRADE_FEE account 42 amount 1"},
+            {"source": "ledger", "detail": "fill:X:1:TAKER/TRADE_FEE account 4 amount 2"},
+            {"source": "matcher_events", "detail": '{"account_id":4}'}]
+    assert own_trace_rows(rows, 4) == [rows[1], rows[3]]
+    assert own_trace_rows(rows, 42) == [rows[0], rows[2]]
