@@ -159,8 +159,18 @@ async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: 
     # the matcher is done with it and this account and its makers show the fills (bounded by the API's wait)
     await d.readmodel.wait_settled(acct, result.order_id, d.wait_s)
     order = d.readmodel.find_order(acct, result.order_id)
-    return {"request_id": rid, "order_id": str(result.order_id),
-            "order": _order_json(order) if order else None}
+    out = {"request_id": rid, "order_id": str(result.order_id), "order": _order_json(order) if order else None}
+    code = d.readmodel.matcher_code(result.order_id)
+    if order is not None and order.status in ("REJECTED", "EXPIRED") and code:  # why the matcher ended it
+        out["code"], out["msg"] = code, _code_name(code)
+    return out
+
+
+def _code_name(code: int) -> str:
+    try:
+        return Code(code).name
+    except ValueError:
+        return f"code {code}"
 
 
 def band_reference(d: ApiDeps, inst: Instrument) -> str | None:

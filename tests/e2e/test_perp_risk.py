@@ -86,6 +86,9 @@ def test_mark_funding_and_a_liquidation_into_the_insurance_fund(stack: Stack) ->
                  headers={"Idempotency-Key": f"d{acct}"})
         rested = order(stack, BOB, "SELL", "50000", "0.100")["order"]
         assert (rested["status"], rested["filled"]) == ("NEW", "0.000")  # answered as matching left it
+        post_only = call(stack, "POST", "/api/v1/orders", ALICE, json={
+            "symbol": SYM, "side": "BUY", "type": "LIMIT", "time_in_force": "GTX", "price": "50000", "quantity": "0.010"})
+        assert (post_only["order"]["status"], post_only["code"], post_only["msg"]) == ("REJECTED", 3005, "POST_ONLY_WOULD_TAKE")
         taken = order(stack, ALICE, "BUY", "50000", "0.100")["order"]
         assert (taken["status"], taken["filled"], taken["avg_price"]) == ("FILLED", "0.100", "50000.00")
         assert [o["status"] for o in call(stack, "GET", "/api/v1/orders", BOB, params={"status": "all"})] == ["FILLED"]

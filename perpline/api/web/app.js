@@ -263,7 +263,9 @@ async function placeOrder(ev) {
     await api("POST", "/api/v1/leverage", { symbol: state.symbol, leverage: Number($("o-lev").value) });
     const placed = await api("POST", "/api/v1/orders", body);
     const o = placed.order;
-    say("order-msg", o ? `order ${o.order_id}: ${o.status}, filled ${o.filled}` : `order ${placed.order_id} accepted`, true);
+    const why = placed.code ? ` (${placed.msg}, code ${placed.code})` : "";
+    const ended = o && (o.status === "REJECTED" || o.status === "EXPIRED") && Number(o.filled) === 0;
+    say("order-msg", o ? `order ${o.order_id}: ${o.status}, filled ${o.filled}${why}` : `order ${placed.order_id} accepted`, !ended);
   } catch (err) { say("order-msg", errorText(err), false); }
   refresh();
 }
