@@ -36,8 +36,10 @@ from perpline.contracts import codec, ids
 from perpline.contracts import messages as m
 from perpline.pipelines.ledger_sink_logic import POSTING_COLUMNS, posting_rows
 from perpline.stack.supervisor import free_port
+from perpline.topics_tool import watermarks
 
 TIMEOUT_S = 900.0
+QUIET_S = 3.0  # the journals reader stops after this long without a record (the topic is complete by then)
 SYMBOL = "BTCUSDT-PERP"
 
 
@@ -69,12 +71,13 @@ def preload(bootstrap: str, topic: str, items: list[tuple[str, m.Msg]]) -> None:
 
 
 def _ends(bootstrap: str, topic: str) -> list[TopicPartition]:
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-probe"})
+    """Each partition's end. Not the broker's ListOffsets answer alone: the embedded broker's is low after
+    multi-record batches (the bench then stopped timing, and reading journals, before the end)."""
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-probe", "enable.auto.commit": False})
     parts = probe.list_topics(topic, timeout=15).topics[topic].partitions
-    ends = [TopicPartition(topic, p, probe.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1])
-            for p in parts]
+    marks = watermarks(probe, [TopicPartition(topic, p) for p in parts])
     probe.close()
-    return ends
+    return [TopicPartition(topic, p, high) for (_, p), (_, high) in sorted(marks.items())]
 
 
 def _wait_committed(bootstrap: str, group: str, ends: list[TopicPartition], started: float) -> float:
@@ -131,8 +134,10 @@ def journals(bootstrap: str, topic: str, count_hint: int) -> list[list[Any]]:
     rows: list[list[Any]] = []
     seen = 0
     deadline = time.monotonic() + 120
-    while seen < want and time.monotonic() < deadline:
-        for msg in consumer.consume(10_000, timeout=0.5):
+    quiet_since = time.monotonic()
+    while seen < want and time.monotonic() < deadline and time.monotonic() - quiet_since < QUIET_S:
+        for msg in consumer.consume(10_000, timeout=0.5):  # (offsets also count transaction markers: want is high)
+            quiet_since = time.monotonic()
             if msg.error() is None:
                 seen += 1
                 rows.extend(posting_rows(codec.decode("ledger.entries", msg.value()), msg.partition(), msg.offset()))
