@@ -160,9 +160,10 @@ async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: 
     await d.readmodel.wait_settled(acct, result.order_id, d.wait_s)
     order = d.readmodel.find_order(acct, result.order_id)
     out = {"request_id": rid, "order_id": str(result.order_id), "order": _order_json(order) if order else None}
-    code = d.readmodel.matcher_code(result.order_id)
-    if order is not None and order.status in ("REJECTED", "EXPIRED") and code:  # why the matcher ended it
-        out["code"], out["msg"] = code, _code_name(code)
+    if order is not None and order.status in ("REJECTED", "EXPIRED"):  # why the matcher ended it
+        code = d.readmodel.matcher_code(result.order_id)
+        if code:
+            out["code"], out["msg"] = code, _code_name(code)
     return out
 
 
