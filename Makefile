@@ -67,6 +67,8 @@ bench: matcher $(BENCH_VENV)/.installed-stamp
 	$(BIN)/python -m bench.topic
 	$(BIN)/python -m bench.settlement
 	$(BIN)/python -m bench.risk
+	$(BIN)/python -m bench.load --pairs 1 --seconds 20
+	$(BIN)/python -m bench.load --pairs 32 --seconds 30
 
 # Kubernetes: render every overlay and validate it offline, check and unit-test the alert rules with promtool
 # (also part of make test)

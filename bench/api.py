@@ -36,22 +36,24 @@ BENCH_LIMITS = {"PERPLINE_RATE_LIMIT_IP": "1000000", "PERPLINE_RATE_LIMIT_KEY": 
                 "PERPLINE_RATE_LIMIT_ORDERS": "1000000"}  # measure the pipeline, not the limiter
 
 
-def start_stack(data_dir: str) -> tuple[subprocess.Popen[str], str, str]:
+def start_stack(data_dir: str) -> tuple[subprocess.Popen[str], str, str, str]:
+    """(process, API URL, broker address, ClickHouse URL) of a plain stack on free ports."""
     proc = subprocess.Popen([sys.executable, "-m", "perpline.cli", "up", "--free-ports", "--data-dir", data_dir],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **BENCH_LIMITS})
     assert proc.stdout is not None
-    api = kafka = ""
+    api = kafka = clickhouse = ""
     deadline = time.monotonic() + 240
     for line in proc.stdout:
         api = api or (re.search(r"perpline ready: api=(\S+)", line) or [None, ""])[1]  # type: ignore[index]
         kafka = kafka or (re.search(r"kafka=(\S+)", line) or [None, ""])[1]  # type: ignore[index]
+        clickhouse = clickhouse or (re.search(r"clickhouse=(\S+)", line) or [None, ""])[1]  # type: ignore[index]
         if api and kafka and "ready in" in line:
             break
         assert time.monotonic() < deadline, "stack not ready"
     # keep reading: a full pipe would block the supervisor's log relay, and with it every component
     threading.Thread(target=proc.stdout.read, daemon=True).start()
-    return proc, api, kafka
+    return proc, api, kafka, clickhouse
 
 
 def signed(keys: dict[str, Any], params: dict[str, Any]) -> str:
@@ -124,7 +126,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="perpline-bench-") as tmp:
-        proc, api, kafka = start_stack(tmp)
+        proc, api, kafka, _ = start_stack(tmp)
         try:
             env = {**os.environ, "PERPLINE_KAFKA_BOOTSTRAP": kafka, "PERPLINE_DATA_DIR": tmp}
             made = subprocess.run([sys.executable, "-m", "perpline.cli", "admin", "create-user", "--deposit",

@@ -1,0 +1,182 @@
+"""Closed-loop load through the Binance-compatible API, as a new user would drive it.
+
+    python -m bench.load [--pairs 32] [--seconds 30] [--qty 0.001]
+
+Starts the plain stack (`perpline up --free-ports`, rate limits lifted), makes 2 x N funded users
+with `perpline admin`, and runs N pairs of accounts trading with each other through signed
+`POST /fapi/v1/order`: account A rests a GTC limit at the pair's price, account B takes it with an
+IOC at the same price, then they swap roles (and every second round, sides), so positions stay
+bounded. Each client waits for its answer before it sends the next request (closed loop).
+
+Prints one JSON line: orders/s, trades/s, answer p50/p90/p99 for the resting and the taking order,
+errors by code, the share of the answer time spent in each stage the API reports (X-Stage-Ms), and
+then the books after the run settles: journals sum to zero, wallets equal the ledger, long equals
+short, every reconciliation rule clean. Nothing here is a test: machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from bench.api import pct, signed, start_stack
+
+USER_DEPOSIT = "USDT=1000000"
+MAX_PAIRS = 256
+ADMIN_WORKERS = 8
+
+
+def make_users(count: int, kafka: str, data_dir: str) -> list[dict[str, Any]]:
+    """`count` funded users, `ADMIN_WORKERS` `perpline admin` processes at a time."""
+    env = {**os.environ, "PERPLINE_KAFKA_BOOTSTRAP": kafka, "PERPLINE_DATA_DIR": data_dir}
+
+    def one(_: int) -> dict[str, Any]:
+        made = subprocess.run([sys.executable, "-m", "perpline.cli", "admin", "create-user", "--deposit", USER_DEPOSIT],
+                              env=env, capture_output=True, text=True, check=True, timeout=180)
+        user: dict[str, Any] = json.loads(made.stdout)
+        return user
+
+    with ThreadPoolExecutor(ADMIN_WORKERS) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def mark_ticks(api: str) -> Decimal:
+    """A price near the mark on the instrument's tick (the price band is around the mark)."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = httpx.get(f"{api}/fapi/v1/premiumIndex", params={"symbol": "BTCUSDT"}, timeout=10).json()
+        mark = Decimal(str(found.get("markPrice") or "0"))
+        if mark > 0:
+            return mark.quantize(Decimal("0.1"))
+        if time.monotonic() > deadline:
+            raise SystemExit("no mark price within 30 s")
+        time.sleep(0.5)
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.resting: list[float] = []
+        self.taking: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.fills = 0
+        self.stages: dict[str, float] = {}
+        self.stage_count = 0
+
+    def stage(self, header: str) -> None:
+        if not header:
+            return
+        self.stage_count += 1
+        for part in header.split(";"):
+            name, _, ms = part.partition("=")
+            self.stages[name] = self.stages.get(name, 0.0) + float(ms or 0)
+
+    def answer(self, response: httpx.Response, elapsed_ms: float, taking: bool) -> None:
+        if response.status_code != 200:
+            code = response.json().get("code", response.status_code) if response.content else response.status_code
+            self.errors[str(code)] += 1
+            return
+        (self.taking if taking else self.resting).append(elapsed_ms)
+        self.stage(response.headers.get("X-Stage-Ms", ""))
+        if taking and response.json().get("status") == "FILLED":
+            self.fills += 1
+
+
+async def run_pair(client: httpx.AsyncClient, a: dict[str, Any], b: dict[str, Any], price: Decimal, qty: str,
+                   stop_at: float, tally: Tally) -> None:
+    k = 0
+    while time.monotonic() < stop_at:
+        maker, taker = (a, b) if k % 2 == 0 else (b, a)
+        side = "BUY" if (k // 2) % 2 == 0 else "SELL"
+        other = "SELL" if side == "BUY" else "BUY"
+        for keys, order_side, tif, taking in ((maker, side, "GTC", False), (taker, other, "IOC", True)):
+            body = signed(keys, {"symbol": "BTCUSDT", "side": order_side, "type": "LIMIT", "timeInForce": tif,
+                                 "quantity": qty, "price": str(price)})
+            t0 = time.perf_counter()
+            response = await client.post("/fapi/v1/order", content=body, headers={"X-MBX-APIKEY": keys["api_key"]})
+            tally.answer(response, (time.perf_counter() - t0) * 1000, taking)
+        k += 1
+
+
+async def drive(api: str, users: list[dict[str, Any]], price: Decimal, qty: str, seconds: float) -> dict[str, Any]:
+    pairs = [(users[2 * i], users[2 * i + 1]) for i in range(len(users) // 2)]
+    tally = Tally()
+    limits = httpx.Limits(max_connections=2 * len(pairs) + 4, max_keepalive_connections=2 * len(pairs) + 4)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with httpx.AsyncClient(base_url=api, headers=headers, timeout=30, limits=limits) as client:
+        started = time.monotonic()
+        stop_at = started + seconds
+        await asyncio.gather(*(run_pair(client, a, b, price, qty, stop_at, tally) for a, b in pairs))
+        elapsed = time.monotonic() - started
+    answered = len(tally.resting) + len(tally.taking)
+    total_stage = sum(tally.stages.values())
+    return {"pairs": len(pairs), "seconds": round(elapsed, 1), "orders_per_s": round(answered / elapsed, 1),
+            "trades_per_s": round(tally.fills / elapsed, 1), "errors": dict(tally.errors),
+            **{f"resting_p{q}_ms": pct(tally.resting, q / 100) for q in (50, 90, 99)},
+            **{f"taking_p{q}_ms": pct(tally.taking, q / 100) for q in (50, 90, 99)},
+            "stage_share": {k: round(v / total_stage, 3) for k, v in tally.stages.items()} if total_stage else {},
+            "stage_mean_ms": {k: round(v / tally.stage_count, 2) for k, v in tally.stages.items()}
+            if tally.stage_count else {}}
+
+
+def check_books(clickhouse_url: str, quiet_s: float = 3.0, timeout_s: float = 120.0) -> dict[str, Any]:
+    """After the sink has caught up (ledger rows stable for `quiet_s`): every reconciliation rule on a
+    full pass, twice (the eventual rules count only when a second pass finds the same break)."""
+    from perpline.ch.client import get_client  # noqa: PLC0415 (the bench's own import, after the stack is up)
+    from perpline.recon.rules import load_rules, run_rule  # noqa: PLC0415
+
+    client = get_client(clickhouse_url)
+    last, stable_since, deadline = -1, time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = int(client.query("SELECT count() FROM ledger_postings").result_rows[0][0])
+        if rows != last:
+            last, stable_since = rows, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet_s:
+            break
+        time.sleep(0.5)
+    passes = []
+    for _ in range(2):
+        now_ms = int(time.time() * 1000) + 60_000  # past every grace period
+        passes.append({rule.name: len(run_rule(client, rule, 0, now_ms)) for rule in load_rules()})
+        time.sleep(1.0)
+    breaks = {name: n for name, n in passes[-1].items() if n and passes[0][name]}
+    return {"ledger_rows": last, "journals_balanced": passes[-1].get("journal_balanced", 0) == 0,
+            "wallets_equal_ledger": not breaks.get("ledger_vs_state"), "long_equals_short": not breaks.get("open_interest"),
+            "recon_breaks": breaks}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--qty", default="0.003", help="BTC per order")
+    args = parser.parse_args()
+    assert 1 <= args.pairs <= MAX_PAIRS, f"--pairs must be 1..{MAX_PAIRS}"
+    with tempfile.TemporaryDirectory(prefix="perpline-load-") as tmp:
+        proc, api, kafka, clickhouse = start_stack(tmp)
+        try:
+            made_at = time.monotonic()
+            users = make_users(2 * args.pairs, kafka, tmp)
+            users_s = time.monotonic() - made_at
+            report = asyncio.run(drive(api, users, mark_ticks(api), args.qty, args.seconds))
+            report["users_made_s"] = round(users_s, 1)
+            report["books"] = check_books(clickhouse)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
