@@ -4,7 +4,11 @@ Identity: a signed request (X-MBX-APIKEY, HMAC-SHA256 of the query string + body
 see perpline.api.auth). Only where the operator trusts the network (the embedded demo stack,
 PERPLINE_TRUST_ACCOUNT_HEADER=1) may a caller name its account in X-Account-Id instead.
 Idempotency: an Idempotency-Key header becomes the command's request id, so a resent
-request is answered with the first outcome and changes nothing.
+request (re-signed or not, on any API replica) is answered with the first outcome and changes
+nothing. A signed request without one is still used once: its signature's nonce travels with the
+command and the accounts processor refuses it a second time (REPLAYED_REQUEST), whichever replica
+it reached. An order without a client order id is named after its key, never after a prefix of it
+(contracts.ids.default_client_order_id).
 """
 
 from __future__ import annotations
