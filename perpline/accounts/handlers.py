@@ -2,7 +2,7 @@
 
 Every handler either applies a command completely or changes nothing and answers
 with a result code. Idempotency: API commands by request id, settlement legs by
-(symbol, seq, leg), client order ids per account.
+(symbol, seq, leg), client order ids per account; a signed command's nonce is used once.
 """
 
 from __future__ import annotations
@@ -96,17 +96,32 @@ def _leg_cause(cmd: m.Msg) -> str:
 
 
 def _on_request(state: AccountState, cmd: m.Msg, ctx: Ctx) -> None:
+    """A request id is decided once, and a signature is used once (exchange-wide: every API replica's
+    commands meet here). In that order: a known request id gets its first decision again (a client's
+    retry with the same Idempotency-Key, re-signed or not, and a broker redelivery); otherwise a command
+    whose nonce was already used is refused with REPLAYED_REQUEST. Either way nothing changes."""
     request_id: str = cmd.request_id
     seen = ctx.memory.request(request_id)
     if seen is not None:  # a resend: answer again, change nothing
         _result(state, ctx, request_id, seen)
         return
     try:
+        _use_nonce(cmd, ctx)
         outcome = _dispatch(state, cmd, ctx)
     except (Reject, UnitError) as err:
         outcome = RequestOutcome(False, int(err.code), err.msg, None, getattr(cmd, "client_order_id", None))
     ctx.memory.remember_request(request_id, outcome)
     _result(state, ctx, request_id, outcome)
+
+
+def _use_nonce(cmd: m.Msg, ctx: Ctx) -> None:
+    """A signed command's nonce is recorded before it is decided: a signature that was refused (say,
+    for want of balance) is used up too, as on Binance."""
+    if not isinstance(cmd, m.ApiCommand) or not cmd.nonce:
+        return
+    refused = ctx.memory.use_nonce(cmd.nonce, cmd.signed_ms, cmd.ts_ms)
+    if refused is not None:
+        raise Reject(*refused)
 
 
 def _dispatch(state: AccountState, cmd: m.Msg, ctx: Ctx) -> RequestOutcome:
@@ -224,8 +239,8 @@ def _order_numbers(inst: Instrument, cmd: m.PlaceOrder) -> tuple[int, int]:
     """(price_ticks, qty_lots): the limit price, or for MARKET the protection bound the API set."""
     if cmd.order_type not in SUPPORTED_ORDER_TYPES:
         raise Reject(Code.BAD_ORDER_TYPE, f"order type {cmd.order_type} is not supported")
-    if not cmd.client_order_id or len(cmd.client_order_id) > 36:
-        raise Reject(Code.MALFORMED, "client order id must be 1 to 36 characters")
+    if not cmd.client_order_id or len(cmd.client_order_id) > ids.MAX_CLIENT_ORDER_ID_CHARS:
+        raise Reject(Code.MALFORMED, f"client order id must be 1 to {ids.MAX_CLIENT_ORDER_ID_CHARS} characters")
     if cmd.order_type == "MARKET":
         if cmd.time_in_force not in MARKET_TIFS:
             raise Reject(Code.BAD_TIME_IN_FORCE, f"a MARKET order cannot be {cmd.time_in_force}")

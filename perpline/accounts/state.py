@@ -77,6 +77,8 @@ class AccountState(msgspec.Struct, kw_only=True, omit_defaults=True):
     requests_remembered: int = 0  # request outcomes ever remembered (ring position, accounts.memory)
     client_ids_remembered: int = 0  # closed client order ids ever remembered (ring position)
     local: dict[str, bytes] = {}  # the idempotency memory rings (perpline.accounts.memory)
+    nonces: dict[str, int] = {}  # signed commands' nonces -> signed_ms, oldest first (accounts.memory.use_nonce)
+    nonce_floor_ms: int = 0  # a signed command signed before this is refused: its nonce may be forgotten
 
     def balance(self, asset: str) -> Balance:
         found = self.balances.get(asset)

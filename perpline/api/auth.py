@@ -2,8 +2,10 @@
 operator allows it (the embedded demo stack), a bare X-Account-Id header.
 
 Every signed request: key known and not revoked, permission granted, signature over the exact
-text, timestamp inside recvWindow; a state-changing request (POST/PUT/DELETE) is accepted once
-(its signature is remembered; a replay is refused). Reads may repeat.
+text, timestamp inside recvWindow; a state-changing request (POST/PUT/DELETE) is accepted once:
+this replica remembers its signature (ReplayGuard, the fast first line) and its command carries the
+signature's nonce, which the accounts processor applies once for the whole exchange (`one_use`).
+Reads may repeat.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import Request
@@ -24,6 +27,7 @@ MAX_ACCOUNT_ID = (1 << 30) - 1
 READ, TRADE, WITHDRAW = "read", "trade", "withdraw"
 UNKNOWN_KEY_WAIT_S = 1.0
 MAX_API_KEY_CHARS = 128
+NO_NONCE: dict[str, Any] = {"nonce": "", "signed_ms": 0}
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,20 @@ async def signed_caller(request: Request, registry: KeyRegistry | None, guard: s
         signing.check_time(signed.params, int(time.time() * 1000))
     except signing.SignatureError as err:
         raise PerplineError(err.code, err.msg) from err
-    if request.method != "GET" and not guard.first_use(signed.signature):
-        raise PerplineError(Code.REPLAYED_REQUEST, "this signed request was already received")
+    if request.method != "GET":
+        if not guard.first_use(signed.signature):  # this replica saw it: refused at once
+            raise PerplineError(Code.REPLAYED_REQUEST, "this signed request was already received")
+        request.state.one_use = {"nonce": signing.nonce_of(signed.signature),
+                                 "signed_ms": int(signed.params["timestamp"])}
     return Caller(record.user_id, api_key, signed.params)
+
+
+def one_use(request: Request) -> dict[str, Any]:
+    """The `ApiCommand` fields (nonce, signed_ms) of the command a request sends: set for a signed
+    state-changing request, empty values otherwise. The accounts processor applies a nonce once for
+    the whole exchange, whichever API replica the request reached."""
+    found: dict[str, Any] = getattr(request.state, "one_use", NO_NONCE)
+    return found
 
 
 async def _lookup(registry: KeyRegistry | None, api_key: str) -> KeyRecord | None:

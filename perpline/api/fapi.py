@@ -113,7 +113,9 @@ PlaceOrder = Annotated[auth.Caller, Depends(_signed(auth.TRADE, 1, order=True))]
 
 
 def _meta(request: Request, rid: str) -> dict[str, Any]:
-    return {"trace_id": request.state.trace_id, "causation_id": rid, "ts_ms": _now_ms()}
+    """An account command's trace, cause, time and one-use nonce (every /fapi write is signed: the
+    accounts processor refuses its replay on another API replica)."""
+    return {"trace_id": request.state.trace_id, "causation_id": rid, "ts_ms": _now_ms(), **auth.one_use(request)}
 
 
 async def _submit(d: ApiDeps, acct: int, cmd: Any, rid: str) -> m.CommandResult:

@@ -4,7 +4,11 @@ Identity: a signed request (X-MBX-APIKEY, HMAC-SHA256 of the query string + body
 see perpline.api.auth). Only where the operator trusts the network (the embedded demo stack,
 PERPLINE_TRUST_ACCOUNT_HEADER=1) may a caller name its account in X-Account-Id instead.
 Idempotency: an Idempotency-Key header becomes the command's request id, so a resent
-request is answered with the first outcome and changes nothing.
+request (re-signed or not, on any API replica) is answered with the first outcome and changes
+nothing. A signed request without one is still used once: its signature's nonce travels with the
+command and the accounts processor refuses it a second time (REPLAYED_REQUEST), whichever replica
+it reached. An order without a client order id is named after its key, never after a prefix of it
+(contracts.ids.default_client_order_id).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from perpline.api.app import ApiDeps
 from perpline.audit import Audit
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
-from perpline.contracts.ids import new_request_id
+from perpline.contracts.ids import default_client_order_id, new_request_id
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import format_amount, format_rate, parse_amount
 from perpline.risk import formulas
@@ -92,6 +96,12 @@ def _meta(request: Request, rid: str) -> dict[str, Any]:
     return {"trace_id": request.state.trace_id, "causation_id": rid, "ts_ms": int(time.time() * 1000)}
 
 
+def _command_meta(request: Request, rid: str) -> dict[str, Any]:
+    """What an account command carries besides its own fields: trace, cause, time and, for a signed
+    request, its one-use nonce (the accounts processor refuses a replay across API replicas)."""
+    return {**_meta(request, rid), **auth.one_use(request)}
+
+
 async def _submit(d: ApiDeps, request: Request, acct: int, cmd: msgspec.Struct, rid: str) -> m.CommandResult | JSONResponse:
     """Publish a command and wait, bounded, for the accounts processor's decision."""
     d.publish("account.commands", str(acct), cmd)
@@ -116,14 +126,14 @@ class Transfer(BaseModel):
 
 @router.post("/wallet/deposits", tags=["wallet"])
 async def deposit(body: Transfer, request: Request, acct: FaucetAccount, rid: RequestId, d: Deps) -> Any:
-    cmd = m.Deposit(**_meta(request, rid), request_id=rid, account_id=acct, asset=body.asset, amount=body.amount)
+    cmd = m.Deposit(**_command_meta(request, rid), request_id=rid, account_id=acct, asset=body.asset, amount=body.amount)
     result = await _submit(d, request, acct, cmd, rid)
     return result if isinstance(result, JSONResponse) else {"request_id": rid, "status": "DONE", **_balances(d, acct)}
 
 
 @router.post("/wallet/withdrawals", tags=["wallet"])
 async def withdraw(body: Transfer, request: Request, acct: WithdrawAccount, rid: RequestId, d: Deps) -> Any:
-    cmd = m.Withdraw(**_meta(request, rid), request_id=rid, account_id=acct, asset=body.asset, amount=body.amount)
+    cmd = m.Withdraw(**_command_meta(request, rid), request_id=rid, account_id=acct, asset=body.asset, amount=body.amount)
     result = await _submit(d, request, acct, cmd, rid)
     return result if isinstance(result, JSONResponse) else {"request_id": rid, "status": "DONE", **_balances(d, acct)}
 
@@ -146,9 +156,9 @@ class NewOrderBody(BaseModel):
 @router.post("/orders", tags=["trading"])
 async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
     inst = _instrument(body.symbol)
-    cmd = m.PlaceOrder(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, side=body.side,
+    cmd = m.PlaceOrder(**_command_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, side=body.side,
                        order_type=body.type, time_in_force=body.time_in_force, price=body.price,
-                       quantity=body.quantity, client_order_id=body.client_order_id or f"pl-{rid[:32]}",
+                       quantity=body.quantity, client_order_id=body.client_order_id or default_client_order_id(rid),
                        reduce_only=body.reduce_only, stp=body.stp, price_bound=market_bound(d, inst, body.type, body.side),
                        band_reference=band_reference(d, inst))
     result = await _submit(d, request, acct, cmd, rid)
@@ -206,7 +216,7 @@ async def amend_and_wait(d: ApiDeps, request: Request, acct: int, inst: Instrume
     assert d.readmodel is not None
     rid = new_request_id()
     answered, _ = d.readmodel.amends(order.order_id)
-    cmd = m.AmendOrder(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol,
+    cmd = m.AmendOrder(**_command_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol,
                        order_id=order.order_id, price=price, quantity=quantity,
                        band_reference=band_reference(d, inst))
     d.publish("account.commands", str(acct), cmd)
@@ -238,7 +248,7 @@ async def amend_order(order_id: int, body: AmendBody, request: Request, acct: Ac
 @router.delete("/orders/{order_id}", tags=["trading"])
 async def cancel_order(order_id: int, symbol: str, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
     inst = _instrument(symbol)
-    cmd = m.CancelOrder(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, order_id=order_id)
+    cmd = m.CancelOrder(**_command_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, order_id=order_id)
     result = await _submit(d, request, acct, cmd, rid)
     if isinstance(result, JSONResponse):
         return result
@@ -263,7 +273,7 @@ async def wait_order_closed(d: ApiDeps, acct: int, order_id: int) -> m.OrderView
 @router.delete("/orders", tags=["trading"])
 async def cancel_all(symbol: str, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
     inst = _instrument(symbol)
-    cmd = m.CancelAll(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol)
+    cmd = m.CancelAll(**_command_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol)
     result = await _submit(d, request, acct, cmd, rid)
     if isinstance(result, JSONResponse):
         return result
@@ -298,7 +308,7 @@ class LeverageBody(BaseModel):
 @router.post("/leverage", tags=["trading"])
 async def set_leverage(body: LeverageBody, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
     inst = _instrument(body.symbol)
-    cmd = m.SetLeverage(**_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, leverage=body.leverage)
+    cmd = m.SetLeverage(**_command_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, leverage=body.leverage)
     result = await _submit(d, request, acct, cmd, rid)
     return result if isinstance(result, JSONResponse) else {"symbol": inst.symbol, "leverage": body.leverage}
 

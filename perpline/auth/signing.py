@@ -81,9 +81,20 @@ def check_time(params: dict[str, str], now_ms: int) -> None:
         raise SignatureError(Code.STALE_REQUEST, "Timestamp for this request is outside of the recvWindow.")
 
 
+NONCE_CHARS = 32  # 128 bits of the signature's SHA-256: no two signatures share one by chance
+
+
+def nonce_of(signature: str) -> str:
+    """The one-use token of a signed request, carried by its account command (`ApiCommand.nonce`):
+    a hash, so the topic never holds a signature that could be paired with its text again."""
+    return hashlib.sha256(signature.encode()).hexdigest()[:NONCE_CHARS]
+
+
 class ReplayGuard:
-    """Refuses a signature seen before: a signed request is accepted once. Bounded memory; a
-    signature older than the largest recvWindow can no longer pass check_time anyway."""
+    """Refuses a signature seen before by this process: the fast first line. Bounded memory; a
+    signature older than the largest recvWindow can no longer pass check_time anyway. The rule for
+    the whole exchange (every API replica) is the accounts processor's: a command carrying an
+    already-used nonce is refused there (perpline.accounts.memory.Memory.use_nonce)."""
 
     def __init__(self, capacity: int = REPLAY_MEMORY) -> None:
         self._seen: OrderedDict[str, None] = OrderedDict()

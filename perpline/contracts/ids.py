@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 ORDER_SEQ_BITS = 32
+MAX_CLIENT_ORDER_ID_CHARS = 36
 
 
 def new_trace_id() -> str:
@@ -53,3 +55,14 @@ def wallet_cause(account_id: int, request_id: str) -> str:
     """The cause of a deposit or withdrawal: the client's request id (an Idempotency-Key, unique per account
     only) scoped by its account, so two accounts' "dep-1" never share a journal id."""
     return f"wallet:{account_id}:{request_id}"
+
+
+def default_client_order_id(request_id: str) -> str:
+    """The client order id of an order placed without one: "pl-" + the request id (its Idempotency-Key)
+    when that fits the 36 characters a client order id may have, else "ph-" + 33 hex characters of the
+    key's SHA-256. Never a truncation: two keys that share a prefix are two orders (a resend of one
+    key finds its own order again); the "ph-" prefix keeps a hashed id apart from any "pl-" one."""
+    plain = "pl-" + request_id
+    if len(plain) <= MAX_CLIENT_ORDER_ID_CHARS:
+        return plain
+    return "ph-" + hashlib.sha256(request_id.encode()).hexdigest()[:MAX_CLIENT_ORDER_ID_CHARS - 3]

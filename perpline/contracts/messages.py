@@ -31,21 +31,31 @@ class Msg(msgspec.Struct, kw_only=True, tag_field="type", forbid_unknown_fields=
 # --- account.commands (key: account id) ------------------------------------------------
 
 
-class Deposit(Msg, tag="deposit", kw_only=True):
+class ApiCommand(Msg, kw_only=True):
+    """A command a client asked for through the API. A signed request's one-use token travels with
+    it so the accounts processor, the single writer of the account, can refuse a replay that reached
+    another API replica (perpline.accounts.memory.Memory.use_nonce)."""
+
+    # perpline.auth.signing.nonce_of(signature) of a signed request; "" for a session or trusted-header call
+    nonce: str = ""
+    signed_ms: int = 0  # the signed request's `timestamp` (the client's clock); 0 without a signature
+
+
+class Deposit(ApiCommand, tag="deposit", kw_only=True):
     request_id: str
     account_id: int
     asset: str
     amount: str
 
 
-class Withdraw(Msg, tag="withdraw", kw_only=True):
+class Withdraw(ApiCommand, tag="withdraw", kw_only=True):
     request_id: str
     account_id: int
     asset: str
     amount: str
 
 
-class PlaceOrder(Msg, tag="place_order", kw_only=True):
+class PlaceOrder(ApiCommand, tag="place_order", kw_only=True):
     request_id: str
     account_id: int
     symbol: str
@@ -65,7 +75,7 @@ class PlaceOrder(Msg, tag="place_order", kw_only=True):
     band_reference: str | None = None
 
 
-class CancelOrder(Msg, tag="cancel_order", kw_only=True):
+class CancelOrder(ApiCommand, tag="cancel_order", kw_only=True):
     request_id: str
     account_id: int
     symbol: str
@@ -73,7 +83,7 @@ class CancelOrder(Msg, tag="cancel_order", kw_only=True):
     client_order_id: str | None = None
 
 
-class CancelAll(Msg, tag="cancel_all", kw_only=True):
+class CancelAll(ApiCommand, tag="cancel_all", kw_only=True):
     """Cancel every open order of the account in one symbol."""
 
     request_id: str
@@ -81,14 +91,14 @@ class CancelAll(Msg, tag="cancel_all", kw_only=True):
     symbol: str
 
 
-class SetLeverage(Msg, tag="set_leverage", kw_only=True):
+class SetLeverage(ApiCommand, tag="set_leverage", kw_only=True):
     request_id: str
     account_id: int
     symbol: str
     leverage: int
 
 
-class AmendOrder(Msg, tag="amend_order", kw_only=True):
+class AmendOrder(ApiCommand, tag="amend_order", kw_only=True):
     """Change an open order's price and/or quantity (total, filled part included). A smaller quantity
     at the same price keeps time priority; anything else re-queues it (it may then trade)."""
 

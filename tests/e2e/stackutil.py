@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +104,57 @@ def kill_component(stack: Stack, module: str) -> str:
             os.kill(pid, signal.SIGKILL)
             return module
     return "nothing"
+
+
+@contextlib.contextmanager
+def api_replica(stack: Stack) -> Iterator[str]:
+    """Another API process on the same stack, as Kubernetes runs 2-12 of them: the stack's own API
+    command line and environment (read from /proc, so whatever the stack was started with) on a free
+    port. Yields its base URL; stopped on exit (and with the stack, which it is marked as part of)."""
+    import httpx  # noqa: PLC0415
+
+    from perpline.stack.supervisor import free_port  # noqa: PLC0415
+
+    argv, env = _component_command(stack, "perpline.api.main")
+    port = free_port()
+    argv[argv.index("--port") + 1] = str(port)
+    host = argv[argv.index("--host") + 1]
+    proc = subprocess.Popen(argv, env={**env, "PERPLINE_METRICS_PORT": "0"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _ready(httpx, url):
+            assert proc.poll() is None, f"API replica exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "API replica not ready in time"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _ready(httpx: object, url: str) -> bool:
+    try:
+        return bool(httpx.get(url + "/readyz", timeout=2).status_code == 200)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 (not listening yet)
+        return False
+
+
+def _component_command(stack: Stack, module: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of the stack's process running `module`."""
+    for pid in stack_pids(stack.marker):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+            raw_env = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if module in argv:
+            return argv, dict(item.split("=", 1) for item in raw_env if "=" in item)
+    raise AssertionError(f"no {module} process in the stack")
 
 
 def admin(stack: Stack, *args: str) -> object:
