@@ -20,6 +20,7 @@ from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import UnitError, format_amount, format_fixed, parse_amount
+from perpline.risk.formulas import side_exposure_notional
 
 log = logging.getLogger("perpline.accounts")
 
@@ -214,6 +215,7 @@ def _place(state: AccountState, cmd: m.PlaceOrder, ctx: Ctx) -> RequestOutcome:
         _check_reduce_only(state, inst, cmd.side, qty_lots)
         margin, fee = 0, mg.fee(inst.notional(price_ticks, qty_lots), inst.taker_fee_e8)
     else:
+        _check_position_cap(state, inst, cmd.side, inst.notional(price_ticks, qty_lots))
         margin, fee = mg.order_reservation(inst, price_ticks, qty_lots, leverage)
     bal = state.balance(inst.margin_asset)
     if bal.available < margin + fee:
@@ -292,6 +294,33 @@ def _check_reduce_only(state: AccountState, inst: Instrument, side: str, qty_lot
                      f"reduce-only {side} of {inst.format_qty(qty_lots)} exceeds the closable {inst.format_qty(max(room, 0))}")
 
 
+def _exposure(state: AccountState, inst: Instrument, side: str, extra_notional: int = 0,
+              without_order_id: int | None = None) -> int:
+    """The position `side` would leave if the account's open orders on it (but `without_order_id`), plus
+    `extra_notional` more, all filled (formulas.side_exposure_notional): the position at its entry
+    value, orders at their limit prices (a MARKET order at its protection bound). Reduce-only orders
+    are left out: they can only close."""
+    pos = state.positions.get(inst.symbol)
+    position = 0 if pos is None else (pos.cost if pos.size_lots > 0 else -pos.cost)
+    orders = sum(inst.notional(o.price_ticks, o.leaves_lots) for o in state.orders.values()
+                 if o.symbol == inst.symbol and o.side == side and not o.reduce_only and o.order_id != without_order_id)
+    return side_exposure_notional(position, orders + extra_notional, side)
+
+
+def _check_position_cap(state: AccountState, inst: Instrument, side: str, order_notional: int,
+                        replaces_order_id: int | None = None) -> None:
+    """Binance's -2027: an order may not take its side's exposure above the cap of the account's
+    leverage (Instrument.max_notional_at). An order that leaves its side no larger than before (it
+    reduces the position) always passes, so a position above the cap can still be closed."""
+    leverage = state.leverage.get(inst.symbol, inst.default_leverage)
+    cap = inst.max_notional_at(leverage)
+    after = _exposure(state, inst, side, order_notional, replaces_order_id)
+    if after > cap and after > _exposure(state, inst, side):
+        raise Reject(Code.POSITION_CAP_EXCEEDED,
+                     f"position and open {side} orders would reach {format_amount(after)} {inst.margin_asset}, above "
+                     f"the {format_amount(cap)} allowed at {leverage}x")
+
+
 def _cut_reduce_only(state: AccountState, ctx: Ctx, inst: Instrument) -> None:
     """After a position change: cancel reduce-only orders (newest first) that could now open or grow a
     position, as Binance does; their margin is released when the matcher confirms."""
@@ -367,6 +396,8 @@ def _amend(state: AccountState, cmd: m.AmendOrder, ctx: Ctx) -> RequestOutcome:
     new_leaves = qty_lots - order.filled_lots
     if order.reduce_only and new_leaves > order.leaves_lots:
         _check_reduce_only(state, inst, order.side, new_leaves - order.leaves_lots)
+    if not order.reduce_only:
+        _check_position_cap(state, inst, order.side, inst.notional(price_ticks, new_leaves), order.order_id)
     margin, fee = _reservation(inst, order, price_ticks, new_leaves)
     extra = max(0, margin + fee - order.margin_frozen - order.fee_frozen)
     bal = state.balance(inst.margin_asset)
@@ -434,6 +465,11 @@ def _set_leverage(state: AccountState, cmd: m.SetLeverage, ctx: Ctx) -> RequestO
     pos = state.positions.get(inst.symbol)
     if pos is not None and pos.size_lots != 0 and cmd.leverage < pos.leverage:
         raise Reject(Code.LEVERAGE_TOO_LOW_FOR_POSITION, "cannot lower leverage with an open isolated position")
+    held = max(_exposure(state, inst, "BUY"), _exposure(state, inst, "SELL"))
+    cap = inst.max_notional_at(cmd.leverage)
+    if held > cap:
+        raise Reject(Code.POSITION_CAP_EXCEEDED, f"position and open orders reach {format_amount(held)} "
+                                                 f"{inst.margin_asset}, above the {format_amount(cap)} allowed at {cmd.leverage}x")
     state.leverage[inst.symbol] = cmd.leverage
     return _ok()
 

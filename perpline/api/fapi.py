@@ -407,7 +407,7 @@ async def set_leverage(request: Request, caller: Trade) -> Any:
     cmd = m.SetLeverage(**_meta(request, rid), request_id=rid, account_id=caller.user_id, symbol=inst.symbol,
                         leverage=leverage)
     await _submit(d, caller.user_id, cmd, rid)
-    cap = next((b.notional_cap for b in reversed(inst.brackets) if b.max_leverage >= leverage), inst.brackets[0].notional_cap)
+    cap = inst.max_notional_at(leverage)
     return {"symbol": inst.binance_symbol, "leverage": leverage, "maxNotionalValue": str(cap // 10**8)}
 
 

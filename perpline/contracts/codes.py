@@ -47,6 +47,7 @@ class Code(IntEnum):
     PRICE_OUT_OF_BAND = 2009
     LEVERAGE_TOO_LOW_FOR_POSITION = 2010
     STALE_LIQUIDATION = 2011  # the position changed since the liquidation was decided, or one is working
+    POSITION_CAP_EXCEEDED = 2012  # position + open orders above the notional cap of the leverage (its bracket)
     # 3xxx matcher
     MATCHER_UNKNOWN_ORDER = 3001
     MATCHER_DUPLICATE_ORDER_ID = 3002

@@ -153,6 +153,12 @@ class Instrument:
                 return bracket
         return self.brackets[-1]
 
+    def max_notional_at(self, leverage: int) -> int:
+        """The largest position notional (amount units) a leverage may carry: the cap of the last
+        bracket whose max leverage is still >= `leverage` (Binance's initialLeverage / notionalCap:
+        at 125x BTC only the first bracket's 50,000 USDT). 0: no bracket allows that leverage."""
+        return max((b.notional_cap for b in self.brackets if b.max_leverage >= leverage), default=0)
+
 
 def _bracket(raw: dict[str, Any]) -> Bracket:
     return Bracket(
@@ -198,6 +204,7 @@ def _instrument(symbol: str, raw: dict[str, Any]) -> Instrument:
     )
     assert inst.amount_per_tick_lot > 0
     assert 1 <= inst.default_leverage <= inst.max_leverage
+    assert inst.max_notional_at(inst.max_leverage) > 0, "every allowed leverage has a bracket"
     return inst
 
 

@@ -131,3 +131,18 @@ def crossed(size_lots: int, liq_ticks: int, mark: int) -> bool:
     if size_lots > 0:
         return liq_ticks > 0 and mark <= liq_ticks
     return size_lots < 0 and mark >= liq_ticks
+
+
+# --- leverage brackets: the position a leverage may carry ----------------------------------------
+
+
+def side_exposure_notional(position_signed_notional: int, open_side_notional: int, side: str) -> int:
+    """The position one side would leave if all its open orders filled, as a notional (amount units):
+    BUY |position + open buys|, SELL |position - open sells|. `position_signed_notional` is the position
+    at its entry value (cost), positive long; `open_side_notional` the side's orders at their limit
+    prices. Exact: no rounding. The larger side is what Binance checks against the leverage's cap
+    (Instrument.max_notional_at); docs/risk.md, "Leverage brackets"."""
+    assert open_side_notional >= 0 and side in ("BUY", "SELL")
+    if side == "BUY":
+        return abs(position_signed_notional + open_side_notional)
+    return abs(position_signed_notional - open_side_notional)

@@ -9,17 +9,20 @@ left of her margin goes to the insurance fund. Every journal sums to zero.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 from confluent_kafka import Producer
-from stackutil import Stack, running_stack
+from stackutil import Stack, admin, running_stack
 
 from perpline.audit import Audit
 from perpline.ch.client import get_client
@@ -307,3 +310,48 @@ def test_every_metric_of_the_dashboards_and_alerts_is_scraped(stack: Stack) -> N
                            ("ledger.entries", "perpline-ledger-sink")):
         rows = [p for p in described[logical]["partitions"] if group in p["groups"]]
         assert rows and all(p["groups"][group]["committed"] <= p["high"] for p in rows), (logical, group)
+
+
+def test_a_leverage_carries_at_most_its_brackets_notional_on_fapi(stack: Stack) -> None:
+    """Leverage brackets enforced end to end (docs/risk.md, "Leverage brackets"), in ETH: no index or trade
+    there, so no price band whatever ran before. At 100x ETH may carry 10,000 USDT, at 75x 100,000: an
+    order beyond the cap (open orders counted) and a leverage the orders exceed answer -2027, and change
+    nothing. Runs last: its deposit is not part of the balance sheet asserted above."""
+    keys: Any = admin(stack, "create-user", "--deposit", "USDT=10000")
+    user = int(keys["user_id"])
+
+    def signed(method: str, path: str, params: dict[str, Any]) -> httpx.Response:
+        text = urlencode({"symbol": "ETHUSDT", **params, "timestamp": int(time.time() * 1000)})
+        text += "&signature=" + hmac.new(keys["api_secret"].encode(), text.encode(), hashlib.sha256).hexdigest()
+        headers = {"X-MBX-APIKEY": keys["api_key"], "Content-Type": "application/x-www-form-urlencoded"}
+        if method == "GET":
+            return httpx.get(f"{stack.api}{path}?{text}", headers=headers, timeout=30)
+        return httpx.post(stack.api + path, content=text, headers=headers, timeout=30)
+
+    def post(path: str, params: dict[str, Any]) -> httpx.Response:
+        return signed("POST", path, params)
+
+    def buy(qty: str) -> httpx.Response:
+        return post("/fapi/v1/order", {"side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "price": "3000",
+                                       "quantity": qty})
+
+    def refused_2027(response: httpx.Response) -> None:
+        assert (response.status_code, response.json()["code"]) == (400, -2027), response.text
+
+    def available() -> Decimal:
+        return Decimal(call(stack, "GET", "/api/v1/account/balances", user)[0]["available"])
+
+    lever = post("/fapi/v1/leverage", {"leverage": 100})
+    assert lever.status_code == 200 and lever.json()["maxNotionalValue"] == "10000", lever.text
+    refused_2027(buy("4.000"))  # 12,000 USDT
+    assert available() == Decimal("10000")
+    assert buy("3.000").json()["status"] == "NEW"  # 9,000: 90 margin + 4.5 fee
+    refused_2027(buy("0.400"))  # 9,000 open + 1,200
+    assert post("/fapi/v1/leverage", {"leverage": 75}).json()["maxNotionalValue"] == "100000"
+    assert buy("20.000").json()["status"] == "NEW"  # 69,000 in all: 800 margin + 30 fee
+    refused_2027(post("/fapi/v1/leverage", {"leverage": 100}))
+    assert buy("10.000").json()["status"] == "NEW"  # still 75x: 99,000 <= 100,000 (at 100x it would be refused)
+    refused_2027(buy("0.334"))  # 100,002
+    assert available() == Decimal("10000") - Decimal("94.5") - Decimal("830") - Decimal("415")
+    opened = signed("GET", "/fapi/v1/openOrders", {}).json()
+    assert sorted(o["origQty"] for o in opened) == ["10.000", "20.000", "3.000"]

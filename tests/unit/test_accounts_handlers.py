@@ -369,3 +369,84 @@ def test_the_same_request_id_in_two_accounts_makes_two_journals() -> None:
         assert dep.journal_id == f"wallet:{acct}:dep-1/DEPOSIT" and wd.journal_id == f"wallet:{acct}:wd-1/WITHDRAWAL"
         ids_seen |= {dep.journal_id, wd.journal_id}
     assert len(ids_seen) == 4
+
+
+# --- leverage brackets: the position a leverage may carry (docs/risk.md, "Leverage brackets") ------------
+
+
+def set_leverage(state: AccountState, rid: str, leverage: int) -> m.CommandResult:
+    return result(handle(state, m.SetLeverage(**META, request_id=rid, account_id=state.account_id, symbol=SYM,
+                                              leverage=leverage)))
+
+
+def _frozen(st: AccountState) -> tuple[int, int, list[int]]:
+    bal = st.balances["USDT"]
+    return bal.available, bal.order_margin, sorted(st.orders)
+
+
+def test_at_125x_orders_beyond_the_first_brackets_cap_are_refused_and_change_nothing() -> None:
+    """BTC at 125x may carry 50,000 USDT (the first bracket's cap; 100x: 500,000)."""
+    from perpline.contracts.instruments import instrument  # noqa: PLC0415
+
+    btc = instrument(SYM)
+    assert [btc.max_notional_at(x) for x in (125, 101, 100, 20, 1)] == [parse_amount(c) for c in (
+        "50000", "50000", "500000", "50000000", "500000000")]
+    st = AccountState(account_id=1)
+    deposit(st, "10000")
+    assert set_leverage(st, "l1", 125).ok
+    before = _frozen(st)
+    outs = place(st, "BUY", "50000", "2.000", "big")  # 100,000 USDT
+    assert (result(outs).ok, result(outs).code) == (False, Code.POSITION_CAP_EXCEEDED)
+    assert sent_orders(outs) == [] and journals(outs) == [] and _frozen(st) == before
+    market = result(place_with(st, "mkt", order_type="MARKET", price_bound="52500", quantity="0.953"))
+    assert market.code == Code.POSITION_CAP_EXCEEDED  # 0.953 x 52500 (its bound) = 50,032.5
+    assert result(place(st, "BUY", "50000", "1.000", "cap")).ok  # exactly 50,000: allowed
+    assert st.balances["USDT"].order_margin == parse_amount("425")  # 50,000 / 125 + 0.05 %
+    more = result(place(st, "BUY", "49000", "0.003", "more"))  # the open buy counts: 50,000 + 147
+    assert more.code == Code.POSITION_CAP_EXCEEDED
+    assert result(place(st, "SELL", "50000", "1.000", "other-side")).ok  # the sell side is 50,000 on its own
+    assert result(place(st, "SELL", "50000", "0.002", "other-more")).code == Code.POSITION_CAP_EXCEEDED
+    order_id = next(iter(st.orders))
+    refused = result(amend(st, "up", order_id, "1.001"))  # an amend is the same check, its old terms replaced
+    assert refused.code == Code.POSITION_CAP_EXCEEDED and not st.orders[order_id].amend_pending
+    assert result(amend(st, "down", order_id, "0.900")).ok
+
+
+def test_the_cap_counts_the_position_and_never_blocks_reducing_it() -> None:
+    """A position above the cap (ADL opened it: never refused) can be reduced, by reduce-only or plain
+    orders, but not grown; an order that flips the position is checked on the side it flips to."""
+    st = AccountState(account_id=1)
+    deposit(st, "10000")
+    assert set_leverage(st, "l1", 125).ok
+    handle(st, m.Deleverage(**META, request_id="adl:a:1", account_id=1, adl_id="a", symbol=SYM, side="BUY",
+                            quantity="2.000", price="50000", bankrupt=False))
+    assert st.positions[SYM].cost == parse_amount("100000")  # long 2 BTC: twice the 125x cap
+    assert result(place(st, "BUY", "50000", "0.002", "grow")).code == Code.POSITION_CAP_EXCEEDED
+    assert result(place_with(st, "ro", side="SELL", price="51000", quantity="1.500", reduce_only=True)).ok
+    assert result(place(st, "SELL", "51000", "0.400", "cut")).ok  # sell side |100,000 - 20,400|: smaller
+    past = result(place(st, "SELL", "50000", "3.700", "past"))  # |79,600 - 185,000| = 105,400: larger
+    assert past.code == Code.POSITION_CAP_EXCEEDED
+    st2 = AccountState(account_id=2)
+    deposit(st2, "10000")
+    assert set_leverage(st2, "l1", 125).ok
+    handle(st2, m.Deleverage(**META, request_id="adl:b:2", account_id=2, adl_id="b", symbol=SYM, side="BUY",
+                             quantity="1.000", price="50000", bankrupt=False))
+    assert result(place(st2, "SELL", "50000", "2.000", "flip")).ok  # long 50,000 -> short 50,000: at the cap
+    assert result(place(st2, "SELL", "50000", "0.002", "flip-more")).code == Code.POSITION_CAP_EXCEEDED
+
+
+def test_a_leverage_the_position_and_orders_cannot_have_is_refused() -> None:
+    st = AccountState(account_id=1)
+    deposit(st, "10000")
+    buy = result(place(st, "BUY", "50000", "0.600", "b")).order_id  # 30,000 at the default 20x
+    sell = result(place(st, "SELL", "50000", "0.500", "s")).order_id  # 25,000
+    taken = result(place(st, "BUY", "50000", "0.500", "b2")).order_id  # buys: 55,000
+    refused = set_leverage(st, "l1", 125)  # cap 50,000
+    assert (refused.ok, refused.code) == (False, Code.POSITION_CAP_EXCEEDED) and SYM not in st.leverage
+    assert set_leverage(st, "l2", 100).ok  # cap 500,000
+    leg(st, taken, 1, "TAKER", "BUY", "50000", "0.500", "0")  # long 0.5 (25,000) + the open buy (30,000)
+    assert set_leverage(st, "l3", 110).code == Code.POSITION_CAP_EXCEEDED and st.leverage[SYM] == 100
+    for seq, (oid, leaves) in enumerate(((buy, "0.600"), (sell, "0.500")), start=2):
+        handle(st, m.OrderDone(**META, account_id=1, symbol=SYM, seq=seq, order_id=oid, status="CANCELED",
+                               leaves=leaves, code=0))
+    assert not st.orders and set_leverage(st, "l4", 125).ok  # the position alone: 25,000
