@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from bench.topic import start_broker
 from perpline import REPO_ROOT
 from perpline.ch.client import get_client, wait_ready
+from perpline.ch.users import ADMIN_USER, USERS_DIR_NAME, ensure_passwords, with_credentials
 from perpline.config import producer_config
 from perpline.contracts import codec, ids
 from perpline.contracts import messages as m
@@ -156,9 +157,10 @@ def main() -> None:
     broker, bootstrap = start_broker()
     ch_port = free_port()
     with tempfile.TemporaryDirectory(prefix="perpline-bench-") as tmp:
+        password = ensure_passwords(Path(tmp) / USERS_DIR_NAME)[ADMIN_USER]
         ch = subprocess.Popen([sys.executable, "-m", "perpline.ch.server", "--data-dir", f"{tmp}/ch", "--port",
                                str(ch_port)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{ch_port}"
+        url = with_credentials(f"http://127.0.0.1:{ch_port}", ADMIN_USER, password)
         env = {**os.environ, "PERPLINE_KAFKA_BOOTSTRAP": bootstrap, "PERPLINE_CLICKHOUSE_URL": url}
         try:
             preload(bootstrap, "account.commands", items)

@@ -17,18 +17,21 @@ import matplotlib.pyplot as plt
 import polars as pl
 
 from perpline.audit import Audit
+from perpline.ch.users import redacted
 
+# the read-only URL `perpline up` prints (http://auditor:PASSWORD@127.0.0.1:18123), or your ClickHouse's
 CLICKHOUSE = os.environ.get("PERPLINE_CLICKHOUSE_URL", "http://127.0.0.1:18123")
 audit = Audit.connect(CLICKHOUSE)
 ch = audit.client
-print("ledger at", CLICKHOUSE)'''
+print("ledger at", redacted(CLICKHOUSE))'''
 
 AUDIT = [
     new_markdown_cell("# Audit: the exchange's books\n\nEverything below is read from the double-entry ledger in "
                       "ClickHouse (`ledger_postings`), and from the reconciler's results (`recon_runs`, `recon_breaks`). "
                       "Amounts are exact decimals. Sign convention (docs/ledger.md): debit positive; users' balances, "
                       "fee revenue and the insurance fund are credit balances, shown here as positive numbers.\n\n"
-                      "Set `PERPLINE_CLICKHOUSE_URL` to the exchange's ClickHouse (default: the local stack)."),
+                      "Set `PERPLINE_CLICKHOUSE_URL` to the exchange's ClickHouse: for the local stack, the read-only URL "
+                      "`perpline up` prints (user `auditor`, with its generated password)."),
     new_code_cell(SETUP),
     new_markdown_cell("## Trial balance\n\nEvery ledger account's balance per asset. The column sums to zero: every "
                       "debit has its credit."),
@@ -121,7 +124,8 @@ rounds.with_columns(pl.all().exclude("round").cast(pl.Utf8)).tail(10)'''),
 
 MARKET = [
     new_markdown_cell("# Market: candles, volume, depth and liquidations\n\nFrom the matcher's events and the "
-                      "ledger in ClickHouse. Set `PERPLINE_CLICKHOUSE_URL` (default: the local stack)."),
+                      "ledger in ClickHouse. Set `PERPLINE_CLICKHOUSE_URL`: for the local stack, the read-only "
+                      "URL `perpline up` prints."),
     new_code_cell(SETUP),
     new_markdown_cell("## 1-minute candles and volume (BTCUSDT-PERP)"),
     new_code_cell('''SYMBOL = "BTCUSDT-PERP"

@@ -68,8 +68,30 @@ def fetch_config() -> dict[str, object]:
     return {"fetch.wait.max.ms": int(_env("PERPLINE_FETCH_WAIT_MS", "50"))}
 
 
+# librdkafka security settings, each from its own variable; unset = not sent (the embedded broker has
+# no authentication). Production: SASL_SSL + SCRAM against Redpanda (docs/deploy.md).
+KAFKA_SECURITY_ENV = {
+    "security.protocol": "PERPLINE_KAFKA_SECURITY_PROTOCOL",
+    "sasl.mechanism": "PERPLINE_KAFKA_SASL_MECHANISM",
+    "sasl.username": "PERPLINE_KAFKA_SASL_USERNAME",
+    "sasl.password": "PERPLINE_KAFKA_SASL_PASSWORD",
+    "ssl.ca.location": "PERPLINE_KAFKA_SSL_CA_LOCATION",
+}
+
+
+def kafka_security_config() -> dict[str, str]:
+    """The librdkafka security keys set in the environment (KAFKA_SECURITY_ENV)."""
+    return {key: value for key, name in KAFKA_SECURITY_ENV.items() if (value := os.environ.get(name, ""))}
+
+
+def kafka_config(bootstrap: str, **extra: object) -> dict[str, object]:
+    """What every Kafka client (producer, consumer, admin) starts from: the brokers and the security
+    settings. The one place they are assembled, so no client can connect without them."""
+    return {"bootstrap.servers": bootstrap, **kafka_security_config(), **extra}
+
+
 def producer_config(bootstrap: str, **extra: object) -> dict[str, object]:
     """Every plain producer's settings. The partitioner must match Quix Streams' (murmur2, as Java
     clients) or one account's messages would land on different partitions and state stores."""
-    return {"bootstrap.servers": bootstrap, "partitioner": "murmur2", "enable.idempotence": True, "acks": "all",
-            "linger.ms": 1, **extra}
+    return kafka_config(bootstrap, **{"partitioner": "murmur2", "enable.idempotence": True, "acks": "all",
+                                      "linger.ms": 1, **extra})

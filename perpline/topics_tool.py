@@ -40,7 +40,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from perpline.config import settings
+from perpline.config import kafka_config, settings
 from perpline.contracts import topics
 
 TIMEOUT_S = 10.0
@@ -50,9 +50,10 @@ POSITION_ONLY_GROUPS = ("perpline-matcher", "perpline-risk", "perpline-api-readm
 
 
 def _consumer(bootstrap: str, **extra: Any) -> Consumer:
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": f"perpline-topics-{uuid.uuid4().hex[:8]}",
-                     "enable.auto.commit": False, "isolation.level": "read_committed", "fetch.wait.max.ms": 10,
-                     "socket.timeout.ms": int(TIMEOUT_S * 1000), **extra})
+    return Consumer(kafka_config(bootstrap, **{
+        "group.id": f"perpline-topics-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+        "isolation.level": "read_committed", "fetch.wait.max.ms": 10, "socket.timeout.ms": int(TIMEOUT_S * 1000),
+        **extra}))
 
 
 def watermarks(consumer: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], tuple[int, int]]:
@@ -97,7 +98,7 @@ def committed_offsets(admin: AdminClient, topic_names: set[str]) -> dict[str, di
 
 def describe(bootstrap: str, include_all: bool = False) -> list[dict[str, Any]]:
     """One entry per topic: name, logical name, partitions with low/high/records and each group's committed/lag."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(TIMEOUT_S * 1000)})
+    admin = AdminClient(kafka_config(bootstrap, **{"socket.timeout.ms": int(TIMEOUT_S * 1000)}))
     metadata = admin.list_topics(timeout=TIMEOUT_S).topics
     names = {topics.physical(name): name for name in topics.ALL}
     chosen = [p for p in names if p in metadata]

@@ -19,7 +19,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from perpline.auth.registry import KeyRegistry
-from perpline.config import fetch_config
+from perpline.config import fetch_config, kafka_config
 from perpline.consume import poll_batch
 from perpline.contracts import codec, sequence
 from perpline.contracts import messages as m
@@ -127,11 +127,11 @@ class ReadModel:
         self._thread.join(timeout=10)
 
     def _consumer(self) -> Consumer:
-        consumer = Consumer({
-            "bootstrap.servers": self._bootstrap, "group.id": "perpline-api-readmodel", "enable.auto.commit": False,
+        consumer = Consumer(kafka_config(self._bootstrap, **{
+            "group.id": "perpline-api-readmodel", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed", "enable.partition.eof": True,
             **fetch_config(),
-        })
+        }))
         parts = []
         for logical in ("account.events", "matcher.events", "auth.keys", "funding.rounds", "prices.mark"):
             name = self._topics[logical]

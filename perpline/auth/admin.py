@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from perpline.auth import crypto
 from perpline.auth.registry import PERMISSIONS, USER_ID_BASE, KeyRegistry
-from perpline.config import producer_config, settings, topic_map
+from perpline.config import kafka_config, producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.ids import new_request_id, new_trace_id
@@ -112,8 +112,8 @@ class Admin:
 
 def _results_consumer(bootstrap: str, topic: str) -> Consumer:
     """A consumer positioned at the current end of `topic`: it sees only what comes next."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"perpline-admin-{new_request_id()}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer = Consumer(kafka_config(bootstrap, **{"group.id": f"perpline-admin-{new_request_id()}",
+                                                   "enable.auto.commit": False, "isolation.level": "read_committed"}))
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     assigned = []
     for p in parts:
@@ -136,8 +136,9 @@ def _wait_result(consumer: Consumer, request_id: str) -> m.CommandResult:
 
 
 def _read_all(bootstrap: str, topic: str) -> list[tuple[int, bytes]]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"perpline-admin-{new_request_id()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    consumer = Consumer(kafka_config(bootstrap, **{"group.id": f"perpline-admin-{new_request_id()}",
+                                                   "enable.auto.commit": False, "enable.partition.eof": True,
+                                                   "auto.offset.reset": "earliest"}))
     try:
         consumer.assign([TopicPartition(topic, 0, 0)])
         out: list[tuple[int, bytes]] = []

@@ -38,6 +38,7 @@ from typing import IO, Any
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import Gauge
 
+from perpline.config import kafka_config
 from perpline.contracts import topics as t
 from perpline.obs import serve_metrics, setup_logging
 
@@ -64,8 +65,8 @@ class BrokerError(RuntimeError):
 
 
 def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(ADMIN_TIMEOUT_S * 1000),
-                        "socket.connection.setup.timeout.ms": int(ADMIN_TIMEOUT_S * 1000)})
+    return AdminClient(kafka_config(bootstrap, **{"socket.timeout.ms": int(ADMIN_TIMEOUT_S * 1000),
+                                                  "socket.connection.setup.timeout.ms": int(ADMIN_TIMEOUT_S * 1000)}))
 
 
 def partition_counts(bootstrap: str, timeout_s: float = ADMIN_TIMEOUT_S) -> dict[str, int]:

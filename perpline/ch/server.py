@@ -12,14 +12,26 @@ against it exactly as against a ClickHouse server. What the interface does:
   parameters (session, compression, http_*) are dropped.
 - X-ClickHouse-Summary always; X-ClickHouse-Format only for statements that return rows;
   errors are HTTP 500 with chdb's text and X-ClickHouse-Exception-Code.
+- Every statement needs a user (perpline.ch.users): HTTP basic auth as clickhouse-connect sends
+  it, X-ClickHouse-User/X-ClickHouse-Key headers, or user=/password= URL parameters. No or wrong
+  credentials: HTTP 401, code 516 AUTHENTICATION_FAILED, and nothing runs (the body is not even
+  read). `default` has full rights; `auditor` may only read: its statement must be one read
+  statement (SELECT, WITH, SHOW, DESCRIBE, EXISTS, EXPLAIN; no `;`, no formatted insert), and
+  it runs on a chdb session with readonly=1, which ClickHouse itself enforces (no writes, no
+  DDL, no table functions, no settings changes) whatever the text says.
+  GET /, /ping and /metrics need no user: they run no statement.
 One chdb connection serves all requests under a lock (chdb allows one process per data
-directory, and a streaming insert blocks its connection), TZ=UTC.
+directory, and a streaming insert blocks its connection), TZ=UTC; a second session of the
+same data directory, set readonly, serves the reader under the same lock.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import gzip
+import hmac
 import json
 import logging
 import os
@@ -37,6 +49,7 @@ from urllib.parse import parse_qsl, urlsplit
 import chdb
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
+from perpline.ch.users import ADMIN_USER, READER_USER, USERS_DIR_NAME, ensure_passwords
 from perpline.obs import setup_logging
 
 log = logging.getLogger("perpline.clickhouse")
@@ -49,11 +62,15 @@ TRANSPORT_PARAMS = {
     "quota_key", "buffer_size", "client_protocol_version", "role",
 }
 ROW_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "(")
+READ_STATEMENT_RE = re.compile(r"(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b|\(", re.IGNORECASE)
+AUTH_FAILED = 516  # ClickHouse's AUTHENTICATION_FAILED
+READONLY = 164  # ClickHouse's READONLY
 FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNORECASE)
 INSERT_FORMAT_RE = re.compile(rb"^\s*INSERT\s.*?\bFORMAT\s+([A-Za-z0-9_]+)[ \t]*(\r?\n|$)", re.IGNORECASE | re.DOTALL)
 CODE_RE = re.compile(r"Code:\s*(\d+)")
 
 QUERIES = Counter("perpline_ch_queries_total", "statements served", ["kind"])
+REFUSED = Counter("perpline_ch_refused_total", "requests refused before running anything", ["reason"])
 ERRORS = Counter("perpline_ch_errors_total", "statements that failed")
 INSERTED = Counter("perpline_ch_inserted_rows_total", "rows inserted")
 
@@ -66,17 +83,19 @@ class ChError(Exception):
 
 
 class Engine:
-    """The one chdb connection and its lock."""
+    """The chdb connection with full rights, a readonly session of the same data, and their one lock."""
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.conn: Any = chdb.connect(str(data_dir))
+        self.reader: Any = chdb.connect(str(data_dir))
+        self.reader.query("SET readonly = 1")  # sticky for the session; ClickHouse refuses to lower it again
         self.lock = threading.Lock()
 
-    def query(self, sql: str, fmt: str, params: dict[str, str]) -> tuple[bytes, int]:
+    def query(self, sql: str, fmt: str, params: dict[str, str], readonly: bool = False) -> tuple[bytes, int]:
         with self.lock:
             try:
-                result = self.conn.query(sql, fmt, params=params or None)
+                result = (self.reader if readonly else self.conn).query(sql, fmt, params=params or None)
             except Exception as exc:  # noqa: BLE001 (chdb raises its own error types)
                 raise _as_error(exc) from exc
         return bytes(result.bytes() or b""), _count(getattr(result, "rows_written", 0))
@@ -94,6 +113,7 @@ class Engine:
 
     def close(self) -> None:
         with self.lock:
+            self.reader.close()
             self.conn.close()
 
 
@@ -151,10 +171,45 @@ def _with_settings(sql: str, settings: dict[str, str]) -> str:
     return sql.rstrip().rstrip(";") + clause
 
 
+def _credentials(headers: Any, params: dict[str, str]) -> tuple[str, str]:
+    """(user, password) as a ClickHouse server reads them: basic auth, X-ClickHouse-User/Key headers,
+    or user=/password= URL parameters; none at all is user `default` with an empty password."""
+    auth = headers.get("Authorization", "")
+    if auth[:6].lower() == "basic ":
+        try:
+            user, _, password = base64.b64decode(auth[6:].strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return "", ""
+        return user, password
+    if headers.get("X-ClickHouse-User") is not None:
+        return headers.get("X-ClickHouse-User", ""), headers.get("X-ClickHouse-Key", "")
+    return params.get("user", ADMIN_USER), params.get("password", "")
+
+
+def authenticate(passwords: dict[str, str], user: str, password: str) -> bool:
+    """True when the user exists and the password matches (constant time; an empty password never does)."""
+    expected = passwords.get(user)
+    if not expected:
+        return False
+    return hmac.compare_digest(password.encode(), expected.encode())
+
+
+def reader_refusal(sql: str) -> str | None:
+    """Why the read-only user may not run this statement, or None. Conservative on purpose: one
+    statement that starts as a read (comments first or a `;` anywhere are refused even when
+    harmless); the readonly session is the real guard, this only answers early and clearly."""
+    if ";" in sql.strip().rstrip(";"):
+        return "more than one statement"
+    if not READ_STATEMENT_RE.match(sql.lstrip()):
+        return "not a read statement (SELECT, WITH, SHOW, DESCRIBE, EXISTS, EXPLAIN)"
+    return None
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "perpline-chdb/0.1"
     engine: Engine
+    passwords: dict[str, str] = {}  # user -> password (perpline.ch.users); set by serve()
 
     def setup(self) -> None:
         super().setup()
@@ -174,12 +229,32 @@ class Handler(BaseHTTPRequestHandler):
             self._serve(b"")
 
     def do_POST(self) -> None:  # noqa: N802
+        user = self._user()
+        if user is None:
+            return
         try:
             body = self._read_body()
         except ChError as err:
             self._error(err)
             return
-        self._serve(body)
+        self._serve(body, user)
+
+    def _user(self) -> str | None:
+        """The authenticated user, or None after answering 401 (and closing: the body stays unread)."""
+        params = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
+        user, password = _credentials(self.headers, params)
+        if authenticate(self.passwords, user, password):
+            return user
+        REFUSED.labels("authentication").inc()
+        log.warning("authentication failed", extra={"user": user[:64], "client": self.client_address[0]})
+        self.close_connection = True
+        text = (f"Code: {AUTH_FAILED}. DB::Exception: {user[:64]}: Authentication failed: password is incorrect, "
+                "or there is no user with such name. The embedded ClickHouse's passwords are in "
+                f"<data dir>/{USERS_DIR_NAME}/; use the URL `perpline up` prints. (AUTHENTICATION_FAILED)\n")
+        self._reply(401, text.encode(), {"X-ClickHouse-Exception-Code": str(AUTH_FAILED), "Connection": "close",
+                                         "WWW-Authenticate": 'Basic realm="ClickHouse"',
+                                         "Content-Type": "text/plain; charset=UTF-8"})
+        return None
 
     # --- request handling ----------------------------------------------------------------
     def _read_body(self) -> bytes:
@@ -206,19 +281,30 @@ class Handler(BaseHTTPRequestHandler):
             parts.append(self.rfile.read(size))
             self.rfile.readline()
 
-    def _serve(self, body: bytes) -> None:
+    def _serve(self, body: bytes, user: str | None = None) -> None:
+        user = user or self._user()
+        if user is None:
+            return
         params = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
         query_params = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
         settings = {k: v for k, v in params.items()
                     if k not in TRANSPORT_PARAMS and not k.startswith(("param_", "http_"))}
         try:
-            self._execute(params.get("query", ""), body, query_params, settings, params.get("default_format"))
+            self._execute(params.get("query", ""), body, query_params, settings, params.get("default_format"),
+                          readonly=user != ADMIN_USER)
         except ChError as err:
             self._error(err)
 
     def _execute(self, url_sql: str, body: bytes, qparams: dict[str, str], settings: dict[str, str],
-                 default_format: str | None) -> None:
+                 default_format: str | None, readonly: bool) -> None:
         insert = self._split_insert(url_sql, body)
+        if readonly:
+            sql_text = url_sql or body[:65536].decode(errors="replace")
+            why = "an insert" if insert is not None else reader_refusal(sql_text)
+            if why is not None:
+                REFUSED.labels("readonly").inc()
+                raise ChError(READONLY, f"Code: {READONLY}. DB::Exception: {READER_USER}: Cannot execute query in "
+                                        f"readonly mode: {why}. (READONLY)")
         if insert is not None:
             head, fmt, data = insert
             QUERIES.labels("insert").inc()
@@ -231,7 +317,7 @@ class Handler(BaseHTTPRequestHandler):
         fmt_match = FORMAT_RE.search(sql)
         fmt = fmt_match.group(1) if fmt_match else (default_format or "TabSeparated")
         QUERIES.labels("select" if returns_rows else "command").inc()
-        data, written = self.engine.query(_with_settings(sql, settings), fmt, qparams)
+        data, written = self.engine.query(_with_settings(sql, settings), fmt, qparams, readonly=readonly)
         headers = {"X-ClickHouse-Summary": _summary(written), "Content-Type": "application/octet-stream"}
         if returns_rows:
             headers["X-ClickHouse-Format"] = fmt
@@ -276,9 +362,10 @@ def _summary(written_rows: int) -> str:
                        "total_rows_to_read": "0", "result_rows": "0", "result_bytes": "0"})
 
 
-def serve(data_dir: Path, host: str, port: int) -> None:
+def serve(data_dir: Path, host: str, port: int, users_dir: Path) -> None:
     os.environ["TZ"] = "UTC"
     time.tzset()
+    Handler.passwords = ensure_passwords(users_dir)
     Handler.engine = Engine(data_dir)
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
@@ -300,9 +387,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("PERPLINE_CH_DATA_DIR", ".perpline/clickhouse")))
     parser.add_argument("--host", default=os.environ.get("PERPLINE_CH_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PERPLINE_CH_PORT", "18123")))
+    parser.add_argument("--users-dir", type=Path, default=None,
+                        help=f"the users' password files (generated when missing); default: {USERS_DIR_NAME}/ "
+                             "next to the data dir")
     args = parser.parse_args(argv)
     setup_logging("clickhouse")
-    serve(args.data_dir.resolve(), args.host, args.port)
+    data_dir = args.data_dir.resolve()
+    serve(data_dir, args.host, args.port, (args.users_dir or data_dir.parent / USERS_DIR_NAME).resolve())
 
 
 if __name__ == "__main__":

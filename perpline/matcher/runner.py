@@ -31,7 +31,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from perpline.config import fetch_config, producer_config, settings, topic_map
+from perpline.config import fetch_config, kafka_config, producer_config, settings, topic_map
 from perpline.consume import poll_batch
 from perpline.contracts import codec
 from perpline.contracts import messages as m
@@ -156,9 +156,10 @@ class Matcher:
         self._stop = True
 
     def _consumer(self) -> Consumer:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "perpline-matcher",
-                             "enable.auto.commit": False, "isolation.level": "read_committed",
-                             "auto.offset.reset": "earliest", **fetch_config()})
+        consumer = Consumer(kafka_config(self.bootstrap, **{"group.id": "perpline-matcher",
+                                                            "enable.auto.commit": False,
+                                                            "isolation.level": "read_committed",
+                                                            "auto.offset.reset": "earliest", **fetch_config()}))
         name = self.topics["orders"]
         meta = consumer.list_topics(name, timeout=15).topics[name]
         parts = [TopicPartition(name, p, self.state.next_offsets.get(p, 0)) for p in sorted(meta.partitions)]

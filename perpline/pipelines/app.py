@@ -28,11 +28,12 @@ import msgspec
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter
 from quixstreams import Application
+from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import Row, Topic, TopicConfig
 from quixstreams.models.serializers import DeserializerType, Serializer
 from quixstreams.models.serializers.exceptions import SerializationError
 
-from perpline.config import fetch_config, settings
+from perpline.config import fetch_config, kafka_config, settings
 from perpline.contracts import messages as m
 from perpline.contracts import topics
 
@@ -85,7 +86,8 @@ def make_app(consumer_group: str, *, state_dir: Path | None = None, processing_g
     group = f"{cfg.topic_prefix}{consumer_group}"
     letters = DeadLetters(dead_letter_source or consumer_group, group)
     kwargs: dict[str, Any] = {
-        "broker_address": cfg.kafka_bootstrap,
+        # with the security settings: Quix's consumer, producer and admin client all connect through it
+        "broker_address": ConnectionConfig.from_librdkafka_dict(kafka_config(cfg.kafka_bootstrap)),
         "consumer_group": group,
         "processing_guarantee": processing_guarantee,
         "auto_offset_reset": auto_offset_reset,
@@ -184,7 +186,7 @@ def topic(app: Application, name: str, *, value_deserializer: DeserializerType =
 
 
 def _broker_topics(bootstrap: str) -> set[str]:
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(ADMIN_TIMEOUT_S * 1000)})
+    admin = AdminClient(kafka_config(bootstrap, **{"socket.timeout.ms": int(ADMIN_TIMEOUT_S * 1000)}))
     return set(admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
 
 

@@ -32,7 +32,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import Counter, Gauge
 
-from perpline.config import fetch_config, producer_config, settings, topic_map
+from perpline.config import fetch_config, kafka_config, producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.units import RATE_SCALE, format_amount, format_rate
@@ -76,8 +76,8 @@ class Risk:
         self.stale_ms = index_stale_ms()
         # (symbol, account, version) -> (attempt, sent ms, insurance-fund cover offered)
         self.sent: dict[tuple[str, int, int], tuple[int, int, int]] = {}
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "perpline-risk", "enable.auto.commit": False,
-                                  "isolation.level": "read_committed", **fetch_config()})
+        self.consumer = Consumer(kafka_config(bootstrap, **{"group.id": "perpline-risk", "enable.auto.commit": False,
+                                                            "isolation.level": "read_committed", **fetch_config()}))
         self.producer = Producer(producer_config(bootstrap))
         self.stopping = StopFlag()
         self.lag = LagWatcher("perpline-risk")

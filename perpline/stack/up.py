@@ -7,23 +7,40 @@ With PERPLINE_KAFKA_BOOTSTRAP set, that broker is used and none is started (topi
 ensured); with PERPLINE_CLICKHOUSE_URL set, that server is used and none is started.
 The embedded broker keeps everything in memory, so an embedded stack starts clean:
 the matcher's WAL and the processors' state from an earlier run are removed with it.
+
+Exposure: the embedded broker has no authentication (any local process may write to any
+topic), so the API is kept on loopback while it is in use unless --i-know-the-broker-is-open;
+the broker and the embedded ClickHouse always bind 127.0.0.1. The embedded ClickHouse has
+users with generated passwords (perpline.ch.users): the writers get the admin's URL, the API
+the read-only user's, and the announcement prints the read-only URL for notebooks.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from perpline.ch.users import (
+    ADMIN_USER,
+    READER_USER,
+    USERS_DIR_NAME,
+    ensure_passwords,
+    redacted,
+    with_credentials,
+)
 from perpline.config import settings
 from perpline.stack.supervisor import ComponentSpec, Supervisor, file_probe, free_port, http_probe
 
 PY = sys.executable
 METRICS_BASE_PORT = 19100
+LOCAL_HOST = "127.0.0.1"  # where the embedded broker and ClickHouse listen, always
+OPEN_BROKER_FLAG = "--i-know-the-broker-is-open"
 
 
 @dataclass
@@ -37,10 +54,31 @@ class Plan:
     embedded_clickhouse: bool
     demo: bool
     free_ports: bool
+    ch_passwords: dict[str, str] = field(default_factory=dict)  # embedded ClickHouse's users, set by prepare()
 
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def users_dir(self) -> Path:
+        return self.data_dir / USERS_DIR_NAME
+
+    @property
+    def clickhouse_url(self) -> str:
+        """What the writers (ledger sink, reconciler) get: the admin user's URL on the embedded server."""
+        return self._clickhouse_as(ADMIN_USER)
+
+    @property
+    def clickhouse_reader_url(self) -> str:
+        """What the API and notebooks get: the read-only user's URL (an external server's URL as given)."""
+        return self._clickhouse_as(READER_USER)
+
+    def _clickhouse_as(self, user: str) -> str:
+        if not self.embedded_clickhouse:
+            return self.clickhouse
+        assert self.ch_passwords, "prepare() generates the embedded ClickHouse's passwords"
+        return with_credentials(self.clickhouse, user, self.ch_passwords[user])
 
 
 def _port(default: int, free: bool) -> int:
@@ -51,18 +89,39 @@ def make_plan(args: argparse.Namespace) -> Plan:
     cfg = settings()
     external_kafka = os.environ.get("PERPLINE_KAFKA_BOOTSTRAP")
     external_ch = os.environ.get("PERPLINE_CLICKHOUSE_URL")
-    kafka = external_kafka or f"127.0.0.1:{_port(19092, args.free_ports)}"
-    clickhouse = external_ch or f"http://127.0.0.1:{_port(18123, args.free_ports)}"
+    kafka = external_kafka or f"{LOCAL_HOST}:{_port(19092, args.free_ports)}"
+    clickhouse = external_ch or f"http://{LOCAL_HOST}:{_port(18123, args.free_ports)}"
     api_port = free_port() if args.free_ports and args.api_port is None else (args.api_port or cfg.api_port)
     return Plan(Path(args.data_dir or cfg.data_dir).resolve(), kafka, clickhouse, args.api_host or cfg.api_host, api_port,
                 not external_kafka, not external_ch, args.demo, args.free_ports)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+def exposure_refusal(plan: Plan, broker_open_ok: bool) -> str | None:
+    """Why this plan must not run, or None. The embedded broker has no authentication, so an API
+    reachable from other machines would sit beside a broker that any local process can write
+    deposits to; we only run that way when the operator says they know."""
+    if plan.embedded_broker and not is_loopback(plan.api_host) and not broker_open_ok:
+        return (f"--api-host {plan.api_host} is not loopback, and the embedded broker (Tansu) has no authentication: "
+                "any process on this machine can write to its topics, deposits on account.commands included. "
+                "Keep the API on 127.0.0.1 (put a reverse proxy in front of it), run against a broker with SASL/TLS "
+                f"(PERPLINE_KAFKA_BOOTSTRAP, docs/deploy.md), or pass {OPEN_BROKER_FLAG} if this machine is yours alone.")
+    return None
 
 
 def _base_env(plan: Plan) -> dict[str, str]:
     """What every component gets. The embedded (demo) stack also trusts X-Account-Id and opens the
     faucet unless the caller's environment says otherwise; a stack on an external broker never does."""
     demo_default = "1" if plan.embedded_broker else "0"
-    return {"PERPLINE_KAFKA_BOOTSTRAP": plan.kafka, "PERPLINE_CLICKHOUSE_URL": plan.clickhouse,
+    return {"PERPLINE_KAFKA_BOOTSTRAP": plan.kafka, "PERPLINE_CLICKHOUSE_URL": plan.clickhouse_url,
             "PERPLINE_DATA_DIR": str(plan.data_dir), "PYTHONUNBUFFERED": "1",
             "PERPLINE_TRUST_ACCOUNT_HEADER": os.environ.get("PERPLINE_TRUST_ACCOUNT_HEADER", demo_default),
             "PERPLINE_FAUCET": os.environ.get("PERPLINE_FAUCET", demo_default)}
@@ -88,13 +147,15 @@ def components(plan: Plan) -> list[ComponentSpec]:
     host, port = plan.kafka.rsplit(":", 1)
     deps: list[str] = []
     if plan.embedded_broker:
+        assert host == LOCAL_HOST, host
         spec("broker", [PY, "-m", "perpline.broker.tansu", "--host", host, "--port", port], [], ready_file=False,
              ready=_topics_probe(plan.kafka))
         deps.append("broker")
     if plan.embedded_clickhouse:
         ch_port = plan.clickhouse.rsplit(":", 1)[1]
         spec("clickhouse", [PY, "-m", "perpline.ch.server", "--data-dir", str(plan.data_dir / "clickhouse"),
-                            "--port", ch_port], [], ready_file=False, ready=http_probe(plan.clickhouse + "/ping"))
+                            "--users-dir", str(plan.users_dir), "--host", LOCAL_HOST, "--port", ch_port], [],
+             ready_file=False, ready=http_probe(plan.clickhouse + "/ping"))
     spec("matcher", [PY, "-m", "perpline.matcher.runner", "--data-dir", str(plan.data_dir / "matcher")], deps,
          ready_timeout_s=120)
     for name, module in (("accounts", "perpline.pipelines.accounts"), ("clearing", "perpline.pipelines.clearing")):
@@ -109,7 +170,7 @@ def components(plan: Plan) -> list[ComponentSpec]:
          ready_timeout_s=120)
     spec("api", [PY, "-m", "perpline.api.main", "--host", plan.api_host, "--port", str(plan.api_port)],
          ["matcher", "accounts", "clearing"], ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
-         ready_timeout_s=120)
+         ready_timeout_s=120, env_extra={"PERPLINE_CLICKHOUSE_URL": plan.clickhouse_reader_url})  # it only reads
     if plan.demo:
         spec("demo", [PY, "-m", "perpline.demo.traders", "--api", plan.api_url], ["api", "ledger-sink"],
              ready_file=False, ready=None)
@@ -129,13 +190,15 @@ def _topics_probe(bootstrap: str):  # type: ignore[no-untyped-def]
 def prepare(plan: Plan) -> None:
     plan.data_dir.mkdir(parents=True, exist_ok=True)
     if plan.embedded_broker:  # memory broker: start clean, or the WAL and state would disagree with it
-        for sub in ("matcher", "state", "run", "clickhouse"):
+        for sub in ("matcher", "state", "run", "clickhouse"):  # not USERS_DIR_NAME: notebooks keep their URL
             shutil.rmtree(plan.data_dir / sub, ignore_errors=True)
     else:
         from perpline.broker.tansu import ensure_topics  # noqa: PLC0415
 
         ensure_topics(plan.kafka)
         shutil.rmtree(plan.data_dir / "run", ignore_errors=True)
+    if plan.embedded_clickhouse:
+        plan.ch_passwords = ensure_passwords(plan.users_dir)
 
 
 def announce(plan: Plan, started: float) -> None:
@@ -143,7 +206,13 @@ def announce(plan: Plan, started: float) -> None:
     print(f"  api docs   {plan.api_url}/docs", flush=True)
     print(f"  metrics    {plan.api_url}/metrics  " + "  ".join(
         f"{name}=http://127.0.0.1:{port}/metrics" for name, port in plan_metrics.items() if name != "api"), flush=True)
-    print(f"  kafka={plan.kafka}  clickhouse={plan.clickhouse}  data={plan.data_dir}", flush=True)
+    print(f"  kafka={plan.kafka}  clickhouse={redacted(plan.clickhouse)}  data={plan.data_dir}", flush=True)
+    if plan.embedded_clickhouse:
+        print(f"  notebooks  PERPLINE_CLICKHOUSE_URL={plan.clickhouse_reader_url}  (read-only user {READER_USER}; "
+              f"the admin's password: {plan.users_dir / (ADMIN_USER + '.password')})", flush=True)
+    if plan.embedded_broker:
+        print("  security   the embedded broker has no authentication: any local process can write to its topics "
+              "(README, Security)", flush=True)
     print(f"  API keys   PERPLINE_KAFKA_BOOTSTRAP={plan.kafka} PERPLINE_DATA_DIR={plan.data_dir} "
           ".venv/bin/perpline admin create-user --deposit USDT=10000", flush=True)
     print(f"  ready in {time.monotonic() - started:.1f}s; Ctrl-C stops everything", flush=True)
@@ -156,9 +225,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-host", default=None, help="default: $PERPLINE_API_HOST or 127.0.0.1")
     parser.add_argument("--api-port", type=int, default=None, help="default: $PERPLINE_API_PORT or 8080")
     parser.add_argument("--free-ports", action="store_true", help="pick free ports for everything (tests)")
+    parser.add_argument(OPEN_BROKER_FLAG, dest="broker_open_ok", action="store_true",
+                        help="allow a non-loopback --api-host with the embedded broker, which has no authentication")
     args = parser.parse_args(argv)
     started = time.monotonic()
     plan = make_plan(args)
+    refusal = exposure_refusal(plan, args.broker_open_ok)
+    if refusal:
+        parser.error(refusal)
     prepare(plan)
     sup = Supervisor(components(plan))
     try:

@@ -66,6 +66,15 @@ class Stack:
                 return found.group(1)
         raise AssertionError(f"{name} not printed by perpline up")
 
+    def clickhouse(self, admin: bool = False) -> str:
+        """The embedded ClickHouse's URL for the read-only user `perpline up` prints, or the admin's
+        (from the password file in the data dir) for tests that write faults into the ledger."""
+        from perpline.ch.users import ADMIN_USER, USERS_DIR_NAME, read_password, with_credentials  # noqa: PLC0415
+
+        reader = self.value("PERPLINE_CLICKHOUSE_URL")
+        return with_credentials(reader, ADMIN_USER, read_password(self.data_dir / USERS_DIR_NAME, ADMIN_USER)) \
+            if admin else reader
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)

@@ -368,7 +368,7 @@ def _compare_api(api: str, replay: LiveView) -> list[str]:
 
 
 def _compare_ledger(stack: Stack, replay: LiveView) -> list[str]:
-    client = get_client(stack.value("clickhouse"))
+    client = get_client(stack.clickhouse())
     rows = client.query("SELECT journal_id, posting_index, ledger_account, asset, toString(amount) "
                         "FROM ledger_postings FINAL ORDER BY journal_id, posting_index").result_rows
     stored: dict[str, list[tuple[str, str, Decimal]]] = defaultdict(list)

@@ -124,7 +124,7 @@ def test_mark_funding_and_a_liquidation_into_the_insurance_fund(stack: Stack) ->
         wallet = Decimal(call(stack, "GET", "/api/v1/account/balances", ALICE)[0]["wallet"])
         assert wallet == Decimal("10000") - Decimal("2.5") - Decimal("250") - funding_paid  # lost exactly her margin
 
-        client = get_client(stack.value("clickhouse"))
+        client = get_client(stack.clickhouse())
 
         def ledger_settled() -> bool:
             fund = client.query("SELECT sum(amount) FROM ledger_postings FINAL "
@@ -243,7 +243,7 @@ def test_the_notebooks_run_on_this_exchanges_books(stack: Stack, monkeypatch: py
 
     from perpline import REPO_ROOT  # noqa: PLC0415
 
-    monkeypatch.setenv("PERPLINE_CLICKHOUSE_URL", stack.value("clickhouse"))
+    monkeypatch.setenv("PERPLINE_CLICKHOUSE_URL", stack.clickhouse())
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend turns figures into outputs
     for name in ("audit.ipynb", "market.ipynb"):
         nb = nbformat.read(REPO_ROOT / "notebooks" / name, as_version=4)

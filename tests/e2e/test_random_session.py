@@ -306,7 +306,7 @@ def test_random_session_matches_the_model_through_kills(stack: Stack) -> None:
         assert Decimal(account["walletBalance"]) == wallet, user.user_id
     assert sum(sizes.values()) == 0  # long open interest == short open interest
 
-    client = get_client(stack.value("clickhouse"))
+    client = get_client(stack.clickhouse())
     deadline = time.monotonic() + 60
     while True:
         unbalanced = client.query("SELECT count() FROM (SELECT journal_id, asset, sum(amount) s FROM ledger_postings "

@@ -67,7 +67,7 @@ def test_a_clean_run_is_clean_and_every_injected_fault_is_found(stack: Stack) ->
     call(stack, "POST", "/api/v1/orders", ANN, json={"symbol": SYM, "side": "BUY", "type": "LIMIT", "price": "50000",
                                                     "quantity": "0.010"})
     call(stack, "POST", "/api/v1/wallet/withdrawals", ANN, "wd-1", json={"asset": "USDT", "amount": "100"})
-    client = get_client(stack.value("clickhouse"))
+    client = get_client(stack.clickhouse(admin=True))
     until(lambda: client.query("SELECT count() FROM ledger_postings FINAL WHERE ref_type = 'TRADE_SETTLED'")
           .result_rows[0][0] >= 4)
     time.sleep(8)  # settlement grace (5 s) and two runs for the eventual rules

@@ -120,7 +120,7 @@ def test_first_trade_flows_end_to_end(stack: Stack) -> None:
     assert (bal_b["available"], bal_b["position_margin"], bal_b["order_margin"]) == ("9747.50000000", "250.00000000", "0.00000000")
     assert (bal_s["available"], bal_s["position_margin"], bal_s["order_margin"]) == ("9749.00000000", "250.00000000", "0.00000000")
 
-    ch = get_client(stack.value("clickhouse"))
+    ch = get_client(stack.clickhouse())
     journals = _eventually(lambda: ch.query(
         "SELECT journal_id, sum(amount) FROM ledger_postings FINAL GROUP BY journal_id").result_rows if len(ch.query(
             "SELECT DISTINCT journal_id FROM ledger_postings FINAL WHERE ref_type = 'TRADE_FEE'").result_rows) == 2 else None,
@@ -204,7 +204,7 @@ def test_killed_matcher_and_accounts_recover_and_balances_stay_exact(stack: Stac
     bal_s = _get(api, "/api/v1/account/balances", seller).json()[0]
     assert (bal_b["wallet"], bal_b["order_margin"]) == ("9996.24750000", "0.00000000")
     assert (bal_s["wallet"], bal_s["order_margin"]) == ("9998.49900000", "0.00000000")
-    ch = get_client(stack.value("clickhouse"))
+    ch = get_client(stack.clickhouse())
 
     def ledger_settled() -> bool:
         rows = ch.query("SELECT count() FROM ledger_postings FINAL WHERE ref_type = 'TRADE_FEE'").result_rows

@@ -9,7 +9,9 @@ import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pandas as pd
 import polars as pl
 import pyarrow as pa
@@ -18,22 +20,43 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from perpline.ch.client import get_client, wait_ready
 from perpline.ch.migrate import MIGRATIONS_DIR, apply_migrations
+from perpline.ch.users import (
+    ADMIN_USER,
+    READER_USER,
+    USERS_DIR_NAME,
+    ensure_passwords,
+    read_password,
+    with_credentials,
+)
 from perpline.stack.supervisor import free_port
 
 pytestmark = pytest.mark.integration
 
 
 class Server:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
+    def __init__(self, tmp: Path) -> None:
+        self.data_dir, self.users_dir = tmp / "ch", tmp / USERS_DIR_NAME
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "perpline.ch.server", "--data-dir", str(self.data_dir),
-                                      "--port", str(self.port)], stderr=subprocess.DEVNULL)
-        wait_ready(self.url, 60)
+                                      "--users-dir", str(self.users_dir), "--port", str(self.port)],
+                                     stderr=subprocess.DEVNULL)
+        wait_ready(self.base, 60)
+
+    def password(self, user: str) -> str:
+        return read_password(self.users_dir, user)
+
+    @property
+    def url(self) -> str:
+        """The admin's URL (user `default`, full rights)."""
+        return with_credentials(self.base, ADMIN_USER, self.password(ADMIN_USER))
+
+    @property
+    def reader_url(self) -> str:
+        return with_credentials(self.base, READER_USER, self.password(READER_USER))
 
     def stop(self) -> None:
         assert self.proc is not None
@@ -143,8 +166,99 @@ def test_migrations_idempotent_and_data_survives_restart(server: Server) -> None
 
 
 def test_ping_and_metrics(server: Server) -> None:
-    import httpx
-
-    assert httpx.get(server.url + "/ping").text == "Ok.\n"
-    metrics = httpx.get(server.url + "/metrics").text
+    assert httpx.get(server.base + "/ping").text == "Ok.\n"  # no user needed: nothing runs
+    metrics = httpx.get(server.base + "/metrics").text
     assert "perpline_ch_queries_total" in metrics
+
+
+# --- users: every statement needs a password; the auditor only reads -----------------------------------------
+
+def _post(url: str, sql: str, **kw: Any) -> httpx.Response:
+    return httpx.post(url, content=sql.encode(), timeout=30, **kw)
+
+
+def test_no_or_wrong_credentials_are_refused_and_nothing_runs(server: Server) -> None:
+    admin = get_client(server.url)
+    admin.command("DROP TABLE IF EXISTS intruder")
+    create = "CREATE TABLE intruder (a UInt8) ENGINE = MergeTree ORDER BY a"
+    attempts = [
+        _post(server.base, create),  # no credentials: user default, empty password
+        _post(server.base, create, auth=(ADMIN_USER, "wrong")),
+        _post(server.base, create, auth=(READER_USER, server.password(ADMIN_USER))),  # another user's password
+        _post(server.base, create, auth=("nobody", server.password(ADMIN_USER))),
+        _post(server.base, create, headers={"X-ClickHouse-User": ADMIN_USER, "X-ClickHouse-Key": ""}),
+        _post(server.base + "/?user=default&password=guess", create),
+        httpx.get(server.base + "/", params={"query": create}, timeout=30),
+        _post(server.base, create, headers={"Authorization": "Basic !!not-base64!!"}),
+    ]
+    assert [(r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) for r in attempts] == [(401, "516")] * 8
+    assert "AUTHENTICATION_FAILED" in attempts[0].text
+    assert admin.query("EXISTS TABLE intruder").result_rows == [(0,)]
+    with pytest.raises(DatabaseError, match="516"):
+        get_client(server.base)  # clickhouse-connect without a password cannot even connect
+
+
+def test_the_admin_authenticates_as_clickhouse_clients_do(server: Server) -> None:
+    password = server.password(ADMIN_USER)
+    basic = _post(server.base, "SELECT 1", auth=(ADMIN_USER, password))
+    headers = _post(server.base, "SELECT 2", headers={"X-ClickHouse-User": ADMIN_USER, "X-ClickHouse-Key": password})
+    params = httpx.get(server.base + "/", params={"query": "SELECT 3", "user": ADMIN_USER, "password": password})
+    assert [(r.status_code, r.text) for r in (basic, headers, params)] == [(200, "1\n"), (200, "2\n"), (200, "3\n")]
+
+
+REFUSED_TO_THE_AUDITOR = [
+    "INSERT INTO books VALUES (99, 'x')",
+    "INSERT INTO books SELECT 98, 'y'",
+    "DROP TABLE books",
+    "TRUNCATE TABLE books",
+    "ALTER TABLE books DELETE WHERE 1 SETTINGS mutations_sync = 1",
+    "ALTER TABLE books ADD COLUMN z UInt8",
+    "CREATE TABLE books2 (a UInt8) ENGINE = Memory",
+    "RENAME TABLE books TO books3",
+    "OPTIMIZE TABLE books FINAL",
+    "SYSTEM STOP MERGES books",
+    "SET readonly = 0",
+    "KILL QUERY WHERE 1",
+    "SELECT 1; DROP TABLE books",
+    "SELECT count() FROM books; TRUNCATE TABLE books",
+    "SELECT 1 SETTINGS readonly = 0",
+    "SELECT * FROM file('/etc/hostname', 'LineAsString')",
+    "WITH 1 AS x SELECT x FROM url('http://127.0.0.1:1/', 'CSV', 'a UInt8')",
+    "INSERT INTO FUNCTION file('/tmp/perpline-auditor-was-here.csv', 'CSV', 'a UInt8') SELECT 1",
+    "/* a comment first */ DROP TABLE books",
+]
+
+
+def test_the_auditor_reads_and_nothing_else(server: Server) -> None:
+    admin = get_client(server.url)
+    admin.command("DROP TABLE IF EXISTS books")
+    admin.command("DROP TABLE IF EXISTS books2")
+    admin.command("CREATE TABLE books (id UInt32, who String) ENGINE = MergeTree ORDER BY id")
+    admin.insert("books", [[1, "a"], [2, "b"]], column_names=["id", "who"])
+    auditor = get_client(server.reader_url)
+    assert auditor.query("SELECT sum(id) FROM books WHERE who != {w:String}", parameters={"w": "z"}).result_rows == [(3,)]
+    assert auditor.query_df("SELECT id, who FROM books ORDER BY id")["who"].tolist() == ["a", "b"]
+    assert "books" in {r[0] for r in auditor.query("SHOW TABLES").result_rows}
+    assert auditor.query("DESCRIBE TABLE books").result_rows[0][0] == "id"
+    refused = []
+    for sql in REFUSED_TO_THE_AUDITOR:
+        with pytest.raises(DatabaseError) as err:
+            auditor.command(sql)
+        refused.append("164" in str(err.value) and "READONLY" in str(err.value))
+    with pytest.raises(DatabaseError, match="164"):
+        auditor.insert("books", [[3, "c"]], column_names=["id", "who"])
+    assert all(refused), [sql for sql, ok in zip(REFUSED_TO_THE_AUDITOR, refused, strict=True) if not ok]
+    assert admin.query("SELECT id, who FROM books ORDER BY id").result_rows == [(1, "a"), (2, "b")]
+    assert [r[0] for r in admin.query("DESCRIBE TABLE books").result_rows] == ["id", "who"]
+    assert admin.query("EXISTS TABLE books2").result_rows == [(0,)]
+    assert not Path("/tmp/perpline-auditor-was-here.csv").exists()
+    admin.command("INSERT INTO books VALUES (3, 'c')")  # the admin's session is still writable
+    assert auditor.query("SELECT count() FROM books").result_rows == [(3,)]
+
+
+def test_passwords_are_private_files_generated_once(server: Server) -> None:
+    first = {user: server.password(user) for user in (ADMIN_USER, READER_USER)}
+    assert len(set(first.values())) == 2 and all(len(p) >= 32 for p in first.values())
+    for user in (ADMIN_USER, READER_USER):
+        assert (server.users_dir / f"{user}.password").stat().st_mode & 0o777 == 0o600
+    assert ensure_passwords(server.users_dir) == first

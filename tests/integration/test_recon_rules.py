@@ -16,6 +16,7 @@ import pytest
 
 from perpline.ch.client import get_client, wait_ready
 from perpline.ch.migrate import apply_migrations
+from perpline.ch.users import ADMIN_USER, USERS_DIR_NAME, ensure_passwords, with_credentials
 from perpline.pipelines.ledger_sink_logic import MATCHER_EVENT_COLUMNS, POSTING_COLUMNS
 from perpline.recon.rules import load_rules, run_rule
 from perpline.recon.runner import Reconciler
@@ -26,11 +27,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "perpline.ch.server", "--data-dir", str(tmp_path_factory.mktemp("ch")),
-                             "--port", str(port)], stderr=subprocess.DEVNULL)
+    port, tmp = free_port(), tmp_path_factory.mktemp("ch")
+    password = ensure_passwords(tmp / USERS_DIR_NAME)[ADMIN_USER]
+    proc = subprocess.Popen([sys.executable, "-m", "perpline.ch.server", "--data-dir", str(tmp / "ch"),
+                             "--users-dir", str(tmp / USERS_DIR_NAME), "--port", str(port)], stderr=subprocess.DEVNULL)
     wait_ready(f"http://127.0.0.1:{port}", 60)
-    c = get_client(f"http://127.0.0.1:{port}")
+    c = get_client(with_credentials(f"http://127.0.0.1:{port}", ADMIN_USER, password))
     apply_migrations(c)
     yield c
     proc.send_signal(signal.SIGTERM)
