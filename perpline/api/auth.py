@@ -3,12 +3,16 @@ operator allows it (the embedded demo stack), a bare X-Account-Id header.
 
 Every signed request: key known and not revoked, permission granted, signature over the exact
 text, timestamp inside recvWindow; a state-changing request (POST/PUT/DELETE) is accepted once
-(its signature is remembered; a replay is refused). Reads may repeat.
+by this process (its signature is remembered; a replay is refused). Reads may repeat. That memory
+is per process: where a replay to another replica would matter, the record on the log carries
+request_nonce() and the log decides (key management: perpline.auth.registry).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -16,12 +20,13 @@ from urllib.parse import parse_qsl
 from fastapi import Request
 
 from perpline.auth import signing
-from perpline.auth.registry import KeyRecord, KeyRegistry
+from perpline.auth.registry import MANAGE_KEYS, KeyRecord, KeyRegistry
 from perpline.contracts.codes import Code, PerplineError
 
 API_KEY_HEADER = "x-mbx-apikey"
 MAX_ACCOUNT_ID = (1 << 30) - 1
 READ, TRADE, WITHDRAW = "read", "trade", "withdraw"
+MANAGE = MANAGE_KEYS
 UNKNOWN_KEY_WAIT_S = 1.0
 MAX_API_KEY_CHARS = 128
 
@@ -31,6 +36,17 @@ class Caller:
     user_id: int
     api_key: str | None  # None: identified by the trusted X-Account-Id header
     params: dict[str, str]  # the signed parameters (query and form body)
+    permissions: tuple[str, ...] = ()  # what the key may do
+    signature: str = ""  # of this request, unique to it (see request_nonce)
+
+
+def request_nonce(signature: str = "") -> str:
+    """A request's one-use token for records whose replay must be refused on every replica: the
+    SHA-256 of its signature (a replay has the same one), or a fresh random one for callers that
+    did not sign (web sessions, the trusted demo header)."""
+    if not signature:
+        return secrets.token_hex(32)
+    return hashlib.sha256(f"signature:{signature}".encode()).hexdigest()
 
 
 async def signed_caller(request: Request, registry: KeyRegistry | None, guard: signing.ReplayGuard,
@@ -51,7 +67,7 @@ async def signed_caller(request: Request, registry: KeyRegistry | None, guard: s
         raise PerplineError(err.code, err.msg) from err
     if request.method != "GET" and not guard.first_use(signed.signature):
         raise PerplineError(Code.REPLAYED_REQUEST, "this signed request was already received")
-    return Caller(record.user_id, api_key, signed.params)
+    return Caller(record.user_id, api_key, signed.params, record.permissions, signed.signature)
 
 
 async def _lookup(registry: KeyRegistry | None, api_key: str) -> KeyRecord | None:

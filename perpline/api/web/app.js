@@ -293,7 +293,8 @@ async function wallet(kind) {
 
 async function createKey(ev) {
   ev.preventDefault();
-  const permissions = ["read"].concat($("k-trade").checked ? ["trade"] : [], $("k-withdraw").checked ? ["withdraw"] : []);
+  const permissions = ["read"].concat($("k-trade").checked ? ["trade"] : [], $("k-withdraw").checked ? ["withdraw"] : [],
+    $("k-manage").checked ? ["manage_keys"] : []);
   try {
     const key = await api("POST", "/api/v1/keys", { permissions, label: $("k-label").value });
     say("key-secret", `API key ${key.api_key} secret ${key.api_secret} (shown once: copy it now)`, true);
