@@ -3,6 +3,8 @@
 Identity: a signed request (X-MBX-APIKEY, HMAC-SHA256 of the query string + body, as Binance;
 see perpline.api.auth). Only where the operator trusts the network (the embedded demo stack,
 PERPLINE_TRUST_ACCOUNT_HEADER=1) may a caller name its account in X-Account-Id instead.
+Key management (POST/DELETE /keys) needs the owner (a web session) or a key with manage_keys,
+and a key never grants or revokes more than it holds; auth.keys decides it (perpline.auth.registry).
 Idempotency: an Idempotency-Key header becomes the command's request id, so a resent
 request is answered with the first outcome and changes nothing.
 """

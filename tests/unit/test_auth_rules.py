@@ -98,6 +98,8 @@ def test_records_without_the_new_fields_still_decode_and_apply() -> None:
     reg.apply(record, 0)
     reg.apply(record, 1)  # no nonce: not one-use (the operator's own records)
     assert reg.get("k") is not None
+    login = m.SessionStarted(**meta(), session_id="s", user_id=USER, refresh_hash="h", expires_ms=2)  # type: ignore[arg-type]
+    assert b"replaces" not in codec.encode(login) and b"nonce" not in codec.encode(issued("k", ["read"]))
 
 
 def test_logins_lock_out_after_free_failures_with_growing_delays() -> None:
