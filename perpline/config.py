@@ -31,6 +31,7 @@ class Settings:
     trust_account_header: bool  # accept a bare X-Account-Id (embedded demo only)
     faucet: bool  # traders may credit their own wallet through the API (embedded demo only)
     rate_limits: tuple[int, int, int]  # request weight per IP, per API key, and orders per key, per minute
+    login_lockout_max_s: float  # the longest lockout after failed logins (perpline.auth.throttle)
 
 
 def settings() -> Settings:
@@ -49,6 +50,7 @@ def settings() -> Settings:
         faucet=_env("PERPLINE_FAUCET", "0") == "1",
         rate_limits=(int(_env("PERPLINE_RATE_LIMIT_IP", "6000")), int(_env("PERPLINE_RATE_LIMIT_KEY", "2400")),
                      int(_env("PERPLINE_RATE_LIMIT_ORDERS", "1200"))),
+        login_lockout_max_s=float(_env("PERPLINE_LOGIN_LOCKOUT_MAX_S", "900")),
     )
 
 

@@ -25,6 +25,7 @@ from perpline.api.ratelimit import RateLimiter
 from perpline.api.readmodel import ReadModel
 from perpline.auth.registry import KeyRegistry
 from perpline.auth.signing import ReplayGuard
+from perpline.auth.throttle import HashPool, LoginLimiter
 from perpline.ch.client import get_client
 from perpline.config import producer_config
 from perpline.contracts import codec
@@ -56,6 +57,8 @@ class ApiDeps:
     registry: KeyRegistry | None = None
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    logins: LoginLimiter = field(default_factory=LoginLimiter)  # failed-login lockouts (perpline.auth.throttle)
+    hashes: HashPool = field(default_factory=HashPool)  # scrypt, bounded
 
     def publish(self, logical_topic: str, key: str, msg: object) -> None:
         assert self.producer is not None

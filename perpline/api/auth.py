@@ -3,14 +3,17 @@ operator allows it (the embedded demo stack), a bare X-Account-Id header.
 
 Every signed request: key known and not revoked, permission granted, signature over the exact
 text, timestamp inside recvWindow; a state-changing request (POST/PUT/DELETE) is accepted once:
-this replica remembers its signature (ReplayGuard, the fast first line) and its command carries the
-signature's nonce, which the accounts processor applies once for the whole exchange (`one_use`).
-Reads may repeat.
+this replica remembers its signature (ReplayGuard, the fast first line) and the record it writes
+carries the signature's nonce, which the log's single writer applies once for the whole exchange:
+the accounts processor for account commands (`one_use`), the key registry for key management
+(`request_nonce`, perpline.auth.registry). Reads may repeat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +22,13 @@ from urllib.parse import parse_qsl
 from fastapi import Request
 
 from perpline.auth import signing
-from perpline.auth.registry import KeyRecord, KeyRegistry
+from perpline.auth.registry import MANAGE_KEYS, KeyRecord, KeyRegistry
 from perpline.contracts.codes import Code, PerplineError
 
 API_KEY_HEADER = "x-mbx-apikey"
 MAX_ACCOUNT_ID = (1 << 30) - 1
 READ, TRADE, WITHDRAW = "read", "trade", "withdraw"
+MANAGE = MANAGE_KEYS
 UNKNOWN_KEY_WAIT_S = 1.0
 MAX_API_KEY_CHARS = 128
 NO_NONCE: dict[str, Any] = {"nonce": "", "signed_ms": 0}
@@ -35,6 +39,17 @@ class Caller:
     user_id: int
     api_key: str | None  # None: identified by the trusted X-Account-Id header
     params: dict[str, str]  # the signed parameters (query and form body)
+    permissions: tuple[str, ...] = ()  # what the key may do
+    signature: str = ""  # of this request, unique to it (see request_nonce)
+
+
+def request_nonce(signature: str = "") -> str:
+    """A request's one-use token for records whose replay must be refused on every replica: the
+    SHA-256 of its signature (a replay has the same one), or a fresh random one for callers that
+    did not sign (web sessions, the trusted demo header)."""
+    if not signature:
+        return secrets.token_hex(32)
+    return hashlib.sha256(f"signature:{signature}".encode()).hexdigest()
 
 
 async def signed_caller(request: Request, registry: KeyRegistry | None, guard: signing.ReplayGuard,
@@ -58,7 +73,7 @@ async def signed_caller(request: Request, registry: KeyRegistry | None, guard: s
             raise PerplineError(Code.REPLAYED_REQUEST, "this signed request was already received")
         request.state.one_use = {"nonce": signing.nonce_of(signed.signature),
                                  "signed_ms": int(signed.params["timestamp"])}
-    return Caller(record.user_id, api_key, signed.params)
+    return Caller(record.user_id, api_key, signed.params, record.permissions, signed.signature)
 
 
 def one_use(request: Request) -> dict[str, Any]:

@@ -55,6 +55,7 @@ _STATUS_BY_CODE = {
     Code.LOGIN_TAKEN: 409,
     Code.FORBIDDEN: 403,
     Code.RATE_LIMITED: 429,
+    Code.LOGIN_LOCKED: 429,
     Code.REQUEST_TOO_LARGE: 413,
 }
 

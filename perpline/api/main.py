@@ -9,6 +9,7 @@ import uvicorn
 from perpline.api.app import ApiDeps, create_app
 from perpline.api.ratelimit import RateLimiter
 from perpline.auth.crypto import load_secret_key
+from perpline.auth.throttle import LoginLimiter
 from perpline.config import settings, topic_map
 from perpline.obs import setup_logging
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     deps = ApiDeps(bootstrap=cfg.kafka_bootstrap, topics=topic_map(), wait_s=cfg.api_wait_ms / 1000,
                    clickhouse_url=cfg.clickhouse_url, secret_key=load_secret_key(cfg.data_dir, cfg.secret_key),
                    trust_account_header=cfg.trust_account_header, faucet=cfg.faucet,
-                   limiter=RateLimiter(*cfg.rate_limits))
+                   limiter=RateLimiter(*cfg.rate_limits), logins=LoginLimiter(max_lockout_s=cfg.login_lockout_max_s))
     uvicorn.run(create_app(deps), host=args.host, port=args.port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=5)
 

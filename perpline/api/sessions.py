@@ -2,6 +2,12 @@
 refresh it, log out. Users and sessions are records on auth.keys like API keys, so every API
 replica sees a logout at once. Trading endpoints accept `Authorization: Bearer <access token>`
 wherever they accept a signed request (perpline.api.v1._identify).
+
+Logins are limited per login and per client address (perpline.auth.throttle: a few free failures,
+then lockouts that double, 429 LOGIN_LOCKED with Retry-After); scrypt runs in a small bounded pool
+that refuses (429 RATE_LIMITED) rather than queues. A refresh is decided by the log: its
+SessionStarted names the session it replaces, and of two refreshes with one token only the first
+on auth.keys starts a session, on every replica (perpline.auth.registry); the other gets BAD_TOKEN.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pydantic import BaseModel, Field, StrictStr
 
 from perpline.api import errors
 from perpline.api.app import ApiDeps
-from perpline.auth import passwords, sessions
+from perpline.auth import passwords, sessions, throttle
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_request_id
@@ -44,6 +50,28 @@ class Credentials(BaseModel):
 
 class RefreshBody(BaseModel):
     refresh_token: StrictStr = Field(min_length=10, max_length=256)
+
+
+def client_ip(request: Request) -> str:
+    """The caller's address for per-address login limits: the one place to swap in a trusted-proxy
+    (X-Forwarded-For) lookup."""
+    return request.client.host if request.client else "?"
+
+
+async def _hashed(request: Request, d: ApiDeps, fn: Any, *args: str) -> Any:
+    """fn(*args) (scrypt) on the bounded hashing pool; 429 at once when it is full."""
+    try:
+        return await d.hashes.run(fn, *args)
+    except throttle.PoolBusy as err:
+        request.state.retry_after = 1
+        raise PerplineError(Code.RATE_LIMITED, "too many logins in progress; retry in a second") from err
+
+
+def _refuse_if_locked(request: Request, d: ApiDeps, login: str, ip: str) -> None:
+    wait_s = d.logins.retry_after_s(login, ip)
+    if wait_s > 0:
+        request.state.retry_after = wait_s
+        raise PerplineError(Code.LOGIN_LOCKED, f"too many failed logins; retry in {wait_s} s")
 
 
 def _meta(request: Request, cause: str) -> dict[str, Any]:
@@ -73,7 +101,7 @@ async def signup(body: Credentials, request: Request, d: Deps) -> Any:
     registry = _registry(d)
     if registry.login(body.login) is not None:
         raise PerplineError(Code.LOGIN_TAKEN, f"login {body.login!r} is taken")
-    password_hash = await asyncio.to_thread(passwords.hash_password, body.password)
+    password_hash = await _hashed(request, d, passwords.hash_password, body.password)
     rid = new_request_id()
     d.publish("auth.keys", "user", m.UserRegistered(**_meta(request, rid), request_id=rid, login=body.login,
                                                     password_hash=password_hash, label=body.login))
@@ -89,26 +117,32 @@ async def signup(body: Credentials, request: Request, d: Deps) -> Any:
 
 @router.post("/login")
 async def login(body: Credentials, request: Request, d: Deps) -> Any:
+    """A session for a login and password. While the login or the address is locked out (too many
+    failures) every attempt, the right password included, gets 429 LOGIN_LOCKED."""
     registry = _registry(d)
+    ip = client_ip(request)
+    _refuse_if_locked(request, d, body.login, ip)
     found = registry.login(body.login)
     stored = found[1] if found is not None else _DUMMY_HASH  # the same work either way: no login probing by time
-    ok = await asyncio.to_thread(passwords.verify_password, body.password, stored)
+    ok = await _hashed(request, d, passwords.verify_password, body.password, stored)
     if found is None or not ok:
+        d.logins.failed(body.login, ip)
         raise PerplineError(Code.BAD_CREDENTIALS, "login or password is wrong")
+    d.logins.succeeded(body.login)
     return await _start_session(request, d, found[0])
 
 
 @router.post("/refresh")
 async def refresh(body: RefreshBody, request: Request, d: Deps) -> Any:
-    """A new access token and a new refresh token; the old session ends (rotation)."""
+    """A new access token and a new refresh token; the old session ends (rotation). Exactly one of
+    concurrent refreshes with one token wins, whichever replicas serve them."""
     registry = _registry(d)
     session = registry.session(sessions.session_of(body.refresh_token))
     now_ms = int(time.time() * 1000)
     if (session is None or session.ended or session.expires_ms <= now_ms
             or not hmac.compare_digest(session.refresh_hash, sessions.refresh_hash(body.refresh_token))):
         raise PerplineError(Code.BAD_TOKEN, "refresh token is invalid, expired or already used")
-    await _end_session(request, d, session.session_id, session.user_id)
-    return await _start_session(request, d, session.user_id)
+    return await _start_session(request, d, session.user_id, replaces=session.session_id)
 
 
 @router.post("/logout")
@@ -125,23 +159,32 @@ async def me(request: Request, d: Deps) -> Any:
             "expires_s": claims.expires_s}
 
 
-async def _start_session(request: Request, d: ApiDeps, user_id: int) -> dict[str, Any]:
+async def _start_session(request: Request, d: ApiDeps, user_id: int, replaces: str = "") -> dict[str, Any]:
+    """Publish a SessionStarted and wait until this replica applied it. A refresh (`replaces`) waits
+    until the replaced session has ended: by our record (then ours is live) or by another refresh or
+    a logout first on the log (then ours never starts: BAD_TOKEN)."""
     session_id = sessions.new_session_id()
     refresh_token = sessions.new_refresh_token(session_id)
     expires_ms = int(time.time() * 1000) + sessions.REFRESH_TTL_S * 1000
-    d.publish("auth.keys", "session", m.SessionStarted(**_meta(request, f"session:{session_id}"), session_id=session_id,
-                                                       user_id=user_id, refresh_hash=sessions.refresh_hash(refresh_token),
-                                                       expires_ms=expires_ms))
+    d.publish("auth.keys", str(user_id), m.SessionStarted(
+        **_meta(request, f"session:{session_id}"), session_id=session_id, user_id=user_id,
+        refresh_hash=sessions.refresh_hash(refresh_token), expires_ms=expires_ms, replaces=replaces))
     await d.flushed()
     registry = _registry(d)
-    await _until(lambda: registry.session(session_id) is not None)
+    if not replaces:
+        await _until(lambda: registry.session(session_id) is not None)
+    elif not await _until(lambda: registry.session(session_id) is not None
+                          or (old := registry.session(replaces)) is None or old.ended):
+        raise PerplineError(Code.TIMEOUT, "the refresh was sent but is not decided yet; retry it")
+    elif registry.session(session_id) is None:  # decided once the old session ended: ours started, or never will
+        raise PerplineError(Code.BAD_TOKEN, "refresh token is invalid, expired or already used")
     access, expires_s = sessions.issue(sessions.signing_key(d.secret_key), user_id, session_id)
     return {"access_token": access, "token_type": "Bearer", "expires_in": sessions.ACCESS_TTL_S,
             "expires_s": expires_s, "refresh_token": refresh_token, "user_id": user_id}
 
 
 async def _end_session(request: Request, d: ApiDeps, session_id: str, user_id: int) -> None:
-    d.publish("auth.keys", "session", m.SessionEnded(**_meta(request, f"logout:{session_id}"), session_id=session_id,
+    d.publish("auth.keys", str(user_id), m.SessionEnded(**_meta(request, f"logout:{session_id}"), session_id=session_id,
                                                      user_id=user_id))
     await d.flushed()
     registry = _registry(d)

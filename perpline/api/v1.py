@@ -3,6 +3,8 @@
 Identity: a signed request (X-MBX-APIKEY, HMAC-SHA256 of the query string + body, as Binance;
 see perpline.api.auth). Only where the operator trusts the network (the embedded demo stack,
 PERPLINE_TRUST_ACCOUNT_HEADER=1) may a caller name its account in X-Account-Id instead.
+Key management (POST/DELETE /keys) needs the owner (a web session) or a key with manage_keys,
+and a key never grants or revokes more than it holds; auth.keys decides it (perpline.auth.registry).
 Idempotency: an Idempotency-Key header becomes the command's request id, so a resent
 request (re-signed or not, on any API replica) is answered with the first outcome and changes
 nothing. A signed request without one is still used once: its signature's nonce travels with the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -27,6 +30,7 @@ from pydantic import BaseModel, Field, StrictStr
 from perpline.api import auth, errors, sessions
 from perpline.api.app import ApiDeps
 from perpline.audit import Audit
+from perpline.auth.registry import PERMISSIONS, may_grant
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import default_client_order_id, new_request_id
@@ -535,26 +539,64 @@ def _instrument_json(i: Instrument) -> dict[str, Any]:
 
 
 class NewKeyBody(BaseModel):
-    permissions: list[Literal["read", "trade", "withdraw"]] = Field(default=["read", "trade"], min_length=1, max_length=3)
+    permissions: list[Literal["read", "trade", "withdraw", "manage_keys"]] = Field(
+        default=["read", "trade"], min_length=1, max_length=len(PERMISSIONS))
     label: StrictStr = Field(default="", max_length=64)
 
 
 KEY_VISIBLE_S = 5.0
 
 
+@dataclass(frozen=True)
+class KeyManager:
+    """Who asks to issue or revoke a key: the user, the key it signed with ("" for the owner: a web
+    session or the trusted demo header), what it may grant, and the request's one-use nonce."""
+
+    user_id: int
+    api_key: str
+    permissions: tuple[str, ...]
+    nonce: str
+
+
+async def key_manager(request: Request) -> KeyManager:
+    """Key management needs the owner (a web session; the trusted header on the demo stack) or a key
+    holding manage_keys; such a key may only grant or revoke what it holds (registry.may_grant)."""
+    d = deps(request)
+    if request.headers.get("authorization") is not None and request.headers.get(auth.API_KEY_HEADER) is None:
+        claims = await sessions.bearer_claims(request, d)
+        return KeyManager(claims.user_id, "", PERMISSIONS, auth.request_nonce())
+    if request.headers.get(auth.API_KEY_HEADER) is not None or not d.trust_account_header:
+        caller = await auth.signed_caller(request, d.registry, d.guard, auth.MANAGE)
+        assert caller.api_key is not None
+        return KeyManager(caller.user_id, caller.api_key, caller.permissions, auth.request_nonce(caller.signature))
+    return KeyManager(auth.header_account(request), "", PERMISSIONS, auth.request_nonce())
+
+
+Manager = Annotated[KeyManager, Depends(key_manager)]
+NOT_YOURS = "Invalid API-key, IP, or permissions for action."
+
+
+def _check_grant(who: KeyManager, permissions: Any) -> None:
+    if who.api_key and not may_grant(who.permissions, permissions):
+        raise PerplineError(Code.BAD_API_KEY, f"{NOT_YOURS} A key may only grant or revoke permissions it holds.")
+
+
 @router.post("/keys", tags=["keys"])
-async def create_key(body: NewKeyBody, request: Request, acct: Account, d: Deps) -> Any:
-    """A new API key for the caller; the secret is in this answer only (stored encrypted)."""
+async def create_key(body: NewKeyBody, request: Request, who: Manager, d: Deps) -> Any:
+    """A new API key for the caller; the secret is in this answer only (stored encrypted). Needs the
+    owner or a key with manage_keys and every permission asked for; a replay is refused everywhere."""
     from perpline.auth import crypto  # noqa: PLC0415
 
+    permissions = sorted(set(body.permissions))
+    _check_grant(who, permissions)
     api_key, secret = crypto.new_api_key(), crypto.new_api_secret()
-    issued = m.ApiKeyIssued(**_meta(request, f"key:{api_key[:8]}"), api_key=api_key, user_id=acct,
-                            secret_enc=crypto.encrypt(d.secret_key, secret), permissions=sorted(set(body.permissions)),
-                            label=body.label)
-    d.publish("auth.keys", api_key, issued)
-    await d.flushed()
-    await _until(lambda: d.registry is not None and d.registry.get(api_key) is not None)
-    return {"api_key": api_key, "api_secret": secret, "permissions": issued.permissions, "label": body.label}
+    issued = m.ApiKeyIssued(**_meta(request, f"key:{api_key[:8]}"), api_key=api_key, user_id=who.user_id,
+                            secret_enc=crypto.encrypt(d.secret_key, secret), permissions=permissions,  # type: ignore[arg-type]
+                            label=body.label, nonce=who.nonce, issued_by=who.api_key)
+    await _decided(d, request, str(who.user_id), issued, who.nonce)
+    if d.registry is None or d.registry.get(api_key) is None:  # the issuing key lost its rights meanwhile
+        raise PerplineError(Code.BAD_API_KEY, NOT_YOURS)
+    return {"api_key": api_key, "api_secret": secret, "permissions": permissions, "label": body.label}
 
 
 @router.get("/keys", tags=["keys"])
@@ -565,15 +607,34 @@ def list_keys(acct: Account, d: Deps) -> Any:
 
 
 @router.delete("/keys/{api_key}", tags=["keys"])
-async def revoke_key(api_key: str, request: Request, acct: Account, d: Deps) -> Any:
+async def revoke_key(api_key: str, request: Request, who: Manager, d: Deps) -> Any:
+    """Revoke one of the caller's keys: the owner, or a key with manage_keys holding every permission
+    of the key it revokes (itself included)."""
     found = d.registry.get(api_key) if d.registry is not None else None
-    if found is None or found.user_id != acct:
+    if found is None or found.user_id != who.user_id:
         raise PerplineError(Code.BAD_API_KEY, "no such key of yours")
-    d.publish("auth.keys", api_key, m.ApiKeyRevoked(**_meta(request, f"revoke:{api_key[:8]}"), api_key=api_key,
-                                                    user_id=acct))
-    await d.flushed()
-    await _until(lambda: found.revoked)
+    _check_grant(who, found.permissions)
+    revoked = m.ApiKeyRevoked(**_meta(request, f"revoke:{api_key[:8]}"), api_key=api_key, user_id=who.user_id,
+                              nonce=who.nonce, revoked_by=who.api_key)
+    await _decided(d, request, str(who.user_id), revoked, who.nonce)
+    if not found.revoked:
+        raise PerplineError(Code.BAD_API_KEY, NOT_YOURS)
     return {"api_key": api_key, "revoked": True}
+
+
+async def _decided(d: ApiDeps, request: Request, key: str, record: msgspec.Struct, nonce: str) -> None:
+    """Publish a key record and wait until this replica has applied the record that took `nonce`:
+    ours, or (a replay of this signed request, on any replica) another one, then REPLAYED_REQUEST
+    and ours changes nothing anywhere."""
+    registry = d.registry
+    if registry is None:
+        raise PerplineError(Code.BROKER_UNAVAILABLE, "key registry not loaded")
+    if registry.nonce_winner(nonce) is None:
+        d.publish("auth.keys", key, record)
+        await d.flushed()
+        await _until(lambda: registry.nonce_winner(nonce) is not None)
+    if registry.nonce_winner(nonce) != request.state.trace_id:
+        raise PerplineError(Code.REPLAYED_REQUEST, "this signed request was already received")
 
 
 async def _until(done: Any, timeout_s: float = KEY_VISIBLE_S) -> None:

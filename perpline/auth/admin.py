@@ -1,13 +1,15 @@
 """`perpline admin`: users, API keys and wallet deposits, written to the topics like any command.
 
-    perpline admin create-user [--label L] [--permissions read,trade,withdraw] [--deposit USDT=1000 ...]
+    perpline admin create-user [--label L] [--permissions read,trade,withdraw,manage_keys] [--deposit USDT=1000 ...]
     perpline admin create-key --user ID [--permissions read,trade] [--label L]
     perpline admin list-keys --user ID
     perpline admin revoke-key --user ID --api-key KEY
     perpline admin deposit --user ID USDT=1000 [...]
     perpline admin gen-secret-key
 
-Prints JSON. The API secret is shown once, by create-user / create-key; it is stored only
+Prints JSON. The operator acts as the owner: any permission may be given (manage_keys lets a key
+issue and revoke keys with at most its own permissions). create-user's first key has every
+permission by default; create-key's only read and trade. The API secret is shown once, by create-user / create-key; it is stored only
 encrypted (Fernet, PERPLINE_SECRET_KEY or the data dir's key file). Deposits go to the accounts
 processor as Deposit commands (journal DEPOSIT: platform HOT_WALLET -> user SPOT) and this command
 waits for its decision. Connection settings: PERPLINE_KAFKA_BOOTSTRAP, PERPLINE_DATA_DIR,
@@ -75,7 +77,7 @@ class Admin:
         issued = m.ApiKeyIssued(**self._meta(f"key:{api_key[:8]}"), api_key=api_key, user_id=user_id,
                                 secret_enc=crypto.encrypt(self.secret_key, secret), permissions=permissions,  # type: ignore[arg-type]
                                 label=label)
-        self._produce("auth.keys", api_key, issued)
+        self._produce("auth.keys", str(user_id), issued)
         return {"api_key": api_key, "api_secret": secret, "permissions": permissions}
 
     def registry(self) -> KeyRegistry:
@@ -92,7 +94,7 @@ class Admin:
         found = self.registry().get(api_key)
         if found is None or found.user_id != user_id:
             raise SystemExit(f"user {user_id} has no key {api_key[:8]}...")
-        self._produce("auth.keys", api_key, m.ApiKeyRevoked(**self._meta(f"revoke:{api_key[:8]}"), api_key=api_key,
+        self._produce("auth.keys", str(user_id), m.ApiKeyRevoked(**self._meta(f"revoke:{api_key[:8]}"), api_key=api_key,
                                                             user_id=user_id))
         return {"api_key": api_key, "revoked": True}
 
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     cu = sub.add_parser("create-user")
     cu.add_argument("--label", default="")
-    cu.add_argument("--permissions", type=_permissions, default=["read", "trade", "withdraw"])
+    cu.add_argument("--permissions", type=_permissions, default=list(PERMISSIONS))
     cu.add_argument("--deposit", type=_asset_amount, action="append", default=[])
     ck = sub.add_parser("create-key")
     ck.add_argument("--user", type=int, required=True)

@@ -83,6 +83,7 @@ class Code(IntEnum):
     BAD_CREDENTIALS = 6009  # login and password do not match
     LOGIN_TAKEN = 6010
     BAD_TOKEN = 6011  # a session token that is malformed, expired, or whose session ended
+    LOGIN_LOCKED = 6012  # too many failed logins for this login or address: wait Retry-After seconds
 
     @property
     def subsystem(self) -> str:

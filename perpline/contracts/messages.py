@@ -564,9 +564,12 @@ class DeadLetter(Msg, tag="dead_letter", kw_only=True):
     payload: str  # the raw bytes, decoded as UTF-8 with replacement
 
 
-# --- auth.keys (key: api key, or "user" for registrations; one partition) ----------------
+# --- auth.keys (key: user id, or "user" for registrations; ONE partition: user ids are offsets,
+# and the registry's one-use nonces and refresh rotations need one total order). Fields added
+# later have defaults that are not written (omit_defaults), so a record that does not use them
+# still decodes on a replica that predates them ---------------------------------------------
 
-Permission = Literal["read", "trade", "withdraw"]
+Permission = Literal["read", "trade", "withdraw", "manage_keys"]
 
 
 class UserRegistered(Msg, tag="user_registered", kw_only=True):
@@ -579,26 +582,42 @@ class UserRegistered(Msg, tag="user_registered", kw_only=True):
     password_hash: str = ""  # scrypt (perpline.auth.passwords); never the password
 
 
-class ApiKeyIssued(Msg, tag="api_key_issued", kw_only=True):
+class ApiKeyIssued(Msg, tag="api_key_issued", kw_only=True, omit_defaults=True):
+    """A new key. Every API replica applies auth.keys in offset order, so the log decides, the same
+    way everywhere: a record whose `nonce` an earlier record already used is ignored (a replayed
+    signed request; the key never becomes valid), and so is one whose `issued_by` key is not a live
+    key of the same user holding manage_keys and every permission asked for."""
+
     api_key: str
     user_id: int
     secret_enc: str  # the HMAC secret, encrypted with the configured PERPLINE_SECRET_KEY (Fernet)
     permissions: list[Permission]
     label: str = ""
+    nonce: str = ""  # one-use token of the request (SHA-256 of its signature, or random); "" = not checked
+    issued_by: str = ""  # the API key that asked for it; "" = the owner (web session, `perpline admin`)
 
 
-class ApiKeyRevoked(Msg, tag="api_key_revoked", kw_only=True):
+class ApiKeyRevoked(Msg, tag="api_key_revoked", kw_only=True, omit_defaults=True):
+    """A key stops working; the same nonce and `revoked_by` rules as ApiKeyIssued (a key may revoke
+    only keys whose permissions it holds all of)."""
+
     api_key: str
     user_id: int
+    nonce: str = ""
+    revoked_by: str = ""
 
 
-class SessionStarted(Msg, tag="session_started", kw_only=True):
-    """A login: the session a refresh token renews. Only the token's SHA-256 is stored."""
+class SessionStarted(Msg, tag="session_started", kw_only=True, omit_defaults=True):
+    """A login, or a refresh when `replaces` names the session it rotates. Only the refresh token's
+    SHA-256 is stored. A replacing session takes effect only if the replaced one is, when this record
+    is applied, still open, unexpired and the same user's; it then ends in the same step. Of two
+    refreshes with one token, the first on the log wins on every replica; the other never starts."""
 
     session_id: str
     user_id: int
     refresh_hash: str
     expires_ms: int
+    replaces: str = ""
 
 
 class SessionEnded(Msg, tag="session_ended", kw_only=True):

@@ -14,7 +14,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+
+from perpline.stack.supervisor import free_port
 
 READY_RE = re.compile(r"perpline ready: api=(http://\S+)")
 START_TIMEOUT_S = 180
@@ -99,6 +102,41 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory, extra_env: dict[str,
             pass
 
 
+
+
+def component_env(stack: Stack, module: str) -> dict[str, str]:
+    """The environment the stack gave its process running `module` (broker, data dir, flags, marker)."""
+    for pid in stack_pids(stack.marker):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if module in cmdline:
+                raw = Path(f"/proc/{pid}/environ").read_bytes()
+                return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+        except OSError:
+            continue
+    raise AssertionError(f"no process of this stack runs {module}")
+
+
+def start_api_replica(stack: Stack, extra_env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen[str]]:
+    """Start another API process on the stack (same broker, data dir and settings as its API, another
+    free port) and wait until it is ready; returns its URL and process. It carries the stack's marker,
+    so the stack's teardown kills it if the test does not."""
+    port = free_port()
+    env = {**component_env(stack, "perpline.api.main"), "PERPLINE_METRICS_PORT": "0", **(extra_env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "perpline.api.main", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"API replica exited with {proc.returncode}"
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return url, proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("API replica not ready in 120 s")
 
 
 def kill_component(stack: Stack, module: str) -> str:

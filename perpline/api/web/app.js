@@ -27,15 +27,28 @@ async function api(method, path, body, { auth = true, retry = true } = {}) {
   const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   if (res.status === 304) return state.cache[path];
   if (res.status === 401 && auth && retry && session.refresh) {
-    const renewed = await fetch("/api/v1/auth/refresh", { method: "POST", headers: { "Content-Type": "application/json" },
-                                                          body: JSON.stringify({ refresh_token: session.refresh }) });
-    if (renewed.ok) { session.save(await renewed.json()); return api(method, path, body, { auth, retry: false }); }
+    if (await renew()) return api(method, path, body, { auth, retry: false });
     session.clear(); route();
   }
   const data = await res.json().catch(() => ({}));
   if (!res.ok) { const err = new Error(data.msg || res.statusText); err.code = data.code; err.status = res.status; throw err; }
   if (method === "GET" && res.headers.get("ETag")) { state.etags[path] = res.headers.get("ETag"); state.cache[path] = data; }
   return data;
+}
+
+// A refresh token works once (the server lets exactly one refresh win), so the calls that found the
+// access token expired share one refresh; a refresh lost to another tab counts if that tab saved new tokens.
+let renewing = null;
+function renew() {
+  if (!renewing) {
+    const used = session.refresh;
+    renewing = fetch("/api/v1/auth/refresh", { method: "POST", headers: { "Content-Type": "application/json" },
+                                               body: JSON.stringify({ refresh_token: used }) })
+      .then(async (res) => { if (res.ok) session.save(await res.json()); return res.ok || session.refresh !== used; })
+      .catch(() => false)
+      .finally(() => { renewing = null; });
+  }
+  return renewing;
 }
 
 function say(id, text, ok) { const el = $(id); el.textContent = text; el.className = `msg ${ok ? "ok" : "error"}`; }
@@ -293,7 +306,8 @@ async function wallet(kind) {
 
 async function createKey(ev) {
   ev.preventDefault();
-  const permissions = ["read"].concat($("k-trade").checked ? ["trade"] : [], $("k-withdraw").checked ? ["withdraw"] : []);
+  const permissions = ["read"].concat($("k-trade").checked ? ["trade"] : [], $("k-withdraw").checked ? ["withdraw"] : [],
+    $("k-manage").checked ? ["manage_keys"] : []);
   try {
     const key = await api("POST", "/api/v1/keys", { permissions, label: $("k-label").value });
     say("key-secret", `API key ${key.api_key} secret ${key.api_secret} (shown once: copy it now)`, true);
