@@ -37,7 +37,7 @@ BENCH_LIMITS = {"PERPLINE_RATE_LIMIT_IP": "1000000", "PERPLINE_RATE_LIMIT_KEY": 
 
 
 def start_stack(data_dir: str) -> tuple[subprocess.Popen[str], str, str, str]:
-    """(process, API URL, broker address, ClickHouse URL) of a plain stack on free ports."""
+    """(process, API URL, broker address, ClickHouse URL of the read-only user) of a plain stack on free ports."""
     proc = subprocess.Popen([sys.executable, "-m", "perpline.cli", "up", "--free-ports", "--data-dir", data_dir],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **BENCH_LIMITS})
@@ -47,7 +47,7 @@ def start_stack(data_dir: str) -> tuple[subprocess.Popen[str], str, str, str]:
     for line in proc.stdout:
         api = api or (re.search(r"perpline ready: api=(\S+)", line) or [None, ""])[1]  # type: ignore[index]
         kafka = kafka or (re.search(r"kafka=(\S+)", line) or [None, ""])[1]  # type: ignore[index]
-        clickhouse = clickhouse or (re.search(r"clickhouse=(\S+)", line) or [None, ""])[1]  # type: ignore[index]
+        clickhouse = clickhouse or (re.search(r"PERPLINE_CLICKHOUSE_URL=(\S+)", line) or [None, ""])[1]  # type: ignore[index]
         if api and kafka and "ready in" in line:
             break
         assert time.monotonic() < deadline, "stack not ready"

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -130,13 +131,17 @@ async def drive(api: str, users: list[dict[str, Any]], price: Decimal, qty: str,
             if tally.stage_count else {}}
 
 
-def check_books(clickhouse_url: str, quiet_s: float = 3.0, timeout_s: float = 120.0) -> dict[str, Any]:
+def check_books(reader_url: str, data_dir: str, quiet_s: float = 3.0, timeout_s: float = 120.0) -> dict[str, Any]:
     """After the sink has caught up (ledger rows stable for `quiet_s`): every reconciliation rule on a
-    full pass, twice (the eventual rules count only when a second pass finds the same break)."""
+    full pass, twice (the eventual rules count only when a second pass finds the same break). As the
+    reconciler, with the admin's password from the data dir (the rules set query settings, which the
+    read-only user may not)."""
     from perpline.ch.client import get_client  # noqa: PLC0415 (the bench's own import, after the stack is up)
+    from perpline.ch.users import ADMIN_USER, USERS_DIR_NAME, read_password, with_credentials  # noqa: PLC0415
     from perpline.recon.rules import load_rules, run_rule  # noqa: PLC0415
 
-    client = get_client(clickhouse_url)
+    admin_password = read_password(Path(data_dir) / USERS_DIR_NAME, ADMIN_USER)
+    client = get_client(with_credentials(reader_url, ADMIN_USER, admin_password))
     last, stable_since, deadline = -1, time.monotonic(), time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         rows = int(client.query("SELECT count() FROM ledger_postings").result_rows[0][0])
@@ -171,7 +176,7 @@ def main() -> None:
             users_s = time.monotonic() - made_at
             report = asyncio.run(drive(api, users, mark_ticks(api), args.qty, args.seconds))
             report["users_made_s"] = round(users_s, 1)
-            report["books"] = check_books(clickhouse)
+            report["books"] = check_books(clickhouse, tmp)
         finally:
             proc.terminate()
             proc.wait(60)
