@@ -30,7 +30,8 @@ class Settings:
     secret_key: str  # Fernet key for API secrets at rest; "" = the data dir's key file
     trust_account_header: bool  # accept a bare X-Account-Id (embedded demo only)
     faucet: bool  # traders may credit their own wallet through the API (embedded demo only)
-    rate_limits: tuple[int, int, int]  # request weight per IP, per API key, and orders per key, per minute
+    rate_limits: tuple[int, int, int]  # request weight per IP and per caller, and orders per caller, per minute
+    trusted_proxies: tuple[str, ...]  # addresses/CIDRs whose X-Forwarded-For is believed (none by default)
 
 
 def settings() -> Settings:
@@ -49,6 +50,7 @@ def settings() -> Settings:
         faucet=_env("PERPLINE_FAUCET", "0") == "1",
         rate_limits=(int(_env("PERPLINE_RATE_LIMIT_IP", "6000")), int(_env("PERPLINE_RATE_LIMIT_KEY", "2400")),
                      int(_env("PERPLINE_RATE_LIMIT_ORDERS", "1200"))),
+        trusted_proxies=tuple(p.strip() for p in _env("PERPLINE_TRUSTED_PROXIES", "").split(",") if p.strip()),
     )
 
 

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr
 
-from perpline.api import auth, errors, sessions
+from perpline.api import auth, errors, ratelimit, sessions
 from perpline.api.app import ApiDeps
 from perpline.audit import Audit
 from perpline.contracts import messages as m
@@ -42,13 +42,19 @@ def deps(request: Request) -> ApiDeps:
 
 async def _identify(request: Request, permission: str) -> int:
     """A signed request (API key), a web session (Bearer JWT: every permission of its user) or, only
-    where trusted, a bare X-Account-Id."""
+    where trusted, a bare X-Account-Id; charged its route's weight and orders (perpline.api.ratelimit)
+    as the API key, or as the account for a session or header."""
     d = deps(request)
+    api_key: str | None = None
     if request.headers.get("authorization") is not None and request.headers.get(auth.API_KEY_HEADER) is None:
-        return (await sessions.bearer_claims(request, d)).user_id
-    if request.headers.get(auth.API_KEY_HEADER) is not None or not d.trust_account_header:
-        return (await auth.signed_caller(request, d.registry, d.guard, permission)).user_id
-    return auth.header_account(request)
+        user_id = (await sessions.bearer_claims(request, d)).user_id
+    elif request.headers.get(auth.API_KEY_HEADER) is not None or not d.trust_account_header:
+        caller = await auth.signed_caller(request, d.registry, d.guard, permission)
+        user_id, api_key = caller.user_id, caller.api_key
+    else:
+        user_id = auth.header_account(request)
+    ratelimit.charge_caller(request, api_key or f"account:{user_id}")
+    return user_id
 
 
 async def account_id(request: Request) -> int:
