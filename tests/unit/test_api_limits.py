@@ -15,7 +15,7 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
-from perpline.api import clientip, fapi, main, ratelimit, sessions
+from perpline.api import clientip, fapi, main, ratelimit, sessions, v1
 from perpline.api.app import MAX_BODY_BYTES, MAX_QUERY_BYTES, ApiDeps, create_app
 from perpline.api.clientip import trusted_networks
 from perpline.api.ratelimit import RateLimiter
@@ -258,6 +258,20 @@ def test_native_duplicates_bad_account_header_and_trailing_newlines_are_refused(
         with pytest.raises(UnitError):
             parse_fixed(text, 8, allow_negative=True)
     assert fapi.CLIENT_ORDER_ID.fullmatch("abc\n") is None and sessions.LOGIN_RE.fullmatch("alice\n") is None
+
+
+@pytest.mark.parametrize("bad", ["%C2%B2", "%E2%91%A0", "--5", "-1", "%201", "1_0", "%2B5", "5.0"])
+def test_native_integer_parameters_go_through_the_strict_parser(bad: str) -> None:
+    base = "/api/v1/market/order-cost?symbol=BTCUSDT-PERP&price=50000&quantity=1"
+    good, refused, path = calls(limited_app(), ("GET", f"{base}&leverage=5", {}), ("GET", f"{base}&leverage={bad}", {}),
+                                ("GET", f"/api/v1/market/candles?symbol=BTCUSDT-PERP&limit={bad}", {}))
+    assert good.status_code == 200, good.text
+    for answer in (refused, path):
+        assert answer.status_code == 400 and answer.json()["code"] == int(Code.MALFORMED), answer.text
+    assert v1.LeverageBody(symbol="X", leverage="5").leverage == 5
+    for body_value in (" 5", True, "1_0"):
+        with pytest.raises(ValueError, match="leverage"):
+            v1.LeverageBody(symbol="X", leverage=body_value)
 
 
 def test_signed_parameters_twice_are_refused_and_the_query_wins_over_the_body() -> None:
