@@ -128,7 +128,10 @@ class RouteCosts:
             return self._fixed[key]
         for route, costs in self._patterns:  # the routers' order; their regexes (route.matches costs ~40 us)
             if route.path_regex.match(conn.scope["path"]):  # type: ignore[attr-defined]
-                return costs["MOUNT"] if isinstance(route, Mount) else costs.get(method, UNMATCHED)
+                if isinstance(route, Mount):
+                    return costs["MOUNT"]
+                if method in costs:  # else another route of this path may serve the method, as in the router
+                    return costs[method]
         return UNMATCHED
 
 

@@ -5,6 +5,7 @@ parameters (issue 16), through the ASGI app where a route is involved."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +14,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
+from starlette.requests import HTTPConnection
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
 from perpline.api import clientip, fapi, main, ratelimit, sessions, v1
@@ -116,6 +118,13 @@ def test_every_route_has_a_weight_and_only_probes_and_web_files_are_exempt() -> 
     assert any(k.startswith("WS ") for k in keys) and any(k.startswith("POST /api/v1/auth/") for k in keys)
     assert {k for k in keys if ratelimit.WEIGHTS.get(k, ratelimit.READ).orders} == {
         "POST /api/v1/orders", "PUT /api/v1/orders/{order_id}", "POST /fapi/v1/order", "PUT /fapi/v1/order"}
+
+    costs = ratelimit.RouteCosts(app.routes)
+    for key in keys - ratelimit.EXEMPT - {k for k in keys if k.startswith("MOUNT")}:  # each request finds its own cost
+        method, path = key.split(" ", 1)
+        concrete = re.sub(r"\{[^}]*\}", "7", path.replace("{path:path}", "x/y"))
+        scope = {"type": "websocket" if method == "WS" else "http", "method": method, "path": concrete, "app": app}
+        assert costs.of(HTTPConnection(scope)) is ratelimit.WEIGHTS[key], key  # is: UNMATCHED equals READ
 
     @app.get("/api/v1/brand-new")
     def brand_new() -> Any:
