@@ -32,6 +32,8 @@ class Settings:
     faucet: bool  # traders may credit their own wallet through the API (embedded demo only)
     rate_limits: tuple[int, int, int]  # request weight per IP, per API key, and orders per key, per minute
     login_lockout_max_s: float  # the longest lockout after failed logins (perpline.auth.throttle)
+    rate_limits: tuple[int, int, int]  # request weight per IP and per caller, and orders per caller, per minute
+    trusted_proxies: tuple[str, ...]  # addresses/CIDRs whose X-Forwarded-For is believed (none by default)
 
 
 def settings() -> Settings:
@@ -51,6 +53,7 @@ def settings() -> Settings:
         rate_limits=(int(_env("PERPLINE_RATE_LIMIT_IP", "6000")), int(_env("PERPLINE_RATE_LIMIT_KEY", "2400")),
                      int(_env("PERPLINE_RATE_LIMIT_ORDERS", "1200"))),
         login_lockout_max_s=float(_env("PERPLINE_LOGIN_LOCKOUT_MAX_S", "900")),
+        trusted_proxies=tuple(p.strip() for p in _env("PERPLINE_TRUSTED_PROXIES", "").split(",") if p.strip()),
     )
 
 

@@ -20,18 +20,19 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from perpline.api import errors
+from perpline.api import errors, ratelimit
+from perpline.api.clientip import Network
 from perpline.api.ratelimit import RateLimiter
 from perpline.api.readmodel import ReadModel
 from perpline.auth.registry import KeyRegistry
 from perpline.auth.signing import ReplayGuard
 from perpline.auth.throttle import HashPool, LoginLimiter
 from perpline.ch.client import get_client
-from perpline.config import producer_config
+from perpline.config import producer_config, settings
 from perpline.contracts import codec
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_trace_id
-from perpline.contracts.units import UnitError
+from perpline.contracts.units import UnitError, parse_uint
 
 log = logging.getLogger("perpline.api")
 
@@ -56,7 +57,8 @@ class ApiDeps:
     readmodel: ReadModel | None = None
     registry: KeyRegistry | None = None
     guard: ReplayGuard = field(default_factory=ReplayGuard)
-    limiter: RateLimiter = field(default_factory=RateLimiter)
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(*settings().rate_limits))
+    trusted_proxies: tuple[Network, ...] = ()  # whose X-Forwarded-For is believed (perpline.api.clientip)
     logins: LoginLimiter = field(default_factory=LoginLimiter)  # failed-login lockouts (perpline.auth.throttle)
     hashes: HashPool = field(default_factory=HashPool)  # scrypt, bounded
 
@@ -101,6 +103,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app = FastAPI(title="perpline", version="0.1.0", lifespan=lifespan,
                   description="A USDT-margined perpetual-futures exchange. Amounts are decimal strings.")
     app.state.deps = deps
+    app.state.trusted_proxies = deps.trusted_proxies
     app.add_exception_handler(PerplineError, errors.on_perpline_error)
     app.add_exception_handler(UnitError, errors.on_perpline_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
@@ -120,15 +123,22 @@ def create_app(deps: ApiDeps) -> FastAPI:
         """The web trading terminal (perpline/api/web: plain HTML, CSS and JavaScript, no build step)."""
         return FileResponse(WEB_DIR / "index.html")
 
+    app.state.route_costs = ratelimit.RouteCosts(app.routes)  # refuses to start with a route that has no weight
     return app
 
 
 async def _trace_and_measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     trace_id = new_trace_id()
     request.state.trace_id = trace_id
+    limited = ratelimit.admit(request)
+    if limited is not None:
+        return errors.error_response(request, int(Code.RATE_LIMITED), limited)
     refused = _size_refusal(request)
     if refused is not None:
         return errors.error_response(request, int(Code.REQUEST_TOO_LARGE), refused)
+    duplicate = _duplicate_refusal(request)
+    if duplicate is not None:
+        return errors.error_response(request, int(Code.DUPLICATE_PARAMETER), duplicate)
     started = time.perf_counter()
     response = await call_next(request)
     route = request.scope.get("route")
@@ -173,9 +183,22 @@ def _size_refusal(request: Request) -> str | None:
     if declared is None:
         chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
         return "a request body must declare its Content-Length" if chunked else None
-    if not declared.isdigit() or len(declared) > 12:
+    try:
+        length = parse_uint(declared, what="Content-Length")
+    except UnitError:
         return "Content-Length is not a number"
-    return f"body over {MAX_BODY_BYTES} bytes" if int(declared) > MAX_BODY_BYTES else None
+    return f"body over {MAX_BODY_BYTES} bytes" if length > MAX_BODY_BYTES else None
+
+
+def _duplicate_refusal(request: Request) -> str | None:
+    """A query parameter given twice is refused on every route (`symbol=A&symbol=B` must not mean B);
+    signed form bodies get the same rule in perpline.auth.signing.unique_params."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name in seen:
+            return f"parameter {name!r} given twice"
+        seen.add(name)
+    return None
 
 
 def metrics_response() -> Response:

@@ -17,13 +17,13 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 from fastapi import Request
 
 from perpline.auth import signing
 from perpline.auth.registry import MANAGE_KEYS, KeyRecord, KeyRegistry
 from perpline.contracts.codes import Code, PerplineError
+from perpline.contracts.units import UnitError, parse_uint
 
 API_KEY_HEADER = "x-mbx-apikey"
 MAX_ACCOUNT_ID = (1 << 30) - 1
@@ -99,7 +99,8 @@ async def _lookup(registry: KeyRegistry | None, api_key: str) -> KeyRecord | Non
 
 async def _signed_text(request: Request) -> signing.Signed:
     """The signature lives in the query (GET/DELETE, or a JSON body signed as query + body) or at
-    the end of a form body (POST/PUT, as ccxt sends them)."""
+    the end of a form body (POST/PUT, as ccxt sends them). A name in both the query and a form body
+    takes the query's value (Binance's documented rule); a name twice in either one is refused."""
     query = request.scope.get("query_string", b"").decode("latin-1")
     body = (await request.body()).decode("utf-8", "replace")
     try:
@@ -108,7 +109,7 @@ async def _signed_text(request: Request) -> signing.Signed:
             if not body:
                 return signed
             form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
-            params = {**signed.params, **(dict(parse_qsl(body, keep_blank_values=True)) if form else {})}
+            params = {**(signing.unique_params(body) if form else {}), **signed.params}
             return signing.Signed(signed.payload + body, signed.signature, params)
         return signing.split(body)
     except signing.SignatureError as err:
@@ -116,7 +117,7 @@ async def _signed_text(request: Request) -> signing.Signed:
 
 
 def header_account(request: Request) -> int:
-    raw = request.headers.get("x-account-id")
-    if raw is None or not raw.isdigit() or not 0 < int(raw) <= MAX_ACCOUNT_ID:
-        raise PerplineError(Code.UNAUTHORIZED, "a signed request (X-MBX-APIKEY) is required")
-    return int(raw)
+    try:
+        return parse_uint(request.headers.get("x-account-id"), what="X-Account-Id", minimum=1, maximum=MAX_ACCOUNT_ID)
+    except UnitError as err:
+        raise PerplineError(Code.UNAUTHORIZED, "a signed request (X-MBX-APIKEY) is required") from err

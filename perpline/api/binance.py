@@ -31,6 +31,7 @@ _ERRORS: dict[Code, tuple[int, str, int]] = {
     Code.BAD_ORDER_TYPE: (-1116, "Invalid orderType.", 400),
     Code.BAD_TIME_IN_FORCE: (-1115, "Invalid timeInForce.", 400),
     Code.MALFORMED: (-1102, "A mandatory parameter was not sent, was empty/null, or malformed.", 400),
+    Code.DUPLICATE_PARAMETER: (-1101, "Duplicate values for a parameter detected.", 400),
     Code.MISSING_FIELD: (-1102, "A mandatory parameter was not sent, was empty/null, or malformed.", 400),
     Code.UNKNOWN_ASSET: (-4007, "Invalid asset.", 400),
     Code.BAD_LEVERAGE: (-4028, "Leverage is not valid", 400),
@@ -75,7 +76,7 @@ def error(code: int, detail: str, inst: Instrument | None = None) -> tuple[int, 
                                                    400 if code < 5000 else 500))
     if "{min_notional}" in msg:
         msg = msg.format(min_notional=format_amount(inst.min_notional).rstrip("0").rstrip(".") if inst else "100")
-    if ours in (Code.MALFORMED, Code.MISSING_FIELD, Code.BAD_NUMBER) and detail:
+    if ours in (Code.MALFORMED, Code.MISSING_FIELD, Code.BAD_NUMBER, Code.DUPLICATE_PARAMETER) and detail:
         msg = f"{msg} ({detail})"
     return status, {"code": binance_code, "msg": msg}
 

@@ -20,19 +20,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from perpline.api import auth, binance, errors
+from perpline.api import auth, binance, errors, ratelimit
 from perpline.api.app import ApiDeps
 from perpline.api.v1 import amend_and_wait, band_reference, market_bound, wait_order_closed
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_request_id
 from perpline.contracts.instruments import Instrument, load_catalog
-from perpline.contracts.units import format_amount, format_rate, parse_amount
+from perpline.contracts.units import format_amount, format_rate, parse_amount, parse_uint
 from perpline.market.candles import INTERVALS_MS, DayStats
 from perpline.risk import formulas
 
 router = APIRouter(prefix="/fapi", tags=["binance usd-m"], responses=errors.documented(*errors.COMMON_ERRORS))
-CLIENT_ORDER_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+CLIENT_ORDER_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")  # fullmatch: `$` would take a final newline
 FUNDING_INTERVAL_MS = 8 * 3600 * 1000
 MAX_LIMIT = 1000
 
@@ -56,60 +56,34 @@ def _instrument(symbol: str | None) -> Instrument:
 
 
 def _limit(raw: str | None, default: int, maximum: int = MAX_LIMIT) -> int:
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise PerplineError(Code.BAD_NUMBER, f"limit must be 1..{maximum}")
-    return int(raw)
+    return default if raw is None else parse_uint(raw, what="limit", minimum=1, maximum=maximum)
 
 
 def _int_param(params: dict[str, str], name: str) -> int | None:
+    """An optional integer parameter (absent or empty: None), through the one strict parser."""
     raw = params.get(name)
-    if raw is None or raw == "":
-        return None
-    if not raw.lstrip("-").isdigit() or len(raw) > 20:
-        raise PerplineError(Code.BAD_NUMBER, name)
-    return int(raw)
+    return None if raw is None or raw == "" else parse_uint(raw, what=name)
 
 
-def _charge(request: Request, d: ApiDeps, weight: int, api_key: str | None = None, order: bool = False) -> None:
-    ip = request.client.host if request.client else "?"
-    checks = [("ip", ip, weight)] + ([("key", api_key, weight)] if api_key else [])
-    if order and api_key:
-        checks.append(("orders", api_key, 1))
-    for kind, who, cost in checks:
-        allowed, used, retry_s = d.limiter.charge(kind, who, cost)
-        request.state.used_weight = used if kind == "ip" else getattr(request.state, "used_weight", used)
-        if not allowed:
-            request.state.retry_after = retry_s
-            raise PerplineError(Code.RATE_LIMITED, f"{kind} limit of {d.limiter.limits[kind]} per minute reached")
-
-
-def _signed(permission: str, weight: int, order: bool = False) -> Callable[..., Any]:
+def _signed(permission: str) -> Callable[..., Any]:
+    """The caller of a signed route, charged its route's weight (perpline.api.ratelimit: the address
+    was charged before the request got here)."""
     async def dependency(request: Request) -> auth.Caller:
         d = _deps(request)
-        _charge(request, d, weight)
         caller = await auth.signed_caller(request, d.registry, d.guard, permission)
-        _charge(request, d, 0, caller.api_key, order=order)
+        ratelimit.charge_caller(request, caller.api_key or f"account:{caller.user_id}")
         return caller
 
     return dependency
 
 
-def _public(weight: int) -> Callable[..., Any]:
-    def dependency(request: Request) -> dict[str, str]:
-        _charge(request, _deps(request), weight)
-        return dict(request.query_params)
-
-    return dependency
+def _public(request: Request) -> dict[str, str]:
+    return dict(request.query_params)  # a name given twice was refused by the app's middleware
 
 
-Public = Annotated[dict[str, str], Depends(_public(1))]
-PublicHeavy = Annotated[dict[str, str], Depends(_public(2))]
-Read = Annotated[auth.Caller, Depends(_signed(auth.READ, 1))]
-ReadHeavy = Annotated[auth.Caller, Depends(_signed(auth.READ, 5))]
-Trade = Annotated[auth.Caller, Depends(_signed(auth.TRADE, 1))]
-PlaceOrder = Annotated[auth.Caller, Depends(_signed(auth.TRADE, 1, order=True))]
+Public = Annotated[dict[str, str], Depends(_public)]
+Read = Annotated[auth.Caller, Depends(_signed(auth.READ))]
+Trade = Annotated[auth.Caller, Depends(_signed(auth.TRADE))]
 
 
 def _meta(request: Request, rid: str) -> dict[str, Any]:
@@ -144,16 +118,17 @@ def server_time(_: Public) -> Any:
 
 
 @router.get("/v1/exchangeInfo")
-def exchange_info(_: Public) -> Any:
+def exchange_info(request: Request, _: Public) -> Any:
+    limits = _deps(request).limiter.limits
     return {"timezone": "UTC", "serverTime": _now_ms(), "futuresType": "U_MARGINED", "rateLimits": [
-        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
-        {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200}],
+        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limits["ip"]},
+        {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": limits["orders"]}],
         "exchangeFilters": [], "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
         "symbols": [binance.symbol_info(i) for i in load_catalog().instruments.values()]}
 
 
 @router.get("/v1/depth")
-def depth(request: Request, q: PublicHeavy) -> Any:
+def depth(request: Request, q: Public) -> Any:
     inst = _instrument(q.get("symbol"))
     d = _deps(request)
     assert d.readmodel is not None
@@ -169,7 +144,7 @@ def _trades(d: ApiDeps, inst: Instrument) -> list[m.Trade]:
 
 
 @router.get("/v1/aggTrades")
-def agg_trades(request: Request, q: PublicHeavy) -> Any:
+def agg_trades(request: Request, q: Public) -> Any:
     inst = _instrument(q.get("symbol"))
     trades = _in_window(_trades(_deps(request), inst), q)
     limit = _limit(q.get("limit"), 500)
@@ -178,7 +153,7 @@ def agg_trades(request: Request, q: PublicHeavy) -> Any:
 
 
 @router.get("/v1/trades")
-def recent_trades(request: Request, q: PublicHeavy) -> Any:
+def recent_trades(request: Request, q: Public) -> Any:
     inst = _instrument(q.get("symbol"))
     limit = _limit(q.get("limit"), 500)
     return [{"id": t.trade_id, "price": t.price, "qty": t.quantity,
@@ -263,12 +238,12 @@ def funding_rate(request: Request, q: Public) -> Any:
 
 
 @router.get("/v1/klines")
-def klines(request: Request, q: PublicHeavy) -> Any:
+def klines(request: Request, q: Public) -> Any:
     return _klines(_deps(request), q)
 
 
 @router.get("/v1/markPriceKlines")
-def mark_price_klines(request: Request, q: PublicHeavy) -> Any:
+def mark_price_klines(request: Request, q: Public) -> Any:
     return _klines(_deps(request), q, mark=True)
 
 
@@ -331,7 +306,7 @@ def _money(value: Decimal) -> str:
 
 @router.get("/v3/account")
 @router.get("/v2/account")
-def account(request: Request, caller: ReadHeavy) -> Any:
+def account(request: Request, caller: Read) -> Any:
     d = _deps(request)
     assert d.readmodel is not None
     view = d.readmodel.snapshot_account(caller.user_id)
@@ -362,7 +337,7 @@ def account(request: Request, caller: ReadHeavy) -> Any:
 
 @router.get("/v2/balance")
 @router.get("/v3/balance")
-def balance(request: Request, caller: ReadHeavy) -> Any:
+def balance(request: Request, caller: Read) -> Any:
     full = account(request, caller)
     return [{"accountAlias": "perpline", "asset": a["asset"], "balance": a["walletBalance"],
              "crossWalletBalance": a["crossWalletBalance"], "crossUnPnl": "0", "availableBalance": a["availableBalance"],
@@ -372,7 +347,7 @@ def balance(request: Request, caller: ReadHeavy) -> Any:
 
 @router.get("/v3/positionRisk")
 @router.get("/v2/positionRisk")
-def position_risk(request: Request, caller: ReadHeavy) -> Any:
+def position_risk(request: Request, caller: Read) -> Any:
     rows = _position_rows(_deps(request), caller.user_id)
     symbol = caller.params.get("symbol")
     if symbol:
@@ -390,7 +365,7 @@ def leverage_bracket(caller: Read) -> Any:
 
 
 @router.get("/v1/commissionRate")
-def commission_rate(caller: ReadHeavy) -> Any:
+def commission_rate(caller: Read) -> Any:
     inst = _instrument(caller.params.get("symbol"))
     return {"symbol": inst.binance_symbol, "makerCommissionRate": format_rate(inst.maker_fee_e8),
             "takerCommissionRate": format_rate(inst.taker_fee_e8)}
@@ -412,7 +387,7 @@ async def set_leverage(request: Request, caller: Trade) -> Any:
 
 
 @router.get("/v1/income")
-def income(request: Request, caller: ReadHeavy) -> Any:
+def income(request: Request, caller: Read) -> Any:
     """COMMISSION and REALIZED_PNL from the account's fills; FUNDING_FEE is empty until funding exists."""
     d = _deps(request)
     assert d.readmodel is not None
@@ -440,7 +415,7 @@ def income(request: Request, caller: ReadHeavy) -> Any:
 
 
 @router.post("/v1/order")
-async def new_order(request: Request, caller: PlaceOrder
+async def new_order(request: Request, caller: Trade
                     ) -> Any:
     d = _deps(request)
     assert d.readmodel is not None
@@ -462,7 +437,7 @@ async def new_order(request: Request, caller: PlaceOrder
     if order_type == "LIMIT" and not price:
         raise PerplineError(Code.MISSING_FIELD, "price")
     coid = p.get("newClientOrderId") or f"pl-{new_request_id()[:30]}"
-    if not CLIENT_ORDER_ID.match(coid):
+    if not CLIENT_ORDER_ID.fullmatch(coid):
         raise PerplineError(Code.MALFORMED, "newClientOrderId")
     if d.readmodel.find_client_order(caller.user_id, coid) is not None:
         raise PerplineError(Code.DUPLICATE_CLIENT_ORDER_ID, coid)
@@ -587,7 +562,7 @@ def open_orders(request: Request, caller: Read) -> Any:
 
 
 @router.get("/v1/allOrders")
-def all_orders(request: Request, caller: ReadHeavy) -> Any:
+def all_orders(request: Request, caller: Read) -> Any:
     d = _deps(request)
     assert d.readmodel is not None
     inst = _instrument(caller.params.get("symbol"))
@@ -602,7 +577,7 @@ def all_orders(request: Request, caller: ReadHeavy) -> Any:
 
 
 @router.get("/v1/userTrades")
-def user_trades(request: Request, caller: ReadHeavy) -> Any:
+def user_trades(request: Request, caller: Read) -> Any:
     d = _deps(request)
     assert d.readmodel is not None
     inst = _instrument(caller.params.get("symbol"))

@@ -7,6 +7,7 @@ import argparse
 import uvicorn
 
 from perpline.api.app import ApiDeps, create_app
+from perpline.api.clientip import trusted_networks
 from perpline.api.ratelimit import RateLimiter
 from perpline.auth.crypto import load_secret_key
 from perpline.auth.throttle import LoginLimiter
@@ -24,9 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     deps = ApiDeps(bootstrap=cfg.kafka_bootstrap, topics=topic_map(), wait_s=cfg.api_wait_ms / 1000,
                    clickhouse_url=cfg.clickhouse_url, secret_key=load_secret_key(cfg.data_dir, cfg.secret_key),
                    trust_account_header=cfg.trust_account_header, faucet=cfg.faucet,
-                   limiter=RateLimiter(*cfg.rate_limits), logins=LoginLimiter(max_lockout_s=cfg.login_lockout_max_s))
+                   limiter=RateLimiter(*cfg.rate_limits), logins=LoginLimiter(max_lockout_s=cfg.login_lockout_max_s),
+                   trusted_proxies=trusted_networks(cfg.trusted_proxies))
+    # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any loopback peer as the client's
+    # address; perpline.api.clientip.client_ip applies PERPLINE_TRUSTED_PROXIES, the one rule for it
     uvicorn.run(create_app(deps), host=args.host, port=args.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, proxy_headers=False)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@ from the trades the read model streamed) and rendered here in the native shape."
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
 from perpline.accounts import margin as mg
 from perpline.api import errors, fapi
+from perpline.api.v1 import STRICT_UINT
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.units import format_amount, parse_amount
 
@@ -18,8 +19,8 @@ INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
 
 @router.get("/candles")
 def candles(request: Request, symbol: str, interval: str = Query("1m", pattern="^(1m|5m|15m|1h|4h|1d)$"),
-            limit: int = Query(500, ge=1, le=1500), start_ms: int | None = Query(None, ge=0),
-            end_ms: int | None = Query(None, ge=0)) -> Any:
+            limit: Annotated[int, Query(ge=1, le=1500), STRICT_UINT] = 500, start_ms: Annotated[int | None, Query(ge=0), STRICT_UINT] = None,
+            end_ms: Annotated[int | None, Query(ge=0), STRICT_UINT] = None) -> Any:
     """OHLCV candles, oldest first: open time, open, high, low, close, volume (base), quote volume, trades."""
     inst = fapi._instrument(symbol)  # noqa: SLF001 (the one symbol lookup of the market endpoints)
     q = {"symbol": inst.symbol, "interval": interval, "limit": str(limit)}
@@ -41,8 +42,8 @@ def ticker(request: Request, symbol: str) -> Any:
 
 
 @router.get("/order-cost")
-def order_cost(request: Request, symbol: str, price: str = Query(max_length=64), leverage: int = Query(ge=1, le=1000),
-               quantity: str | None = Query(None, max_length=64), quote: str | None = Query(None, max_length=64)) -> Any:
+def order_cost(request: Request, symbol: str, leverage: Annotated[int, Query(ge=1, le=1000), STRICT_UINT],
+               price: str = Query(max_length=64), quantity: str | None = Query(None, max_length=64), quote: str | None = Query(None, max_length=64)) -> Any:
     """What an order would cost, by the accounts processor's own rules (perpline.accounts.margin): the
     quantity (given, or the most a `quote` amount buys at `price`, rounded down to the lot), notional,
     the initial margin and the taker fee it would freeze, and the instrument's filters it would fail."""

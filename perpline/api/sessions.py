@@ -23,13 +23,14 @@ from pydantic import BaseModel, Field, StrictStr
 
 from perpline.api import errors
 from perpline.api.app import ApiDeps
+from perpline.api.clientip import client_ip
 from perpline.auth import passwords, sessions, throttle
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_request_id
 
 router = APIRouter(prefix="/api/v1/auth", tags=["sessions"], responses=errors.documented(*errors.COMMON_ERRORS))
-LOGIN_RE = re.compile(r"^[A-Za-z0-9._@+-]{3,64}$")
+LOGIN_RE = re.compile(r"[A-Za-z0-9._@+-]{3,64}")  # fullmatch: `$` would take a final newline
 VISIBLE_S = 5.0  # how long to wait for this replica to see a record it just wrote
 UNKNOWN_SESSION_WAIT_S = 1.0  # a session started on another replica a moment ago may still be on its way
 _DUMMY_HASH = passwords.hash_password("not a password of anyone")
@@ -50,12 +51,6 @@ class Credentials(BaseModel):
 
 class RefreshBody(BaseModel):
     refresh_token: StrictStr = Field(min_length=10, max_length=256)
-
-
-def client_ip(request: Request) -> str:
-    """The caller's address for per-address login limits: the one place to swap in a trusted-proxy
-    (X-Forwarded-For) lookup."""
-    return request.client.host if request.client else "?"
 
 
 async def _hashed(request: Request, d: ApiDeps, fn: Any, *args: str) -> Any:
@@ -96,7 +91,7 @@ def _registry(d: ApiDeps) -> Any:
 @router.post("/signup")
 async def signup(body: Credentials, request: Request, d: Deps) -> Any:
     """A new user with a login and password (no money: deposits come from the wallet side)."""
-    if LOGIN_RE.match(body.login) is None:
+    if LOGIN_RE.fullmatch(body.login) is None:
         raise PerplineError(Code.MALFORMED, "login: 3 to 64 letters, digits or . _ @ + -")
     registry = _registry(d)
     if registry.login(body.login) is not None:

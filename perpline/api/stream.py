@@ -33,7 +33,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from perpline.api import sessions, v1
+from perpline.api import ratelimit, sessions, v1
 from perpline.contracts.codes import PerplineError
 from perpline.contracts.instruments import Instrument, load_catalog
 
@@ -67,6 +67,8 @@ def _changed_key(f: dict[str, Any]) -> tuple[Any, ...]:
 
 @router.websocket("/market/stream")
 async def stream(ws: WebSocket, symbol: str = "", levels: int = 10, trades: int = 16) -> None:
+    if not await ratelimit.admit_websocket(ws):
+        return
     inst = load_catalog().get(symbol)
     if inst is None or not (1 <= levels <= MAX_LEVELS and 1 <= trades <= MAX_TRADES):
         await ws.close(code=POLICY_VIOLATION, reason=f"a known symbol, levels 1..{MAX_LEVELS}, trades 1..{MAX_TRADES}")
@@ -103,6 +105,8 @@ def _account_key(f: dict[str, Any]) -> str:
 
 @router.websocket("/account/stream")
 async def account_stream(ws: WebSocket) -> None:
+    if not await ratelimit.admit_websocket(ws):
+        return
     async with _slot(ws) as accepted:
         if not accepted:
             return

@@ -25,9 +25,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StrictStr
+from pydantic import BaseModel, BeforeValidator, Field, StrictStr
 
-from perpline.api import auth, errors, sessions
+from perpline.api import auth, errors, ratelimit, sessions
 from perpline.api.app import ApiDeps
 from perpline.audit import Audit
 from perpline.auth.registry import PERMISSIONS, may_grant
@@ -35,12 +35,28 @@ from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import default_client_order_id, new_request_id
 from perpline.contracts.instruments import Instrument, load_catalog
-from perpline.contracts.units import format_amount, format_rate, parse_amount
+from perpline.contracts.units import UnitError, format_amount, format_rate, parse_amount, parse_uint
 from perpline.risk import formulas
 
 router = APIRouter(prefix="/api/v1", responses={
     **errors.documented(*errors.COMMON_ERRORS),
     202: {"model": errors.Pending, "description": "sent, no decision yet: poll GET /api/v1/requests/{request_id}"}})
+
+
+def _strict_uint(value: object) -> object:
+    """Integer parameters given as text (path, query, a quoted JSON number) go through the one strict
+    parser (ASCII digits only): pydantic alone would take ' 1', '1_0', '+1', '1.0' and true."""
+    if isinstance(value, bool):
+        raise ValueError("integer expected, not a boolean")
+    if isinstance(value, str):
+        try:
+            return parse_uint(value, what="integer")
+        except UnitError as err:
+            raise ValueError(err.msg) from err
+    return value
+
+
+STRICT_UINT = BeforeValidator(_strict_uint)  # Annotated[int, Query(...), STRICT_UINT]: keeps the schema's bounds
 
 
 def deps(request: Request) -> ApiDeps:
@@ -50,13 +66,19 @@ def deps(request: Request) -> ApiDeps:
 
 async def _identify(request: Request, permission: str) -> int:
     """A signed request (API key), a web session (Bearer JWT: every permission of its user) or, only
-    where trusted, a bare X-Account-Id."""
+    where trusted, a bare X-Account-Id; charged its route's weight and orders (perpline.api.ratelimit)
+    as the API key, or as the account for a session or header."""
     d = deps(request)
+    api_key: str | None = None
     if request.headers.get("authorization") is not None and request.headers.get(auth.API_KEY_HEADER) is None:
-        return (await sessions.bearer_claims(request, d)).user_id
-    if request.headers.get(auth.API_KEY_HEADER) is not None or not d.trust_account_header:
-        return (await auth.signed_caller(request, d.registry, d.guard, permission)).user_id
-    return auth.header_account(request)
+        user_id = (await sessions.bearer_claims(request, d)).user_id
+    elif request.headers.get(auth.API_KEY_HEADER) is not None or not d.trust_account_header:
+        caller = await auth.signed_caller(request, d.registry, d.guard, permission)
+        user_id, api_key = caller.user_id, caller.api_key
+    else:
+        user_id = auth.header_account(request)
+    ratelimit.charge_caller(request, api_key or f"account:{user_id}")
+    return user_id
 
 
 async def account_id(request: Request) -> int:
@@ -240,7 +262,7 @@ async def amend_and_wait(d: ApiDeps, request: Request, acct: int, inst: Instrume
 
 
 @router.put("/orders/{order_id}", tags=["trading"])
-async def amend_order(order_id: int, body: AmendBody, request: Request, acct: Account, d: Deps) -> Any:
+async def amend_order(order_id: Annotated[int, STRICT_UINT], body: AmendBody, request: Request, acct: Account, d: Deps) -> Any:
     inst = _instrument(body.symbol)
     assert d.readmodel is not None
     order = d.readmodel.find_order(acct, order_id)
@@ -250,7 +272,7 @@ async def amend_order(order_id: int, body: AmendBody, request: Request, acct: Ac
 
 
 @router.delete("/orders/{order_id}", tags=["trading"])
-async def cancel_order(order_id: int, symbol: str, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
+async def cancel_order(order_id: Annotated[int, STRICT_UINT], symbol: str, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
     inst = _instrument(symbol)
     cmd = m.CancelOrder(**_command_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, order_id=order_id)
     result = await _submit(d, request, acct, cmd, rid)
@@ -288,7 +310,7 @@ async def cancel_all(symbol: str, request: Request, acct: Account, rid: RequestI
 
 
 @router.get("/orders/{order_id}", tags=["trading"])
-def get_order(order_id: int, acct: Account, d: Deps) -> Any:
+def get_order(order_id: Annotated[int, STRICT_UINT], acct: Account, d: Deps) -> Any:
     assert d.readmodel is not None
     order = d.readmodel.find_order(acct, order_id)
     if order is None:
@@ -306,7 +328,7 @@ def list_orders(acct: Account, d: Deps, symbol: str | None = None, status: Liter
 
 class LeverageBody(BaseModel):
     symbol: StrictStr = Field(max_length=32)
-    leverage: int = Field(ge=1, le=1000)
+    leverage: Annotated[int, Field(ge=1, le=1000), STRICT_UINT]
 
 
 @router.post("/leverage", tags=["trading"])
@@ -367,7 +389,7 @@ def _position_json(d: ApiDeps, p: m.PositionChanged) -> dict[str, Any]:
 
 
 @router.get("/account/trades", tags=["account"])
-def my_trades(acct: Account, d: Deps, symbol: str | None = None, limit: int = Query(500, ge=1, le=1000)) -> Any:
+def my_trades(acct: Account, d: Deps, symbol: str | None = None, limit: Annotated[int, Query(ge=1, le=1000), STRICT_UINT] = 500) -> Any:
     assert d.readmodel is not None
     fills = [f for f in d.readmodel.snapshot_account(acct).fills if symbol is None or f.symbol == symbol]
     return [_strip(f) for f in fills[-limit:]]
@@ -377,7 +399,7 @@ MAX_JOURNALS = 1000
 
 
 @router.get("/account/journals", tags=["account"])
-def journals(acct: Account, d: Deps, ref_type: str | None = None, limit: int = Query(200, ge=1, le=MAX_JOURNALS)) -> Any:
+def journals(acct: Account, d: Deps, ref_type: str | None = None, limit: Annotated[int, Query(ge=1, le=MAX_JOURNALS), STRICT_UINT] = 200) -> Any:
     """The account's ledger postings from ClickHouse (history; the read models hold current state)."""
     client = d.clickhouse()
     where = "account_id = {a:UInt64}" + (" AND ref_type = {r:String}" if ref_type else "")
@@ -390,7 +412,7 @@ def journals(acct: Account, d: Deps, ref_type: str | None = None, limit: int = Q
 
 
 @router.get("/account/statement", tags=["account"])
-def statement(acct: Account, d: Deps, from_ms: int = Query(0, ge=0), to_ms: int = Query(2**62, ge=0),
+def statement(acct: Account, d: Deps, from_ms: Annotated[int, Query(ge=0), STRICT_UINT] = 0, to_ms: Annotated[int, Query(ge=0), STRICT_UINT] = 2**62,
               asset: str = Query("USDT", max_length=16)) -> Any:
     """Opening balance, every journal of the period with its running balance, closing balance (from the
     ledger; `agrees_with_ledger` checks the closing against the balance computed on its own)."""
@@ -401,7 +423,7 @@ def statement(acct: Account, d: Deps, from_ms: int = Query(0, ge=0), to_ms: int 
 
 
 @router.get("/account/ledger-view", tags=["account"])
-def ledger_view(acct: Account, d: Deps, at_ms: int | None = Query(None, ge=0)) -> Any:
+def ledger_view(acct: Account, d: Deps, at_ms: Annotated[int | None, Query(ge=0), STRICT_UINT] = None) -> Any:
     """The account at an instant, from the ledger alone: balances by kind, fees, funding, realised PnL,
     deposits, withdrawals and liquidation losses to date."""
     view = Audit(d.clickhouse()).account(acct, at_ms)
@@ -410,7 +432,7 @@ def ledger_view(acct: Account, d: Deps, at_ms: int | None = Query(None, ge=0)) -
 
 
 @router.get("/account/view", tags=["account"])
-def account_view(acct: Account, d: Deps, at_ms: int | None = Query(None, ge=0)) -> Any:
+def account_view(acct: Account, d: Deps, at_ms: Annotated[int | None, Query(ge=0), STRICT_UINT] = None) -> Any:
     """The full account at an instant (now by default) from ClickHouse: balances by kind, fees, funding,
     realised PnL; positions with entry, mark, unrealised PnL, margin and liquidation price; open orders."""
     view = Audit(d.clickhouse()).account_view(acct, at_ms)
@@ -447,7 +469,7 @@ def instruments() -> Any:
 
 
 @router.get("/market/depth", tags=["market"])
-def depth(symbol: str, d: Deps, limit: int = Query(20, ge=1, le=1000)) -> Any:
+def depth(symbol: str, d: Deps, limit: Annotated[int, Query(ge=1, le=1000), STRICT_UINT] = 20) -> Any:
     """A snapshot of the top `limit` levels as of matcher `seq`; follow it with /market/depth/updates."""
     inst = _instrument(symbol)
     assert d.readmodel is not None
@@ -457,7 +479,7 @@ def depth(symbol: str, d: Deps, limit: int = Query(20, ge=1, le=1000)) -> Any:
 
 
 @router.get("/market/depth/updates", tags=["market"])
-def depth_updates(symbol: str, after_seq: int, d: Deps) -> Any:
+def depth_updates(symbol: str, after_seq: Annotated[int, STRICT_UINT], d: Deps) -> Any:
     """Every level change after matcher seq `after_seq`, in order, as [seq, side, price, new quantity]
     (quantity "0.000": the level is gone), and the seq they bring the book to. Apply them to a snapshot
     taken at `after_seq`; the next call passes the returned seq. 409 when `after_seq` is too old (the
@@ -473,7 +495,7 @@ def depth_updates(symbol: str, after_seq: int, d: Deps) -> Any:
 
 
 @router.get("/market/trades", tags=["market"])
-def trades(symbol: str, d: Deps, limit: int = Query(100, ge=1, le=1000)) -> Any:
+def trades(symbol: str, d: Deps, limit: Annotated[int, Query(ge=1, le=1000), STRICT_UINT] = 100) -> Any:
     inst = _instrument(symbol)
     assert d.readmodel is not None
     return [{"trade_id": t.trade_id, "price": t.price, "quantity": t.quantity, "taker_side": t.taker_side,
@@ -493,7 +515,7 @@ def mark_price(symbol: str, d: Deps) -> Any:
 
 
 @router.get("/market/funding", tags=["market"])
-def funding_history(symbol: str, d: Deps, limit: int = Query(100, ge=1, le=1000)) -> Any:
+def funding_history(symbol: str, d: Deps, limit: Annotated[int, Query(ge=1, le=1000), STRICT_UINT] = 100) -> Any:
     """Settled funding rounds of a symbol, oldest first."""
     inst = _instrument(symbol)
     assert d.readmodel is not None
@@ -502,7 +524,7 @@ def funding_history(symbol: str, d: Deps, limit: int = Query(100, ge=1, le=1000)
 
 @router.get("/account/funding", tags=["account"])
 def account_funding(acct: Account, d: Deps, symbol: str | None = None,
-                    limit: int = Query(100, ge=1, le=1000)) -> Any:
+                    limit: Annotated[int, Query(ge=1, le=1000), STRICT_UINT] = 100) -> Any:
     """The caller's funding payments (amount: positive paid, negative received), oldest first."""
     assert d.readmodel is not None
     rows = [f for f in d.readmodel.snapshot_account(acct).funding if symbol is None or f.symbol == symbol]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from perpline.contracts.codes import Code
+from perpline.contracts.units import UnitError, parse_uint
 
 MAX_RECV_WINDOW_MS = 60_000
 DEFAULT_RECV_WINDOW_MS = 5_000
@@ -54,11 +55,22 @@ def split(raw: str) -> Signed:
             raise SignatureError(Code.BAD_SIGNATURE, "signature is missing")
     if "&" in signature or len(signature) != 64:
         raise SignatureError(Code.BAD_SIGNATURE, "Signature for this request is not valid.")
+    return Signed(head, signature.lower(), unique_params(head))
+
+
+def unique_params(text: str) -> dict[str, str]:
+    """The parameters of a query string or form body; a name given twice is refused (Binance -1101),
+    never silently resolved to one of its values."""
     try:
-        params = dict(parse_qsl(head, keep_blank_values=True, strict_parsing=bool(head)))
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
     except ValueError as exc:
         raise SignatureError(Code.MALFORMED, f"malformed parameters: {exc}") from exc
-    return Signed(head, signature.lower(), params)
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise SignatureError(Code.DUPLICATE_PARAMETER, f"parameter {name!r} given twice")
+        params[name] = value
+    return params
 
 
 def verify(secret: str, signed: Signed) -> None:
@@ -68,13 +80,13 @@ def verify(secret: str, signed: Signed) -> None:
 
 def check_time(params: dict[str, str], now_ms: int) -> None:
     """Binance's rule: refuse timestamp > now + 1 s or now - timestamp > recvWindow."""
+    if "timestamp" not in params:
+        raise SignatureError(Code.MISSING_FIELD, "timestamp is mandatory")
     try:
-        timestamp = int(params["timestamp"])
-        window = int(params.get("recvWindow", DEFAULT_RECV_WINDOW_MS))
-    except KeyError as exc:
-        raise SignatureError(Code.MISSING_FIELD, "timestamp is mandatory") from exc
-    except ValueError as exc:
-        raise SignatureError(Code.BAD_NUMBER, "timestamp and recvWindow must be integers") from exc
+        timestamp = parse_uint(params["timestamp"], what="timestamp")
+        window = parse_uint(params.get("recvWindow", str(DEFAULT_RECV_WINDOW_MS)), what="recvWindow")
+    except UnitError as exc:
+        raise SignatureError(exc.code, exc.msg) from exc
     if not 0 < window <= MAX_RECV_WINDOW_MS:
         raise SignatureError(Code.BAD_NUMBER, f"recvWindow must be 1..{MAX_RECV_WINDOW_MS}")
     if timestamp > now_ms + FUTURE_TOLERANCE_MS or now_ms - timestamp > window:

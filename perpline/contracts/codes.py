@@ -36,6 +36,7 @@ class Code(IntEnum):
     BAD_LEVERAGE = 1017
     MISSING_FIELD = 1018
     BAD_ACCOUNT = 1019
+    DUPLICATE_PARAMETER = 1020  # a parameter given twice in the query, or twice in the body
     # 2xxx accounts and risk
     INSUFFICIENT_BALANCE = 2001
     UNKNOWN_ORDER = 2002

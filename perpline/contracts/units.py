@@ -25,7 +25,9 @@ RATE_SCALE = 10**RATE_DECIMALS
 MAX_ABS_UNITS = 10**30
 MAX_INPUT_CHARS = 64
 
-_DECIMAL_RE = re.compile(r"^(-?)([0-9]+)(?:\.([0-9]+))?$")
+_DECIMAL_RE = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")  # always fullmatch: `$` would accept a final newline
+_UINT_RE = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() and int() also take '²', '١', ' 1', '1_0'
+MAX_UINT = 2**63 - 1
 
 
 class UnitError(ValueError):
@@ -43,7 +45,7 @@ def parse_fixed(text: str, decimals: int, *, allow_negative: bool = False, what:
         raise UnitError(Code.BAD_NUMBER, f"{what} must be a decimal string")
     if len(text) > MAX_INPUT_CHARS:
         raise UnitError(Code.BAD_NUMBER, f"{what} is too long")
-    match = _DECIMAL_RE.match(text)
+    match = _DECIMAL_RE.fullmatch(text)
     if match is None:
         raise UnitError(Code.BAD_NUMBER, f"{what} {text!r} is not a plain decimal number")
     sign, whole, frac = match.group(1), match.group(2), match.group(3) or ""
@@ -57,6 +59,20 @@ def parse_fixed(text: str, decimals: int, *, allow_negative: bool = False, what:
     if units > MAX_ABS_UNITS:
         raise UnitError(Code.NUMBER_TOO_LARGE, f"{what} {text!r} is too large")
     return -units if sign else units
+
+
+def parse_uint(text: str | None, *, what: str, minimum: int = 0, maximum: int = MAX_UINT) -> int:
+    """The one parser of integer parameters (ids, limits, times, leverage): ASCII digits only, no sign,
+    no spaces, within [minimum, maximum]. Empty or absent is MISSING_FIELD, anything else BAD_NUMBER
+    (Binance -1102 and -1100), so no input reaches int() unchecked."""
+    if text is None or text == "":
+        raise UnitError(Code.MISSING_FIELD, f"{what} is empty")
+    if not isinstance(text, str) or _UINT_RE.fullmatch(text) is None:
+        raise UnitError(Code.BAD_NUMBER, f"{what} must be ASCII digits")
+    value = int(text)
+    if not minimum <= value <= maximum:
+        raise UnitError(Code.BAD_NUMBER, f"{what} must be {minimum}..{maximum}")
+    return value
 
 
 def format_fixed(units: int, decimals: int) -> str:

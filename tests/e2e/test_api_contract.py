@@ -2,12 +2,22 @@
 whatever the input, no 5xx, the status code is one the schema documents, and the body matches it.
 
 The caller is identified by X-Account-Id (the embedded stack trusts it), so the trading and account
-endpoints run their real handlers rather than stopping at authentication."""
+endpoints run their real handlers rather than stopping at authentication.
+
+Then the input limits of issue 16 on the same stack: integer parameters that were 500s, duplicate
+parameters, the rate limits shared by /api/v1 and /fapi, and X-Forwarded-For from loopback."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import time
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -19,9 +29,14 @@ pytestmark = pytest.mark.e2e
 EXAMPLES = 12
 
 
+# Orders per caller per minute, lowered for the rate-limit test below: above the schemathesis run's order
+# placements (POST and PUT /orders, EXAMPLES each, from its own X-Account-Id caller) and far below the default.
+ORDERS_PER_MIN = 40
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from running_stack(tmp_path_factory)
+    yield from running_stack(tmp_path_factory, {"PERPLINE_RATE_LIMIT_ORDERS": str(ORDERS_PER_MIN)})
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +68,77 @@ def test_every_operation_keeps_its_contract(stack: Stack, user: int) -> None:
             failures[operation.label] = str(failure)[:1500]
     assert operations > 30
     assert not failures, "\n\n".join(f"{label}:\n{why}" for label, why in failures.items())
+
+
+def fapi(base: str, method: str, path: str, keys: dict[str, Any] | None, params: dict[str, str]) -> httpx.Response:
+    """A /fapi request; signed (timestamp + HMAC-SHA256, in the form body for POST) when keys are given."""
+    if keys is None:
+        return httpx.request(method, f"{base}{path}?{urlencode(params)}", timeout=30)
+    text = urlencode({**params, "timestamp": int(time.time() * 1000)})
+    text += "&signature=" + hmac.new(keys["api_secret"].encode(), text.encode(), hashlib.sha256).hexdigest()
+    headers = {"X-MBX-APIKEY": keys["api_key"]}
+    if method == "POST":
+        return httpx.post(base + path, content=text, timeout=30,
+                          headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
+    return httpx.request(method, f"{base}{path}?{text}", headers=headers, timeout=30)
+
+
+def native(base: str, method: str, path: str, keys: dict[str, Any], body: dict[str, Any] | None = None) -> httpx.Response:
+    """A signed /api/v1 request: timestamp and signature in the query, signed over query + JSON body."""
+    raw = json.dumps(body) if body is not None else ""
+    query = urlencode({"timestamp": int(time.time() * 1000)})
+    signature = hmac.new(keys["api_secret"].encode(), (query + raw).encode(), hashlib.sha256).hexdigest()
+    return httpx.request(method, f"{base}{path}?{query}&signature={signature}", content=raw or None, timeout=30,
+                         headers={"X-MBX-APIKEY": keys["api_key"], "Content-Type": "application/json"})
+
+
+@pytest.fixture(scope="module")
+def keys(stack: Stack) -> dict[str, Any]:
+    made = admin(stack, "create-user", "--deposit", "USDT=1000")
+    assert isinstance(made, dict)
+    return made
+
+
+def test_integers_that_were_500s_and_duplicates_get_binance_codes(stack: Stack, keys: dict[str, Any]) -> None:
+    cases = [("GET", "/fapi/v1/depth", None, {"symbol": "BTCUSDT", "limit": "²"}),
+             ("GET", "/fapi/v1/aggTrades", None, {"symbol": "BTCUSDT", "startTime": "--1"}),
+             ("POST", "/fapi/v1/leverage", keys, {"symbol": "BTCUSDT", "leverage": "--5"}),
+             ("POST", "/fapi/v1/leverage", keys, {"symbol": "BTCUSDT", "leverage": "²"}),
+             ("GET", "/fapi/v1/order", keys, {"symbol": "BTCUSDT", "orderId": "①"})]
+    for method, path, who, params in cases:
+        answer = fapi(stack.api, method, path, who, params)
+        assert (answer.status_code, answer.json()["code"]) == (400, -1100), (path, params, answer.text)
+    twice = httpx.get(f"{stack.api}/fapi/v1/depth?symbol=ETHUSDT&symbol=BTCUSDT", timeout=30)
+    assert (twice.status_code, twice.json()["code"]) == (400, -1101), twice.text
+
+
+def test_native_signed_calls_are_weighed_and_share_the_orders_limit_with_fapi(stack: Stack) -> None:
+    keys = admin(stack, "create-user", "--deposit", "USDT=1000")
+    assert isinstance(keys, dict)
+    read = native(stack.api, "GET", "/api/v1/account/balances", keys)
+    assert read.status_code == 200 and int(read.headers["X-MBX-USED-WEIGHT-1M"]) >= 1, read.headers
+    bad_order = {"symbol": "NOPE-PERP", "side": "BUY", "type": "LIMIT", "price": "1", "quantity": "1"}
+    statuses = []
+    for _ in range(2 * ORDERS_PER_MIN + 2):  # one window holds ORDERS_PER_MIN; a new minute may start midway
+        answer = native(stack.api, "POST", "/api/v1/orders", keys, bad_order)
+        statuses.append(answer.status_code)
+        if answer.status_code == 429:
+            break
+    assert statuses[-1] == 429 and len(statuses) - 1 <= ORDERS_PER_MIN and set(statuses[:-1]) == {400}, statuses
+    refused_at = time.time()
+    assert answer.json()["code"] == 6003 and 1 <= int(answer.headers["Retry-After"]) <= 60, answer.text
+    assert int(answer.headers["X-MBX-USED-WEIGHT-1M"]) >= len(statuses)
+    on_fapi = fapi(stack.api, "POST", "/fapi/v1/order", keys, {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT",
+                                                                "quantity": "0.010", "price": "1000"})
+    if int(time.time() // 60) == int(refused_at // 60):  # same window: the key's orders are used up on both APIs
+        assert (on_fapi.status_code, on_fapi.json()["code"]) == (429, -1003), on_fapi.text
+
+
+def test_x_forwarded_for_from_loopback_does_not_choose_the_bucket(stack: Stack) -> None:
+    for attempt in range(3):  # a minute boundary between the calls resets the counts: measure again
+        started = time.time()
+        used = [int(httpx.get(f"{stack.api}/fapi/v1/ping", headers={"X-Forwarded-For": f"10.{attempt}.0.{n}"},
+                              timeout=30).headers["X-MBX-USED-WEIGHT-1M"]) for n in range(1, 5)]
+        if int(time.time() // 60) == int(started // 60):
+            break
+    assert used == list(range(used[0], used[0] + 4)), used  # one bucket (the peer's), not one per forged address
