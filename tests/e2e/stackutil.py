@@ -104,41 +104,6 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory, extra_env: dict[str,
 
 
 
-def component_env(stack: Stack, module: str) -> dict[str, str]:
-    """The environment the stack gave its process running `module` (broker, data dir, flags, marker)."""
-    for pid in stack_pids(stack.marker):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if module in cmdline:
-                raw = Path(f"/proc/{pid}/environ").read_bytes()
-                return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
-        except OSError:
-            continue
-    raise AssertionError(f"no process of this stack runs {module}")
-
-
-def start_api_replica(stack: Stack, extra_env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen[str]]:
-    """Start another API process on the stack (same broker, data dir and settings as its API, another
-    free port) and wait until it is ready; returns its URL and process. It carries the stack's marker,
-    so the stack's teardown kills it if the test does not."""
-    port = free_port()
-    env = {**component_env(stack, "perpline.api.main"), "PERPLINE_METRICS_PORT": "0", **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "perpline.api.main", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"API replica exited with {proc.returncode}"
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return url, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("API replica not ready in 120 s")
-
-
 def kill_component(stack: Stack, module: str) -> str:
     """SIGKILL the stack's process running `module` (e.g. "perpline.pipelines.accounts"); returns the
     module, or "nothing" if no such process was running."""
@@ -154,19 +119,18 @@ def kill_component(stack: Stack, module: str) -> str:
 
 
 @contextlib.contextmanager
-def api_replica(stack: Stack) -> Iterator[str]:
+def api_replica(stack: Stack, extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """Another API process on the same stack, as Kubernetes runs 2-12 of them: the stack's own API
     command line and environment (read from /proc, so whatever the stack was started with) on a free
     port. Yields its base URL; stopped on exit (and with the stack, which it is marked as part of)."""
-    import httpx  # noqa: PLC0415
 
-    from perpline.stack.supervisor import free_port  # noqa: PLC0415
 
     argv, env = _component_command(stack, "perpline.api.main")
     port = free_port()
     argv[argv.index("--port") + 1] = str(port)
     host = argv[argv.index("--host") + 1]
-    proc = subprocess.Popen(argv, env={**env, "PERPLINE_METRICS_PORT": "0"}, stdout=subprocess.DEVNULL,
+    env = {**env, "PERPLINE_METRICS_PORT": "0", **(extra_env or {})}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://{host}:{port}"
     try:

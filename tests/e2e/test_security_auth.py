@@ -10,8 +10,6 @@ import functools
 import hashlib
 import hmac
 import json
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +18,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from stackutil import Stack, admin, running_stack, start_api_replica
+from stackutil import Stack, admin, api_replica, running_stack
 
 pytestmark = pytest.mark.e2e
 LOCKOUT_MAX_S = 2
@@ -34,13 +32,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def replicas(stack: Stack) -> Iterator[tuple[str, str]]:
-    url, proc = start_api_replica(stack)
-    yield stack.api, url
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with api_replica(stack) as url:
+        yield stack.api, url
 
 
 def signed_request(method: str, path: str, keys: dict[str, Any], body: dict | None = None) -> dict[str, Any]:
