@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import threading
@@ -13,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
@@ -22,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from perpline.api import errors, ratelimit
 from perpline.api.clientip import Network
+from perpline.api.publisher import Publisher
 from perpline.api.ratelimit import RateLimiter
 from perpline.api.readmodel import ReadModel
 from perpline.auth.registry import KeyRegistry
@@ -36,6 +35,7 @@ from perpline.contracts.units import UnitError, parse_uint
 
 log = logging.getLogger("perpline.api")
 
+SEND_TIMEOUT_S = 5.0  # a command's acknowledgement by the broker
 MAX_BODY_BYTES = 64 * 1024
 MAX_QUERY_BYTES = 8 * 1024
 WEB_DIR = Path(__file__).parent / "web"
@@ -53,7 +53,7 @@ class ApiDeps:
     secret_key: str = ""
     trust_account_header: bool = False
     faucet: bool = False
-    producer: Producer | None = None
+    publisher: Publisher | None = None
     readmodel: ReadModel | None = None
     registry: KeyRegistry | None = None
     guard: ReplayGuard = field(default_factory=ReplayGuard)
@@ -62,10 +62,10 @@ class ApiDeps:
     logins: LoginLimiter = field(default_factory=LoginLimiter)  # failed-login lockouts (perpline.auth.throttle)
     hashes: HashPool = field(default_factory=HashPool)  # scrypt, bounded
 
-    def publish(self, logical_topic: str, key: str, msg: object) -> None:
-        assert self.producer is not None
-        self.producer.produce(self.topics[logical_topic], key=key.encode(), value=codec.encode(msg))  # type: ignore[arg-type]
-        self.producer.poll(0)
+    async def send(self, logical_topic: str, key: str, msg: object, timeout_s: float = SEND_TIMEOUT_S) -> None:
+        """Publish one record and wait for the broker's acknowledgement of it (perpline.api.publisher)."""
+        assert self.publisher is not None
+        await self.publisher.send(self.topics[logical_topic], key.encode(), codec.encode(msg), timeout_s)  # type: ignore[arg-type]
 
     def clickhouse(self) -> Any:
         """A ClickHouse client for history reads (one per thread: clients are not thread-safe)."""
@@ -79,26 +79,17 @@ class ApiDeps:
                 raise PerplineError(Code.CLICKHOUSE_UNAVAILABLE, f"ClickHouse unreachable: {exc}") from exc
         return client
 
-    def flush(self, timeout_s: float = 5.0) -> None:
-        assert self.producer is not None
-        if self.producer.flush(timeout_s) > 0:
-            raise PerplineError(Code.BROKER_UNAVAILABLE, "the broker did not acknowledge the command in time")
-
-    async def flushed(self, timeout_s: float = 5.0) -> None:
-        """flush() off the event loop: a broker slow to acknowledge holds this request, not every request."""
-        await asyncio.to_thread(self.flush, timeout_s)
-
 
 def create_app(deps: ApiDeps) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        deps.producer = Producer(producer_config(deps.bootstrap))
+        deps.publisher = Publisher(producer_config(deps.bootstrap))
         deps.registry = KeyRegistry(deps.secret_key)
         deps.readmodel = ReadModel(deps.bootstrap, deps.topics, deps.registry)
         deps.readmodel.start()
         yield
         deps.readmodel.stop()
-        deps.producer.flush(5)
+        deps.publisher.close()
 
     app = FastAPI(title="perpline", version="0.1.0", lifespan=lifespan,
                   description="A USDT-margined perpetual-futures exchange. Amounts are decimal strings.")
@@ -130,6 +121,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
 async def _trace_and_measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     trace_id = new_trace_id()
     request.state.trace_id = trace_id
+    request.state.arrived = time.perf_counter()
     limited = ratelimit.admit(request)
     if limited is not None:
         return errors.error_response(request, int(Code.RATE_LIMITED), limited)

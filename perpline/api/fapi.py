@@ -92,9 +92,10 @@ def _meta(request: Request, rid: str) -> dict[str, Any]:
     return {"trace_id": request.state.trace_id, "causation_id": rid, "ts_ms": _now_ms(), **auth.one_use(request)}
 
 
-async def _submit(d: ApiDeps, acct: int, cmd: Any, rid: str) -> m.CommandResult:
-    d.publish("account.commands", str(acct), cmd)
-    await d.flushed()
+async def _submit(d: ApiDeps, acct: int, cmd: Any, rid: str, marks: dict[str, float] | None = None) -> m.CommandResult:
+    await d.send("account.commands", str(acct), cmd)
+    if marks is not None:
+        marks["sent"] = time.perf_counter()
     assert d.readmodel is not None
     result = await d.readmodel.wait_result(acct, rid, d.wait_s)
     if result is None:
@@ -447,21 +448,30 @@ async def new_order(request: Request, caller: Trade
     cmd = m.PlaceOrder(**_meta(request, rid), **fields, request_id=rid, account_id=caller.user_id, symbol=inst.symbol,
                        price=price, quantity=quantity, client_order_id=coid, reduce_only=reduce_only,
                        price_bound=market_bound(d, inst, order_type, side), band_reference=band_reference(d, inst))
-    started = time.perf_counter()
+    started, marks = time.perf_counter(), {}
     try:
-        result = await _submit(d, caller.user_id, cmd, rid)
+        result = await _submit(d, caller.user_id, cmd, rid, marks)
     except PerplineError as err:
         raise _with_instrument(err, inst) from err
     decided = time.perf_counter()
     assert result.order_id is not None
     await d.readmodel.wait_settled(caller.user_id, result.order_id, d.wait_s)
-    # where the time went: the accounts processor's decision, then matching and settlement to the views
-    request.state.stages = f"accounts={(decided - started) * 1000:.2f};settled={(time.perf_counter() - decided) * 1000:.2f}"
+    request.state.stages = stages_header(request, started, marks["sent"], decided, time.perf_counter())
     view = d.readmodel.find_order(caller.user_id, result.order_id)
     if view is None:
         raise PerplineError(Code.TIMEOUT, "order accepted; not visible yet")
     _raise_matcher_rejection(d, view)
     return binance.order(inst, view)
+
+
+def stages_header(request: Request, started: float, sent: float, decided: float, settled: float) -> str:
+    """Where an order's answer time went (X-Stage-Ms, in ms): `api` from the request's arrival to the
+    command's publication (auth, parsing, checks), `broker` until the broker acknowledged the command,
+    `accounts` until the accounts processor's decision was in the read model, `settled` until the
+    matcher's outcome and every fill were in the account views."""
+    arrived = getattr(request.state, "arrived", started)
+    return (f"api={(started - arrived) * 1000:.2f};broker={(sent - started) * 1000:.2f};"
+            f"accounts={(decided - sent) * 1000:.2f};settled={(settled - decided) * 1000:.2f}")
 
 
 def _with_instrument(err: PerplineError, inst: Instrument) -> PerplineError:

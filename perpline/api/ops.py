@@ -23,16 +23,16 @@ def healthz() -> Any:
 @router.get("/readyz", tags=["ops"])
 def readyz(request: Request) -> Any:
     d: ApiDeps = request.app.state.deps
-    checks = {"broker": d.producer is not None and _broker_ok(d),
+    checks = {"broker": d.publisher is not None and _broker_ok(d),
               "clickhouse": _clickhouse_ok(d),
               "readmodel_caught_up": d.readmodel is not None and d.readmodel.caught_up.is_set()}
     return JSONResponse({"ready": all(checks.values()), "checks": checks}, status_code=200 if all(checks.values()) else 503)
 
 
 def _broker_ok(d: ApiDeps) -> bool:
-    assert d.producer is not None
+    assert d.publisher is not None
     try:
-        d.producer.list_topics(timeout=2)
+        d.publisher.producer.list_topics(timeout=2)
         return True
     except Exception:  # noqa: BLE001 (any failure means not ready)
         return False

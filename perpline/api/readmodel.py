@@ -10,6 +10,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from copy import copy
 from dataclasses import dataclass, field
 from itertools import islice
@@ -38,7 +39,7 @@ MAX_FUNDING_ROUNDS = 1000  # per symbol
 POLL_BATCH = 500
 MAX_TRACKED_ORDERS = 200_000
 MAX_MAKERS_TRACKED = 1000
-SETTLE_POLL_S = 0.005
+MAX_WAKEUPS = 100_000  # requests waiting for the views to change (each one's future, re-armed per change)
 
 
 @dataclass
@@ -112,6 +113,8 @@ class ReadModel:
         # keyed by (account, request id): a request id (an Idempotency-Key) is the client's, unique per account only
         self._results: OrderedDict[tuple[int, str], m.CommandResult] = OrderedDict()
         self._waiters: dict[tuple[int, str], list[tuple[asyncio.AbstractEventLoop, asyncio.Future[m.CommandResult]]]] = {}
+        # requests waiting for any change of the views (settled, amended): woken after each applied batch
+        self._wakeups: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="readmodel", daemon=True)
         self.caught_up = threading.Event()
@@ -148,8 +151,11 @@ class ReadModel:
         names = {v: k for k, v in self._topics.items()}
         try:
             while not self._stop.is_set():
-                for msg in poll_batch(consumer, POLL_BATCH, 0.2):
+                batch = poll_batch(consumer, POLL_BATCH, 0.2)
+                for msg in batch:
                     self._on_message(msg, names)
+                if batch:
+                    self._wake_all()
         finally:
             self._lag.unwatch()
             consumer.close()
@@ -352,10 +358,8 @@ class ReadModel:
         """Wait until the matcher answered one more amend of the order and the views show it; returns
         the refusal code (0: applied)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while self.amends(order_id)[0] <= answered_before:
-            if asyncio.get_running_loop().time() >= deadline:
-                return -1
-            await asyncio.sleep(SETTLE_POLL_S)
+        if not await self.wait_until(lambda: self.amends(order_id)[0] > answered_before, timeout_s):
+            return -1
         await self.wait_settled(account_id, order_id, max(0.0, deadline - asyncio.get_running_loop().time()))
         return self.amends(order_id)[1]
 
@@ -375,12 +379,34 @@ class ReadModel:
             return None
 
     async def wait_settled(self, account_id: int, order_id: int, timeout_s: float) -> bool:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not self.settled(account_id, order_id):
-            if asyncio.get_running_loop().time() >= deadline:
+        return await self.wait_until(lambda: self.settled(account_id, order_id), timeout_s)
+
+    async def wait_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait, without polling, until `done()` holds: re-checked each time the read model has applied
+        a batch of events (a wakeup is armed before each check, so no change can slip between them)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            woken: asyncio.Future[None] = loop.create_future()
+            with self._lock:
+                armed = len(self._wakeups) < MAX_WAKEUPS
+                if armed:
+                    self._wakeups.append((loop, woken))
+            if done():
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 return False
-            await asyncio.sleep(SETTLE_POLL_S)
-        return True
+            try:  # a full wakeup list falls back to a short sleep (bounded memory, never a stuck request)
+                await asyncio.wait_for(woken, remaining) if armed else await asyncio.sleep(min(remaining, 0.005))
+            except TimeoutError:
+                return done()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            wakeups, self._wakeups = self._wakeups, []
+        for loop, woken in wakeups:
+            loop.call_soon_threadsafe(_wake, woken)
 
     # --- correlation ---------------------------------------------------------------------
     def _resolve(self, result: m.CommandResult) -> None:
@@ -486,6 +512,11 @@ class ReadModel:
                 return []
             newest = list(islice(reversed(book.trades), limit))  # the last `limit`, without copying the rest
         return newest[::-1]
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
 
 
 def _set_result(fut: asyncio.Future[m.CommandResult], result: m.CommandResult) -> None:

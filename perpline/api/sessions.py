@@ -12,7 +12,6 @@ on auth.keys starts a session, on every replica (perpline.auth.registry); the ot
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import re
 import time
@@ -73,13 +72,11 @@ def _meta(request: Request, cause: str) -> dict[str, Any]:
     return {"trace_id": request.state.trace_id, "causation_id": cause, "ts_ms": int(time.time() * 1000)}
 
 
-async def _until(done: Any, timeout_s: float = VISIBLE_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
+async def _until(d: ApiDeps, done: Any, timeout_s: float = VISIBLE_S) -> bool:
+    """Wait until this replica's registry shows what `done` looks for (woken as records are applied)."""
+    if d.readmodel is None:
+        raise PerplineError(Code.BROKER_UNAVAILABLE, "user registry not loaded")
+    return await d.readmodel.wait_until(done, timeout_s)
 
 
 def _registry(d: ApiDeps) -> Any:
@@ -98,10 +95,9 @@ async def signup(body: Credentials, request: Request, d: Deps) -> Any:
         raise PerplineError(Code.LOGIN_TAKEN, f"login {body.login!r} is taken")
     password_hash = await _hashed(request, d, passwords.hash_password, body.password)
     rid = new_request_id()
-    d.publish("auth.keys", "user", m.UserRegistered(**_meta(request, rid), request_id=rid, login=body.login,
+    await d.send("auth.keys", "user", m.UserRegistered(**_meta(request, rid), request_id=rid, login=body.login,
                                                     password_hash=password_hash, label=body.login))
-    await d.flushed()
-    if not await _until(lambda: rid in registry.registered):
+    if not await _until(d, lambda: rid in registry.registered):
         raise PerplineError(Code.TIMEOUT, "the registration was sent but is not visible yet; try logging in")
     user_id = registry.registered[rid]
     found = registry.login(body.login)
@@ -161,14 +157,13 @@ async def _start_session(request: Request, d: ApiDeps, user_id: int, replaces: s
     session_id = sessions.new_session_id()
     refresh_token = sessions.new_refresh_token(session_id)
     expires_ms = int(time.time() * 1000) + sessions.REFRESH_TTL_S * 1000
-    d.publish("auth.keys", str(user_id), m.SessionStarted(
+    await d.send("auth.keys", str(user_id), m.SessionStarted(
         **_meta(request, f"session:{session_id}"), session_id=session_id, user_id=user_id,
         refresh_hash=sessions.refresh_hash(refresh_token), expires_ms=expires_ms, replaces=replaces))
-    await d.flushed()
     registry = _registry(d)
     if not replaces:
-        await _until(lambda: registry.session(session_id) is not None)
-    elif not await _until(lambda: registry.session(session_id) is not None
+        await _until(d, lambda: registry.session(session_id) is not None)
+    elif not await _until(d, lambda: registry.session(session_id) is not None
                           or (old := registry.session(replaces)) is None or old.ended):
         raise PerplineError(Code.TIMEOUT, "the refresh was sent but is not decided yet; retry it")
     elif registry.session(session_id) is None:  # decided once the old session ended: ours started, or never will
@@ -179,11 +174,10 @@ async def _start_session(request: Request, d: ApiDeps, user_id: int, replaces: s
 
 
 async def _end_session(request: Request, d: ApiDeps, session_id: str, user_id: int) -> None:
-    d.publish("auth.keys", str(user_id), m.SessionEnded(**_meta(request, f"logout:{session_id}"), session_id=session_id,
+    await d.send("auth.keys", str(user_id), m.SessionEnded(**_meta(request, f"logout:{session_id}"), session_id=session_id,
                                                      user_id=user_id))
-    await d.flushed()
     registry = _registry(d)
-    await _until(lambda: (found := registry.session(session_id)) is None or found.ended)
+    await _until(d, lambda: (found := registry.session(session_id)) is None or found.ended)
 
 
 async def bearer_claims(request: Request, d: ApiDeps) -> sessions.Claims:
@@ -202,7 +196,7 @@ async def token_claims(d: ApiDeps, token: str) -> sessions.Claims:
     except sessions.TokenError as err:
         raise PerplineError(Code.BAD_TOKEN, str(err)) from err
     registry = _registry(d)
-    await _until(lambda: registry.session(claims.session_id) is not None, UNKNOWN_SESSION_WAIT_S)
+    await _until(d, lambda: registry.session(claims.session_id) is not None, UNKNOWN_SESSION_WAIT_S)
     session = registry.session(claims.session_id)
     if session is None or session.ended or session.user_id != claims.user_id:
         raise PerplineError(Code.BAD_TOKEN, "the session has ended; log in again")

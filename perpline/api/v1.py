@@ -15,7 +15,6 @@ it reached. An order without a client order id is named after its key, never aft
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from dataclasses import dataclass
@@ -130,8 +129,7 @@ def _command_meta(request: Request, rid: str) -> dict[str, Any]:
 
 async def _submit(d: ApiDeps, request: Request, acct: int, cmd: msgspec.Struct, rid: str) -> m.CommandResult | JSONResponse:
     """Publish a command and wait, bounded, for the accounts processor's decision."""
-    d.publish("account.commands", str(acct), cmd)
-    await d.flushed()
+    await d.send("account.commands", str(acct), cmd)
     assert d.readmodel is not None
     result = await d.readmodel.wait_result(acct, rid, d.wait_s)
     if result is None:
@@ -245,8 +243,7 @@ async def amend_and_wait(d: ApiDeps, request: Request, acct: int, inst: Instrume
     cmd = m.AmendOrder(**_command_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol,
                        order_id=order.order_id, price=price, quantity=quantity,
                        band_reference=band_reference(d, inst))
-    d.publish("account.commands", str(acct), cmd)
-    await d.flushed()
+    await d.send("account.commands", str(acct), cmd)
     result = await d.readmodel.wait_result(acct, rid, d.wait_s)
     if result is None:
         raise PerplineError(Code.TIMEOUT, "no decision on the amend in time")
@@ -287,13 +284,14 @@ async def cancel_order(order_id: Annotated[int, STRICT_UINT], symbol: str, reque
 async def wait_order_closed(d: ApiDeps, acct: int, order_id: int) -> m.OrderView | None:
     """The order once it reached a final status, within the API's bounded wait."""
     assert d.readmodel is not None
-    deadline = time.monotonic() + d.wait_s
-    while time.monotonic() < deadline:
-        order = d.readmodel.find_order(acct, order_id)
-        if order is not None and order.status in ("CANCELED", "FILLED", "EXPIRED", "REJECTED"):
-            return order
-        await asyncio.sleep(0.01)
-    return None
+    readmodel = d.readmodel
+
+    def closed() -> m.OrderView | None:
+        order = readmodel.find_order(acct, order_id)
+        return order if order is not None and order.status in ("CANCELED", "FILLED", "EXPIRED", "REJECTED") else None
+
+    await readmodel.wait_until(lambda: closed() is not None, d.wait_s)
+    return closed()
 
 
 @router.delete("/orders", tags=["trading"])
@@ -652,17 +650,14 @@ async def _decided(d: ApiDeps, request: Request, key: str, record: msgspec.Struc
     if registry is None:
         raise PerplineError(Code.BROKER_UNAVAILABLE, "key registry not loaded")
     if registry.nonce_winner(nonce) is None:
-        d.publish("auth.keys", key, record)
-        await d.flushed()
-        await _until(lambda: registry.nonce_winner(nonce) is not None)
+        await d.send("auth.keys", key, record)
+        await _until(d, lambda: registry.nonce_winner(nonce) is not None)
     if registry.nonce_winner(nonce) != request.state.trace_id:
         raise PerplineError(Code.REPLAYED_REQUEST, "this signed request was already received")
 
 
-async def _until(done: Any, timeout_s: float = KEY_VISIBLE_S) -> None:
+async def _until(d: ApiDeps, done: Any, timeout_s: float = KEY_VISIBLE_S) -> None:
     """Wait until this replica's registry shows a key change (other replicas follow within moments)."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            raise PerplineError(Code.TIMEOUT, "the key change is not visible yet; retry the read shortly")
-        await asyncio.sleep(0.02)
+    assert d.readmodel is not None
+    if not await d.readmodel.wait_until(done, timeout_s):
+        raise PerplineError(Code.TIMEOUT, "the key change is not visible yet; retry the read shortly")

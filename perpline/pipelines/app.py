@@ -73,7 +73,7 @@ class Malformed(Exception):
 
 def make_app(consumer_group: str, *, state_dir: Path | None = None, processing_guarantee: Guarantee = "exactly-once",
              auto_offset_reset: Literal["earliest", "latest"] = "earliest", dead_letter_source: str | None = None,
-             **overrides: Any) -> Application:
+             on_write_path: bool = True, **overrides: Any) -> Application:
     """A Quix Application for one processor, configured for Tansu and Redpanda alike.
 
     The consumer group (and so the transactional and changelog names) gets PERPLINE_TOPIC_PREFIX.
@@ -101,7 +101,7 @@ def make_app(consumer_group: str, *, state_dir: Path | None = None, processing_g
         "request_timeout": REQUEST_TIMEOUT_S,
         "topic_create_timeout": REQUEST_TIMEOUT_S,
     }
-    consumer_extra = {**_consumer_config(), **overrides.pop("consumer_extra_config", {})}
+    consumer_extra = {**_consumer_config(on_write_path), **overrides.pop("consumer_extra_config", {})}
     producer_extra = {**_producer_config(processing_guarantee), **overrides.pop("producer_extra_config", {})}
     if processing_guarantee == "exactly-once":
         producer_extra.setdefault("transactional.id", transactional_id(kwargs["consumer_group"]))
@@ -111,19 +111,20 @@ def make_app(consumer_group: str, *, state_dir: Path | None = None, processing_g
     return app
 
 
-def _consumer_config() -> dict[str, Any]:
-    # fetch_config: the same fetch wait as every other consumer (librdkafka's 500 ms default held each
-    # Quix hop ~200 ms on the embedded broker: an order's ack took 230 ms, 120 ms with it)
+def _consumer_config(on_write_path: bool) -> dict[str, Any]:
+    # fetch_config: a short fetch wait on the write path (librdkafka's 500 ms default held each Quix hop
+    # ~200 ms on the embedded broker), a longer one elsewhere (idle fetches cost the broker CPU)
     return {"session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
-            "isolation.level": "read_committed", **fetch_config()}
+            "isolation.level": "read_committed", **fetch_config(on_write_path)}
 
 
 def _producer_config(guarantee: Guarantee) -> dict[str, Any]:
     extra: dict[str, Any] = {"linger.ms": 1}  # Quix already uses murmur2, as perpline.config.producer_config
     if guarantee == "exactly-once":
         extra["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
-    else:  # needed on Tansu for at-least-once (DESIGN.md, known broker quirks)
-        extra["batch.num.messages"] = 1
+    else:  # idempotent: batches keep their order and are never duplicated by a retry (Tansu mishandled
+        # multi-record batches of a plain producer, which once needed batch.num.messages=1 here)
+        extra["enable.idempotence"] = True
     return extra
 
 

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("migrations applied", extra={"applied": applied})
     serve_metrics(args.metrics_port)
     io.DEAD_LETTERS.labels(SOURCE)  # exported from the start (at 0)
-    app = make_app("perpline-ledger-sink", processing_guarantee="at-least-once")
+    app = make_app("perpline-ledger-sink", processing_guarantee="at-least-once", on_write_path=False)
     build(app, url)
     ready_on_assign(app)
     export_lag(app)

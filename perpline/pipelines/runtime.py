@@ -14,7 +14,7 @@ from typing import Any
 
 from quixstreams import Application
 
-from perpline.config import settings
+from perpline.config import processing_guarantee, settings
 from perpline.obs import LagWatcher, clear_ready, mark_ready, serve_metrics, setup_logging
 from perpline.pipelines.app import make_app
 
@@ -64,7 +64,7 @@ def run_stateful(name: str, consumer_group: str, build: Callable[[Application], 
     args = parser.parse_args(argv)
     setup_logging(name)
     serve_metrics(args.metrics_port)
-    app = make_app(consumer_group, state_dir=args.state_dir)
+    app = make_app(consumer_group, state_dir=args.state_dir, processing_guarantee=processing_guarantee())
     build(app)
     ready_on_assign(app)
     export_lag(app)

@@ -77,7 +77,7 @@ class Risk:
         # (symbol, account, version) -> (attempt, sent ms, insurance-fund cover offered)
         self.sent: dict[tuple[str, int, int], tuple[int, int, int]] = {}
         self.consumer = Consumer(kafka_config(bootstrap, **{"group.id": "perpline-risk", "enable.auto.commit": False,
-                                                            "isolation.level": "read_committed", **fetch_config()}))
+                                                            "isolation.level": "read_committed", **fetch_config(on_write_path=False)}))
         self.producer = Producer(producer_config(bootstrap))
         self.stopping = StopFlag()
         self.lag = LagWatcher("perpline-risk")
