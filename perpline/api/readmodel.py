@@ -13,6 +13,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from copy import copy
 from dataclasses import dataclass, field
+from decimal import Decimal
 from itertools import islice
 from typing import Any
 
@@ -50,6 +51,10 @@ class AccountView:
     positions: dict[str, m.PositionChanged] = field(default_factory=dict)
     fills: deque[m.FillRecorded] = field(default_factory=lambda: deque(maxlen=MAX_CLOSED_ORDERS_PER_ACCOUNT))
     funding: deque[m.FundingApplied] = field(default_factory=lambda: deque(maxlen=MAX_FUNDING_PER_ACCOUNT))
+    # what the appended collections already hold: a redelivered event (at-least-once processors re-send
+    # what they produced since their last checkpoint after a crash) is applied once
+    fill_keys: set[tuple[str, int, int]] = field(default_factory=set)  # (symbol, trade id, order id)
+    funding_keys: set[tuple[str, int]] = field(default_factory=set)  # (symbol, funding time)
 
 
 @dataclass
@@ -207,22 +212,19 @@ class ReadModel:
             return
         view = self._view(ev.account_id)
         if isinstance(ev, m.BalanceChanged):
-            view.balances[ev.asset] = ev
+            known = view.balances.get(ev.asset)
+            if known is None or ev.version >= known.version:  # an older version is a redelivery
+                view.balances[ev.asset] = ev
         elif isinstance(ev, m.OrderChanged):
-            order = ev.order
-            if order.status in ("NEW", "PARTIALLY_FILLED"):
-                view.open_orders[order.order_id] = order
-            else:
-                view.open_orders.pop(order.order_id, None)
-                view.closed_orders[order.order_id] = order
-                while len(view.closed_orders) > MAX_CLOSED_ORDERS_PER_ACCOUNT:
-                    view.closed_orders.popitem(last=False)
+            _apply_order(view, ev.order)
         elif isinstance(ev, m.PositionChanged):
-            view.positions[ev.symbol] = ev
+            known_position = view.positions.get(ev.symbol)
+            if known_position is None or ev.version >= known_position.version:
+                view.positions[ev.symbol] = ev
         elif isinstance(ev, m.FillRecorded):
-            view.fills.append(ev)
+            _append_once(view.fills, view.fill_keys, (ev.symbol, ev.trade_id, ev.order_id), ev)
         elif isinstance(ev, m.FundingApplied):
-            view.funding.append(ev)
+            _append_once(view.funding, view.funding_keys, (ev.symbol, ev.funding_time_ms), ev)
 
     def _apply_price(self, ev: Any) -> None:
         with self._lock:
@@ -512,6 +514,42 @@ class ReadModel:
                 return []
             newest = list(islice(reversed(book.trades), limit))  # the last `limit`, without copying the rest
         return newest[::-1]
+
+
+def _apply_order(view: AccountView, order: m.OrderView) -> None:
+    """An order's latest state; a redelivered older state (open for an order already closed here, or
+    less filled than what is shown) is ignored, so a view never steps back. Timestamps do not order an
+    order's changes: a cancel is stamped by the API when sent, a fill may be applied before it."""
+    open_now = order.status in ("NEW", "PARTIALLY_FILLED")
+    if open_now:
+        if order.order_id in view.closed_orders:
+            return
+        shown = view.open_orders.get(order.order_id)
+        if shown is not None and Decimal(order.filled) < Decimal(shown.filled):
+            return
+    if open_now:
+        view.open_orders[order.order_id] = order
+        return
+    view.open_orders.pop(order.order_id, None)
+    view.closed_orders[order.order_id] = order
+    while len(view.closed_orders) > MAX_CLOSED_ORDERS_PER_ACCOUNT:
+        view.closed_orders.popitem(last=False)
+
+
+def _append_once(items: deque[Any], keys: set[Any], key: Any, item: Any) -> None:
+    """Append an event unless it is already held; the key set follows the bounded deque."""
+    if key in keys:
+        return
+    if items.maxlen is not None and len(items) == items.maxlen:
+        keys.discard(_key_of(items[0]))
+    items.append(item)
+    keys.add(key)
+
+
+def _key_of(item: Any) -> Any:
+    if isinstance(item, m.FillRecorded):
+        return (item.symbol, item.trade_id, item.order_id)
+    return (item.symbol, item.funding_time_ms)
 
 
 def _wake(woken: asyncio.Future[None]) -> None:

@@ -122,8 +122,10 @@ def _producer_config(guarantee: Guarantee) -> dict[str, Any]:
     extra: dict[str, Any] = {"linger.ms": 1}  # Quix already uses murmur2, as perpline.config.producer_config
     if guarantee == "exactly-once":
         extra["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
-    else:  # idempotent: batches keep their order and are never duplicated by a retry (Tansu mishandled
-        # multi-record batches of a plain producer, which once needed batch.num.messages=1 here)
+    else:  # one record per batch: after a multi-record batch Tansu reports a high watermark below the end
+        # of the partition, so Quix's recovery from a changelog would stop short of the last state writes
+        # (docs/broker-notes.md); idempotent, so a retried batch is never written twice
+        extra["batch.num.messages"] = 1
         extra["enable.idempotence"] = True
     return extra
 

@@ -45,3 +45,38 @@ def test_a_trace_shows_only_the_callers_rows() -> None:
             {"source": "matcher_events", "detail": '{"account_id":4}'}]
     assert own_trace_rows(rows, 4) == [rows[1], rows[3]]
     assert own_trace_rows(rows, 42) == [rows[0], rows[2]]
+
+
+def _order(order_id: int, status: str, filled: str) -> m.OrderView:
+    return m.OrderView(order_id=order_id, client_order_id=f"c{order_id}", account_id=7, symbol="BTCUSDT", side="BUY",
+                       order_type="LIMIT", time_in_force="GTC", price="50000", quantity="0.010", filled=filled,
+                       avg_price="50000", status=status, reduce_only=False, created_ms=1, updated_ms=1)  # type: ignore[arg-type]
+
+
+def _apply(model: ReadModel, *events: object) -> None:
+    with model._lock:  # noqa: SLF001 (the read model's own apply, without a broker)
+        for ev in events:
+            model._apply_account(ev)  # noqa: SLF001
+
+
+def test_redelivered_account_events_are_applied_once_and_never_step_back() -> None:
+    """At-least-once processors re-send what they produced since their last checkpoint after a crash:
+    the views must look as if each event came once."""
+    model = ReadModel("unused:1", {})
+    fill = m.FillRecorded(**META, account_id=7, symbol="BTCUSDT", trade_id=5, order_id=1, side="BUY", liquidity="TAKER",
+                          price="50000", quantity="0.004", fee="0.08", fee_asset="USDT", realized_pnl="0")
+    balance = {"account_id": 7, "asset": "USDT", "available": "1", "order_margin": "0", "position_margin": "0"}
+    new, partly, done = (m.OrderChanged(**META, account_id=7, order=_order(1, s, f))
+                         for s, f in (("NEW", "0"), ("PARTIALLY_FILLED", "0.004"), ("CANCELED", "0.004")))
+    first = [m.BalanceChanged(**META, **balance, wallet="100", version=1), new, fill, partly,
+             m.BalanceChanged(**META, **balance, wallet="99.92", version=2), done]
+    _apply(model, *first, *first[1:])  # the whole run, then its replay from the second event
+    view = model.snapshot_account(7)
+    assert [f.trade_id for f in view.fills] == [5]
+    assert view.balances["USDT"].wallet == "99.92" and view.open_orders == {}
+    assert view.closed_orders[1].status == "CANCELED"
+    _apply(model, partly)  # a late copy of an older open state: ignored
+    assert model.snapshot_account(7).open_orders == {}
+    model2 = ReadModel("unused:1", {})
+    _apply(model2, new, partly, new)  # an older, less filled open state: ignored
+    assert model2.snapshot_account(7).open_orders[1].filled == "0.004"
