@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,21 +36,15 @@ from bench.api import pct, signed, start_stack
 
 USER_DEPOSIT = "USDT=1000000"
 MAX_PAIRS = 256
-ADMIN_WORKERS = 8
 
 
 def make_users(count: int, kafka: str, data_dir: str) -> list[dict[str, Any]]:
-    """`count` funded users, `ADMIN_WORKERS` `perpline admin` processes at a time."""
+    """`count` funded users from one `perpline admin create-user --count` process."""
     env = {**os.environ, "PERPLINE_KAFKA_BOOTSTRAP": kafka, "PERPLINE_DATA_DIR": data_dir}
-
-    def one(_: int) -> dict[str, Any]:
-        made = subprocess.run([sys.executable, "-m", "perpline.cli", "admin", "create-user", "--deposit", USER_DEPOSIT],
-                              env=env, capture_output=True, text=True, check=True, timeout=180)
-        user: dict[str, Any] = json.loads(made.stdout)
-        return user
-
-    with ThreadPoolExecutor(ADMIN_WORKERS) as pool:
-        return list(pool.map(one, range(count)))
+    made = subprocess.run([sys.executable, "-m", "perpline.cli", "admin", "create-user", "--count", str(count),
+                           "--deposit", USER_DEPOSIT], env=env, capture_output=True, text=True, check=True, timeout=300)
+    users: list[dict[str, Any]] = json.loads(made.stdout) if count > 1 else [json.loads(made.stdout)]
+    return users
 
 
 def mark_ticks(api: str) -> Decimal:

@@ -34,6 +34,7 @@ from perpline.contracts import messages as m
 from perpline.contracts.ids import new_request_id, new_trace_id
 
 WAIT_S = 30.0
+MAX_USERS_AT_ONCE = 10_000
 
 
 class Admin:
@@ -65,12 +66,40 @@ class Admin:
         return offsets[0]
 
     def create_user(self, label: str, permissions: list[str], deposits: list[tuple[str, str]]) -> dict[str, Any]:
+        return self.create_users(1, label, permissions, deposits)[0]
+
+    def create_users(self, count: int, label: str, permissions: list[str],
+                     deposits: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """`count` users, each with a key and the deposits: one process, one results consumer, every
+        deposit sent before any decision is awaited (a user a process cost over a second)."""
+        assert 1 <= count <= MAX_USERS_AT_ONCE, f"1..{MAX_USERS_AT_ONCE} users at once"
+        consumer = _results_consumer(self.bootstrap, self.topics["account.events"]) if deposits else None
+        try:
+            users, pending = [], []
+            for _ in range(count):
+                rid = new_request_id()
+                offset = self._produce("auth.keys", "user", m.UserRegistered(**self._meta(rid), request_id=rid,
+                                                                             label=label))
+                user_id = USER_ID_BASE + offset
+                users.append({"user_id": user_id, **self.create_key(user_id, permissions, label), "deposits": []})
+                for asset, amount in deposits:
+                    pending.append((users[-1], asset, amount, self._send_deposit(user_id, asset, amount)))
+            if consumer is not None:
+                results = _wait_results(consumer, {rid for *_, rid in pending})
+                for user, asset, amount, rid in pending:
+                    if not results[rid].ok:
+                        raise SystemExit(f"deposit refused: {results[rid].code} {results[rid].msg}")
+                    user["deposits"].append({"asset": asset, "amount": amount, "request_id": rid})
+            return users
+        finally:
+            if consumer is not None:
+                consumer.close()
+
+    def _send_deposit(self, user_id: int, asset: str, amount: str) -> str:
         rid = new_request_id()
-        offset = self._produce("auth.keys", "user", m.UserRegistered(**self._meta(rid), request_id=rid, label=label))
-        user_id = USER_ID_BASE + offset
-        key = self.create_key(user_id, permissions, label)
-        done = [self.deposit(user_id, asset, amount) for asset, amount in deposits]
-        return {"user_id": user_id, **key, "deposits": done}
+        self._produce("account.commands", str(user_id), m.Deposit(**self._meta(rid), request_id=rid,
+                                                                  account_id=user_id, asset=asset, amount=amount))
+        return rid
 
     def create_key(self, user_id: int, permissions: list[str], label: str) -> dict[str, Any]:
         api_key, secret = crypto.new_api_key(), crypto.new_api_secret()
@@ -99,12 +128,10 @@ class Admin:
         return {"api_key": api_key, "revoked": True}
 
     def deposit(self, user_id: int, asset: str, amount: str) -> dict[str, Any]:
-        rid = new_request_id()
         consumer = _results_consumer(self.bootstrap, self.topics["account.events"])
         try:
-            self._produce("account.commands", str(user_id), m.Deposit(
-                **self._meta(rid), request_id=rid, account_id=user_id, asset=asset, amount=amount))
-            result = _wait_result(consumer, rid)
+            rid = self._send_deposit(user_id, asset, amount)
+            result = _wait_results(consumer, {rid})[rid]
         finally:
             consumer.close()
         if not result.ok:
@@ -125,16 +152,20 @@ def _results_consumer(bootstrap: str, topic: str) -> Consumer:
     return consumer
 
 
-def _wait_result(consumer: Consumer, request_id: str) -> m.CommandResult:
+def _wait_results(consumer: Consumer, request_ids: set[str]) -> dict[str, m.CommandResult]:
+    found: dict[str, m.CommandResult] = {}
     deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and len(found) < len(request_ids):
         for msg in consumer.consume(500, timeout=0.2):
             if msg.error() is not None:
                 continue
             event = codec.decode("account.events", msg.value())
-            if isinstance(event, m.CommandResult) and event.request_id == request_id:
-                return event
-    raise SystemExit(f"no decision for request {request_id} within {WAIT_S:.0f} s (is the accounts processor up?)")
+            if isinstance(event, m.CommandResult) and event.request_id in request_ids:
+                found.setdefault(event.request_id, event)
+    if len(found) < len(request_ids):
+        raise SystemExit(f"no decision for {len(request_ids) - len(found)} request(s) within {WAIT_S:.0f} s "
+                         "(is the accounts processor up?)")
+    return found
 
 
 def _read_all(bootstrap: str, topic: str) -> list[tuple[int, bytes]]:
@@ -179,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     cu.add_argument("--label", default="")
     cu.add_argument("--permissions", type=_permissions, default=list(PERMISSIONS))
     cu.add_argument("--deposit", type=_asset_amount, action="append", default=[])
+    cu.add_argument("--count", type=int, default=1, help=f"users to make (1..{MAX_USERS_AT_ONCE}); more than one: "
+                    "a JSON list")
     ck = sub.add_parser("create-key")
     ck.add_argument("--user", type=int, required=True)
     ck.add_argument("--permissions", type=_permissions, default=["read", "trade"])
@@ -198,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     admin = Admin()
     if args.cmd == "create-user":
-        out: Any = admin.create_user(args.label, args.permissions, args.deposit)
+        made = admin.create_users(args.count, args.label, args.permissions, args.deposit)
+        out: Any = made[0] if args.count == 1 else made
     elif args.cmd == "create-key":
         out = {"user_id": args.user, **admin.create_key(args.user, args.permissions, args.label)}
     elif args.cmd == "list-keys":

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from stackutil import Stack, running_stack, stack_pids
+from stackutil import Stack, admin, running_stack, stack_pids
 
 from perpline.ch.client import get_client
 
@@ -216,6 +216,16 @@ def test_killed_matcher_and_accounts_recover_and_balances_stay_exact(stack: Stac
     per_account = dict(ch.query("SELECT account_id, -sum(amount) FROM ledger_postings FINAL "
                                 "WHERE startsWith(ledger_account, 'user:') GROUP BY account_id").result_rows)
     assert per_account == {buyer: Decimal("9996.2475"), seller: Decimal("9998.499")}
+
+
+def test_admin_makes_many_funded_users_in_one_process(stack: Stack) -> None:
+    made = admin(stack, "create-user", "--count", "3", "--deposit", "USDT=250.5", "--deposit", "USDT=0.5")
+    assert isinstance(made, list) and len({u["user_id"] for u in made}) == 3
+    for user in made:
+        assert [(d["asset"], d["amount"]) for d in user["deposits"]] == [("USDT", "250.5"), ("USDT", "0.5")]
+        assert user["api_key"] and user["api_secret"] and "manage_keys" in user["permissions"]
+        balances = {b["asset"]: b for b in _get(stack.api, "/api/v1/account/balances", user["user_id"]).json()}
+        assert Decimal(balances["USDT"]["wallet"]) == Decimal("251"), balances
 
 
 def test_stop_leaves_no_process(stack: Stack) -> None:
