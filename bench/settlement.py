@@ -5,13 +5,20 @@ each next to a baseline measured in the same run. Prints one JSON object; nothin
 
 1. `account.commands` is preloaded: per account one deposit, then `--orders` limit orders, then a
    full taker fill leg for each of them (order ids are deterministic, so the legs are known ahead).
-2. The accounts processor (exactly-once, state per account) consumes all of it: commands/s and
+2. The accounts processor, run as the stack runs it (`python -m perpline.pipelines.accounts`: run_stateful's
+   settings, PERPLINE_PROCESSING_GUARANTEE, at-least-once by default), consumes all of it: commands/s and
    settlement legs/s, from ready until its committed offsets reach the end of the topic.
-3. Baseline: a pass-through Quix processor (same app settings, exactly-once, no state) over the same
-   topic to a scratch topic: commands/s. Ratio = accounts / pass-through.
+3. Baseline: a pass-through Quix processor (same make_app settings and the same guarantee, so the same
+   one-record batches under at-least-once; no state) over the same topic to a scratch topic: commands/s.
+   Ratio = accounts / pass-through. On the embedded broker both are bound by the records they produce
+   (one-record batches cost the broker about the same whatever their partition): the pass-through
+   produces one per command, the accounts processor about six (README, "Settlement benchmark").
 4. The ledger sink loads what the accounts processor journaled into ClickHouse: posting rows/s until
-   every row is there. Baseline: the same rows in one bulk insert with clickhouse-connect into a
-   table of the same schema. Ratio = sink / direct.
+   every distinct (journal_id, posting_index) row read from ledger.entries is there (a journal read twice
+   is one row in the ReplacingMergeTree). A sink that stops making progress for STALL_S, or exits, ends
+   the phase with a diagnosis (which partitions and offsets are missing, the sink's log) instead of a hang.
+   Baseline: the same rows in one bulk insert with clickhouse-connect into a table of the same schema.
+   Ratio = sink / direct.
 """
 
 from __future__ import annotations
@@ -97,8 +104,10 @@ def _wait_committed(bootstrap: str, group: str, ends: list[TopicPartition], star
 
 
 def _run(argv: list[str], env: dict[str, str], ready: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env={**env, "PERPLINE_READY_FILE": str(ready)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Start a processor, its output in <ready>.log (read back when a phase does not finish)."""
+    with ready.with_suffix(".log").open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env={**env, "PERPLINE_READY_FILE": str(ready)},
+                                stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not ready.exists():
         assert proc.poll() is None and time.monotonic() < deadline, f"{argv[2]} did not start"
@@ -115,10 +124,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 PASSTHROUGH = """
+from perpline.config import processing_guarantee
 from perpline.pipelines import io
 from perpline.pipelines.app import make_app
 from perpline.pipelines.runtime import ready_on_assign
-app = make_app("bench-passthrough")
+app = make_app("bench-passthrough", processing_guarantee=processing_guarantee())
 out = app.topic("bench.passthrough", value_serializer="bytes", key_serializer="str")
 app.dataframe(io.input_topic(app, "account.commands")).to_topic(out)
 ready_on_assign(app)
@@ -145,6 +155,48 @@ def journals(bootstrap: str, topic: str, count_hint: int) -> list[list[Any]]:
     consumer.close()
     assert rows, "no journals"
     return rows
+
+
+STALL_S = 60.0
+
+
+def _wait_rows(client: Any, want: int, started: float, sink: subprocess.Popen[bytes]) -> float | None:
+    """Seconds until ledger_postings holds `want` distinct rows, or None once it has not grown for STALL_S
+    or the sink has exited (its output went nowhere before, so a sink that died looked like a slow one)."""
+    last, grew = -1, time.monotonic()
+    while sink.poll() is None:
+        have = client.query("SELECT count() FROM ledger_postings FINAL").result_rows[0][0]
+        if have >= want:
+            return time.monotonic() - started
+        if have != last:
+            last, grew = have, time.monotonic()
+        if time.monotonic() - grew > STALL_S or time.monotonic() - started > TIMEOUT_S:
+            return None
+        time.sleep(0.05)
+    return None
+
+
+def _diagnose(client: Any, rows: list[list[Any]]) -> dict[str, Any]:
+    """Where the missing rows are: per source partition, how many and which offsets the journals have and the
+    table has; the missing by ref_type; and whether the table has rows the journals do not (duplicates)."""
+    have = {(r[0], r[1]) for r in client.query("SELECT journal_id, posting_index FROM ledger_postings").result_rows}
+    missing = [r for r in rows if (r[0], r[1]) not in have]
+    by_part: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        part = by_part.setdefault(r[12], {"rows": 0, "missing": 0, "min_missing_offset": None, "max_offset": 0})
+        part["rows"] += 1
+        part["max_offset"] = max(part["max_offset"], r[13])
+    for r in missing:
+        part = by_part[r[12]]
+        part["missing"] += 1
+        low = part["min_missing_offset"]
+        part["min_missing_offset"] = r[13] if low is None else min(low, r[13])
+    table = client.query("SELECT count(), uniqExact(journal_id, posting_index) FROM ledger_postings").result_rows[0]
+    ref_types: dict[str, int] = {}
+    for r in missing:
+        ref_types[r[2]] = ref_types.get(r[2], 0) + 1
+    return {"table_rows": table[0], "table_distinct": table[1], "missing": len(missing), "missing_by_ref_type": ref_types,
+            "partitions": {p: v for p, v in sorted(by_part.items()) if v["missing"]}}
 
 
 def main() -> None:
@@ -176,15 +228,18 @@ def main() -> None:
             _stop(proc)
 
             rows = journals(bootstrap, "ledger.entries", legs)
+            keys = {(r[0], r[1]) for r in rows}
             wait_ready(url, timeout_s=60)
             proc = _run([sys.executable, "-m", "perpline.pipelines.ledger_sink"], env, Path(tmp) / "sink.ready")
             client = get_client(url)
             started = time.monotonic()
-            while client.query("SELECT count() FROM ledger_postings FINAL").result_rows[0][0] < len(rows):
-                assert time.monotonic() - started < TIMEOUT_S, "sink did not finish"
-                time.sleep(0.05)
-            sink_s = time.monotonic() - started
+            sink_s = _wait_rows(client, len(keys), started, proc)
             _stop(proc)
+            if sink_s is None:
+                print(json.dumps({"rows_read": len(rows), "distinct_keys": len(keys), "sink_exit": proc.returncode,
+                                  "diagnosis": _diagnose(client, rows),
+                                  "sink_log_tail": (Path(tmp) / "sink.log").read_text(errors="replace")[-3000:]}),
+                      flush=True)
 
             client.command("CREATE TABLE bench_postings AS ledger_postings")
             started = time.monotonic()
@@ -197,11 +252,12 @@ def main() -> None:
             broker.wait(30)
     n = len(items)
     print(json.dumps({
-        "commands": n, "settlement_legs": legs, "posting_rows": len(rows),
+        "commands": n, "settlement_legs": legs, "posting_rows": len(keys), "posting_rows_read_twice": len(rows) - len(keys),
         "accounts_commands_per_s": round(n / accounts_s), "accounts_legs_per_s": round(legs / accounts_s),
         "passthrough_commands_per_s": round(n / pass_s), "accounts_vs_passthrough": round(pass_s / accounts_s, 2),
-        "sink_rows_per_s": round(len(rows) / sink_s), "direct_insert_rows_per_s": round(len(rows) / direct_s),
-        "sink_vs_direct": round(direct_s / sink_s, 2)}))
+        "sink_rows_per_s": round(len(rows) / sink_s) if sink_s else "stalled",
+        "direct_insert_rows_per_s": round(len(rows) / direct_s),
+        "sink_vs_direct": round(direct_s / sink_s, 2) if sink_s else None}))
 
 
 if __name__ == "__main__":

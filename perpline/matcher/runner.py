@@ -35,6 +35,7 @@ from perpline.config import fetch_config, kafka_config, producer_config, setting
 from perpline.consume import poll_batch
 from perpline.contracts import codec
 from perpline.contracts import messages as m
+from perpline.contracts.dead_letters import dead_letter
 from perpline.contracts.instruments import load_catalog
 from perpline.contracts.units import UnitError
 from perpline.matcher import convert, snapshot
@@ -249,9 +250,7 @@ class Matcher:
         log.error("malformed input to dead.letters", extra={"partition": pos["p"], "offset": pos["o"], "error": error})
         if not hasattr(self, "producer"):
             return  # during recovery: it was dead-lettered when first seen
-        letter = m.DeadLetter(trace_id="", causation_id=f"orders:{pos['p']}:{pos['o']}", ts_ms=int(time.time() * 1000),
-                              source="matcher", topic=self.topics["orders"], partition=pos["p"], offset=pos["o"],
-                              error=error[:1000], payload=raw[:10000].decode("utf-8", "replace"))
+        letter = dead_letter("matcher", self.topics["orders"], pos["p"], pos["o"], raw, error)
         self.producer.produce(self.topics["dead.letters"], key=b"matcher", value=codec.encode(letter))
 
     def _publish(self, out: list[tuple[str, list[Any]]]) -> None:

@@ -1,15 +1,10 @@
-"""The one Quix Streams Application factory, topic helper and dead-letter routing.
+"""The one Quix Streams Application factory, and its error callbacks.
 
-    app = make_app("perpline-risk", state_dir=...)     # broker from PERPLINE_KAFKA_BOOTSTRAP
-    sdf = app.dataframe(topic(app, topics.POSITIONS))  # a topic of topics.yaml, JSON values
-    ... raise Malformed("why") in a step -> the input goes to dead.letters, processing goes on
+    app = make_app("perpline-accounts", state_dir=...)        # broker from PERPLINE_KAFKA_BOOTSTRAP
+    sdf = app.dataframe(io.input_topic(app, "account.commands"))  # topic handles: perpline.pipelines.io
 
 What the embedded broker (Tansu) needs, kept here in one place (docs/broker-notes.md):
-- our topics exist before a processor starts (created from topics.yaml by the broker
-  launcher or `perpline up`); `topic()` refuses a missing one instead of letting Quix
-  create it with defaults. Quix still creates its own changelog topics: they inherit
-  retention.ms / retention.bytes from the input topic's configs, which Quix reads from
-  the broker (KeyError 'retention.ms' if a topic was created without them).
+- our topics exist before a processor starts: perpline.pipelines.io refuses a missing one;
 - session.timeout.ms 6000: a group join takes about half of it;
 - a short commit interval: with exactly-once, outputs become visible downstream only when
   the checkpoint commits their transaction, so the interval is the latency floor;
@@ -20,26 +15,21 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Literal
 
-import msgspec
-from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter
 from quixstreams import Application
 from quixstreams.kafka.configuration import ConnectionConfig
-from quixstreams.models import Row, Topic, TopicConfig
-from quixstreams.models.serializers import DeserializerType, Serializer
+from quixstreams.models import Row
 from quixstreams.models.serializers.exceptions import SerializationError
 
 from perpline.config import fetch_config, kafka_config, settings
-from perpline.contracts import messages as m
-from perpline.contracts import topics
+from perpline.contracts import codec, topics
+from perpline.contracts.dead_letters import dead_letter
+from perpline.pipelines.io import DEAD_LETTERS, PROCESSED, noted
 
 log = logging.getLogger("perpline.pipelines")
-PROCESSED = Counter("perpline_processor_messages_total", "inputs a processor has finished (every step ran)",
-                    ["group", "topic"])
 ERRORS = Counter("perpline_processor_errors_total", "errors that stopped a processor (it restarts from its last "
                  "checkpoint); inputs skipped to dead.letters count in perpline_dead_letters_total", ["group"])
 
@@ -52,20 +42,11 @@ SESSION_TIMEOUT_MS = 6000  # Tansu: a group join takes about half of it
 HEARTBEAT_INTERVAL_MS = 1000  # < session / 3
 TRANSACTION_TIMEOUT_MS = 15000  # bounds how long a crashed instance's open transaction blocks readers
 REQUEST_TIMEOUT_S = 30.0  # Quix admin requests and topic creation
-ADMIN_TIMEOUT_S = 10.0
 INSTANCE_ENV = "PERPLINE_INSTANCE_ID"  # unique per running instance of one processor
-MAX_DEAD_PAYLOAD = 10_000  # bytes of the raw input kept in a dead letter
-MAX_DEAD_ERROR = 1_000
 
 Guarantee = Literal["exactly-once", "at-least-once"]
 
 
-class Malformed(Exception):
-    """Raise from a step for an input that can never be processed (bad shape, wrong key).
-
-    The input goes to dead.letters and the processor moves on. Raise it before writing
-    state: Quix keeps the row's state writes even when the error is suppressed.
-    """
 
 
 # --- the application --------------------------------------------------------------------------
@@ -143,70 +124,20 @@ def transactional_id(consumer_group: str) -> str:
     return f"{consumer_group}-{os.environ.get(INSTANCE_ENV, '0') or '0'}"
 
 
-def bootstrap_of(app: Application) -> str:
-    address = app.config.broker_address
-    return address if isinstance(address, str) else str(address.bootstrap_servers)
-
-
-# --- topics -------------------------------------------------------------------------------------
-
-
-class JsonSerializer(Serializer):
-    """JSON with msgspec: Structs, dicts, lists, str/int; bytes are passed through as pre-encoded."""
-
-    _encoder = msgspec.json.Encoder()
-
-    def __call__(self, value: Any, ctx: Any = None) -> bytes:
-        if isinstance(value, bytes | bytearray | memoryview):
-            return bytes(value)
-        try:
-            return self._encoder.encode(value)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise SerializationError(str(exc)) from exc
-
-
-class TopicMissing(RuntimeError):
-    """A topic of topics.yaml is absent on the broker: the broker launcher or `perpline up` creates them."""
-
-
-def topic(app: Application, name: str, *, value_deserializer: DeserializerType = "json",
-          key_deserializer: DeserializerType = "str",
-          must_exist: bool = True) -> Topic:
-    """Quix Topic for logical topic `name` of topics.yaml (prefix applied), JSON values, str keys.
-
-    Values are produced with `JsonSerializer` (msgspec Structs or dicts, or pre-encoded bytes).
-    value_deserializer "json" gives dicts; "bytes" gives the raw payload to decode with the
-    contracts codec. The create config is the YAML's, so nothing is ever made with defaults.
-    """
-    spec = topics.spec(name)
-    physical = spec.physical()
-    if must_exist and physical not in _broker_topics(bootstrap_of(app)):
-        raise TopicMissing(f"topic {physical} does not exist on {bootstrap_of(app)}")
-    config = TopicConfig(num_partitions=spec.partitions, replication_factor=spec.replication_factor,
-                         extra_config=dict(spec.configs))
-    return app.topic(physical, value_deserializer=value_deserializer, key_deserializer=key_deserializer,
-                     value_serializer=JsonSerializer(), key_serializer="str", config=config)
-
-
-def _broker_topics(bootstrap: str) -> set[str]:
-    admin = AdminClient(kafka_config(bootstrap, **{"socket.timeout.ms": int(ADMIN_TIMEOUT_S * 1000)}))
-    return set(admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
-
-
 # --- dead letters ---------------------------------------------------------------------------------
 
 
 class DeadLetters:
-    """Quix error callbacks that send unprocessable inputs to dead.letters and carry on.
+    """Quix error callbacks: an input whose key cannot be decoded goes to dead.letters and processing
+    goes on; any other error stops the processor (it restarts from its last checkpoint).
 
-    Letters go through the application's own producer, so under exactly-once they commit or
-    abort with the checkpoint that skipped the input (a replay after a crash re-sends them).
-    Key: the source; causation_id: "<topic>:<partition>:<offset>" of the input, unique per input.
+    Values are read as raw bytes and a step turns an undecodable one into a routed dead letter
+    (perpline.pipelines.io), so only a key that is not UTF-8 fails in the consumer. Letters go
+    through the application's own producer, so under exactly-once they commit or abort with the
+    checkpoint that skipped the input (a replay after a crash re-sends them).
     """
 
     def __init__(self, source: str, group: str | None = None) -> None:
-        from perpline.pipelines.io import DEAD_LETTERS  # noqa: PLC0415 (io imports this module)
-
         self.source = source
         self.group = group or source
         self._app: Application | None = None
@@ -225,40 +156,14 @@ class DeadLetters:
         return True
 
     def on_processing_error(self, exc: Exception, row: Row | None, logger: logging.Logger) -> bool:
-        if row is None or not isinstance(exc, Malformed):
-            log.error("processing error", extra={"error": repr(exc)}, exc_info=exc)
-            ERRORS.labels(self.group).inc()
-            return False  # a bug: stop, restart from the checkpoint
-        self.send(row.topic, row.partition, row.offset, row.value, f"malformed: {exc}")
-        return True
+        log.error("processing error", extra={"error": repr(exc)}, exc_info=exc)
+        ERRORS.labels(self.group).inc()
+        return False  # a bug (a malformed input is a routed dead letter, never an exception): stop
 
-    def send(self, src_topic: str, partition: int, offset: int, payload: Any, error: str) -> None:
+    def send(self, src_topic: str, partition: int, offset: int, raw: bytes | None, error: str) -> None:
         if self._app is None:
             raise RuntimeError("DeadLetters not attached to an Application")
-        from perpline.pipelines.io import DEAD_LETTERS  # noqa: PLC0415 (io imports this module)
-
-        DEAD_LETTERS.labels(self.source).inc()
-        letter = dead_letter(self.source, src_topic, partition, offset, payload, error)
-        log.error("dead letter", extra={"source": self.source, "topic": src_topic, "partition": partition,
-                                        "offset": offset, "error": error[:MAX_DEAD_ERROR]})
+        letter = noted(dead_letter(self.source, src_topic, partition, offset, raw, error))
         producer = self._app._producer  # noqa: SLF001 (the row producer: inside the EOS transaction)
         producer.produce(topic=topics.physical(topics.DEAD_LETTERS), key=self.source.encode(),
-                         value=msgspec.json.encode(letter))
-
-
-def dead_letter(source: str, src_topic: str, partition: int, offset: int, payload: Any,
-                error: str) -> m.DeadLetter:
-    """The DeadLetter message for one input (payload: raw bytes or an already decoded value)."""
-    raw = _raw(payload)
-    return m.DeadLetter(trace_id="", causation_id=f"{src_topic}:{partition}:{offset}", ts_ms=int(time.time() * 1000),
-                        source=source, topic=src_topic, partition=partition, offset=offset,
-                        error=error[:MAX_DEAD_ERROR], payload=raw[:MAX_DEAD_PAYLOAD].decode("utf-8", "replace"))
-
-
-def _raw(payload: Any) -> bytes:
-    if payload is None:
-        return b""
-    try:
-        return JsonSerializer()(payload)
-    except SerializationError:
-        return repr(payload).encode()
+                         value=codec.encode(letter))

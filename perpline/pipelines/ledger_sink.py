@@ -20,8 +20,9 @@ from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
 from perpline.ch.client import get_client, wait_ready
 from perpline.ch.migrate import apply_migrations
-from perpline.config import producer_config, settings, topic_map
-from perpline.contracts import codec
+from perpline.config import producer_config, settings
+from perpline.contracts import codec, topics
+from perpline.contracts.dead_letters import dead_letter
 from perpline.obs import serve_metrics, setup_logging
 from perpline.pipelines import io
 from perpline.pipelines import ledger_sink_logic as rows
@@ -77,9 +78,11 @@ class TableSink(BatchingSink):
             return [rows.matcher_event_row(msg, raw)]
         except Exception as exc:  # noqa: BLE001 (any bad message: dead letter, never a crash)
             REJECTED.inc()
-            letter = io.dead_letter(SOURCE, self.logical_topic, raw, f"{type(exc).__name__}: {exc}")
+            letter = io.noted(dead_letter(SOURCE, topics.physical(self.logical_topic), partition, offset, raw,
+                                          f"{type(exc).__name__}: {exc}"))
             if self.dead_producer is not None:
-                self.dead_producer.produce(topic_map()["dead.letters"], key=SOURCE.encode(), value=letter["v"])
+                self.dead_producer.produce(topics.physical(topics.DEAD_LETTERS), key=SOURCE.encode(),
+                                           value=codec.encode(letter))
                 self.dead_producer.flush(10)
             return []
 

@@ -1,4 +1,4 @@
-"""A stateful exactly-once Quix processor on the embedded broker, through make_app / topic.
+"""A stateful exactly-once Quix processor on the embedded broker, through make_app and the io topic handles.
 
 One input (keyed by account) fans out into two topics with different keys (account, symbol).
 The processor is SIGKILLed mid-stream and restarted: no input may be lost and every output
@@ -36,36 +36,44 @@ APP_STOP_TIMEOUT_S = 15.0
 # The processor under test. FANOUT_MODE=branch: filter branches, one to_topic each;
 # FANOUT_MODE=route: one to_topic with a callable choosing the topic.
 APP_SOURCE = '''
-import os, sys, time
+import json, os, sys, time
 from pathlib import Path
 from perpline.contracts import topics as t
-from perpline.pipelines.app import Malformed, make_app, topic
+from perpline.pipelines import io
+from perpline.pipelines.app import make_app
 
 DELAY_S = float(os.environ.get("FANOUT_DELAY_S", "0"))
 
 
-def step(value, state):
-    if not isinstance(value.get("amount"), int):
-        raise Malformed("amount must be an integer")  # before any state write
+def out(topic, key, value):
+    return {"t": topic, "k": key, "v": json.dumps(value).encode()}
+
+
+def step(raw, state):
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        return [io.dead_letter("fanout-test", t.ACCOUNT_COMMANDS, raw, f"undecodable: {exc}")]
+    if not isinstance(value.get("amount"), int):  # before any state write
+        return [io.dead_letter("fanout-test", t.ACCOUNT_COMMANDS, raw, "malformed: amount must be an integer")]
     total, count = state.get("total", 0) + value["amount"], state.get("count", 0) + 1
     state.set("total", total)
     state.set("count", count)
     time.sleep(DELAY_S)
     acct, n = value["account"], value["n"]
-    return [{"route": "ledger", "key": acct, "account": acct, "n": n, "total": total, "count": count},
-            {"route": "position", "key": f"SYM{n % 3}", "account": acct, "n": n, "total": total}]
+    return [out(t.LEDGER_ENTRIES, acct, {"account": acct, "n": n, "total": total, "count": count}),
+            out(t.POSITIONS, f"SYM{n % 3}", {"account": acct, "n": n, "total": total})]
 
 
 app = make_app("fanout-test", state_dir=Path(sys.argv[1]), loglevel=os.environ.get("FANOUT_LOGLEVEL", "WARNING"))
-sdf = app.dataframe(topic(app, t.ACCOUNT_COMMANDS))
-out = sdf.apply(step, stateful=True, expand=True)
-ledger, positions = topic(app, t.LEDGER_ENTRIES), topic(app, t.POSITIONS)
+sdf = app.dataframe(io.input_topic(app, t.ACCOUNT_COMMANDS))
+routed = sdf.apply(step, stateful=True, expand=True)
+outs = io.output_topics(app, [t.LEDGER_ENTRIES, t.POSITIONS, t.DEAD_LETTERS])
 if os.environ["FANOUT_MODE"] == "branch":
-    out.filter(lambda v: v["route"] == "ledger").to_topic(ledger, key=lambda v: v["key"])
-    out.filter(lambda v: v["route"] == "position").to_topic(positions, key=lambda v: v["key"])
+    for name, topic in outs.items():
+        routed.filter(lambda v, name=name: v["t"] == name).to_topic(topic, key=lambda v: v["k"])
 else:
-    routes = {"ledger": ledger, "position": positions}
-    out.to_topic(lambda value, key, ts, headers: routes[value["route"]], key=lambda v: v["key"])
+    io.to_topics(routed, outs)
 app.run()
 '''
 

@@ -40,7 +40,8 @@ def test_none_are_sent_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_quix_applications_connect_with_them(secure: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from perpline.pipelines.app import bootstrap_of, make_app  # noqa: PLC0415
+    from perpline.pipelines.app import make_app  # noqa: PLC0415
+    from perpline.pipelines.io import bootstrap_of  # noqa: PLC0415
 
     monkeypatch.setenv("PERPLINE_KAFKA_BOOTSTRAP", "redpanda:9093")
     app = make_app("perpline-test", state_dir=tmp_path)
