@@ -33,7 +33,7 @@ log = logging.getLogger("perpline.pipelines")
 ERRORS = Counter("perpline_processor_errors_total", "errors that stopped a processor (it restarts from its last "
                  "checkpoint); inputs skipped to dead.letters count in perpline_dead_letters_total", ["group"])
 
-COMMIT_INTERVAL_S = float(os.environ.get("PERPLINE_COMMIT_INTERVAL_S", "0.1"))
+COMMIT_INTERVAL_S = float(os.environ.get("PERPLINE_COMMIT_INTERVAL_S", "0.02"))
 # How long Quix's loop waits for an input before it looks at the checkpoint again: the transaction
 # holding a result commits (becomes visible to read_committed readers) only then. Quix's default,
 # 1 s, held every answer of an idle processor for up to a second.
@@ -103,9 +103,9 @@ def _producer_config(guarantee: Guarantee) -> dict[str, Any]:
     extra: dict[str, Any] = {"linger.ms": 1}  # Quix already uses murmur2, as perpline.config.producer_config
     if guarantee == "exactly-once":
         extra["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
-    else:  # one record per batch: after a multi-record batch Tansu reports a high watermark below the end
-        # of the partition, so Quix's recovery from a changelog would stop short of the last state writes
-        # (docs/broker-notes.md); idempotent, so a retried batch is never written twice
+    else:  # one record per batch (DESIGN.md's Tansu quirk; tried without: after a kill the accounts processor
+        # stopped consuming and the crash session ended with a tenth of its orders); idempotent, so a retried
+        # batch is never written twice
         extra["batch.num.messages"] = 1
         extra["enable.idempotence"] = True
     return extra

@@ -37,6 +37,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from stackutil import Stack, kill_component, running_stack
 
+from perpline import topics_tool
 from perpline.ch.client import get_client
 from perpline.config import producer_config, topic_map
 from perpline.contracts import codec
@@ -162,7 +163,10 @@ def read_log(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, bytes]]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "crash-session-reader", "enable.auto.commit": False,
                          "isolation.level": "read_committed", "fetch.wait.max.ms": 50})
     parts = sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)
-    highs = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1] for p in parts}
+    # the ends as `perpline topics` finds them: the embedded broker's ListOffsets answer is low after
+    # multi-record batches (docs/broker-notes.md), so it is corrected by a fetch
+    ends = topics_tool.watermarks(consumer, [TopicPartition(topic, p) for p in parts])
+    highs = {p: ends[(topic, p)][1] for p in parts}
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
     out: list[tuple[int, int, bytes, bytes]] = []
     idle_since = time.monotonic()
@@ -182,12 +186,11 @@ def read_log(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, bytes]]:
 
 def watermarks(bootstrap: str, names: list[str]) -> list[int]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "crash-session-probe"})
-    marks = []
-    for topic in names:
-        for p in sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions):
-            marks.append(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1])
+    parts = [TopicPartition(topic, p) for topic in names
+             for p in sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)]
+    ends = topics_tool.watermarks(consumer, parts)  # corrected ends (read_log)
     consumer.close()
-    return marks
+    return [ends[(tp.topic, tp.partition)][1] for tp in parts]
 
 
 # --- the undisturbed replay ----------------------------------------------------------------------
