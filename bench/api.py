@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -54,6 +56,18 @@ def start_stack(data_dir: str) -> tuple[subprocess.Popen[str], str, str, str]:
     # keep reading: a full pipe would block the supervisor's log relay, and with it every component
     threading.Thread(target=proc.stdout.read, daemon=True).start()
     return proc, api, kafka, clickhouse
+
+
+@contextlib.contextmanager
+def plain_stack(prefix: str) -> Iterator[tuple[str, str, str, str]]:
+    """(data dir, API URL, broker address, reader's ClickHouse URL) of a plain stack, stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        proc, api, kafka, clickhouse = start_stack(tmp)
+        try:
+            yield tmp, api, kafka, clickhouse
+        finally:
+            proc.terminate()
+            proc.wait(60)
 
 
 def signed(keys: dict[str, Any], params: dict[str, Any]) -> str:
@@ -125,17 +139,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="perpline-bench-") as tmp:
-        proc, api, kafka, _ = start_stack(tmp)
-        try:
-            env = {**os.environ, "PERPLINE_KAFKA_BOOTSTRAP": kafka, "PERPLINE_DATA_DIR": tmp}
-            made = subprocess.run([sys.executable, "-m", "perpline.cli", "admin", "create-user", "--deposit",
-                                   "USDT=10000000"], env=env, capture_output=True, text=True, check=True, timeout=120)
-            keys = json.loads(made.stdout)
-            report = asyncio.run(drive(api, keys, args.rate, args.seconds, args.workers))
-        finally:
-            proc.terminate()
-            proc.wait(60)
+    with plain_stack("perpline-bench-") as (tmp, api, kafka, _):
+        env = {**os.environ, "PERPLINE_KAFKA_BOOTSTRAP": kafka, "PERPLINE_DATA_DIR": tmp}
+        made = subprocess.run([sys.executable, "-m", "perpline.cli", "admin", "create-user", "--deposit",
+                               "USDT=10000000"], env=env, capture_output=True, text=True, check=True, timeout=120)
+        keys = json.loads(made.stdout)
+        report = asyncio.run(drive(api, keys, args.rate, args.seconds, args.workers))
     print(json.dumps(report))
 
 

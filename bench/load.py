@@ -22,7 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from decimal import Decimal
@@ -32,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.api import pct, signed, start_stack
+from bench.api import pct, plain_stack, signed
 
 USER_DEPOSIT = "USDT=1000000"
 MAX_PAIRS = 256
@@ -206,18 +205,13 @@ def main() -> None:
     parser.add_argument("--qty", default="0.003", help="BTC per order")
     args = parser.parse_args()
     assert 1 <= args.pairs <= MAX_PAIRS, f"--pairs must be 1..{MAX_PAIRS}"
-    with tempfile.TemporaryDirectory(prefix="perpline-load-") as tmp:
-        proc, api, kafka, clickhouse = start_stack(tmp)
-        try:
-            made_at = time.monotonic()
-            users = make_users(2 * args.pairs, kafka, tmp)
-            users_s = time.monotonic() - made_at
-            report = asyncio.run(drive(api, users, mark_ticks(api), args.qty, args.seconds))
-            report["users_made_s"] = round(users_s, 1)
-            report["books"] = check_books(clickhouse, tmp)
-        finally:
-            proc.terminate()
-            proc.wait(60)
+    with plain_stack("perpline-load-") as (tmp, api, kafka, clickhouse):
+        made_at = time.monotonic()
+        users = make_users(2 * args.pairs, kafka, tmp)
+        users_s = time.monotonic() - made_at
+        report = asyncio.run(drive(api, users, mark_ticks(api), args.qty, args.seconds))
+        report["users_made_s"] = round(users_s, 1)
+        report["books"] = check_books(clickhouse, tmp)
     print(json.dumps(report))
 
 
