@@ -6,7 +6,7 @@ each next to a baseline measured in the same run. Prints one JSON object; nothin
 1. `account.commands` is preloaded: per account one deposit, then `--orders` limit orders, then a
    full taker fill leg for each of them (order ids are deterministic, so the legs are known ahead).
 2. The accounts processor, run as the stack runs it (`python -m perpline.pipelines.accounts`: run_stateful's
-   settings, PERPLINE_PROCESSING_GUARANTEE, at-least-once by default), consumes all of it: commands/s and
+   settings, PERPLINE_PROCESSING_GUARANTEE, exactly-once by default), consumes all of it: commands/s and
    settlement legs/s, from ready until its committed offsets reach the end of the topic.
 3. Baseline: a pass-through Quix processor (same make_app settings and the same guarantee, so the same
    one-record batches under at-least-once; no state) over the same topic to a scratch topic: commands/s.
