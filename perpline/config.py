@@ -80,15 +80,18 @@ def fetch_config(on_write_path: bool = True) -> dict[str, object]:
     return {"fetch.wait.max.ms": int(_env("PERPLINE_BACKGROUND_FETCH_WAIT_MS", str(BACKGROUND_FETCH_WAIT_MS)))}
 
 
-def processing_guarantee() -> Literal["exactly-once", "at-least-once"]:
+Guarantee = Literal["exactly-once", "at-least-once"]  # a Quix processing guarantee
+
+
+def processing_guarantee() -> Guarantee:
     """The Quix guarantee of the stateful processors on the write path (accounts, clearing).
 
     exactly-once (the default): outputs are visible when the checkpoint's transaction commits, every
     PERPLINE_COMMIT_INTERVAL_S (20 ms: about 10 ms more per processor hop). at-least-once: visible
     when produced, but on the embedded broker its producers must send one record per batch, which
     caps a processor at a few thousand records a second: measured with bench.load, one pair answers
-    in 24 / 37 ms (resting / taking, p50) against 50 / 109 ms, but 32 pairs do 54 orders/s against
-    140 (docs/architecture.md, "The latency floor of each hop"). Either is exact: every consumer
+    in 24 / 37 ms (resting / taking, p50) against 52 / 117 ms, but 32 pairs do 54 orders/s against
+    148 (docs/architecture.md, "The latency floor of each hop"). Either is exact: every consumer
     applies a re-sent record once."""
     value = _env("PERPLINE_PROCESSING_GUARANTEE", "exactly-once")
     if value not in ("exactly-once", "at-least-once"):

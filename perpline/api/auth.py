@@ -12,7 +12,6 @@ the accounts processor for account commands (`one_use`), the key registry for ke
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -45,11 +44,12 @@ class Caller:
 
 def request_nonce(signature: str = "") -> str:
     """A request's one-use token for records whose replay must be refused on every replica: the
-    SHA-256 of its signature (a replay has the same one), or a fresh random one for callers that
-    did not sign (web sessions, the trusted demo header)."""
+    signature's nonce (signing.nonce_of, as account commands carry it: a replay has the same one),
+    or a fresh random one of the same length for callers that did not sign (web sessions, the
+    trusted demo header)."""
     if not signature:
-        return secrets.token_hex(32)
-    return hashlib.sha256(f"signature:{signature}".encode()).hexdigest()
+        return secrets.token_hex(signing.NONCE_CHARS // 2)
+    return signing.nonce_of(signature)
 
 
 async def signed_caller(request: Request, registry: KeyRegistry | None, guard: signing.ReplayGuard,

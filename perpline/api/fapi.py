@@ -71,7 +71,7 @@ def _signed(permission: str) -> Callable[..., Any]:
     async def dependency(request: Request) -> auth.Caller:
         d = _deps(request)
         caller = await auth.signed_caller(request, d.registry, d.guard, permission)
-        ratelimit.charge_caller(request, caller.api_key or f"account:{caller.user_id}")
+        ratelimit.charge_caller(request, caller.api_key, caller.user_id)
         return caller
 
     return dependency

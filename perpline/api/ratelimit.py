@@ -150,12 +150,14 @@ def admit(conn: HTTPConnection) -> str | None:
     return _charge(conn, "ip", client_ip(conn), cost.weight)
 
 
-def charge_caller(conn: HTTPConnection, who: str) -> None:
-    """Once the caller is known (an API key, or `account:N` for a session or X-Account-Id), charge
-    it the route's weight, and an order for an order-placing route; raises RATE_LIMITED."""
+def charge_caller(conn: HTTPConnection, api_key: str | None, user_id: int) -> None:
+    """Once the caller is known, charge it the route's weight, and an order for an order-placing
+    route; raises RATE_LIMITED. The caller is its API key, or `account:N` for a web session or the
+    trusted X-Account-Id (unsigned calls of one account share one bucket)."""
     cost: Cost | None = getattr(conn.state, "route_cost", None)
     if cost is None:
         return
+    who = api_key or f"account:{user_id}"
     refused = _charge(conn, "key", who, cost.weight)
     if refused is None and cost.orders:
         refused = _charge(conn, "orders", who, cost.orders)

@@ -222,9 +222,9 @@ class ReadModel:
             if known_position is None or ev.version >= known_position.version:
                 view.positions[ev.symbol] = ev
         elif isinstance(ev, m.FillRecorded):
-            _append_once(view.fills, view.fill_keys, (ev.symbol, ev.trade_id, ev.order_id), ev)
+            _append_once(view.fills, view.fill_keys, _fill_key, ev)
         elif isinstance(ev, m.FundingApplied):
-            _append_once(view.funding, view.funding_keys, (ev.symbol, ev.funding_time_ms), ev)
+            _append_once(view.funding, view.funding_keys, _funding_key, ev)
 
     def _apply_price(self, ev: Any) -> None:
         with self._lock:
@@ -385,7 +385,9 @@ class ReadModel:
 
     async def wait_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
         """Wait, without polling, until `done()` holds: re-checked each time the read model has applied
-        a batch of events (a wakeup is armed before each check, so no change can slip between them)."""
+        a batch of events (a wakeup is armed before each re-check, so no change can slip between them)."""
+        if done():  # the common case: nothing to arm
+            return True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
@@ -536,20 +538,23 @@ def _apply_order(view: AccountView, order: m.OrderView) -> None:
         view.closed_orders.popitem(last=False)
 
 
-def _append_once(items: deque[Any], keys: set[Any], key: Any, item: Any) -> None:
+def _append_once(items: deque[Any], keys: set[Any], key_of: Callable[[Any], Any], item: Any) -> None:
     """Append an event unless it is already held; the key set follows the bounded deque."""
+    key = key_of(item)
     if key in keys:
         return
     if items.maxlen is not None and len(items) == items.maxlen:
-        keys.discard(_key_of(items[0]))
+        keys.discard(key_of(items[0]))
     items.append(item)
     keys.add(key)
 
 
-def _key_of(item: Any) -> Any:
-    if isinstance(item, m.FillRecorded):
-        return (item.symbol, item.trade_id, item.order_id)
-    return (item.symbol, item.funding_time_ms)
+def _fill_key(fill: m.FillRecorded) -> tuple[str, int, int]:
+    return (fill.symbol, fill.trade_id, fill.order_id)
+
+
+def _funding_key(funding: m.FundingApplied) -> tuple[str, int]:
+    return (funding.symbol, funding.funding_time_ms)
 
 
 def _wake(woken: asyncio.Future[None]) -> None:

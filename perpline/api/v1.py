@@ -76,7 +76,7 @@ async def _identify(request: Request, permission: str) -> int:
         user_id, api_key = caller.user_id, caller.api_key
     else:
         user_id = auth.header_account(request)
-    ratelimit.charge_caller(request, api_key or f"account:{user_id}")
+    ratelimit.charge_caller(request, api_key, user_id)
     return user_id
 
 

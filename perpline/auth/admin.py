@@ -32,6 +32,7 @@ from perpline.config import kafka_config, producer_config, settings, topic_map
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.ids import new_request_id, new_trace_id
+from perpline.contracts.units import UnitError, parse_uint
 
 WAIT_S = 30.0
 MAX_USERS_AT_ONCE = 10_000
@@ -196,6 +197,13 @@ def _permissions(text: str) -> list[str]:
     return chosen
 
 
+def _count(text: str) -> int:
+    try:
+        return parse_uint(text, what="--count", minimum=1, maximum=MAX_USERS_AT_ONCE)
+    except UnitError as err:
+        raise argparse.ArgumentTypeError(err.msg) from err
+
+
 def _asset_amount(text: str) -> tuple[str, str]:
     asset, sep, amount = text.partition("=")
     if not sep or not asset or not amount:
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     cu.add_argument("--label", default="")
     cu.add_argument("--permissions", type=_permissions, default=list(PERMISSIONS))
     cu.add_argument("--deposit", type=_asset_amount, action="append", default=[])
-    cu.add_argument("--count", type=int, default=1, help=f"users to make (1..{MAX_USERS_AT_ONCE}); more than one: "
+    cu.add_argument("--count", type=_count, default=1, help=f"users to make (1..{MAX_USERS_AT_ONCE}); more than one: "
                     "a JSON list")
     ck = sub.add_parser("create-key")
     ck.add_argument("--user", type=int, required=True)

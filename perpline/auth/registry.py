@@ -6,7 +6,7 @@ A user's id is USER_ID_BASE + the offset of its UserRegistered record (unique wi
 
 Every replica applies the same records in the same (offset) order, so every rule decided here is
 decided the same way on every replica, with no lock between them:
-- one-use requests: a key issue or revocation carries a nonce (the SHA-256 of the request's
+- one-use requests: a key issue or revocation carries a nonce (128 bits of the SHA-256 of the request's
   signature); a record whose nonce an earlier record used is ignored, so a signed request replayed
   to another replica never makes a second key. Nonces are kept NONCE_TTL_MS (by record time; a
   signature that old fails the recvWindow check before it is published) and at most MAX_NONCES;

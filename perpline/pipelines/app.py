@@ -24,7 +24,7 @@ from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import Row
 from quixstreams.models.serializers.exceptions import SerializationError
 
-from perpline.config import fetch_config, kafka_config, settings
+from perpline.config import Guarantee, fetch_config, kafka_config, settings
 from perpline.contracts import codec, topics
 from perpline.contracts.dead_letters import dead_letter
 from perpline.pipelines.io import DEAD_LETTERS, PROCESSED, noted
@@ -43,10 +43,6 @@ HEARTBEAT_INTERVAL_MS = 1000  # < session / 3
 TRANSACTION_TIMEOUT_MS = 15000  # bounds how long a crashed instance's open transaction blocks readers
 REQUEST_TIMEOUT_S = 30.0  # Quix admin requests and topic creation
 INSTANCE_ENV = "PERPLINE_INSTANCE_ID"  # unique per running instance of one processor
-
-Guarantee = Literal["exactly-once", "at-least-once"]
-
-
 
 
 # --- the application --------------------------------------------------------------------------
