@@ -6,7 +6,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from perpline.api import errors, ratelimit
 from perpline.api.clientip import Network
@@ -98,7 +100,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.add_exception_handler(PerplineError, errors.on_perpline_error)
     app.add_exception_handler(UnitError, errors.on_perpline_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
-    app.middleware("http")(_trace_and_measure)
+    app.add_middleware(TraceAndMeasure)
     from perpline.api import fapi, market, ops, sessions, stream, v1  # noqa: PLC0415 (routers import the deps type from here)
 
     app.include_router(v1.router)
@@ -118,52 +120,113 @@ def create_app(deps: ApiDeps) -> FastAPI:
     return app
 
 
-async def _trace_and_measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    trace_id = new_trace_id()
-    request.state.trace_id = trace_id
-    request.state.arrived = time.perf_counter()
+class TraceAndMeasure:
+    """Pure ASGI middleware around every HTTP request: trace id, rate-limit admission, size and
+    duplicate-parameter refusals, metrics, the request log line, ETag on JSON reads, and the
+    X-Trace-Id / X-MBX-USED-WEIGHT-1M / X-Stage-Ms headers.
+
+    Pure ASGI rather than Starlette's BaseHTTPMiddleware, which runs each request in an extra task
+    group with memory streams: about a fifth of the API's CPU on a trivial request (measured in
+    process, 1,075 -> 840 us of CPU per GET /fapi/v1/time). Here the response messages pass through
+    one wrapper; only a GET answered 200 with JSON is held back, to compute its ETag."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        trace_id = new_trace_id()
+        request.state.trace_id = trace_id
+        request.state.arrived = time.perf_counter()
+        refusal = _refusal(request)
+        if refusal is not None:
+            await errors.error_response(request, *refusal)(scope, receive, send)
+            return
+        reply = _Reply(request, send)
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, reply.send)
+        finally:
+            _measure(request, trace_id, reply.status, time.perf_counter() - started)
+
+
+class _Reply:
+    """The response side of one request: adds our headers to the start message and, for a JSON read
+    answered 200, holds the body to send it with its ETag (or 304 if the client holds it already)."""
+
+    def __init__(self, request: Request, send: Send) -> None:
+        self.request = request
+        self.downstream = send
+        self.status = 500  # until the app starts a response
+        self.held: Message | None = None
+        self.parts: list[bytes] = []
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = MutableHeaders(scope=message)
+            _our_headers(self.request, headers)
+            if (self.request.method == "GET" and self.status == 200
+                    and headers.get("content-type", "").startswith("application/json")):
+                self.held = message
+                return
+        elif message["type"] == "http.response.body" and self.held is not None:
+            self.parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                await self._send_with_etag(self.held, b"".join(self.parts))
+            return
+        await self.downstream(message)
+
+    async def _send_with_etag(self, start: Message, body: bytes) -> None:
+        """A JSON read carries an ETag of its body; a client that already holds that body (If-None-Match)
+        gets 304 and no body, so an idle page that polls costs almost no bandwidth."""
+        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        headers = MutableHeaders(scope=start)
+        headers["ETag"] = etag
+        if self.request.headers.get("if-none-match") == etag:
+            del headers["content-length"]
+            self.status = 304
+            await self.downstream({**start, "status": 304})
+            await self.downstream({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await self.downstream(start)
+        await self.downstream({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _refusal(request: Request) -> tuple[int, str] | None:
+    """(code, message) if the request is refused before any route reads it, else None."""
     limited = ratelimit.admit(request)
     if limited is not None:
-        return errors.error_response(request, int(Code.RATE_LIMITED), limited)
+        return int(Code.RATE_LIMITED), limited
     refused = _size_refusal(request)
     if refused is not None:
-        return errors.error_response(request, int(Code.REQUEST_TOO_LARGE), refused)
+        return int(Code.REQUEST_TOO_LARGE), refused
     duplicate = _duplicate_refusal(request)
     if duplicate is not None:
-        return errors.error_response(request, int(Code.DUPLICATE_PARAMETER), duplicate)
-    started = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    path = getattr(route, "path", "unmatched")
-    elapsed = time.perf_counter() - started
-    REQUESTS.labels(path, str(response.status_code)).inc()
-    LATENCY.labels(path).observe(elapsed)
-    if path not in ("/metrics", "/healthz", "/readyz"):
-        log.info("request", extra={"trace_id": trace_id, "method": request.method, "route": path,
-                                   "status": response.status_code, "ms": round(elapsed * 1000, 2)})
-    if (request.method == "GET" and response.status_code == 200
-            and response.headers.get("content-type", "").startswith("application/json")):
-        response = await _with_etag(request, response)
-    response.headers["X-Trace-Id"] = trace_id
+        return int(Code.DUPLICATE_PARAMETER), duplicate
+    return None
+
+
+def _our_headers(request: Request, headers: MutableHeaders) -> None:
+    headers["X-Trace-Id"] = request.state.trace_id
     used = getattr(request.state, "used_weight", None)
     if used is not None:
-        response.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
+        headers["X-MBX-USED-WEIGHT-1M"] = str(used)
     stages = getattr(request.state, "stages", None)
     if stages is not None:
-        response.headers["X-Stage-Ms"] = stages
-    return response
+        headers["X-Stage-Ms"] = stages
 
 
-async def _with_etag(request: Request, response: Response) -> Response:
-    """A JSON read carries an ETag of its body; a client that already holds that body (If-None-Match)
-    gets 304 and no body, so an idle page that polls costs almost no bandwidth."""
-    body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
-    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-    headers["ETag"] = etag
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    return Response(content=body, status_code=200, headers=headers, media_type="application/json")
+def _measure(request: Request, trace_id: str, status: int, elapsed_s: float) -> None:
+    path = getattr(request.scope.get("route"), "path", "unmatched")
+    REQUESTS.labels(path, str(status)).inc()
+    LATENCY.labels(path).observe(elapsed_s)
+    if path not in ("/metrics", "/healthz", "/readyz"):
+        log.info("request", extra={"trace_id": trace_id, "method": request.method, "route": path,
+                                   "status": status, "ms": round(elapsed_s * 1000, 2)})
 
 
 def _size_refusal(request: Request) -> str | None:
