@@ -19,8 +19,14 @@ from perpline.contracts import ids
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
 from perpline.contracts.instruments import Instrument, load_catalog
-from perpline.contracts.units import UnitError, format_amount, format_fixed, parse_amount
-from perpline.risk.formulas import side_exposure_notional
+from perpline.contracts.units import (
+    UnitError,
+    format_amount,
+    format_exact,
+    format_fixed,
+    parse_amount,
+)
+from perpline.risk.formulas import PRICE_E8_DECIMALS, average_price_e8, side_exposure_notional
 
 log = logging.getLogger("perpline.accounts")
 
@@ -671,16 +677,16 @@ def _balance_changed(state: AccountState, ctx: Ctx, asset: str) -> None:
 
 
 def _order_view(state: AccountState, inst: Instrument, order: OrderState) -> m.OrderView:
-    avg = format_fixed(0, inst.price_decimals)
-    if order.filled_lots:
-        avg = format_fixed(order.filled_value_tick_lots * inst.tick_units // order.filled_lots, inst.price_decimals)
+    avg_e8 = average_price_e8(inst, order.filled_value_tick_lots, order.filled_lots)
+    avg = format_exact(avg_e8, PRICE_E8_DECIMALS, inst.price_decimals)
     return m.OrderView(
         order_id=order.order_id, client_order_id=order.client_order_id, account_id=state.account_id,
         symbol=order.symbol, side=order.side, order_type=order.order_type, time_in_force=order.time_in_force,  # type: ignore[arg-type]
         price=inst.format_price(order.price_ticks), quantity=inst.format_qty(order.qty_lots + order.unexecuted_lots),
         filled=inst.format_qty(order.filled_lots), avg_price=avg, status=order.status,  # type: ignore[arg-type]
         reduce_only=order.reduce_only, created_ms=order.created_ms, updated_ms=order.updated_ms,
-        cum_quote=format_amount(order.filled_value_tick_lots * inst.amount_per_tick_lot))
+        cum_quote=format_amount(order.filled_value_tick_lots * inst.amount_per_tick_lot),
+        margin=format_amount(order.margin_frozen))
 
 
 def _order_changed(state: AccountState, ctx: Ctx, inst: Instrument, order: OrderState) -> None:

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from fractions import Fraction
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -29,7 +30,7 @@ from perpline.contracts.ids import new_request_id
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import format_amount, format_rate, parse_amount, parse_uint
 from perpline.market.candles import INTERVALS_MS, DayStats
-from perpline.risk import formulas
+from perpline.risk import adl, formulas
 
 router = APIRouter(prefix="/fapi", tags=["binance usd-m"], responses=errors.documented(*errors.COMMON_ERRORS))
 CLIENT_ORDER_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")  # fullmatch: `$` would take a final newline
@@ -276,33 +277,47 @@ def _position_rows(d: ApiDeps, acct: int) -> list[dict[str, Any]]:
         inst = load_catalog().get(pos.symbol)
         if inst is None or parse_amount(pos.size, allow_negative=True) == 0:
             continue
-        rows.append(_position_row(d, inst, pos))
+        order_margin = sum(parse_amount(o.margin) for o in view.open_orders.values() if o.symbol == inst.symbol)
+        rows.append(_position_row(d, inst, pos, order_margin))
     return rows
 
 
-def _position_row(d: ApiDeps, inst: Instrument, pos: m.PositionChanged) -> dict[str, Any]:
-    size = Decimal(pos.size)
-    entry = Decimal(pos.entry_price)
-    mark_ticks = _last_price_ticks(d, inst) or inst.parse_price(pos.entry_price)
-    mark = Decimal(inst.format_price(mark_ticks))
+def _position_row(d: ApiDeps, inst: Instrument, pos: m.PositionChanged, order_margin: int) -> dict[str, Any]:
+    """One position valued with the risk formulas (perpline.risk.formulas, as v1 and the audit): at the
+    mark, else the last price; before any price, at its entry (no PnL)."""
     size_lots = inst.parse_signed_qty(pos.size)
-    cost = parse_amount(pos.cost)
-    notional = size * mark
-    bracket = inst.bracket_for(cost)
-    mmr = Decimal(bracket.maint_margin_e8) / Decimal(10**8)
-    maint = abs(notional) * mmr - Decimal(bracket.maint_amount) / Decimal(10**8)
-    liq_ticks = formulas.liquidation_ticks(inst, size_lots, cost, parse_amount(pos.margin))
+    cost, margin = parse_amount(pos.cost), parse_amount(pos.margin)
+    mark_ticks = _last_price_ticks(d, inst)
+    pnl = formulas.unrealized_pnl(inst, size_lots, cost, mark_ticks) if mark_ticks else 0
+    mark_ticks = mark_ticks or inst.parse_price(pos.entry_price)
+    notional = inst.notional(mark_ticks, abs(size_lots)) * (1 if size_lots > 0 else -1)
+    maint = formulas.maint_margin(inst, size_lots, cost, mark_ticks)
+    liq_ticks = formulas.liquidation_ticks(inst, size_lots, cost, margin)
     return {"symbol": inst.binance_symbol, "positionSide": "BOTH", "positionAmt": pos.size, "entryPrice": pos.entry_price,
             "breakEvenPrice": pos.entry_price, "markPrice": inst.format_price(mark_ticks),
-            "unRealizedProfit": _money((mark - entry) * size), "liquidationPrice": inst.format_price(liq_ticks),
-            "isolatedMargin": pos.margin, "notional": _money(notional), "marginAsset": inst.margin_asset,
-            "isolatedWallet": pos.margin, "initialMargin": pos.margin, "maintMargin": _money(max(maint, Decimal(0))),
-            "positionInitialMargin": pos.margin, "openOrderInitialMargin": "0", "adl": 0, "bidNotional": "0",
-            "askNotional": "0", "leverage": str(pos.leverage), "marginType": "isolated", "updateTime": pos.ts_ms}
+            "unRealizedProfit": format_amount(pnl), "liquidationPrice": inst.format_price(liq_ticks),
+            "isolatedMargin": pos.margin, "notional": format_amount(notional), "marginAsset": inst.margin_asset,
+            "isolatedWallet": pos.margin, "initialMargin": format_amount(margin + order_margin),
+            "maintMargin": format_amount(maint), "positionInitialMargin": pos.margin,
+            "openOrderInitialMargin": format_amount(order_margin), "adl": _adl_quantile(d, inst, pos),
+            "bidNotional": "0", "askNotional": "0", "leverage": str(pos.leverage), "marginType": "isolated",
+            "updateTime": pos.ts_ms}
 
 
-def _money(value: Decimal) -> str:
-    return format_amount(int(value.scaleb(8).to_integral_value()))
+def _adl_quantile(d: ApiDeps, inst: Instrument, pos: m.PositionChanged) -> int:
+    """The position's ADL indicator among the positions on its side (perpline.risk.adl: the ranking
+    auto-deleveraging uses), at the mark."""
+    assert d.readmodel is not None
+    mark = _last_price_ticks(d, inst)
+    if not mark:
+        return 0
+
+    def score_of(p: m.PositionChanged) -> Fraction:
+        return adl.score(inst, inst.parse_signed_qty(p.size), parse_amount(p.cost), parse_amount(p.margin), mark)
+
+    long = not pos.size.startswith("-")
+    side = [score_of(p) for p in d.readmodel.open_positions(inst.symbol) if (not p.size.startswith("-")) == long]
+    return adl.quantile(score_of(pos), side)
 
 
 @router.get("/v3/account")
