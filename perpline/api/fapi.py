@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from fractions import Fraction
 from typing import Annotated, Any
@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from perpline import config
 from perpline.api import auth, binance, errors, ratelimit
 from perpline.api.app import ApiDeps
 from perpline.api.v1 import amend_and_wait, band_reference, market_bound, wait_order_closed
@@ -34,7 +35,6 @@ from perpline.risk import adl, formulas
 
 router = APIRouter(prefix="/fapi", tags=["binance usd-m"], responses=errors.documented(*errors.COMMON_ERRORS))
 CLIENT_ORDER_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")  # fullmatch: `$` would take a final newline
-FUNDING_INTERVAL_MS = 8 * 3600 * 1000
 MAX_LIMIT = 1000
 
 
@@ -122,9 +122,10 @@ def server_time(_: Public) -> Any:
 @router.get("/v1/exchangeInfo")
 def exchange_info(request: Request, _: Public) -> Any:
     limits = _deps(request).limiter.limits
+    minutes = ratelimit.WINDOW_S // 60
     return {"timezone": "UTC", "serverTime": _now_ms(), "futuresType": "U_MARGINED", "rateLimits": [
-        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limits["ip"]},
-        {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": limits["orders"]}],
+        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": minutes, "limit": limits["ip"]},
+        {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": minutes, "limit": limits["orders"]}],
         "exchangeFilters": [], "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
         "symbols": [binance.symbol_info(i) for i in load_catalog().instruments.values()]}
 
@@ -215,11 +216,12 @@ def _premium(d: ApiDeps, inst: Instrument) -> dict[str, Any]:
     mark = d.readmodel.mark(inst.symbol)
     rounds = d.readmodel.funding_rounds(inst.symbol)
     last_rate = rounds[-1].rate if rounds else "0.00000000"
-    if mark is None:  # no risk process yet: the last price, and the next 8-hour boundary
+    interval_ms = config.funding_interval_ms()
+    if mark is None:  # no risk process yet: the last price, and the next funding boundary
         price = inst.format_price(_last_price_ticks(d, inst))
         return {"symbol": inst.binance_symbol, "markPrice": price, "indexPrice": price, "estimatedSettlePrice": price,
                 "lastFundingRate": last_rate, "interestRate": format_rate(inst.interest_e8),
-                "nextFundingTime": (now // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS, "time": now}
+                "nextFundingTime": (now // interval_ms + 1) * interval_ms, "time": now}
     return {"symbol": inst.binance_symbol, "markPrice": mark.mark_price, "indexPrice": mark.index_price,
             "estimatedSettlePrice": mark.mark_price, "lastFundingRate": last_rate,
             "interestRate": format_rate(inst.interest_e8), "nextFundingTime": mark.next_funding_ms, "time": mark.ts_ms}
@@ -404,27 +406,50 @@ async def set_leverage(request: Request, caller: Trade) -> Any:
 
 @router.get("/v1/income")
 def income(request: Request, caller: Read) -> Any:
-    """COMMISSION and REALIZED_PNL from the account's fills; FUNDING_FEE is empty until funding exists."""
+    """COMMISSION and REALIZED_PNL from the account's fills, FUNDING_FEE from its funding payments
+    (positive: received), oldest first."""
     d = _deps(request)
     assert d.readmodel is not None
     kind = caller.params.get("incomeType")
     symbol = caller.params.get("symbol")
     inst_filter = _instrument(symbol) if symbol else None
-    rows: list[dict[str, Any]] = []
-    for f in d.readmodel.snapshot_account(caller.user_id).fills:
+    view = d.readmodel.snapshot_account(caller.user_id)
+    rows = [*_fill_income(view.fills), *_funding_income(view.funding)]
+    rows = [r for r in rows if (kind is None or r["incomeType"] == kind)
+            and (inst_filter is None or r["symbol"] == inst_filter.binance_symbol)]
+    start, end = _int_param(caller.params, "startTime"), _int_param(caller.params, "endTime")
+    rows = [r for r in rows if (start is None or r["time"] >= start) and (end is None or r["time"] <= end)]
+    rows.sort(key=lambda r: (r["time"], r["tranId"]))
+    return rows[-_limit(caller.params.get("limit"), 100):]
+
+
+def _fill_income(fills: Iterable[m.FillRecorded]) -> list[dict[str, Any]]:
+    rows = []
+    for f in fills:
         inst = load_catalog().get(f.symbol)
-        if inst is None or (inst_filter is not None and inst.symbol != inst_filter.symbol):
+        if inst is None:
             continue
         for income_type, amount in (("COMMISSION", format_amount(-parse_amount(f.fee))),
                                     ("REALIZED_PNL", f.realized_pnl)):
-            if (kind is None or kind == income_type) and parse_amount(amount, allow_negative=True) != 0:
+            if parse_amount(amount, allow_negative=True) != 0:
                 rows.append({"symbol": inst.binance_symbol, "incomeType": income_type, "income": amount,
                              "asset": f.fee_asset, "info": income_type, "time": f.ts_ms,
                              "tranId": f.trade_id * 10 + (1 if income_type == "COMMISSION" else 2),
                              "tradeId": str(f.trade_id)})
-    start, end = _int_param(caller.params, "startTime"), _int_param(caller.params, "endTime")
-    rows = [r for r in rows if (start is None or r["time"] >= start) and (end is None or r["time"] <= end)]
-    return rows[-_limit(caller.params.get("limit"), 100):]
+    return rows
+
+
+def _funding_income(payments: Iterable[m.FundingApplied]) -> list[dict[str, Any]]:
+    """A funding payment's `amount` is what the account paid; Binance's income is what it received."""
+    rows = []
+    for p in payments:
+        inst = load_catalog().get(p.symbol)
+        if inst is not None and parse_amount(p.amount, allow_negative=True) != 0:
+            rows.append({"symbol": inst.binance_symbol, "incomeType": "FUNDING_FEE",
+                         "income": format_amount(-parse_amount(p.amount, allow_negative=True)), "asset": p.asset,
+                         "info": "FUNDING_FEE", "time": p.funding_time_ms, "tranId": p.funding_time_ms * 10 + 3,
+                         "tradeId": ""})
+    return rows
 
 
 # --- orders (signed) --------------------------------------------------------------------------
