@@ -21,7 +21,7 @@ from typing import Any
 
 from perpline.ch.client import get_client
 from perpline.contracts.instruments import load_catalog
-from perpline.contracts.units import parse_amount
+from perpline.contracts.units import format_amount, parse_amount
 from perpline.risk import formulas
 
 ASSET_ACCOUNTS = ("platform:HOT_WALLET",)
@@ -111,21 +111,20 @@ class Audit:
         """The full account at an instant: the ledger's balances, fees, funding and realised PnL (account());
         each open position (as the accounts processor last published it) with its entry, the mark (the
         last trade price at that instant: the mark the risk process published is not stored), unrealised
-        PnL, margin and liquidation price; and the open orders."""
+        PnL at that mark (formulas.unrealized_pnl, the API's formula), margin and liquidation price; and
+        the open orders."""
         t = at_ms if at_ms is not None else FAR_FUTURE_MS
         positions = []
         for payload in self._latest(account_id, "position", "JSONExtractString(payload, 'symbol')", t):
             inst = load_catalog().get(payload["symbol"])
-            size = Decimal(payload["size"])
-            if inst is None or size == 0:
+            size_lots = inst.parse_signed_qty(payload["size"]) if inst is not None else 0
+            if inst is None or size_lots == 0:
                 continue
             mark = self._last_trade_price(inst.symbol, t)
-            size_lots = inst.parse_signed_qty(payload["size"])
             cost, margin = parse_amount(payload.get("cost", "0")), parse_amount(payload["margin"])
-            entry = Decimal(payload["entry_price"])
+            pnl = formulas.unrealized_pnl(inst, size_lots, cost, inst.parse_price(mark)) if mark is not None else None
             positions.append({"symbol": inst.symbol, "size": payload["size"], "entry_price": payload["entry_price"],
-                              "mark_price": str(mark) if mark is not None else None,
-                              "unrealized_pnl": str((mark - entry) * size) if mark is not None else None,
+                              "mark_price": mark, "unrealized_pnl": format_amount(pnl) if pnl is not None else None,
                               "margin": payload["margin"], "leverage": payload["leverage"],
                               "liquidation_price": inst.format_price(formulas.liquidation_ticks(inst, size_lots, cost, margin)),
                               "realized_pnl": payload["realized_pnl"]})
@@ -141,12 +140,12 @@ class Audit:
             parameters={"a": account_id, "k": kind, "t": at_ms}).result_rows
         return [json.loads(r[0]) for r in rows]
 
-    def _last_trade_price(self, symbol: str, at_ms: int) -> Decimal | None:
+    def _last_trade_price(self, symbol: str, at_ms: int) -> str | None:
         found = self.client.query(
             "SELECT argMax(JSONExtractString(payload, 'price'), seq) FROM matcher_events FINAL "
             "WHERE symbol = {s:String} AND type = 'trade' AND ts_ms <= {t:Int64}",
             parameters={"s": symbol, "t": at_ms}).result_rows
-        return Decimal(found[0][0]) if found and found[0][0] else None
+        return str(found[0][0]) if found and found[0][0] else None
 
     def statement(self, account_id: int, from_ms: int, to_ms: int, asset: str = "USDT") -> dict[str, Any]:
         """Opening balance, each journal of the period with its running balance, closing balance: all

@@ -58,6 +58,15 @@ def settings() -> Settings:
     )
 
 
+FUNDING_INTERVAL_S = 8 * 3600  # Binance's
+
+
+def funding_interval_ms() -> int:
+    """The funding interval (PERPLINE_FUNDING_INTERVAL_S, 8 h by default): the risk process settles at
+    its multiples, and the API announces them (nextFundingTime before the first mark, fundingIntervalHours)."""
+    return int(float(_env("PERPLINE_FUNDING_INTERVAL_S", str(FUNDING_INTERVAL_S))) * 1000)
+
+
 LOGICAL_TOPICS = topics.ALL  # the names live in perpline.contracts.topics (from redpanda/topics.yaml)
 
 

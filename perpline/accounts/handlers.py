@@ -19,8 +19,14 @@ from perpline.contracts import ids
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
 from perpline.contracts.instruments import Instrument, load_catalog
-from perpline.contracts.units import UnitError, format_amount, format_fixed, parse_amount
-from perpline.risk.formulas import side_exposure_notional
+from perpline.contracts.units import (
+    UnitError,
+    format_amount,
+    format_exact,
+    format_fixed,
+    parse_amount,
+)
+from perpline.risk.formulas import PRICE_E8_DECIMALS, average_price_e8, side_exposure_notional
 
 log = logging.getLogger("perpline.accounts")
 
@@ -211,8 +217,9 @@ def _place(state: AccountState, cmd: m.PlaceOrder, ctx: Ctx) -> RequestOutcome:
     if len(state.orders) >= inst.max_open_orders:
         raise Reject(Code.TOO_MANY_OPEN_ORDERS, f"at most {inst.max_open_orders} open orders")
     leverage = state.leverage.get(inst.symbol, inst.default_leverage)
+    unexecuted_lots = 0
     if cmd.reduce_only:
-        _check_reduce_only(state, inst, cmd.side, qty_lots)
+        qty_lots, unexecuted_lots = _reduce_only_split(state, inst, cmd, qty_lots)
         margin, fee = 0, mg.fee(inst.notional(price_ticks, qty_lots), inst.taker_fee_e8)
     else:
         _check_position_cap(state, inst, cmd.side, inst.notional(price_ticks, qty_lots))
@@ -226,7 +233,8 @@ def _place(state: AccountState, cmd: m.PlaceOrder, ctx: Ctx) -> RequestOutcome:
         order_id=ids.order_id_for(state.account_id, state.order_seq), client_order_id=cmd.client_order_id,
         symbol=inst.symbol, side=cmd.side, order_type=cmd.order_type, time_in_force=cmd.time_in_force,
         price_ticks=price_ticks, qty_lots=qty_lots, leaves_lots=qty_lots, leverage=leverage,
-        margin_frozen=margin, fee_frozen=fee, created_ms=ctx.ts_ms, updated_ms=ctx.ts_ms, reduce_only=cmd.reduce_only)
+        margin_frozen=margin, fee_frozen=fee, created_ms=ctx.ts_ms, updated_ms=ctx.ts_ms, reduce_only=cmd.reduce_only,
+        unexecuted_lots=unexecuted_lots)
     _freeze(state, ctx, inst, order)
     tif = MARKET_TIFS[cmd.time_in_force] if cmd.order_type == "MARKET" else cmd.time_in_force
     ctx.emit(LOGICAL_ORDERS, inst.symbol, m.NewOrder(
@@ -287,11 +295,33 @@ def _closable(state: AccountState, symbol: str, side: str) -> int:
     return max(-size, 0)
 
 
+def _reduce_only_room(state: AccountState, inst: Instrument, side: str) -> int:
+    """Lots a new reduce-only order on `side` can still close: the opposite position less what the
+    account's open reduce-only orders on that side already cover."""
+    return _closable(state, inst.symbol, side) - _reduce_only_reserved(state, inst.symbol, side)
+
+
 def _check_reduce_only(state: AccountState, inst: Instrument, side: str, qty_lots: int) -> None:
-    room = _closable(state, inst.symbol, side) - _reduce_only_reserved(state, inst.symbol, side)
+    """An amend may not raise a reduce-only order beyond what it can close."""
+    room = _reduce_only_room(state, inst, side)
     if qty_lots > room:
         raise Reject(Code.REDUCE_ONLY_REJECTED,
                      f"reduce-only {side} of {inst.format_qty(qty_lots)} exceeds the closable {inst.format_qty(max(room, 0))}")
+
+
+def _reduce_only_split(state: AccountState, inst: Instrument, cmd: m.PlaceOrder, qty_lots: int) -> tuple[int, int]:
+    """(lots to execute, lots never executed) of a new reduce-only order, as Binance: refused (-2022)
+    only when it can close nothing (no opposite position, or it is all covered by other reduce-only
+    orders); larger than what it can close, it is reduced to that. A resting order (LIMIT GTC/GTX)
+    simply has the reduced quantity; an IOC, FOK or MARKET keeps the client's quantity and the excess
+    is not executed (the order ends EXPIRED after closing the position)."""
+    room = _reduce_only_room(state, inst, cmd.side)
+    if room <= 0:
+        raise Reject(Code.REDUCE_ONLY_REJECTED, f"reduce-only {cmd.side} would open or grow a position "
+                                                f"(closable now: {inst.format_qty(max(room, 0))})")
+    executed = min(qty_lots, room)
+    rests = cmd.order_type == "LIMIT" and cmd.time_in_force in ("GTC", "GTX")
+    return executed, 0 if rests else qty_lots - executed
 
 
 def _exposure(state: AccountState, inst: Instrument, side: str, extra_notional: int = 0,
@@ -493,6 +523,8 @@ def _on_fill(state: AccountState, leg: m.FillLeg, ctx: Ctx) -> None:
         raise Reject(Code.UNKNOWN_ORDER, f"fill for unknown order {leg.order_id}")
     price_ticks, qty_lots = inst.parse_price(leg.price), inst.parse_qty(leg.quantity)
     event = "fill" if order.leaves_lots == qty_lots else "partial_fill"
+    if event == "fill" and order.unexecuted_lots:
+        event = "expire"  # a reduce-only order's quantity beyond the position was never executed
     new_status = st.transition(order.status, event)  # raises before anything changes
     assert qty_lots <= order.leaves_lots, "fill larger than the order's open quantity"
     release = _release_for_fill(order, qty_lots)
@@ -645,16 +677,16 @@ def _balance_changed(state: AccountState, ctx: Ctx, asset: str) -> None:
 
 
 def _order_view(state: AccountState, inst: Instrument, order: OrderState) -> m.OrderView:
-    avg = format_fixed(0, inst.price_decimals)
-    if order.filled_lots:
-        avg = format_fixed(order.filled_value_tick_lots * inst.tick_units // order.filled_lots, inst.price_decimals)
+    avg_e8 = average_price_e8(inst, order.filled_value_tick_lots, order.filled_lots)
+    avg = format_exact(avg_e8, PRICE_E8_DECIMALS, inst.price_decimals)
     return m.OrderView(
         order_id=order.order_id, client_order_id=order.client_order_id, account_id=state.account_id,
         symbol=order.symbol, side=order.side, order_type=order.order_type, time_in_force=order.time_in_force,  # type: ignore[arg-type]
-        price=inst.format_price(order.price_ticks), quantity=inst.format_qty(order.qty_lots),
+        price=inst.format_price(order.price_ticks), quantity=inst.format_qty(order.qty_lots + order.unexecuted_lots),
         filled=inst.format_qty(order.filled_lots), avg_price=avg, status=order.status,  # type: ignore[arg-type]
         reduce_only=order.reduce_only, created_ms=order.created_ms, updated_ms=order.updated_ms,
-        cum_quote=format_amount(order.filled_value_tick_lots * inst.amount_per_tick_lot))
+        cum_quote=format_amount(order.filled_value_tick_lots * inst.amount_per_tick_lot),
+        margin=format_amount(order.margin_frozen))
 
 
 def _order_changed(state: AccountState, ctx: Ctx, inst: Instrument, order: OrderState) -> None:

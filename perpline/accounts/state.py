@@ -36,6 +36,7 @@ class OrderState(msgspec.Struct, kw_only=True):
     filled_value_tick_lots: int = 0  # sum of price_ticks * qty_lots over fills, for the average price
     status: str = "NEW"
     reduce_only: bool = False
+    unexecuted_lots: int = 0  # a reduce-only IOC/FOK/MARKET order's quantity beyond the position: never sent
     cut: bool = False  # a reduce-only order whose cancel was sent because the position shrank
     amend_pending: bool = False  # an amend is with the matcher; the next waits for its answer
     liquidation: bool = False  # placed by a liquidation: no fee; its fills settle with the insurance fund

@@ -91,7 +91,7 @@ def symbol_info(i: Instrument) -> dict[str, Any]:
         "pricePrecision": i.price_decimals, "quantityPrecision": i.qty_decimals,
         "baseAssetPrecision": 8, "quotePrecision": 8, "onboardDate": 1569398400000,
         "underlyingType": "COIN", "triggerProtect": "0.0500", "liquidationFee": "0.012500",
-        "marketTakeBound": "0.05", "maintMarginPercent": "2.5000", "requiredMarginPercent": "5.0000",
+        "marketTakeBound": "0.05", **_margin_percents(i),
         "orderTypes": ["LIMIT", "MARKET"], "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
         "filters": [
             {"filterType": "PRICE_FILTER", "tickSize": i.tick_size, "minPrice": i.tick_size,
@@ -107,6 +107,14 @@ def symbol_info(i: Instrument) -> dict[str, Any]:
              "multiplierDown": format_fixed(div_ceil(RATE_SCALE - i.price_band_e8, 10**4), 4)},
         ],
     }
+
+
+def _margin_percents(i: Instrument) -> dict[str, str]:
+    """exchangeInfo's maintMarginPercent and requiredMarginPercent: the first leverage bracket's
+    maintenance rate and initial margin (1 / its max leverage, rounded up), in percent with 4 decimals."""
+    first = i.brackets[0]
+    return {"maintMarginPercent": format_fixed(first.maint_margin_e8 // 100, 4),
+            "requiredMarginPercent": format_fixed(div_ceil(RATE_SCALE, first.max_leverage) // 100, 4)}
 
 
 def order(i: Instrument, o: m.OrderView) -> dict[str, Any]:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
+from fractions import Fraction
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from perpline import config
 from perpline.api import auth, binance, errors, ratelimit
 from perpline.api.app import ApiDeps
 from perpline.api.v1 import amend_and_wait, band_reference, market_bound, wait_order_closed
@@ -29,11 +31,10 @@ from perpline.contracts.ids import new_request_id
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import format_amount, format_rate, parse_amount, parse_uint
 from perpline.market.candles import INTERVALS_MS, DayStats
-from perpline.risk import formulas
+from perpline.risk import adl, formulas
 
 router = APIRouter(prefix="/fapi", tags=["binance usd-m"], responses=errors.documented(*errors.COMMON_ERRORS))
 CLIENT_ORDER_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")  # fullmatch: `$` would take a final newline
-FUNDING_INTERVAL_MS = 8 * 3600 * 1000
 MAX_LIMIT = 1000
 
 
@@ -121,9 +122,10 @@ def server_time(_: Public) -> Any:
 @router.get("/v1/exchangeInfo")
 def exchange_info(request: Request, _: Public) -> Any:
     limits = _deps(request).limiter.limits
+    minutes = ratelimit.WINDOW_S // 60
     return {"timezone": "UTC", "serverTime": _now_ms(), "futuresType": "U_MARGINED", "rateLimits": [
-        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limits["ip"]},
-        {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": limits["orders"]}],
+        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": minutes, "limit": limits["ip"]},
+        {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": minutes, "limit": limits["orders"]}],
         "exchangeFilters": [], "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
         "symbols": [binance.symbol_info(i) for i in load_catalog().instruments.values()]}
 
@@ -214,11 +216,12 @@ def _premium(d: ApiDeps, inst: Instrument) -> dict[str, Any]:
     mark = d.readmodel.mark(inst.symbol)
     rounds = d.readmodel.funding_rounds(inst.symbol)
     last_rate = rounds[-1].rate if rounds else "0.00000000"
-    if mark is None:  # no risk process yet: the last price, and the next 8-hour boundary
+    interval_ms = config.funding_interval_ms()
+    if mark is None:  # no risk process yet: the last price, and the next funding boundary
         price = inst.format_price(_last_price_ticks(d, inst))
         return {"symbol": inst.binance_symbol, "markPrice": price, "indexPrice": price, "estimatedSettlePrice": price,
                 "lastFundingRate": last_rate, "interestRate": format_rate(inst.interest_e8),
-                "nextFundingTime": (now // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS, "time": now}
+                "nextFundingTime": (now // interval_ms + 1) * interval_ms, "time": now}
     return {"symbol": inst.binance_symbol, "markPrice": mark.mark_price, "indexPrice": mark.index_price,
             "estimatedSettlePrice": mark.mark_price, "lastFundingRate": last_rate,
             "interestRate": format_rate(inst.interest_e8), "nextFundingTime": mark.next_funding_ms, "time": mark.ts_ms}
@@ -276,33 +279,47 @@ def _position_rows(d: ApiDeps, acct: int) -> list[dict[str, Any]]:
         inst = load_catalog().get(pos.symbol)
         if inst is None or parse_amount(pos.size, allow_negative=True) == 0:
             continue
-        rows.append(_position_row(d, inst, pos))
+        order_margin = sum(parse_amount(o.margin) for o in view.open_orders.values() if o.symbol == inst.symbol)
+        rows.append(_position_row(d, inst, pos, order_margin))
     return rows
 
 
-def _position_row(d: ApiDeps, inst: Instrument, pos: m.PositionChanged) -> dict[str, Any]:
-    size = Decimal(pos.size)
-    entry = Decimal(pos.entry_price)
-    mark_ticks = _last_price_ticks(d, inst) or inst.parse_price(pos.entry_price)
-    mark = Decimal(inst.format_price(mark_ticks))
+def _position_row(d: ApiDeps, inst: Instrument, pos: m.PositionChanged, order_margin: int) -> dict[str, Any]:
+    """One position valued with the risk formulas (perpline.risk.formulas, as v1 and the audit): at the
+    mark, else the last price; before any price, at its entry (no PnL)."""
     size_lots = inst.parse_signed_qty(pos.size)
-    cost = parse_amount(pos.cost)
-    notional = size * mark
-    bracket = inst.bracket_for(cost)
-    mmr = Decimal(bracket.maint_margin_e8) / Decimal(10**8)
-    maint = abs(notional) * mmr - Decimal(bracket.maint_amount) / Decimal(10**8)
-    liq_ticks = formulas.liquidation_ticks(inst, size_lots, cost, parse_amount(pos.margin))
+    cost, margin = parse_amount(pos.cost), parse_amount(pos.margin)
+    mark_ticks = _last_price_ticks(d, inst)
+    pnl = formulas.unrealized_pnl(inst, size_lots, cost, mark_ticks) if mark_ticks else 0
+    mark_ticks = mark_ticks or inst.parse_price(pos.entry_price)
+    notional = inst.notional(mark_ticks, abs(size_lots)) * (1 if size_lots > 0 else -1)
+    maint = formulas.maint_margin(inst, size_lots, cost, mark_ticks)
+    liq_ticks = formulas.liquidation_ticks(inst, size_lots, cost, margin)
     return {"symbol": inst.binance_symbol, "positionSide": "BOTH", "positionAmt": pos.size, "entryPrice": pos.entry_price,
             "breakEvenPrice": pos.entry_price, "markPrice": inst.format_price(mark_ticks),
-            "unRealizedProfit": _money((mark - entry) * size), "liquidationPrice": inst.format_price(liq_ticks),
-            "isolatedMargin": pos.margin, "notional": _money(notional), "marginAsset": inst.margin_asset,
-            "isolatedWallet": pos.margin, "initialMargin": pos.margin, "maintMargin": _money(max(maint, Decimal(0))),
-            "positionInitialMargin": pos.margin, "openOrderInitialMargin": "0", "adl": 0, "bidNotional": "0",
-            "askNotional": "0", "leverage": str(pos.leverage), "marginType": "isolated", "updateTime": pos.ts_ms}
+            "unRealizedProfit": format_amount(pnl), "liquidationPrice": inst.format_price(liq_ticks),
+            "isolatedMargin": pos.margin, "notional": format_amount(notional), "marginAsset": inst.margin_asset,
+            "isolatedWallet": pos.margin, "initialMargin": format_amount(margin + order_margin),
+            "maintMargin": format_amount(maint), "positionInitialMargin": pos.margin,
+            "openOrderInitialMargin": format_amount(order_margin), "adl": _adl_quantile(d, inst, pos),
+            "bidNotional": "0", "askNotional": "0", "leverage": str(pos.leverage), "marginType": "isolated",
+            "updateTime": pos.ts_ms}
 
 
-def _money(value: Decimal) -> str:
-    return format_amount(int(value.scaleb(8).to_integral_value()))
+def _adl_quantile(d: ApiDeps, inst: Instrument, pos: m.PositionChanged) -> int:
+    """The position's ADL indicator among the positions on its side (perpline.risk.adl: the ranking
+    auto-deleveraging uses), at the mark."""
+    assert d.readmodel is not None
+    mark = _last_price_ticks(d, inst)
+    if not mark:
+        return 0
+
+    def score_of(p: m.PositionChanged) -> Fraction:
+        return adl.score(inst, inst.parse_signed_qty(p.size), parse_amount(p.cost), parse_amount(p.margin), mark)
+
+    long = not pos.size.startswith("-")
+    side = [score_of(p) for p in d.readmodel.open_positions(inst.symbol) if (not p.size.startswith("-")) == long]
+    return adl.quantile(score_of(pos), side)
 
 
 @router.get("/v3/account")
@@ -389,27 +406,50 @@ async def set_leverage(request: Request, caller: Trade) -> Any:
 
 @router.get("/v1/income")
 def income(request: Request, caller: Read) -> Any:
-    """COMMISSION and REALIZED_PNL from the account's fills; FUNDING_FEE is empty until funding exists."""
+    """COMMISSION and REALIZED_PNL from the account's fills, FUNDING_FEE from its funding payments
+    (positive: received), oldest first."""
     d = _deps(request)
     assert d.readmodel is not None
     kind = caller.params.get("incomeType")
     symbol = caller.params.get("symbol")
     inst_filter = _instrument(symbol) if symbol else None
-    rows: list[dict[str, Any]] = []
-    for f in d.readmodel.snapshot_account(caller.user_id).fills:
+    view = d.readmodel.snapshot_account(caller.user_id)
+    rows = [*_fill_income(view.fills), *_funding_income(view.funding)]
+    rows = [r for r in rows if (kind is None or r["incomeType"] == kind)
+            and (inst_filter is None or r["symbol"] == inst_filter.binance_symbol)]
+    start, end = _int_param(caller.params, "startTime"), _int_param(caller.params, "endTime")
+    rows = [r for r in rows if (start is None or r["time"] >= start) and (end is None or r["time"] <= end)]
+    rows.sort(key=lambda r: (r["time"], r["tranId"]))
+    return rows[-_limit(caller.params.get("limit"), 100):]
+
+
+def _fill_income(fills: Iterable[m.FillRecorded]) -> list[dict[str, Any]]:
+    rows = []
+    for f in fills:
         inst = load_catalog().get(f.symbol)
-        if inst is None or (inst_filter is not None and inst.symbol != inst_filter.symbol):
+        if inst is None:
             continue
         for income_type, amount in (("COMMISSION", format_amount(-parse_amount(f.fee))),
                                     ("REALIZED_PNL", f.realized_pnl)):
-            if (kind is None or kind == income_type) and parse_amount(amount, allow_negative=True) != 0:
+            if parse_amount(amount, allow_negative=True) != 0:
                 rows.append({"symbol": inst.binance_symbol, "incomeType": income_type, "income": amount,
                              "asset": f.fee_asset, "info": income_type, "time": f.ts_ms,
                              "tranId": f.trade_id * 10 + (1 if income_type == "COMMISSION" else 2),
                              "tradeId": str(f.trade_id)})
-    start, end = _int_param(caller.params, "startTime"), _int_param(caller.params, "endTime")
-    rows = [r for r in rows if (start is None or r["time"] >= start) and (end is None or r["time"] <= end)]
-    return rows[-_limit(caller.params.get("limit"), 100):]
+    return rows
+
+
+def _funding_income(payments: Iterable[m.FundingApplied]) -> list[dict[str, Any]]:
+    """A funding payment's `amount` is what the account paid; Binance's income is what it received."""
+    rows = []
+    for p in payments:
+        inst = load_catalog().get(p.symbol)
+        if inst is not None and parse_amount(p.amount, allow_negative=True) != 0:
+            rows.append({"symbol": inst.binance_symbol, "incomeType": "FUNDING_FEE",
+                         "income": format_amount(-parse_amount(p.amount, allow_negative=True)), "asset": p.asset,
+                         "info": "FUNDING_FEE", "time": p.funding_time_ms, "tranId": p.funding_time_ms * 10 + 3,
+                         "tradeId": ""})
+    return rows
 
 
 # --- orders (signed) --------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from perpline.api.clientip import client_ip
 from perpline.contracts.codes import Code, PerplineError
 
 MAX_TRACKED = 100_000
+WINDOW_S = 60  # every limit counts per minute (fixed windows): what exchangeInfo's rateLimits announce
 REJECTED = Counter("perpline_api_rate_limited_total", "requests refused with 429 by a rate limit", ["limit"])
 WS_TRY_AGAIN_LATER = 1013  # close code when the server cannot answer a refused upgrade with a 429
 
@@ -204,17 +205,17 @@ class RateLimiter:
     def charge(self, kind: str, who: str, weight: int, now_s: float | None = None) -> tuple[bool, int, int]:
         """(allowed, used weight in this window, seconds until the next window)."""
         now = time.time() if now_s is None else now_s
-        window = int(now // 60)
+        window = int(now // WINDOW_S)
         with self._lock:
             if window != self._window:
                 self._window, self._used = window, {}
             if len(self._used) >= MAX_TRACKED and (kind, who) not in self._used:
                 REJECTED.labels(kind).inc()
-                return False, 0, 60 - int(now % 60)
+                return False, 0, WINDOW_S - int(now % WINDOW_S)
             used = self._used.get((kind, who), 0) + weight
             allowed = used <= self.limits[kind]
             if allowed:
                 self._used[(kind, who)] = used
             else:
                 REJECTED.labels(kind).inc()
-            return allowed, used, 60 - int(now % 60)
+            return allowed, used, WINDOW_S - int(now % WINDOW_S)

@@ -449,6 +449,12 @@ class ReadModel:
                                dict(view.positions), deque(view.fills, maxlen=MAX_CLOSED_ORDERS_PER_ACCOUNT),
                                deque(view.funding, maxlen=MAX_FUNDING_PER_ACCOUNT))
 
+    def open_positions(self, symbol: str) -> list[m.PositionChanged]:
+        """Every account's open position in `symbol` (for the ADL ranking), copied under the lock."""
+        with self._lock:
+            found = (view.positions.get(symbol) for view in self.accounts.values())
+            return [p for p in found if p is not None and p.size.lstrip("-").strip("0.") != ""]
+
     def find_order(self, account_id: int, order_id: int) -> m.OrderView | None:
         with self._lock:
             view = self.accounts.get(account_id)

@@ -378,10 +378,9 @@ def _position_json(d: ApiDeps, p: m.PositionChanged) -> dict[str, Any]:
     size_lots = inst.parse_signed_qty(p.size)
     mark_ticks = d.readmodel.mark_ticks(inst.symbol)
     cost, margin = parse_amount(p.cost), parse_amount(p.margin)
-    value = inst.notional(mark_ticks, abs(size_lots)) if mark_ticks else cost
-    pnl = value - cost if size_lots > 0 else cost - value
+    pnl = formulas.unrealized_pnl(inst, size_lots, cost, mark_ticks) if mark_ticks else 0
     out["mark_price"] = inst.format_price(mark_ticks) if mark_ticks else None
-    out["unrealized_pnl"] = format_amount(pnl if size_lots else 0)
+    out["unrealized_pnl"] = format_amount(pnl)
     out["liquidation_price"] = inst.format_price(formulas.liquidation_ticks(inst, size_lots, cost, margin))
     return out
 

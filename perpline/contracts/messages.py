@@ -365,6 +365,7 @@ class OrderView(msgspec.Struct, kw_only=True):
     created_ms: int
     updated_ms: int
     cum_quote: str = "0"  # filled value in the margin asset (sum of price x quantity over fills), exact
+    margin: str = "0"  # the initial margin the open order holds now (its fee reservation not included)
 
 
 class OrderChanged(Msg, tag="order", kw_only=True):

@@ -86,6 +86,18 @@ def format_fixed(units: int, decimals: int) -> str:
     return f"{sign}{whole}.{frac:0{decimals}d}"
 
 
+def format_exact(units: int, decimals: int, min_decimals: int) -> str:
+    """format_fixed, less the trailing zeros beyond `min_decimals` places: an exact value in its
+    shortest form that keeps the instrument's own precision ("50000.00", "49923.475")."""
+    assert 0 <= min_decimals <= decimals
+    text = format_fixed(units, decimals)
+    drop = 0
+    while drop < decimals - min_decimals and text[-1 - drop] == "0":
+        drop += 1
+    text = text[:len(text) - drop] if drop else text
+    return text.removesuffix(".")
+
+
 def parse_amount(text: str, *, allow_negative: bool = False, what: str = "amount") -> int:
     return parse_fixed(text, AMOUNT_DECIMALS, allow_negative=allow_negative, what=what)
 

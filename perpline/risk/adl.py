@@ -28,6 +28,16 @@ def score(inst: Instrument, size: int, cost: int, margin: int, mark: int) -> Fra
     return ratio * leverage if pnl > 0 else ratio / leverage
 
 
+def quantile(mine: Fraction, same_side: list[Fraction]) -> int:
+    """Binance's ADL indicator (positionRisk's `adl`), 0..4: the fifth of its side's ranking (`score`,
+    `same_side` holds every position on that side, this one included) a position is in, 4 being the
+    first deleveraged. A position with nothing left to rank (no margin or equity) shows 0."""
+    if mine == LAST or not same_side:
+        return 0
+    above = sum(1 for other in same_side if other > mine)
+    return 4 - min(4, 5 * above // len(same_side))
+
+
 def plan(s: SymbolState, account: int, now_ms: int) -> m.AdlTrade | None:
     """The ADL trades for `account`'s position in `s`'s symbol, highest-ranked counterparties first (ties:
     lower account id), or None when the opposite side cannot take all of it."""

@@ -80,6 +80,42 @@ def funding_payment(inst: Instrument, size_lots: int, mark: int, rate_e8: int) -
     return -apply_rate_credit(notional, abs(rate_e8))
 
 
+# --- valuation: one formula per number, for the API (v1, fapi), the audit and the risk process ------
+
+
+PRICE_E8_DECIMALS = 8  # an exact average price: 1e-8 of the quote asset
+
+
+def average_price_e8(inst: Instrument, value_tick_lots: int, qty_lots: int) -> int:
+    """The average fill price, sum(price x qty) / qty, in 1e-8 of the quote asset, rounded down (an
+    order's avgPrice: exact to 8 decimals, 49923.475 and not 49923.47). 0 before any fill."""
+    assert inst.price_decimals <= PRICE_E8_DECIMALS and qty_lots >= 0
+    if qty_lots == 0:
+        return 0
+    scale: int = 10 ** (PRICE_E8_DECIMALS - inst.price_decimals)
+    return value_tick_lots * inst.tick_units * scale // qty_lots
+
+
+def unrealized_pnl(inst: Instrument, size_lots: int, cost: int, mark: int) -> int:
+    """A position's unrealised PnL at `mark` ticks, amount units: long value - cost, short cost - value,
+    from the exact entry value (cost), not a rounded entry price. Exact: no rounding. 0: no position."""
+    if size_lots == 0:
+        return 0
+    value = inst.notional(mark, abs(size_lots))
+    return value - cost if size_lots > 0 else cost - value
+
+
+def maint_margin(inst: Instrument, size_lots: int, cost: int, mark: int) -> int:
+    """Maintenance margin, amount units: notional at the mark x mmr - maint_amount, the bracket chosen
+    by the entry value as in liquidation_ticks (the same threshold the liquidation price solves for);
+    rounded up (a requirement), never below 0."""
+    if size_lots == 0:
+        return 0
+    bracket = inst.bracket_for(cost)
+    required = div_ceil(inst.notional(mark, abs(size_lots)) * bracket.maint_margin_e8, RATE_SCALE)
+    return max(0, required - bracket.maint_amount)
+
+
 # --- liquidation -----------------------------------------------------------------------------
 
 

@@ -32,7 +32,14 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import Counter, Gauge
 
-from perpline.config import fetch_config, kafka_config, producer_config, settings, topic_map
+from perpline.config import (
+    fetch_config,
+    funding_interval_ms,
+    kafka_config,
+    producer_config,
+    settings,
+    topic_map,
+)
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.units import RATE_SCALE, format_amount, format_rate
@@ -56,10 +63,6 @@ LIQUIDATIONS = Counter("perpline_risk_liquidations_sent_total", "Liquidate comma
 ROUNDS = Counter("perpline_risk_funding_rounds_total", "funding rounds settled", ["symbol"])
 POSITIONS = Gauge("perpline_risk_positions", "positions tracked for liquidation", ["symbol"])
 MARK = Gauge("perpline_risk_mark_price", "last mark price", ["symbol"])
-
-
-def funding_interval_ms() -> int:
-    return int(float(os.environ.get("PERPLINE_FUNDING_INTERVAL_S", str(8 * 3600))) * 1000)
 
 
 def index_stale_ms() -> int:

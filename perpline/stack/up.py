@@ -170,7 +170,8 @@ def components(plan: Plan) -> list[ComponentSpec]:
          ready_timeout_s=120)
     spec("api", [PY, "-m", "perpline.api.main", "--host", plan.api_host, "--port", str(plan.api_port)],
          ["matcher", "accounts", "clearing"], ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
-         ready_timeout_s=120, env_extra={"PERPLINE_CLICKHOUSE_URL": plan.clickhouse_reader_url})  # it only reads
+         ready_timeout_s=120, env_extra={"PERPLINE_CLICKHOUSE_URL": plan.clickhouse_reader_url,  # it only reads
+                                         "PERPLINE_FUNDING_INTERVAL_S": funding_s})
     if plan.demo:
         spec("demo", [PY, "-m", "perpline.demo.traders", "--api", plan.api_url], ["api", "ledger-sink"],
              ready_file=False, ready=None)

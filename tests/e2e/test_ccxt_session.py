@@ -122,6 +122,33 @@ def test_a_full_ccxt_session_between_two_users(stack: Stack) -> None:
     assert bob.fetch_balance()["USDT"]["total"] == 9999.75  # none of the refused requests changed anything
 
 
+def test_an_oversized_reduce_only_market_order_closes_the_position(stack: Stack) -> None:
+    """How many clients close a position: a reduce-only MARKET order far larger than it. Binance accepts
+    it, fills up to the position and does not execute the rest (EXPIRED); the average price is exact."""
+    grace_keys = admin(stack, "create-user", "--label", "grace", "--deposit", "USDT=10000")
+    heidi_keys = admin(stack, "create-user", "--label", "heidi", "--deposit", "USDT=10000")
+    assert isinstance(grace_keys, dict) and isinstance(heidi_keys, dict)
+    grace = client(stack.api, grace_keys["api_key"], grace_keys["api_secret"])
+    heidi = client(stack.api, heidi_keys["api_key"], heidi_keys["api_secret"])
+    grace.load_markets()
+    heidi.load_markets()
+    heidi.create_order(SYM, "limit", "sell", 0.012, 50000)
+    assert grace.create_order(SYM, "market", "buy", 0.012)["filled"] == 0.012
+    (long,) = grace.fetch_positions([SYM])
+    assert (long["side"], long["contracts"]) == ("long", 0.012)
+    heidi.create_order(SYM, "limit", "buy", 0.009, 49923.5)  # the best bids: 0.012 at an average of 49923.475
+    heidi.create_order(SYM, "limit", "buy", 0.003, 49923.4)
+
+    closing = grace.create_order(SYM, "market", "sell", 1, params={"reduceOnly": True})
+    assert (closing["status"], closing["amount"], closing["filled"]) == ("expired", 1, 0.012)
+    assert closing["info"]["avgPrice"] == "49923.475" and closing["average"] == 49923.475
+    assert closing["info"]["cumQuote"] == "599.08170000"
+    assert grace.fetch_positions([SYM]) == []  # flat: nothing opened by the excess
+    assert [(t["side"], t["amount"]) for t in grace.fetch_my_trades(SYM)][-2:] == [("sell", 0.009), ("sell", 0.003)]
+    with pytest.raises(ccxt.InvalidOrder):  # -2022: no position left to reduce
+        grace.create_order(SYM, "market", "sell", 1, params={"reduceOnly": True})
+
+
 def signed(base: str, method: str, path: str, keys: dict, params: dict, secret: str | None = None,
            timestamp: int | None = None) -> httpx.Response:
     """A raw Binance-style signed request: params + timestamp, HMAC-SHA256 appended."""

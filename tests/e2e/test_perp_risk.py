@@ -119,6 +119,7 @@ def test_mark_funding_and_a_liquidation_into_the_insurance_fund(stack: Stack) ->
         assert premium["indexPrice"] == "50000.00" and premium["lastFundingRate"] == "0.00010000"
         history = httpx.get(f"{stack.api}/fapi/v1/fundingRate", params={"symbol": "BTCUSDT"}, timeout=10).json()
         assert history and history[0]["fundingRate"] == "0.00010000"
+        assert_funding_income(stack, paid[0]["funding_time_ms"])
 
         order(stack, ALICE, "BUY", "48000", "0.010")  # an open order the liquidation must cancel
         order(stack, CAROL, "BUY", "47600", "0.100")
@@ -171,6 +172,28 @@ def test_mark_funding_and_a_liquidation_into_the_insurance_fund(stack: Stack) ->
         raise
     finally:
         index.stopped.set()
+
+
+def signed_get(stack: Stack, keys: Any, path: str, params: dict[str, Any]) -> Any:
+    text = urlencode({**params, "timestamp": int(time.time() * 1000)})
+    text += "&signature=" + hmac.new(keys["api_secret"].encode(), text.encode(), hashlib.sha256).hexdigest()
+    answer = httpx.get(f"{stack.api}{path}?{text}", headers={"X-MBX-APIKEY": keys["api_key"]}, timeout=10)
+    return answer.json() if answer.status_code == 200 else []  # (a new key: not on the replica yet)
+
+
+def assert_funding_income(stack: Stack, funding_time_ms: int) -> None:
+    """Binance's income history (what ccxt's fetch_funding_history reads) has the FUNDING_FEE rows of a
+    settled round: alice (long) paid 0.5, bob (short) received it."""
+    for acct, income in ((ALICE, "-0.50000000"), (BOB, "0.50000000")):
+        keys = admin(stack, "create-key", "--user", str(acct), "--permissions", "read")
+
+        def rows(keys: Any = keys) -> Any:
+            found = signed_get(stack, keys, "/fapi/v1/income", {"incomeType": "FUNDING_FEE", "symbol": "BTCUSDT"})
+            return [r for r in found if r["time"] == funding_time_ms]
+
+        (row,) = until(rows, 15)  # the key reaches the API replica within moments
+        assert (row["symbol"], row["incomeType"], row["income"], row["asset"]) == (
+            "BTCUSDT", "FUNDING_FEE", income, "USDT")
 
 
 def dump_for_diagnosis(stack: Stack) -> None:

@@ -203,12 +203,39 @@ def test_reduce_only_needs_an_opposite_position_and_freezes_only_the_fee() -> No
     ok = place_with(st, "r1", side="SELL", price="51000", quantity="0.015", reduce_only=True)
     assert result(ok).ok and sent_orders(ok)[0].reduce_only
     assert st.balances["USDT"].order_margin - before == parse_amount("0.3825")  # fee only: 765 * 0.05%
-    over = result(place_with(st, "r2", side="SELL", price="51000", quantity="0.010", reduce_only=True))
-    assert not over.ok and over.code == Code.REDUCE_ONLY_REJECTED  # 0.015 of 0.020 already reserved
-    small = result(place_with(st, "r3", side="SELL", price="51000", quantity="0.005", reduce_only=True))
+    small = result(place_with(st, "r3", side="SELL", price="51000", quantity="0.002", reduce_only=True))
     assert small.ok  # below min notional is fine for reduce-only
     same_side = result(place_with(st, "r4", side="BUY", price="49000", quantity="0.001", reduce_only=True))
     assert not same_side.ok and same_side.code == Code.REDUCE_ONLY_REJECTED
+
+
+def test_an_oversized_resting_reduce_only_order_rests_with_what_it_can_close() -> None:
+    """Binance: a reduce-only order larger than the position is accepted and reduced to it; refused
+    (-2022) only when it can close nothing."""
+    st = AccountState(account_id=1)
+    _long(st)
+    first = place_with(st, "r1", side="SELL", price="51000", quantity="0.015", reduce_only=True)
+    over = place_with(st, "r2", side="SELL", price="51000", quantity="0.010", reduce_only=True)
+    assert result(over).ok and sent_orders(over)[0].quantity == "0.005"  # 0.015 of 0.020 already covered
+    view = next(o.msg.order for o in over if isinstance(o.msg, m.OrderChanged))
+    assert view.quantity == "0.005" and result(first).ok
+    none_left = result(place_with(st, "r3", side="SELL", price="51000", quantity="0.001", reduce_only=True))
+    assert not none_left.ok and none_left.code == Code.REDUCE_ONLY_REJECTED
+    assert sum(o.leaves_lots for o in st.orders.values() if o.reduce_only) == 20
+
+
+def test_an_oversized_reduce_only_market_order_closes_the_position_and_expires_the_rest() -> None:
+    st = AccountState(account_id=1)
+    _long(st)
+    outs = place_with(st, "close", side="SELL", order_type="MARKET", price_bound="47500", quantity="1.000",
+                      reduce_only=True)
+    order_id = result(outs).order_id
+    assert sent_orders(outs)[0].quantity == "0.020"  # the matcher never sees the excess
+    assert st.balances["USDT"].order_margin == parse_amount("0.475")  # the fee of 0.020 at the bound only
+    fill = leg(st, order_id, 2, "TAKER", "SELL", "50000", "0.020", "0")
+    view = [o.msg.order for o in fill if isinstance(o.msg, m.OrderChanged)][-1]
+    assert (view.status, view.quantity, view.filled) == ("EXPIRED", "1.000", "0.020")
+    assert st.positions[SYM].size_lots == 0 and st.orders == {} and st.balances["USDT"].order_margin == 0
 
 
 def test_reduce_only_orders_are_cut_when_the_position_shrinks() -> None:
