@@ -168,6 +168,25 @@ async def drive(api: str, users: list[dict[str, Any]], price: Decimal, qty: str,
             if tally.stage_count else {}}
 
 
+def topic_offsets(kafka: str) -> dict[str, int]:
+    """Offsets written so far on every topic (our topics and Quix's changelogs): records plus
+    transaction markers, each of which the broker stores and serves."""
+    from perpline.topics_tool import describe  # noqa: PLC0415
+
+    return {t["topic"]: sum(p["high"] for p in t["partitions"]) for t in describe(kafka, include_all=True)}
+
+
+def offsets_per_order(before: dict[str, int], after: dict[str, int], report: dict[str, Any]) -> dict[str, float]:
+    """What one answered order cost the broker, per topic: offsets written during the run / orders."""
+    orders = report["orders_per_s"] * report["seconds"]
+    if not orders:
+        return {}
+    grown = {t: after[t] - before.get(t, 0) for t in after}
+    per = {t: round(n / orders, 2) for t, n in sorted(grown.items(), key=lambda kv: -kv[1]) if n}
+    per["total"] = round(sum(grown.values()) / orders, 2)
+    return per
+
+
 def check_books(reader_url: str, data_dir: str, quiet_s: float = 3.0, timeout_s: float = 120.0) -> dict[str, Any]:
     """After the sink has caught up (ledger rows stable for `quiet_s`): every reconciliation rule on a
     full pass, twice (the eventual rules count only when a second pass finds the same break). As the
@@ -209,7 +228,9 @@ def main() -> None:
         made_at = time.monotonic()
         users = make_users(2 * args.pairs, kafka, tmp)
         users_s = time.monotonic() - made_at
+        before = topic_offsets(kafka)
         report = asyncio.run(drive(api, users, mark_ticks(api), args.qty, args.seconds))
+        report["offsets_per_order"] = offsets_per_order(before, topic_offsets(kafka), report)
         report["users_made_s"] = round(users_s, 1)
         report["books"] = check_books(clickhouse, tmp)
     print(json.dumps(report))
