@@ -24,7 +24,13 @@ from fastapi.responses import JSONResponse
 from perpline import config
 from perpline.api import auth, binance, errors, ratelimit
 from perpline.api.app import ApiDeps
-from perpline.api.v1 import amend_and_wait, band_reference, market_bound, wait_order_closed
+from perpline.api.v1 import (
+    amend_and_wait,
+    band_reference,
+    market_bound,
+    wait_order_closed,
+    wait_orders_closed,
+)
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_request_id
@@ -495,13 +501,17 @@ async def new_order(request: Request, caller: Trade
         raise _with_instrument(err, inst) from err
     decided = time.perf_counter()
     assert result.order_id is not None
-    await d.readmodel.wait_settled(caller.user_id, result.order_id, d.wait_s)
+    settled = await d.readmodel.wait_settled(caller.user_id, result.order_id, d.wait_s)
     request.state.stages = stages_header(request, started, marks["sent"], decided, time.perf_counter())
     view = d.readmodel.find_order(caller.user_id, result.order_id)
-    if view is None:
-        raise PerplineError(Code.TIMEOUT, "order accepted; not visible yet")
+    if view is None or not settled:  # never answer a status the order may not end in: Binance's "unknown"
+        raise PerplineError(Code.TIMEOUT, UNSETTLED)
     _raise_matcher_rejection(d, view)
     return binance.order(inst, view)
+
+
+UNSETTLED = ("order accepted; its outcome is not settled within the API's wait: query it by its client order "
+             "id (GET /fapi/v1/order)")
 
 
 def stages_header(request: Request, started: float, sent: float, decided: float, settled: float) -> str:
@@ -565,7 +575,9 @@ async def cancel_order(request: Request, caller: Trade) -> Any:
                         order_id=found.order_id)
     await _submit(d, caller.user_id, cmd, rid)
     closed = await wait_order_closed(d, caller.user_id, found.order_id)
-    return binance.order(inst, closed or found)
+    if closed is None:  # never answer the open order it may no longer be
+        raise PerplineError(Code.TIMEOUT, "cancel accepted; not confirmed within the API's wait: query the order")
+    return binance.order(inst, closed)
 
 
 @router.put("/v1/order")
@@ -591,8 +603,9 @@ async def cancel_all(request: Request, caller: Trade) -> Any:
     rid = new_request_id()
     cmd = m.CancelAll(**_meta(request, rid), request_id=rid, account_id=caller.user_id, symbol=inst.symbol)
     result = await _submit(d, caller.user_id, cmd, rid)
-    for order_id in result.order_ids:
-        await wait_order_closed(d, caller.user_id, order_id)
+    closed = await wait_orders_closed(d, caller.user_id, list(result.order_ids))
+    if any(order is None for order in closed):
+        raise PerplineError(Code.TIMEOUT, "cancel-all accepted; not every order confirmed within the API's wait")
     return {"msg": "The operation of cancel all open order is done."}
 
 

@@ -358,11 +358,12 @@ class ReadModel:
 
     async def wait_amended(self, account_id: int, order_id: int, answered_before: int, timeout_s: float) -> int:
         """Wait until the matcher answered one more amend of the order and the views show it; returns
-        the refusal code (0: applied)."""
+        the refusal code (0: applied), or -1 if either has not happened within `timeout_s`."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         if not await self.wait_until(lambda: self.amends(order_id)[0] > answered_before, timeout_s):
             return -1
-        await self.wait_settled(account_id, order_id, max(0.0, deadline - asyncio.get_running_loop().time()))
+        if not await self.wait_settled(account_id, order_id, max(0.0, deadline - asyncio.get_running_loop().time())):
+            return -1  # answered by the matcher, not yet in the views: not known to the caller either
         return self.amends(order_id)[1]
 
     def matcher_code(self, order_id: int) -> int:

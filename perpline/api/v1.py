@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, Field, StrictStr
 
+from perpline.accounts.order_status import TERMINAL
 from perpline.api import auth, errors, ratelimit, sessions
 from perpline.api.app import ApiDeps
 from perpline.audit import Audit
@@ -190,8 +191,11 @@ async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: 
         return result
     assert result.order_id is not None and d.readmodel is not None
     # as /fapi and Binance: answer with the order as matching left it (NEW resting, FILLED, EXPIRED, ...), once
-    # the matcher is done with it and this account and its makers show the fills (bounded by the API's wait)
-    await d.readmodel.wait_settled(acct, result.order_id, d.wait_s)
+    # the matcher is done with it and this account and its makers show the fills; if that takes longer than
+    # the API's wait (a processor down), TIMEOUT: never a status the order may not end in
+    if not await d.readmodel.wait_settled(acct, result.order_id, d.wait_s):
+        raise PerplineError(Code.TIMEOUT, f"order {result.order_id} accepted; its outcome is not settled within the "
+                                          "API's wait: query it (GET /api/v1/orders/{id})")
     order = d.readmodel.find_order(acct, result.order_id)
     out = {"request_id": rid, "order_id": str(result.order_id), "order": _order_json(order) if order else None}
     if order is not None and order.status in ("REJECTED", "EXPIRED"):  # why the matcher ended it
@@ -283,15 +287,21 @@ async def cancel_order(order_id: Annotated[int, STRICT_UINT], symbol: str, reque
 
 async def wait_order_closed(d: ApiDeps, acct: int, order_id: int) -> m.OrderView | None:
     """The order once it reached a final status, within the API's bounded wait."""
+    return (await wait_orders_closed(d, acct, [order_id]))[0]
+
+
+async def wait_orders_closed(d: ApiDeps, acct: int, order_ids: list[int]) -> list[m.OrderView | None]:
+    """Each order once it reached a final status (None if not yet), all under one bounded wait: a cancel-all
+    waits for its orders together, not one fresh wait per order."""
     assert d.readmodel is not None
     readmodel = d.readmodel
 
-    def closed() -> m.OrderView | None:
+    def closed(order_id: int) -> m.OrderView | None:
         order = readmodel.find_order(acct, order_id)
-        return order if order is not None and order.status in ("CANCELED", "FILLED", "EXPIRED", "REJECTED") else None
+        return order if order is not None and order.status in TERMINAL else None
 
-    await readmodel.wait_until(lambda: closed() is not None, d.wait_s)
-    return closed()
+    await readmodel.wait_until(lambda: all(closed(oid) is not None for oid in order_ids), d.wait_s)
+    return [closed(oid) for oid in order_ids]
 
 
 @router.delete("/orders", tags=["trading"])
@@ -301,7 +311,7 @@ async def cancel_all(symbol: str, request: Request, acct: Account, rid: RequestI
     result = await _submit(d, request, acct, cmd, rid)
     if isinstance(result, JSONResponse):
         return result
-    closed = [await wait_order_closed(d, acct, oid) for oid in result.order_ids]
+    closed = await wait_orders_closed(d, acct, list(result.order_ids))
     return {"request_id": rid, "symbol": inst.symbol,
             "orders": [_order_json(o) if o else {"order_id": str(oid), "status": "CANCEL_PENDING"}
                        for oid, o in zip(result.order_ids, closed, strict=True)]}

@@ -228,6 +228,32 @@ def test_admin_makes_many_funded_users_in_one_process(stack: Stack) -> None:
         assert Decimal(balances["USDT"]["wallet"]) == Decimal("251"), balances
 
 
+def test_an_order_whose_settlement_is_held_up_is_answered_unknown_never_with_a_status_it_does_not_end_in(
+        stack: Stack) -> None:
+    """Issue 19, hole 7: with clearing stopped, a taking order is matched but its fills cannot reach the
+    account views. Its answer must be TIMEOUT (Binance's -1007, "unknown status"), not the NEW the views
+    still show; once clearing runs again the order is what matching made it."""
+    maker, taker = (u["user_id"] for u in admin(stack, "create-user", "--count", "2", "--deposit", "USDT=20000"))
+    api = stack.api
+    rest = _post(api, "/api/v1/orders", maker, {"symbol": "BTCUSDT-PERP", "side": "SELL", "price": "50200",
+                                                "quantity": "0.010", "client_order_id": "held-rest"})
+    assert rest.status_code == 200 and rest.json()["order"]["status"] == "NEW", rest.text
+    clearing = _component_pid(stack, "perpline.pipelines.clearing")
+    assert clearing
+    os.kill(clearing, signal.SIGSTOP)
+    try:
+        take = _post(api, "/api/v1/orders", taker, {"symbol": "BTCUSDT-PERP", "side": "BUY", "price": "50200",
+                                                    "quantity": "0.010", "time_in_force": "IOC",
+                                                    "client_order_id": "held-take"})
+    finally:
+        os.kill(clearing, signal.SIGCONT)
+    assert take.status_code == 504 and take.json()["code"] == 5001, take.text
+    order = _eventually(lambda: next((o for o in _get(api, "/api/v1/orders", taker, symbol="BTCUSDT-PERP",
+                                                                 status="all").json()
+                                      if o.get("client_order_id") == "held-take" and o["status"] == "FILLED"), None))
+    assert order["filled"] == "0.010"
+
+
 def test_stop_leaves_no_process(stack: Stack) -> None:
     assert stack_pids(stack.marker), "the stack's processes carry the marker"
     code = stack.stop()
