@@ -37,11 +37,11 @@ USER_DEPOSIT = "USDT=1000000"
 MAX_PAIRS = 256
 
 
-def make_users(count: int, kafka: str, data_dir: str) -> list[dict[str, Any]]:
+def make_users(count: int, kafka: str, data_dir: str, deposit: str = USER_DEPOSIT) -> list[dict[str, Any]]:
     """`count` funded users from one `perpline admin create-user --count` process."""
     env = {**os.environ, "PERPLINE_KAFKA_BOOTSTRAP": kafka, "PERPLINE_DATA_DIR": data_dir}
     made = subprocess.run([sys.executable, "-m", "perpline.cli", "admin", "create-user", "--count", str(count),
-                           "--deposit", USER_DEPOSIT], env=env, capture_output=True, text=True, check=True, timeout=300)
+                           "--deposit", deposit], env=env, capture_output=True, text=True, check=True, timeout=300)
     users: list[dict[str, Any]] = json.loads(made.stdout) if count > 1 else [json.loads(made.stdout)]
     return users
 
