@@ -39,6 +39,7 @@ from perpline.contracts.units import RATE_SCALE, format_amount, format_rate
 from perpline.obs import LagWatcher, StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
 from perpline.risk import adl
 from perpline.risk import formulas as f
+from perpline.risk.memory import FinishedFirst
 from perpline.risk.state import MAX_PREMIUM_SAMPLES, RiskState, SymbolState
 
 log = logging.getLogger("perpline.risk")
@@ -49,6 +50,7 @@ LIQUIDATION_STUCK_MS = 30_000  # no LiquidationOrderDone for an attempt this lon
 ADL_AFTER_ATTEMPTS = 3  # liquidation orders that found no taker within 5 % of the mark: deleverage
 ADL_RESEND_MS = 600_000  # on restart, resend the commands of ADL decisions this recent (answered once)
 MAX_POLL_BATCH = 10_000
+MAX_SENT_REMEMBERED = 100_000  # liquidation attempts remembered (past it, finished ones go: Risk.finished)
 MARK_MIN_GAP_MS = 100  # between ticks, a moved book or index recomputes the mark at most this often
 MARK_PUBLISH_MOVE_E8 = 10_000  # ... and publishes it when it moved 0.01 % or more since the last published
 TICKS = Counter("perpline_risk_ticks_total", "mark price ticks")
@@ -75,7 +77,7 @@ class Risk:
         self.interval_ms = funding_interval_ms()
         self.stale_ms = index_stale_ms()
         # (symbol, account, version) -> (attempt, sent ms, insurance-fund cover offered)
-        self.sent: dict[tuple[str, int, int], tuple[int, int, int]] = {}
+        self.sent: FinishedFirst[tuple[str, int, int], tuple[int, int, int]] = FinishedFirst(MAX_SENT_REMEMBERED)
         self.consumer = Consumer(kafka_config(bootstrap, **{"group.id": "perpline-risk", "enable.auto.commit": False,
                                                             "isolation.level": "read_committed", **fetch_config(on_write_path=False)}))
         self.producer = Producer(producer_config(bootstrap))
@@ -253,8 +255,13 @@ class Risk:
                 request_id=f"liq:{s.inst.symbol}:{account}:{version}:{attempt}", account_id=account,
                 symbol=s.inst.symbol, position_version=version, mark_price=s.inst.format_price(s.mark_ticks),
                 attempt=attempt, max_loss=format_amount(cover) if attempt else ""))
-        if len(self.sent) > 100_000:
-            self.sent.clear()
+        self.sent.forget_finished(lambda key, value: self.finished(key, value, now_ms))
+
+    def finished(self, key: tuple[str, int, int], value: tuple[int, int, int], now_ms: int) -> bool:
+        """An attempt may be forgotten once its position moved on (no later attempt will count from it) and
+        its cover is no longer reserved (fund_cover counts covers within LIQUIDATION_RETRY_MS)."""
+        _, sent_ms, _ = value
+        return self.state.moved_on(*key) and now_ms - sent_ms >= LIQUIDATION_RETRY_MS
 
     def may_retry(self, s: SymbolState, key: tuple[str, int, int], attempt: int, waited_ms: int) -> bool:
         """The next attempt (or ADL) only once the last attempt's order closed (LiquidationOrderDone on
