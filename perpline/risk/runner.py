@@ -4,7 +4,8 @@
 
 Read top to bottom, one loop:
 1. catch up: read matcher.events, positions and funding.rounds from the start and the last index
-   price, up to the end offsets seen at start; act on nothing before that;
+   price, up to the end offsets seen at start (read by fetching: the embedded broker's ListOffsets
+   answer is low after multi-record batches); act on nothing before that;
 2. every tick, per symbol: index (stale after PERPLINE_INDEX_STALE_S: fall back to the book's mid,
    else the last trade), premium sample, mark = Binance's median, publish on prices.mark; between
    ticks, when the book, a trade or the index moved, the mark is recomputed (at most every
@@ -41,6 +42,7 @@ from perpline.risk import adl
 from perpline.risk import formulas as f
 from perpline.risk.memory import FinishedFirst
 from perpline.risk.state import MAX_PREMIUM_SAMPLES, RiskState, SymbolState
+from perpline.topics_tool import watermarks
 
 log = logging.getLogger("perpline.risk")
 
@@ -89,16 +91,19 @@ class Risk:
 
     def assign(self) -> dict[tuple[str, int], int]:
         """Assign every input partition from its start (the index from its last record); returns the
-        end offsets to catch up to."""
+        end offsets to catch up to. The ends are `watermarks`' (the broker's answer corrected by a fetch):
+        the embedded broker's ListOffsets answer is low after multi-record batches, and catching up to it
+        would act on positions not read yet."""
+        every = [TopicPartition(topic, p) for topic in (self.topics[logical] for logical in INPUTS)
+                 for p in self.consumer.list_topics(topic, timeout=30).topics[topic].partitions]
+        marks = watermarks(self.consumer, every)
         parts, ends = [], {}
-        for logical in INPUTS:
-            topic = self.topics[logical]
-            for p in self.consumer.list_topics(topic, timeout=30).topics[topic].partitions:
-                low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-                start = max(low, high - 1) if logical == "prices.index" else low
-                parts.append(TopicPartition(topic, p, start))
-                if high > start:
-                    ends[(topic, p)] = high
+        for tp in every:
+            low, high = marks[(tp.topic, tp.partition)]
+            start = max(low, high - 1) if self.logical[tp.topic] == "prices.index" else low
+            parts.append(TopicPartition(tp.topic, tp.partition, start))
+            if high > start:
+                ends[(tp.topic, tp.partition)] = high
         self.consumer.assign(parts)
         self.lag.watch(self.consumer, parts)
         return ends
