@@ -6,7 +6,13 @@
 With PERPLINE_KAFKA_BOOTSTRAP set, that broker is used and none is started (topics are
 ensured); with PERPLINE_CLICKHOUSE_URL set, that server is used and none is started.
 The embedded broker keeps everything in memory, so an embedded stack starts clean:
-the matcher's WAL and the processors' state from an earlier run are removed with it.
+the matcher's WAL and the processors' state from an earlier run are removed with it; for the
+same reason its death stops the whole stack (it is never restarted empty under the others).
+
+Two stacks on one machine: before anything starts or is removed, a port this stack would listen
+on that another process holds, or a data dir another `perpline up` holds, makes it exit 1 naming
+the port and the process (taken_ports, lock_data_dir); after that the broker launcher and the
+supervisor check that what answers on a port is their own child (ComponentSpec.ports).
 
 Exposure: the embedded broker has no authentication (any local process may write to any
 topic), so the API is kept on loopback while it is in use unless --i-know-the-broker-is-open;
