@@ -33,6 +33,7 @@ from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.ids import new_request_id, new_trace_id
 from perpline.contracts.units import UnitError, parse_uint
+from perpline.topics_tool import watermarks
 
 WAIT_S = 30.0
 MAX_USERS_AT_ONCE = 10_000
@@ -141,15 +142,14 @@ class Admin:
 
 
 def _results_consumer(bootstrap: str, topic: str) -> Consumer:
-    """A consumer positioned at the current end of `topic`: it sees only what comes next."""
+    """A consumer positioned at the current end of `topic`: it sees only what comes next. The end is
+    `watermarks`' (corrected by a fetch): the embedded broker's ListOffsets answer is low after
+    multi-record batches, and reading from there would wade through old decisions."""
     consumer = Consumer(kafka_config(bootstrap, **{"group.id": f"perpline-admin-{new_request_id()}",
                                                    "enable.auto.commit": False, "isolation.level": "read_committed"}))
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    assigned = []
-    for p in parts:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        assigned.append(TopicPartition(topic, p, high))
-    consumer.assign(assigned)
+    marks = watermarks(consumer, [TopicPartition(topic, p) for p in parts])
+    consumer.assign([TopicPartition(topic, p, marks[(topic, p)][1]) for p in parts])
     return consumer
 
 

@@ -41,6 +41,7 @@ from prometheus_client import Gauge
 from perpline.config import kafka_config
 from perpline.contracts import topics as t
 from perpline.obs import serve_metrics, setup_logging
+from perpline.stack import ports
 
 log = logging.getLogger("perpline.broker")
 
@@ -267,6 +268,16 @@ def _parse(argv: Iterable[str] | None) -> argparse.Namespace:
     return parser.parse_args(None if argv is None else list(argv))
 
 
+def _check_own_listener(port: int, child: subprocess.Popen[bytes]) -> None:
+    """What answered must be the Tansu started here: with another broker on the port, Tansu fails to bind
+    ("address in use") while that broker answers our probes, and a launcher that took it for its own would
+    send a whole second stack to it."""
+    pids, _ = ports.listeners(port)
+    if child.pid not in pids:
+        raise BrokerError(f"port {port} answers, but not from the Tansu started here (pid {child.pid}); "
+                          f"it is held by {ports.holder(port)}")
+
+
 def _forward_signals(child: subprocess.Popen[bytes], received: list[int]) -> None:
     def forward(signum: int, _frame: Any) -> None:
         received.append(signum)
@@ -307,6 +318,7 @@ def run(argv: Iterable[str] | None = None) -> int:
     bootstrap = f"{args.host}:{args.port}"
     try:
         wait_broker(bootstrap, args.start_timeout, child=child)
+        _check_own_listener(args.port, child)
         created = ensure_topics(bootstrap)
     except Exception as exc:
         stop(child)

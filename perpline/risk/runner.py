@@ -4,7 +4,8 @@
 
 Read top to bottom, one loop:
 1. catch up: read matcher.events, positions and funding.rounds from the start and the last index
-   price, up to the end offsets seen at start; act on nothing before that;
+   price, up to the end offsets seen at start (read by fetching: the embedded broker's ListOffsets
+   answer is low after multi-record batches); act on nothing before that;
 2. every tick, per symbol: index (stale after PERPLINE_INDEX_STALE_S: fall back to the book's mid,
    else the last trade), premium sample, mark = Binance's median, publish on prices.mark; between
    ticks, when the book, a trade or the index moved, the mark is recomputed (at most every
@@ -46,7 +47,9 @@ from perpline.contracts.units import RATE_SCALE, format_amount, format_rate
 from perpline.obs import LagWatcher, StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
 from perpline.risk import adl
 from perpline.risk import formulas as f
+from perpline.risk.memory import FinishedFirst
 from perpline.risk.state import MAX_PREMIUM_SAMPLES, RiskState, SymbolState
+from perpline.topics_tool import watermarks
 
 log = logging.getLogger("perpline.risk")
 
@@ -56,6 +59,7 @@ LIQUIDATION_STUCK_MS = 30_000  # no LiquidationOrderDone for an attempt this lon
 ADL_AFTER_ATTEMPTS = 3  # liquidation orders that found no taker within 5 % of the mark: deleverage
 ADL_RESEND_MS = 600_000  # on restart, resend the commands of ADL decisions this recent (answered once)
 MAX_POLL_BATCH = 10_000
+MAX_SENT_REMEMBERED = 100_000  # liquidation attempts remembered (past it, finished ones go: Risk.finished)
 MARK_MIN_GAP_MS = 100  # between ticks, a moved book or index recomputes the mark at most this often
 MARK_PUBLISH_MOVE_E8 = 10_000  # ... and publishes it when it moved 0.01 % or more since the last published
 TICKS = Counter("perpline_risk_ticks_total", "mark price ticks")
@@ -78,7 +82,7 @@ class Risk:
         self.interval_ms = funding_interval_ms()
         self.stale_ms = index_stale_ms()
         # (symbol, account, version) -> (attempt, sent ms, insurance-fund cover offered)
-        self.sent: dict[tuple[str, int, int], tuple[int, int, int]] = {}
+        self.sent: FinishedFirst[tuple[str, int, int], tuple[int, int, int]] = FinishedFirst(MAX_SENT_REMEMBERED)
         self.consumer = Consumer(kafka_config(bootstrap, **{"group.id": "perpline-risk", "enable.auto.commit": False,
                                                             "isolation.level": "read_committed", **fetch_config(on_write_path=False)}))
         self.producer = Producer(producer_config(bootstrap))
@@ -90,16 +94,19 @@ class Risk:
 
     def assign(self) -> dict[tuple[str, int], int]:
         """Assign every input partition from its start (the index from its last record); returns the
-        end offsets to catch up to."""
+        end offsets to catch up to. The ends are `watermarks`' (the broker's answer corrected by a fetch):
+        the embedded broker's ListOffsets answer is low after multi-record batches, and catching up to it
+        would act on positions not read yet."""
+        every = [TopicPartition(topic, p) for topic in (self.topics[logical] for logical in INPUTS)
+                 for p in self.consumer.list_topics(topic, timeout=30).topics[topic].partitions]
+        marks = watermarks(self.consumer, every)
         parts, ends = [], {}
-        for logical in INPUTS:
-            topic = self.topics[logical]
-            for p in self.consumer.list_topics(topic, timeout=30).topics[topic].partitions:
-                low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-                start = max(low, high - 1) if logical == "prices.index" else low
-                parts.append(TopicPartition(topic, p, start))
-                if high > start:
-                    ends[(topic, p)] = high
+        for tp in every:
+            low, high = marks[(tp.topic, tp.partition)]
+            start = max(low, high - 1) if self.logical[tp.topic] == "prices.index" else low
+            parts.append(TopicPartition(tp.topic, tp.partition, start))
+            if high > start:
+                ends[(tp.topic, tp.partition)] = high
         self.consumer.assign(parts)
         self.lag.watch(self.consumer, parts)
         return ends
@@ -256,8 +263,13 @@ class Risk:
                 request_id=f"liq:{s.inst.symbol}:{account}:{version}:{attempt}", account_id=account,
                 symbol=s.inst.symbol, position_version=version, mark_price=s.inst.format_price(s.mark_ticks),
                 attempt=attempt, max_loss=format_amount(cover) if attempt else ""))
-        if len(self.sent) > 100_000:
-            self.sent.clear()
+        self.sent.forget_finished(lambda key, value: self.finished(key, value, now_ms))
+
+    def finished(self, key: tuple[str, int, int], value: tuple[int, int, int], now_ms: int) -> bool:
+        """An attempt may be forgotten once its position moved on (no later attempt will count from it) and
+        its cover is no longer reserved (fund_cover counts covers within LIQUIDATION_RETRY_MS)."""
+        _, sent_ms, _ = value
+        return self.state.moved_on(*key) and now_ms - sent_ms >= LIQUIDATION_RETRY_MS
 
     def may_retry(self, s: SymbolState, key: tuple[str, int, int], attempt: int, waited_ms: int) -> bool:
         """The next attempt (or ADL) only once the last attempt's order closed (LiquidationOrderDone on

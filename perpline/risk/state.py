@@ -22,10 +22,11 @@ from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import parse_amount
 from perpline.risk import formulas as f
 from perpline.risk.liquidations import LiquidationBook
+from perpline.risk.memory import FinishedFirst
 
 MAX_BASIS_SAMPLES = 1800  # moving average of the basis over the last 30 minutes of 1 s ticks
 MAX_PREMIUM_SAMPLES = 100_000  # per funding interval
-MAX_DONE_REMEMBERED = 100_000  # closed liquidation orders remembered
+MAX_DONE_REMEMBERED = 100_000  # closed liquidation orders remembered (past it, those of positions that moved on go)
 
 
 @dataclass
@@ -61,7 +62,8 @@ class RiskState:
     def __init__(self) -> None:
         self.symbols = {s: SymbolState(inst) for s, inst in load_catalog().instruments.items()}
         self.fund: dict[str, int] = {}  # asset -> the insurance fund's balance, summed from InsuranceFundMoved
-        self.liquidation_done: set[tuple[str, int, int, int]] = set()  # (symbol, account, version, attempt) closed
+        # (symbol, account, version, attempt) of the liquidation orders that closed
+        self.liquidation_done: FinishedFirst[tuple[str, int, int, int], None] = FinishedFirst(MAX_DONE_REMEMBERED)
 
     def get(self, symbol: str) -> SymbolState | None:
         return self.symbols.get(symbol)
@@ -138,9 +140,8 @@ class RiskState:
         if isinstance(ev, m.LiquidationOrderDone):
             parsed = ids.parse_liquidation_client_id(ev.client_order_id)
             if parsed is not None:
-                if len(self.liquidation_done) >= MAX_DONE_REMEMBERED:
-                    self.liquidation_done.clear()  # old attempts: their positions moved on long ago
-                self.liquidation_done.add((ev.symbol, ev.account_id, *parsed))
+                self.liquidation_done[(ev.symbol, ev.account_id, *parsed)] = None
+                self.liquidation_done.forget_finished(lambda key, _: self.moved_on(*key[:3]))
             return
         s = self.get(ev.symbol)
         if s is None:
@@ -153,6 +154,13 @@ class RiskState:
             s.positions[ev.account_id] = (size, cost, margin, ev.version)
         else:
             s.positions.pop(ev.account_id, None)
+
+    def moved_on(self, symbol: str, account: int, version: int) -> bool:
+        """The position is no longer at `version` (a later one, or closed): nothing will ask about that
+        version's liquidation again (the liquidation book holds each position's current version only)."""
+        s = self.get(symbol)
+        now = s.positions.get(account) if s is not None else None
+        return now is None or now[3] != version
 
     def on_round(self, ev: m.FundingRound | m.AdlTrade) -> None:
         s = self.get(ev.symbol)

@@ -5,6 +5,9 @@
 - a child that dies is reported at once and restarted with exponential backoff, and must
   become ready again; one that dies more than `max_restarts` times in `window_s` stops
   the whole stack loudly (run() returns 1 naming it);
+- a child marked `fatal` (the embedded broker: its records live in its memory only) is never
+  restarted: its death stops the whole stack at once, also while another child is being
+  restarted, and run() returns 1 with a line saying why;
 - stop(): SIGTERM to each process group in reverse order, SIGKILL after the grace period;
   children get PR_SET_PDEATHSIG so they die with a SIGKILLed supervisor.
 """
@@ -27,12 +30,15 @@ from typing import IO
 
 import httpx
 
+from perpline.stack import ports
+
 Probe = Callable[[], bool]
 MAX_COMPONENTS = 64
 MAX_LINE_CHARS = 16 * 1024
 TAIL_LINES = 50
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 8.0
+LOOPBACK = "127.0.0.1"
 
 
 class StackError(RuntimeError):
@@ -49,6 +55,8 @@ class ComponentSpec:
     ready_timeout_s: float = 60.0
     after: list[str] = field(default_factory=list)
     restart: bool = True
+    fatal: str = ""  # set: why this child's death cannot be survived; it stops the stack instead of a restart
+    ports: list[int] = field(default_factory=list)  # TCP ports the child itself listens on (checked when ready)
 
 
 @dataclass
@@ -90,6 +98,10 @@ def tcp_probe(host: str, port: int) -> Probe:
 
 def file_probe(path: str) -> Probe:
     return lambda: Path(path).exists()
+
+
+def _why(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
 
 
 def _die_with_parent() -> None:
@@ -144,13 +156,31 @@ class Supervisor:
         while not self._stop.is_set():
             assert item.proc is not None
             if item.proc.poll() is not None and item.spec.restart:
-                raise StackError(self._describe(item, f"exited with {item.proc.returncode} before it was ready"))
-            if probe is None or probe():
+                held = "".join(f"; port {p} is held by {ports.holder(p)}" for p in item.spec.ports
+                               if not ports.is_free(LOOPBACK, p))
+                raise StackError(self._describe(item, f"exited with {item.proc.returncode} before it was ready{held}"))
+            if self._fatal_death():
+                raise StackError(str(self.failure))
+            if (probe is None or probe()) and self._own_ports(item):
                 item.ready = True
                 return
             if time.monotonic() > deadline:
                 raise StackError(self._describe(item, f"not ready after {item.spec.ready_timeout_s:.0f} s"))
             time.sleep(0.1)
+
+    @staticmethod
+    def _own_ports(item: _Running) -> bool:
+        """Whether the child itself (its process group) listens on each of its ports: what answered the
+        probe may be another stack's server on the same port. StackError naming the holder if not ours."""
+        assert item.proc is not None
+        for port in item.spec.ports:
+            pids, listening = ports.listeners(port)
+            if not listening:
+                return False
+            if not any(ports.process_group(pid) == item.proc.pid for pid in pids):
+                raise StackError(f"component {item.spec.name}: port {port} answers, but not from the process "
+                                 f"started here; it is held by {ports.holder(port)}")
+        return True
 
     def _describe(self, item: _Running, what: str) -> str:
         tail = "\n".join(f"    {line}" for line in list(item.tail)[-20:])
@@ -195,8 +225,10 @@ class Supervisor:
             item.proc = None
             return
         item.ready = False
-        why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-        self.say("supervisor", f"{item.spec.name} DIED ({why})")
+        if item.spec.fatal:
+            self._fatal_death()
+            return
+        self.say("supervisor", f"{item.spec.name} DIED ({_why(code)})")
         now = time.monotonic()
         item.restarts.append(now)
         while item.restarts and now - item.restarts[0] > self.window_s:
@@ -219,7 +251,22 @@ class Supervisor:
             item.backoff_s = BACKOFF_START_S
             self.say("supervisor", f"{item.spec.name} ready again")
         except StackError as err:
-            self.say("supervisor", str(err).splitlines()[0])
+            if self.failure is None:  # a fatal death is said by run()
+                self.say("supervisor", str(err).splitlines()[0])
+
+    def _fatal_death(self) -> bool:
+        """True (and the stack is stopping) when a child marked fatal is no longer running."""
+        for item in self.items.values():
+            proc = item.proc
+            if not item.spec.fatal or proc is None or proc.poll() is None:
+                continue
+            if self.failure is None:
+                self.failure = (f"{item.spec.name} died ({_why(proc.returncode)}) and is not restarted: "
+                                f"{item.spec.fatal}; the whole stack stops")
+                self.say("supervisor", f"{item.spec.name} DIED: {self.failure}")
+            self._stop.set()
+            return True
+        return False
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -230,7 +277,7 @@ class Supervisor:
     def _sleep(self, seconds: float) -> bool:
         """Wait up to `seconds`; True as soon as a stop is requested or signalled."""
         deadline = time.monotonic() + seconds
-        while not self._signalled:
+        while not self._signalled and not self._fatal_death():
             if self._stop.wait(min(0.2, max(0.0, deadline - time.monotonic()))) or time.monotonic() >= deadline:
                 return self._stop.is_set()
         return True

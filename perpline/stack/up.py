@@ -6,7 +6,13 @@
 With PERPLINE_KAFKA_BOOTSTRAP set, that broker is used and none is started (topics are
 ensured); with PERPLINE_CLICKHOUSE_URL set, that server is used and none is started.
 The embedded broker keeps everything in memory, so an embedded stack starts clean:
-the matcher's WAL and the processors' state from an earlier run are removed with it.
+the matcher's WAL and the processors' state from an earlier run are removed with it; for the
+same reason its death stops the whole stack (it is never restarted empty under the others).
+
+Two stacks on one machine: before anything starts or is removed, a port this stack would listen
+on that another process holds, or a data dir another `perpline up` holds, makes it exit 1 naming
+the port and the process (taken_ports, lock_data_dir); after that the broker launcher and the
+supervisor check that what answers on a port is their own child (ComponentSpec.ports).
 
 Exposure: the embedded broker has no authentication (any local process may write to any
 topic), so the API is kept on loopback while it is in use unless --i-know-the-broker-is-open;
@@ -18,6 +24,7 @@ the read-only user's, and the announcement prints the read-only URL for notebook
 from __future__ import annotations
 
 import argparse
+import fcntl
 import ipaddress
 import os
 import shutil
@@ -35,12 +42,16 @@ from perpline.ch.users import (
     with_credentials,
 )
 from perpline.config import settings
+from perpline.stack import ports
 from perpline.stack.supervisor import ComponentSpec, Supervisor, file_probe, free_port, http_probe
 
 PY = sys.executable
 METRICS_BASE_PORT = 19100
 LOCAL_HOST = "127.0.0.1"  # where the embedded broker and ClickHouse listen, always
 OPEN_BROKER_FLAG = "--i-know-the-broker-is-open"
+LOCK_FILE = "up.lock"  # in the data dir: held (flock) by the running `perpline up`
+BROKER_GONE = ("the embedded broker keeps every record in memory only, so every topic is gone with it and no "
+               "component can go on (a restarted broker would be empty); run `perpline up` again for a clean stack")
 
 
 @dataclass
@@ -89,8 +100,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     cfg = settings()
     external_kafka = os.environ.get("PERPLINE_KAFKA_BOOTSTRAP")
     external_ch = os.environ.get("PERPLINE_CLICKHOUSE_URL")
-    kafka = external_kafka or f"{LOCAL_HOST}:{_port(19092, args.free_ports)}"
-    clickhouse = external_ch or f"http://{LOCAL_HOST}:{_port(18123, args.free_ports)}"
+    kafka = external_kafka or f"{LOCAL_HOST}:{args.kafka_port or _port(19092, args.free_ports)}"
+    clickhouse = external_ch or f"http://{LOCAL_HOST}:{args.clickhouse_port or _port(18123, args.free_ports)}"
     api_port = free_port() if args.free_ports and args.api_port is None else (args.api_port or cfg.api_port)
     return Plan(Path(args.data_dir or cfg.data_dir).resolve(), kafka, clickhouse, args.api_host or cfg.api_host, api_port,
                 not external_kafka, not external_ch, args.demo, args.free_ports)
@@ -149,13 +160,13 @@ def components(plan: Plan) -> list[ComponentSpec]:
     if plan.embedded_broker:
         assert host == LOCAL_HOST, host
         spec("broker", [PY, "-m", "perpline.broker.tansu", "--host", host, "--port", port], [], ready_file=False,
-             ready=_topics_probe(plan.kafka))
+             ready=_topics_probe(plan.kafka), fatal=BROKER_GONE, ports=[int(port)])
         deps.append("broker")
     if plan.embedded_clickhouse:
         ch_port = plan.clickhouse.rsplit(":", 1)[1]
         spec("clickhouse", [PY, "-m", "perpline.ch.server", "--data-dir", str(plan.data_dir / "clickhouse"),
                             "--users-dir", str(plan.users_dir), "--host", LOCAL_HOST, "--port", ch_port], [],
-             ready_file=False, ready=http_probe(plan.clickhouse + "/ping"))
+             ready_file=False, ready=http_probe(plan.clickhouse + "/ping"), ports=[int(ch_port)])
     spec("matcher", [PY, "-m", "perpline.matcher.runner", "--data-dir", str(plan.data_dir / "matcher")], deps,
          ready_timeout_s=120)
     for name, module in (("accounts", "perpline.pipelines.accounts"), ("clearing", "perpline.pipelines.clearing")):
@@ -171,7 +182,8 @@ def components(plan: Plan) -> list[ComponentSpec]:
     spec("api", [PY, "-m", "perpline.api.main", "--host", plan.api_host, "--port", str(plan.api_port)],
          ["matcher", "accounts", "clearing"], ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
          ready_timeout_s=120, env_extra={"PERPLINE_CLICKHOUSE_URL": plan.clickhouse_reader_url,  # it only reads
-                                         "PERPLINE_FUNDING_INTERVAL_S": funding_s})
+                                         "PERPLINE_FUNDING_INTERVAL_S": funding_s},
+         ports=[plan.api_port])
     if plan.demo:
         spec("demo", [PY, "-m", "perpline.demo.traders", "--api", plan.api_url], ["api", "ledger-sink"],
              ready_file=False, ready=None)
@@ -188,6 +200,44 @@ def _topics_probe(bootstrap: str):  # type: ignore[no-untyped-def]
     return lambda: topics_ready(bootstrap)
 
 
+def taken_ports(plan: Plan) -> list[str]:
+    """What stands in the way, one line per port this stack would listen on that another process holds:
+    the embedded broker's and ClickHouse's, the API's, every component's /metrics. Checked before anything
+    starts: a second stack on the same ports would otherwise find the first one's broker and ClickHouse
+    answering and run its components against them."""
+    wanted = {f"metrics of {name}": port for name, port in plan_metrics.items()
+              if name not in ("clickhouse", "api")}  # these serve /metrics on their own port
+    wanted["api"] = plan.api_port
+    if plan.embedded_broker:
+        wanted["broker"] = int(plan.kafka.rsplit(":", 1)[1])
+    if plan.embedded_clickhouse:
+        wanted["clickhouse"] = int(plan.clickhouse.rsplit(":", 1)[1])
+    host = {"api": plan.api_host}
+    return [f"port {port} ({what}) is in use by {ports.holder(port)}" for what, port in wanted.items()
+            if not ports.is_free(host.get(what, LOCAL_HOST), port)]
+
+
+def lock_data_dir(data_dir: Path) -> str | None:
+    """Hold the data dir for this stack's life (an flock that dies with the process); None, or why not:
+    a second stack on the same dir would wipe the first one's WAL and state on start."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        return f"data dir {data_dir} is in use by another perpline up (pid {holder})"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _held_locks.append(fd)
+    return None
+
+
+_held_locks: list[int] = []
+
+
 def prepare(plan: Plan) -> None:
     plan.data_dir.mkdir(parents=True, exist_ok=True)
     if plan.embedded_broker:  # memory broker: start clean, or the WAL and state would disagree with it
@@ -198,7 +248,13 @@ def prepare(plan: Plan) -> None:
 
         ensure_topics(plan.kafka)
         shutil.rmtree(plan.data_dir / "run", ignore_errors=True)
-    if plan.embedded_clickhouse:
+    prepare_passwords(plan)
+
+
+def prepare_passwords(plan: Plan) -> None:
+    """The embedded ClickHouse's users (kept across runs): the components' URLs are made from them."""
+    if plan.embedded_clickhouse and not plan.ch_passwords:
+        plan.data_dir.mkdir(parents=True, exist_ok=True)
         plan.ch_passwords = ensure_passwords(plan.users_dir)
 
 
@@ -219,6 +275,16 @@ def announce(plan: Plan, started: float) -> None:
     print(f"  ready in {time.monotonic() - started:.1f}s; Ctrl-C stops everything", flush=True)
 
 
+def refuse(reasons: list[str]) -> None:
+    """Exit 1 before anything started or was removed, saying what is in the way."""
+    print("perpline up: refusing to start, another stack (or another program) is in the way:", file=sys.stderr)
+    for reason in reasons:
+        print(f"  {reason}", file=sys.stderr)
+    print("  stop it, or run this stack on other ports (--free-ports, --kafka-port, --clickhouse-port, --api-port) "
+          "and another --data-dir", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="perpline up", description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo", action="store_true", help="also run simulated market makers and takers")
@@ -226,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-host", default=None, help="default: $PERPLINE_API_HOST or 127.0.0.1")
     parser.add_argument("--api-port", type=int, default=None, help="default: $PERPLINE_API_PORT or 8080")
     parser.add_argument("--free-ports", action="store_true", help="pick free ports for everything (tests)")
+    parser.add_argument("--kafka-port", type=int, default=None, help="the embedded broker's port (default 19092)")
+    parser.add_argument("--clickhouse-port", type=int, default=None,
+                        help="the embedded ClickHouse's port (default 18123)")
     parser.add_argument(OPEN_BROKER_FLAG, dest="broker_open_ok", action="store_true",
                         help="allow a non-loopback --api-host with the embedded broker, which has no authentication")
     args = parser.parse_args(argv)
@@ -234,8 +303,14 @@ def main(argv: list[str] | None = None) -> None:
     refusal = exposure_refusal(plan, args.broker_open_ok)
     if refusal:
         parser.error(refusal)
+    prepare_passwords(plan)
+    specs = components(plan)
+    in_the_way = taken_ports(plan)
+    locked = lock_data_dir(plan.data_dir)
+    if in_the_way or locked:
+        refuse(in_the_way + ([locked] if locked else []))
     prepare(plan)
-    sup = Supervisor(components(plan))
+    sup = Supervisor(specs)
     try:
         sup.start()
     except Exception as exc:  # noqa: BLE001 (report, stop everything, fail loudly)

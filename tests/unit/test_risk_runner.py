@@ -11,7 +11,7 @@ import pytest
 from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import instrument
-from perpline.risk import runner
+from perpline.risk import runner, state
 
 SYM = "BTCUSDT-PERP"
 BTC = instrument(SYM)
@@ -161,3 +161,41 @@ def test_no_adl_while_a_fill_is_on_its_way(risk: runner.Risk) -> None:
     position(risk, 1, "0.000", "0", "0", version=2)  # the snapshot arrives: the position left the book
     risk.tick(T0 + runner.LIQUIDATION_STUCK_MS + 5000)
     assert taken(risk, "account.commands") == [] and taken(risk, "funding.rounds") == []
+
+
+def test_a_full_memory_of_attempts_forgets_only_finished_ones(risk: runner.Risk) -> None:
+    """Past its bound the memory of sent attempts forgets those whose position moved on and whose cover is
+    no longer reserved; the attempt in flight keeps its number and the fund cover promised to it."""
+    position(risk, 1, "0.100", "5000", "50")
+    position(risk, 2, "-0.100", "5000", "1000")
+    traded(risk, 1, 2, "0.100")
+    risk.state.on_position(m.InsuranceFundMoved(**META, ts_ms=T0, account_id=7, symbol=SYM, asset="USDT",
+                                                amount="30", cause="earlier"))
+    index(risk, "49000", T0)
+    risk.tick(T0)
+    assert [c.attempt for c in taken(risk, "account.commands")] == [0]
+    done(risk, 1, 1, 0)
+    long_ago = T0 - 10 * runner.LIQUIDATION_RETRY_MS
+    for i in range(runner.MAX_SENT_REMEMBERED + 1):  # finished: accounts without a position, sent long ago
+        risk.sent[(SYM, 10_000 + i, 1)] = (0, long_ago, 0)
+    now = T0 + runner.LIQUIDATION_RETRY_MS
+    risk.tick(now)
+    (liq,) = taken(risk, "account.commands")
+    assert (liq.attempt, liq.max_loss) == (1, "30.00000000")
+    assert len(risk.sent) <= runner.MAX_SENT_REMEMBERED
+    attempt, sent_ms, cover = risk.sent[(SYM, 1, 1)]
+    assert (attempt, sent_ms) == (1, now) and cover > 0
+    assert risk.fund_cover("USDT", (SYM, 3, 1), now + 1) == 0  # the fund is still promised to account 1
+
+
+def test_a_full_memory_of_closed_liquidation_orders_keeps_those_of_current_positions(risk: runner.Risk) -> None:
+    position(risk, 1, "0.100", "5000", "50")  # version 1: its attempt 0 closed, the next one will ask
+    done(risk, 1, 1, 0)
+    for i in range(state.MAX_DONE_REMEMBERED):  # closed orders of positions that are gone
+        done(risk, 10_000 + i, 1, 0)
+    assert (SYM, 1, 1, 0) in risk.state.liquidation_done
+    assert len(risk.state.liquidation_done) <= state.MAX_DONE_REMEMBERED
+    position(risk, 1, "0.050", "2500", "50", version=2)  # moved on: now it may go
+    for i in range(state.MAX_DONE_REMEMBERED // 5):
+        done(risk, 200_000 + i, 1, 0)
+    assert (SYM, 1, 1, 0) not in risk.state.liquidation_done

@@ -43,7 +43,7 @@ def test_the_environment_cannot_slip_past_the_check(tmp_path: Path, monkeypatch:
 
 def _plan(tmp_path: Path, api_host: str | None = None) -> up.Plan:
     return up.make_plan(argparse.Namespace(demo=False, data_dir=str(tmp_path), api_host=api_host, api_port=None,
-                                           free_ports=True))
+                                           free_ports=True, kafka_port=None, clickhouse_port=None))
 
 
 def test_loopback_passes_and_the_flag_allows_an_open_host(tmp_path: Path) -> None:

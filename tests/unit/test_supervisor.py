@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -97,4 +98,73 @@ def test_component_that_never_gets_ready_is_named() -> None:
     with pytest.raises(StackError, match="slow not ready") as err:
         sup.start()
     assert "booting" in str(err.value)
+    sup.stop()
+
+
+def test_a_fatal_component_that_dies_stops_the_whole_stack_at_once_and_is_not_restarted() -> None:
+    out = io.StringIO()
+    sup = Supervisor([ComponentSpec("store", [PY, "-c", "import time; time.sleep(60)"], fatal="its data is gone"),
+                      ComponentSpec("steady", [PY, "-c", "import time; time.sleep(60)"], after=["store"])],
+                     grace_s=2, sink=out)
+    sup.start()
+    store, steady = sup.pids()
+    runner = threading.Thread(target=lambda: out.write(f"run returned {sup.run()}\n"), daemon=True)
+    runner.start()
+    started = time.monotonic()
+    os.kill(store, signal.SIGKILL)
+    runner.join(20)
+    assert time.monotonic() - started < 5 and not alive(steady)
+    log = out.getvalue()
+    assert "STACK STOPPED: store died (signal SIGKILL) and is not restarted: its data is gone" in log
+    assert "run returned 1" in log and "restarting store" not in log and log.count("started store") == 1
+
+
+def test_a_fatal_death_during_another_components_restart_stops_the_stack() -> None:
+    """A restart waits for readiness; a fatal death meanwhile must not wait for that to time out."""
+    out = io.StringIO()
+    flaky = "import sys, time; time.sleep(0.3); sys.exit(3)"
+    marker = f"/tmp/never-{os.getpid()}"
+    sup = Supervisor([ComponentSpec("store", [PY, "-c", "import time; time.sleep(60)"], fatal="its data is gone"),
+                      ComponentSpec("flaky", [PY, "-c", flaky], ready_timeout_s=60)], grace_s=2, sink=out)
+    sup.start()
+    store = sup.pids()[0]
+    sup.items["flaky"].spec.ready = file_probe(marker)  # once restarted, it never gets ready
+    runner = threading.Thread(target=lambda: out.write(f"run returned {sup.run()}\n"), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while "restarting flaky" not in out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the restart's wait for readiness
+    started = time.monotonic()
+    os.kill(store, signal.SIGKILL)
+    runner.join(30)
+    assert time.monotonic() - started < 6, out.getvalue()
+    assert "STACK STOPPED: store died" in out.getvalue() and "run returned 1" in out.getvalue()
+
+
+def test_a_port_answered_by_another_process_is_named_not_taken_for_ready() -> None:
+    """Another stack's server on the port answers the probe; the child started here is not the one listening."""
+    port = free_port()
+    other = subprocess.Popen(server(port, 0.0), stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not http_probe(f"http://127.0.0.1:{port}/")() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sup = Supervisor([ComponentSpec("web", [PY, "-c", "import time; time.sleep(60)"], ports=[port],
+                                        ready=http_probe(f"http://127.0.0.1:{port}/"))], sink=io.StringIO())
+        with pytest.raises(StackError, match=f"port {port} answers, but not from the process started here") as err:
+            sup.start()
+        assert f"held by pid {other.pid}: " in str(err.value)
+        sup.stop()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_port_of_its_own_child_is_ready(tmp_path: Path) -> None:
+    port = free_port()
+    sup = Supervisor([ComponentSpec("web", server(port, 0.1), ports=[port],
+                                    ready=http_probe(f"http://127.0.0.1:{port}/"))], sink=io.StringIO())
+    sup.start()
+    assert sup.status()["web"]["ready"]
     sup.stop()
