@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from perpline.contracts import messages as m
@@ -15,6 +16,7 @@ _STPS = {"DEFAULT": "STP_DEFAULT", "NONE": "STP_NONE", "EXPIRE_TAKER": "STP_EXPI
 
 
 _CODES: dict[int, dict[str, int]] = {}
+MAX_INPUT_ID = (1 << 63) - 1  # the engine's ids are positive signed 64-bit integers
 
 
 def _codes(core: Any) -> dict[str, int]:
@@ -38,9 +40,21 @@ def to_command(core: Any, cmd: m.Msg) -> Any:
                             cmd.reduce_only, cmd.client_order_id, ts_ns)
     if isinstance(cmd, m.AmendRequest):
         return core.Command(core.CMD_AMEND, cmd.order_id, cmd.account_id, price_ticks=inst.parse_price(cmd.price),
-                            qty_lots=inst.parse_qty(cmd.quantity), ts_ns=ts_ns)
+                            qty_lots=inst.parse_qty(cmd.quantity), ts_ns=ts_ns, input_id=input_id(cmd))
     assert isinstance(cmd, m.CancelRequest)
-    return core.Command(core.CMD_CANCEL, cmd.order_id, cmd.account_id, ts_ns=ts_ns)
+    return core.Command(core.CMD_CANCEL, cmd.order_id, cmd.account_id, ts_ns=ts_ns, input_id=input_id(cmd))
+
+
+def input_id(cmd: m.CancelRequest | m.AmendRequest) -> int:
+    """The identity of a cancel or an amend: its kind, order id and cause (the request, fill leg or
+    liquidation the accounts processor emitted it for), hashed to 63 bits. A copy of the same input
+    (a redelivery, or the records of an aborted transaction the broker still shows) has the same
+    identity and the engine applies it once (core module docstring); two different requests about one
+    order have different causes. Without a cause there is no identity: 0, applied every time."""
+    if not cmd.causation_id:
+        return 0
+    digest = hashlib.blake2b(f"{_cause_id(cmd)}:{cmd.causation_id}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") & MAX_INPUT_ID) or 1
 
 
 def apply_batch(engine: Any, core: Any, inputs: list[tuple[m.Msg, Any]]) -> list[list[m.Msg]]:

@@ -39,6 +39,12 @@ Semantics (Binance USD-M where it defines them):
   order the accounts processor already closed. An order refused by those first checks
   consumes no id (a copy gets the same answer).
   A client_order_id equal to one of the account's LIVE orders is R_BAD_INPUT.
+- Every other input is idempotent by its own identity, `input_id` (the shell derives it from the
+  command's kind, order id and cause; 0: none, applied every time): an input whose id is among the
+  last config.max_seen_ids identities applied emits NOTHING and changes nothing, whatever its
+  content. So a second copy of a cancel, or of an amend delivered again after a later amend of the
+  same order, cannot move the order back through older terms. An input_id outside 1..2^63-1 is
+  R_BAD_INPUT. The identity is consumed by the first copy whatever its outcome (a rejection too).
 - amend: new qty <= filled is R_BAD_QTY. Same price and leaves not growing keeps time
   priority (one AMENDED). A price change or a leaves increase re-queues: AMENDED, then
   it matches as a taker like a GTC limit (TRADE*, RESTED or EXPIRED). A post-only (GTX)
@@ -102,7 +108,7 @@ R_BAD_INPUT: Final = 3012
 R_SELF_TRADE: Final = 3013
 
 SNAPSHOT_MAGIC: Final = b"PLMX"
-SNAPSHOT_VERSION: Final = 2
+SNAPSHOT_VERSION: Final = 3  # 3 added the remembered input ids; version 2 is still read (none remembered)
 PPM: Final = 1_000_000
 MAX_ID: Final = (1 << 63) - 1  # order, account ids and ts_ns fit a signed 64-bit integer
 MAX_CLIENT_ORDER_ID_CHARS: Final = 64
@@ -110,6 +116,39 @@ MAX_CLIENT_ORDER_ID_CHARS: Final = 64
 _SNAP_HEAD: Final = struct.Struct("<4sHI")
 _U32: Final = struct.Struct("<I")
 _POOL_MAX: Final = 4096  # freed Order / Level objects kept for reuse (no allocation per command)
+
+
+@final
+class RecentIds:
+    """The last `cap` ids remembered (a set for lookups, a ring for their age; the oldest is
+    forgotten first). Bounded: at most `cap` ids; cap 0 remembers nothing."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.ids: set[Any] = set()
+        self.ring: list[Any] = []
+        self.pos = 0  # when the ring is full: index of the oldest id
+
+    def add(self, key: Any) -> None:
+        cap = self.cap
+        if cap == 0:
+            return
+        self.ids.add(key)
+        ring = self.ring
+        if len(ring) < cap:
+            ring.append(key)
+            return
+        pos = self.pos
+        self.ids.discard(ring[pos])
+        ring[pos] = key
+        self.pos = pos + 1 if pos + 1 < cap else 0
+
+    def oldest_first(self) -> list[Any]:
+        ring = self.ring
+        return ring[self.pos:] + ring[:self.pos]
+
+    def check(self) -> None:
+        assert len(self.ids) == len(self.ring) <= self.cap
 
 
 @final
@@ -222,11 +261,12 @@ class Command:
     """One decoded input for `Engine.execute` / `Engine.step` (the batch and per-call fast paths).
 
     kind is a CMD_* value; the fields a kind does not use are ignored. For CMD_AMEND,
-    price_ticks and qty_lots are the new values."""
+    price_ticks and qty_lots are the new values. input_id is the identity of a non-place input
+    (0: none; a place is identified by its order_id)."""
 
     def __init__(self, kind: int, order_id: int, account_id: int, side: int = 0, order_type: int = 0, tif: int = 0,
                  price_ticks: int = 0, qty_lots: int = 0, stp: int = STP_DEFAULT, reduce_only: bool = False,
-                 client_order_id: str = "", ts_ns: int = 0) -> None:
+                 client_order_id: str = "", ts_ns: int = 0, input_id: int = 0) -> None:
         self.kind = kind
         self.order_id = order_id
         self.account_id = account_id
@@ -239,6 +279,7 @@ class Command:
         self.reduce_only = reduce_only
         self.client_order_id = client_order_id
         self.ts_ns = ts_ns
+        self.input_id = input_id
 
 
 @final
@@ -473,9 +514,8 @@ class Engine:
         self.orders: dict[Any, Order] = {}
         self.by_account: dict[Any, AccountOrders] = {}
         self.by_client: dict[tuple[int, str], Order] = {}
-        self.seen: set[Any] = set()  # remembered accepted ids; `seen_ring` keeps their age
-        self.seen_ring: list[Any] = []
-        self.seen_pos = 0  # when the ring is full: index of the oldest remembered id
+        self.seen = RecentIds(config.max_seen_ids)  # order ids consumed by places
+        self.applied = RecentIds(config.max_seen_ids)  # input_ids of the other inputs applied
         self.seq = 0  # last seq emitted
         self.trade_seq = 0  # last trade_id emitted
         self._buf: list[Event] = []  # event objects, reused across calls on the fast paths
@@ -651,6 +691,8 @@ class Engine:
         if kind == CMD_PLACE:
             self._place(c.order_id, c.account_id, c.side, c.order_type, c.tif, c.price_ticks, c.qty_lots, c.stp,
                         c.reduce_only, c.client_order_id, c.ts_ns)
+        elif c.input_id != 0 and not self._first_time(c.order_id, c.account_id, c.input_id, c.ts_ns):
+            return
         elif kind == CMD_CANCEL:
             self._cancel(c.order_id, c.account_id, c.ts_ns)
         elif kind == CMD_CANCEL_BY_CLIENT_ID:
@@ -688,7 +730,7 @@ class Engine:
             return R_BAD_QTY
         if order_type == TYPE_LIMIT and (price_ticks <= 0 or price_ticks > self.config.max_price_ticks):
             return R_BAD_PRICE
-        if key in self.orders or key in self.seen:
+        if key in self.orders or key in self.seen.ids:
             return R_DUPLICATE_ORDER_ID
         return OK
 
@@ -726,7 +768,7 @@ class Engine:
         if code != OK:
             self._reject(order_id, account_id, side, code, ts_ns, client_order_id)
             return
-        self._remember(key)  # from here on every answer depends on the book: a resent copy must not get another
+        self.seen.add(key)  # from here on every answer depends on the book: a resent copy must not get another
         if client_order_id and (account_id, client_order_id) in self.by_client:
             self._reject(order_id, account_id, side, R_BAD_INPUT, ts_ns, client_order_id)
             return
@@ -769,23 +811,17 @@ class Engine:
             self._order_event(EV_EXPIRED, order, ts_ns, code)
         self._recycle(order)
 
-    def _remember(self, order_id: Any) -> None:
-        cap = self.config.max_seen_ids
-        if cap == 0:
-            return
-        self.seen.add(order_id)
-        ring = self.seen_ring
-        if len(ring) < cap:
-            ring.append(order_id)
-            return
-        pos = self.seen_pos
-        self.seen.discard(ring[pos])
-        ring[pos] = order_id
-        self.seen_pos = pos + 1 if pos + 1 < cap else 0
-
-    def _seen_oldest_first(self) -> list[Any]:
-        ring = self.seen_ring
-        return ring[self.seen_pos:] + ring[:self.seen_pos]
+    def _first_time(self, order_id: int, account_id: int, input_id: int, ts_ns: int) -> bool:
+        """True the first time an input identity is seen (it is remembered from now on); False for a copy,
+        which must emit nothing. An identity out of range is rejected (and not remembered)."""
+        if not _valid_id(input_id):
+            self._reject(order_id, account_id, 0, R_BAD_INPUT, max(0, min(ts_ns, MAX_ID)), "")
+            return False
+        key: Any = input_id
+        if key in self.applied.ids:
+            return False
+        self.applied.add(key)
+        return True
 
     def _rest(self, order: Order, ts_ns: int) -> None:
         """Put a non-crossing remainder on the book and index it."""
@@ -921,9 +957,10 @@ class Engine:
         self._unindex(order)
 
     # --- cancel and amend --------------------------------------------------------------------------
-    def cancel(self, order_id: int, account_id: int, ts_ns: int) -> list[Event]:
+    def cancel(self, order_id: int, account_id: int, ts_ns: int, input_id: int = 0) -> list[Event]:
         self._begin()
-        self._cancel(order_id, account_id, ts_ns)
+        if input_id == 0 or self._first_time(order_id, account_id, input_id, ts_ns):
+            self._cancel(order_id, account_id, ts_ns)
         return self._take()
 
     def _cancel(self, order_id: int, account_id: int, ts_ns: int) -> None:
@@ -937,9 +974,11 @@ class Engine:
             self._order_event(EV_CANCELLED, order, ts_ns, OK)
             self._recycle(order)
 
-    def cancel_by_client_id(self, account_id: int, client_order_id: str, ts_ns: int) -> list[Event]:
+    def cancel_by_client_id(self, account_id: int, client_order_id: str, ts_ns: int,
+                            input_id: int = 0) -> list[Event]:
         self._begin()
-        self._cancel_by_client_id(account_id, client_order_id, ts_ns)
+        if input_id == 0 or self._first_time(0, account_id, input_id, ts_ns):
+            self._cancel_by_client_id(account_id, client_order_id, ts_ns)
         return self._take()
 
     def _cancel_by_client_id(self, account_id: int, client_order_id: str, ts_ns: int) -> None:
@@ -949,10 +988,11 @@ class Engine:
         else:
             self._cancel(order.order_id, account_id, ts_ns)
 
-    def cancel_all(self, account_id: int, ts_ns: int) -> list[Event]:
+    def cancel_all(self, account_id: int, ts_ns: int, input_id: int = 0) -> list[Event]:
         """One CANCELLED per resting order of the account, ascending order_id; none -> no events."""
         self._begin()
-        self._cancel_all(account_id, ts_ns)
+        if input_id == 0 or self._first_time(0, account_id, input_id, ts_ns):
+            self._cancel_all(account_id, ts_ns)
         return self._take()
 
     def _cancel_all(self, account_id: int, ts_ns: int) -> None:
@@ -964,9 +1004,10 @@ class Engine:
         assert account_id not in self.by_account
 
     def amend(self, order_id: int, account_id: int, new_price_ticks: int, new_qty_lots: int,
-              ts_ns: int) -> list[Event]:
+              ts_ns: int, input_id: int = 0) -> list[Event]:
         self._begin()
-        self._amend(order_id, account_id, new_price_ticks, new_qty_lots, ts_ns)
+        if input_id == 0 or self._first_time(order_id, account_id, input_id, ts_ns):
+            self._amend(order_id, account_id, new_price_ticks, new_qty_lots, ts_ns)
         return self._take()
 
     def _amend(self, order_id: int, account_id: int, new_price_ticks: int, new_qty_lots: int, ts_ns: int) -> None:
@@ -1043,7 +1084,8 @@ class Engine:
             assert mine.count > 0 and len(mine.order_ids()) == mine.count and mine.account_id == account_id
         assert all(self.orders.get(o.order_id) is o for o in self.by_client.values())
         assert len(self.by_client) == sum(1 for o in self.orders.values() if o.client_order_id)
-        assert len(self.seen) == len(self.seen_ring) <= self.config.max_seen_ids
+        self.seen.check()
+        self.applied.check()
         assert all(order.level is None and order.account is None for order in self._free_orders)
 
     def _check_level(self, book: BookSide, level: Level) -> int:
@@ -1076,7 +1118,7 @@ class Engine:
 
     def to_snapshot(self) -> bytes:
         """Canonical bytes of the whole state: `PLMX` u16 version u32 json_len, JSON, u32 n, n x i64 seen
-        ids (oldest first). Orders are listed bids best first then asks best first, each level in time
+        order ids, u32 m, m x i64 applied input ids (each oldest first). Orders are listed bids best first then asks best first, each level in time
         priority."""
         orders = [[o.order_id, o.account_id, o.side, o.tif, o.price_ticks, o.qty_lots, o.leaves_lots,
                    o.filled_lots, o.stp, 1 if o.reduce_only else 0, o.client_order_id, o.ts_ns]
@@ -1084,14 +1126,15 @@ class Engine:
         doc: dict[str, object] = {"symbol": self.symbol, "seq": self.seq, "trade_seq": self.trade_seq,
                                   "config": self.config.to_dict(), "orders": orders}
         body = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode()
-        seen = self._seen_oldest_first()
+        seen = self.seen.oldest_first()
+        applied = self.applied.oldest_first()
         parts = [_SNAP_HEAD.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(body)), body, _U32.pack(len(seen)),
-                 struct.pack(f"<{len(seen)}q", *seen)]
+                 struct.pack(f"<{len(seen)}q", *seen), _U32.pack(len(applied)), struct.pack(f"<{len(applied)}q", *applied)]
         return b"".join(parts)
 
     def state_hash(self) -> str:
         """sha256 hex of `to_snapshot()`: config, seq and trade id counters, every resting order
-        in priority order and the remembered order ids."""
+        in priority order and the remembered order and input ids."""
         return hashlib.sha256(self.to_snapshot()).hexdigest()
 
     @staticmethod
@@ -1104,23 +1147,37 @@ def from_snapshot(data: bytes) -> Engine:
     if len(data) < _SNAP_HEAD.size:
         raise ValueError("snapshot too short")
     magic, version, body_len = _SNAP_HEAD.unpack_from(data, 0)
-    if magic != SNAPSHOT_MAGIC or version != SNAPSHOT_VERSION:
-        raise ValueError(f"not a matcher snapshot of version {SNAPSHOT_VERSION}")
+    if magic != SNAPSHOT_MAGIC or version not in (2, SNAPSHOT_VERSION):
+        raise ValueError(f"not a matcher snapshot of version 2 or {SNAPSHOT_VERSION}")
     seen_at = _SNAP_HEAD.size + body_len
-    if len(data) < seen_at + _U32.size:
-        raise ValueError("snapshot truncated")
     doc = json.loads(data[_SNAP_HEAD.size:seen_at])
-    (seen_count,) = _U32.unpack_from(data, seen_at)
-    if len(data) != seen_at + _U32.size + 8 * seen_count:
+    seen, applied_at = _id_array(data, seen_at)
+    applied: list[int] = []
+    if version == SNAPSHOT_VERSION:
+        applied, applied_at = _id_array(data, applied_at)
+    if len(data) != applied_at:
         raise ValueError("snapshot length mismatch")
     try:
         engine = _engine_from_doc(doc)
     except (KeyError, TypeError, IndexError) as exc:
         raise ValueError(f"malformed snapshot: {exc!r}") from exc
-    for order_id in struct.unpack_from(f"<{seen_count}q", data, seen_at + _U32.size):
-        engine._remember(int(order_id))
+    for order_id in seen:
+        engine.seen.add(order_id)
+    for input_id in applied:
+        engine.applied.add(input_id)
     engine.check_invariants()
     return engine
+
+
+def _id_array(data: bytes, at: int) -> tuple[list[int], int]:
+    """(u32 n, then n x i64) at `at`: the ids and where the array ends."""
+    if len(data) < at + _U32.size:
+        raise ValueError("snapshot truncated")
+    (count,) = _U32.unpack_from(data, at)
+    end = at + _U32.size + 8 * count
+    if len(data) < end:
+        raise ValueError("snapshot truncated")
+    return [int(x) for x in struct.unpack_from(f"<{count}q", data, at + _U32.size)], end
 
 
 def _engine_from_doc(doc: dict[str, Any]) -> Engine:

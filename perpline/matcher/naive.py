@@ -38,6 +38,7 @@ class NaiveBook:
         self.config = config
         self.resting: list[NOrder] = []
         self.seen: list[int] = []
+        self.applied: list[int] = []  # input ids of cancels / amends applied, oldest first
         self.seq = 0
         self.trade_seq = 0
         self.arrivals = 0
@@ -60,6 +61,21 @@ class NaiveBook:
     def reject(self, order_id: int, account_id: int, side: int, code: int, ts_ns: int, coid: str) -> list[Any]:
         self.emit(C.EV_REJECTED, order_id, account_id, side, ts_ns, code=code, client_order_id=coid)
         return self.take()
+
+    def first_time(self, oid: int, acct: int, input_id: int, ts_ns: int) -> bool:
+        """An input identity applied before (among the last max_seen_ids) -> False: emit nothing."""
+        if input_id == 0:
+            return True
+        if not 0 < input_id <= C.MAX_ID:
+            self.emit(C.EV_REJECTED, oid, acct, 0, max(0, min(ts_ns, C.MAX_ID)), code=C.R_BAD_INPUT)
+            return False
+        if input_id in self.applied:
+            return False
+        if self.config.max_seen_ids > 0:
+            self.applied.append(input_id)
+            if len(self.applied) > self.config.max_seen_ids:
+                self.applied.pop(0)
+        return True
 
     def take(self) -> list[Any]:
         out, self.out = self.out, []
@@ -250,7 +266,9 @@ class NaiveBook:
         return C.OK
 
     # --- cancel / amend ----------------------------------------------------------
-    def cancel(self, oid: int, acct: int, ts_ns: int) -> list[Any]:
+    def cancel(self, oid: int, acct: int, ts_ns: int, input_id: int = 0) -> list[Any]:
+        if not self.first_time(oid, acct, input_id, ts_ns):
+            return self.take()
         o = self.find(oid)
         if o is None:
             return self.reject(oid, acct, 0, C.R_UNKNOWN_ORDER, ts_ns, "")
@@ -260,13 +278,17 @@ class NaiveBook:
         self.order_event(C.EV_CANCELLED, o, ts_ns, C.OK)
         return self.take()
 
-    def cancel_by_client_id(self, acct: int, coid: str, ts_ns: int) -> list[Any]:
+    def cancel_by_client_id(self, acct: int, coid: str, ts_ns: int, input_id: int = 0) -> list[Any]:
+        if not self.first_time(0, acct, input_id, ts_ns):
+            return self.take()
         for o in self.resting:
             if coid and o.account_id == acct and o.client_order_id == coid:
                 return self.cancel(o.order_id, acct, ts_ns)
         return self.reject(0, acct, 0, C.R_UNKNOWN_ORDER, ts_ns, coid)
 
-    def cancel_all(self, acct: int, ts_ns: int) -> list[Any]:
+    def cancel_all(self, acct: int, ts_ns: int, input_id: int = 0) -> list[Any]:
+        if not self.first_time(0, acct, input_id, ts_ns):
+            return self.take()
         for oid in self.open_order_ids(acct):
             o = self.find(oid)
             assert o is not None
@@ -274,7 +296,9 @@ class NaiveBook:
             self.order_event(C.EV_CANCELLED, o, ts_ns, C.OK)
         return self.take()
 
-    def amend(self, oid: int, acct: int, price: int, qty: int, ts_ns: int) -> list[Any]:
+    def amend(self, oid: int, acct: int, price: int, qty: int, ts_ns: int, input_id: int = 0) -> list[Any]:
+        if not self.first_time(oid, acct, input_id, ts_ns):
+            return self.take()
         o = self.find(oid)
         if o is None:
             return self.reject(oid, acct, 0, C.R_UNKNOWN_ORDER, ts_ns, "")

@@ -3,8 +3,8 @@
 Every rule returns break rows with the same columns (BREAK_COLUMNS): severity and the dimensions
 that locate the break (asset, account, symbol, journal, reference type, time window) plus a detail.
 Parameters a rule may use: {since_ms} (rows inserted since; 0 on a full pass), {now_ms},
-{settle_grace_ms}. EVENTUAL rules compare two tables the sink fills apart; the reconciler reports
-their breaks only when a second run finds them again.
+{settle_grace_ms}. Rules compare tables filled by different stages; the reconciler reports a finding
+only once the data it judged was complete (perpline.recon.confirm).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from perpline import REPO_ROOT
 QUERIES_DIR = REPO_ROOT / "clickhouse" / "queries"
 BREAK_COLUMNS = ("severity", "asset", "account_id", "symbol", "journal_id", "ref_type", "window_start_ms",
                  "window_end_ms", "detail")
-EVENTUAL = frozenset({"ledger_vs_state", "open_interest", "frozen_without_orders", "funding_round"})
 SETTLE_GRACE_MS = 5_000
 MAX_BREAKS_PER_RULE = 1_000  # a rule that finds more reports the first 1000 (and the run says so)
 
@@ -28,10 +27,6 @@ class Rule:
     name: str
     sql: str
     doc: str
-
-    @property
-    def eventual(self) -> bool:
-        return self.name in EVENTUAL
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ pass on demand.
 Each run: since_ms = the previous run's start minus an overlap (rows the sink wrote meanwhile), every
 rule, then one row in recon_runs and one per break in recon_breaks (ClickHouse), each break on
 `recon.breaks` (key: rule), and Prometheus gauges: breaks per rule, last run time and duration.
-Breaks of EVENTUAL rules (two tables the sink fills apart) are reported only when the previous run
-found them too.
+A rule's finding is reported only once the data it judged was complete (perpline.recon.confirm): found
+again at a later pass after every stage between the matcher and ClickHouse consumed what existed when it
+was first found. A one-off pass (--once, or no broker) reports what it finds.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
 from perpline.contracts.units import format_rate
 from perpline.obs import StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
+from perpline.recon.confirm import Confirmer, Progress
+from perpline.recon.progress import BrokerProgress
 from perpline.recon.rules import Break, Rule, load_rules, run_rule
 
 log = logging.getLogger("perpline.recon")
@@ -56,12 +59,13 @@ def export_insurance_fund(client: Any) -> None:
 
 
 class Reconciler:
-    def __init__(self, client: Any, producer: Producer | None, rules: list[Rule] | None = None) -> None:
+    def __init__(self, client: Any, producer: Producer | None, rules: list[Rule] | None = None,
+                 progress: Progress | None = None) -> None:
         self.client = client
         self.producer = producer
         self.rules = rules or load_rules()
         self.last_start_ms = 0
-        self.previous: set[tuple[Any, ...]] = set()  # eventual breaks seen by the previous run
+        self.confirmer = Confirmer(progress)
         for rule in self.rules:  # every rule's series exported from the start (at 0)
             RULE_ERRORS.labels(rule.name)
 
@@ -75,9 +79,10 @@ class Reconciler:
     def run(self, full: bool = False) -> list[Break]:
         started_ms = int(time.time() * 1000)
         since_ms = 0 if full or not self.last_start_ms else self.last_start_ms - OVERLAP_MS
+        since_ms = self.confirmer.since_floor(since_ms)
+        self.confirmer.begin_pass()
         run_id = uuid.uuid4().hex[:16]
-        found: list[Break] = []
-        seen_eventual: set[tuple[Any, ...]] = set()
+        findings: list[Break] = []
         for rule in self.rules:
             t0 = time.perf_counter()
             try:
@@ -87,12 +92,10 @@ class Reconciler:
                 log.error("reconciliation rule failed", extra={"rule": rule.name, "error": repr(exc)[:2000]})
                 continue
             RULE_SECONDS.labels(rule.name).set(time.perf_counter() - t0)
-            if rule.eventual:
-                seen_eventual |= {b.key() for b in breaks}
-                breaks = [b for b in breaks if b.key() in self.previous]
-            BREAKS.labels(rule.name).set(len(breaks))
-            found += breaks
-        self.previous = seen_eventual
+            findings += breaks
+        found = self.confirmer.judge(findings, since_ms)
+        for rule in self.rules:
+            BREAKS.labels(rule.name).set(sum(1 for b in found if b.rule == rule.name))
         self.last_start_ms = started_ms
         finished_ms = int(time.time() * 1000)
         self._record(run_id, "full" if full else "incremental", started_ms, finished_ms, since_ms, found)
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     client = get_client(cfg.clickhouse_url)
     apply_migrations(client)
     producer = Producer(producer_config(cfg.kafka_bootstrap))
-    recon = Reconciler(client, producer)
+    recon = Reconciler(client, producer, progress=None if args.once else BrokerProgress(cfg.kafka_bootstrap))
     recon.publish_instruments()
     if args.once:
         found = recon.run(full=args.full)

@@ -110,3 +110,70 @@ def test_a_funding_round_is_judged_once_its_legs_are_settled(client: Any) -> Non
     assert "funding:BTCUSDT-PERP:2000" in str(only)
     client.insert("ledger_postings", leg(2000, 8, "5", now - 60_000), column_names=cols)  # the receiver's leg
     assert funding_breaks() == []
+
+
+class ScriptedProgress:
+    """The pipeline's progress as the test sets it: every stage behind (lagging) or caught up."""
+
+    def __init__(self) -> None:
+        self.lagging = True
+        self.marks = 0
+
+    def mark(self) -> int:
+        self.marks += 1
+        return self.marks
+
+    def drained(self, _mark: int) -> bool:
+        return not self.lagging
+
+
+def trade_row(seq: int, inserted_ms: int) -> list[Any]:
+    return ["BTCUSDT-PERP", seq, "trade", "", "", inserted_ms, '{"price":"50000.00","quantity":"0.010"}', inserted_ms]
+
+
+def settled_legs(seq: int) -> list[list[Any]]:
+    """What the sink writes once clearing, accounts and the sink caught up: both legs settled, fees right."""
+    from perpline.contracts.instruments import load_catalog  # noqa: PLC0415
+    from perpline.contracts.units import format_rate  # noqa: PLC0415
+
+    inst = load_catalog().get("BTCUSDT-PERP")
+    assert inst is not None
+    rows = []
+    for leg, rate_e8, account in (("MAKER", inst.maker_fee_e8, 31), ("TAKER", inst.taker_fee_e8, 32)):
+        ref = f"fill:BTCUSDT-PERP:{seq}:{leg}"
+        fee = str(Decimal("500") * Decimal(format_rate(rate_e8)))
+        for i, (ledger_account, amount) in enumerate(((f"user:{account}:SPOT", fee), ("platform:FEE_REVENUE", f"-{fee}"))):
+            rows.append([f"{ref}/TRADE_FEE", i, "TRADE_FEE", ref, account, "BTCUSDT-PERP", ledger_account, "USDT",
+                         Decimal(amount), "t", "c", 1, 0, 0, 0])
+        for i, ledger_account in enumerate((f"user:{account}:SPOT", f"user:{account}:POSITION_MARGIN")):
+            rows.append([f"{ref}/TRADE_SETTLED", i, "TRADE_SETTLED", ref, account, "BTCUSDT-PERP", ledger_account,
+                         "USDT", Decimal("1" if i == 0 else "-1"), "t", "c", 1, 0, 0, 0])
+    return rows
+
+
+def test_lag_is_not_a_break_and_a_persistent_break_is_reported(client: Any) -> None:
+    """A trade in matcher_events whose legs are not in the ledger yet (sink or ClickHouse down, or a stage
+    behind) is no break while the pipeline has not caught up; once it has, a trade still without legs is."""
+    from perpline.recon.confirm import CHAIN_DEPTH  # noqa: PLC0415
+
+    rules = [r for r in load_rules() if r.name in ("trade_settlement", "trade_fees")]
+    progress = ScriptedProgress()
+    recon = Reconciler(client, None, rules, progress)
+    recon.publish_instruments()
+
+    def mine(seq: int) -> list[Any]:
+        return [b for b in recon.run() if f":{seq}:" in b.journal_id or f"seq {seq} " in b.detail]
+
+    old_ms = int(time.time() * 1000) - 60_000  # well past the settlement grace
+    client.insert("matcher_events", [trade_row(900_001, old_ms)], column_names=[*MATCHER_EVENT_COLUMNS, "inserted_ms"])
+    for _ in range(CHAIN_DEPTH + 3):  # the sink is behind: the legs are not there, passes keep finding them missing
+        assert mine(900_001) == []
+    client.insert("ledger_postings", settled_legs(900_001), column_names=POSTING_COLUMNS)  # caught up
+    progress.lagging = False
+    for _ in range(CHAIN_DEPTH + 3):
+        assert mine(900_001) == []
+    client.insert("matcher_events", [trade_row(900_002, old_ms)], column_names=[*MATCHER_EVENT_COLUMNS, "inserted_ms"])
+    runs = [mine(900_002) for _ in range(CHAIN_DEPTH + 1)]  # never settled, the pipeline caught up: a break
+    assert all(r == [] for r in runs[:-1])
+    assert {(b.rule, b.severity) for b in runs[-1]} == {("trade_settlement", "critical"), ("trade_fees", "critical")}
+    assert any("fee charged 0" in b.detail for b in runs[-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from types import ModuleType
 from typing import Any
 
@@ -56,11 +57,11 @@ class Book:
     def sell(self, price_ticks: int, qty_lots: int, **kw: Any) -> list[Any]:
         return self.place(self.c.SIDE_SELL, price_ticks, qty_lots, **kw)
 
-    def cancel(self, order_id: int, account: int = 1) -> list[Any]:
-        return self._check(self.e.cancel(order_id, account, self.ts_ns))
+    def cancel(self, order_id: int, account: int = 1, input_id: int = 0) -> list[Any]:
+        return self._check(self.e.cancel(order_id, account, self.ts_ns, input_id))
 
-    def amend(self, order_id: int, price_ticks: int, qty_lots: int, account: int = 1) -> list[Any]:
-        return self._check(self.e.amend(order_id, account, price_ticks, qty_lots, self.ts_ns))
+    def amend(self, order_id: int, price_ticks: int, qty_lots: int, account: int = 1, input_id: int = 0) -> list[Any]:
+        return self._check(self.e.amend(order_id, account, price_ticks, qty_lots, self.ts_ns, input_id))
 
 
 def kinds(events: list[Any]) -> list[int]:
@@ -430,6 +431,95 @@ def test_duplicate_order_ids(core: ModuleType) -> None:
     b.buy(51, 1, order_id=13)
     b.buy(52, 1, order_id=14)  # 12 falls out of the window but is still live
     assert b.buy(100, 1, order_id=12)[0].code == core.R_DUPLICATE_ORDER_ID, "live ids always"
+
+
+# --- copies of cancels and amends (redelivered, or records of an aborted transaction) -------------
+
+def _terms(b: Book, order_id: int) -> tuple[int, int, int]:
+    info = b.e.order(order_id)
+    assert info is not None
+    return info.price_ticks, info.qty_lots, info.leaves_lots
+
+
+def test_duplicated_cancel_emits_nothing(core: ModuleType) -> None:
+    b = Book(core)
+    b.buy(100, 5)
+    assert kinds(b.cancel(1, input_id=7)) == [core.EV_CANCELLED]
+    seq = b.e.seq
+    assert b.cancel(1, input_id=7) == [] and b.e.seq == seq  # the copy: no CancelRejected, no seq
+    assert [e.code for e in b.cancel(1, input_id=8)] == [core.R_UNKNOWN_ORDER]  # another request is answered
+    assert b.cancel(1, input_id=8) == []  # and its copy is not, even though the first was refused
+
+
+def test_duplicated_amend_applies_once(core: ModuleType) -> None:
+    b = Book(core)
+    b.buy(100, 5)
+    b.sell(103, 1, account=2)
+    assert kinds(b.amend(1, 101, 6, input_id=9)) == [core.EV_AMENDED, core.EV_RESTED]
+    hash_after_first = b.e.state_hash()
+    assert b.amend(1, 101, 6, input_id=9) == []
+    assert _terms(b, 1) == (101, 6, 6)
+    b2 = Book(core)
+    b2.buy(100, 5)
+    b2.sell(103, 1, account=2)
+    b2.amend(1, 101, 6, input_id=9)
+    assert b2.e.state_hash() == hash_after_first  # the copy left no trace but the memory of the first
+
+
+def test_replayed_amend_after_a_later_amend_keeps_the_later_terms(core: ModuleType) -> None:
+    b = Book(core)
+    b.buy(100, 5)
+    assert kinds(b.amend(1, 101, 6, input_id=11)) == [core.EV_AMENDED, core.EV_RESTED]  # amend A
+    assert kinds(b.amend(1, 99, 4, input_id=12)) == [core.EV_AMENDED, core.EV_RESTED]  # amend B
+    assert b.amend(1, 101, 6, input_id=11) == []  # a copy of A after B
+    assert _terms(b, 1) == (99, 4, 4)
+    assert b.e.depth(5) == ([(99, 4)], [])
+
+
+def test_step_and_execute_skip_copies(core: ModuleType) -> None:
+    b = Book(core)
+    b.buy(100, 5)
+    c = core
+    amend = c.Command(c.CMD_AMEND, 1, 1, price_ticks=101, qty_lots=5, ts_ns=5, input_id=3)
+    back = c.Command(c.CMD_AMEND, 1, 1, price_ticks=100, qty_lots=5, ts_ns=6, input_id=4)
+    events = b.e.execute([amend, back, amend])
+    assert [e.kind for e in events] == [c.EV_AMENDED, c.EV_RESTED, c.EV_AMENDED, c.EV_RESTED]
+    assert list(b.e.ends) == [2, 4, 4]
+    assert b.e.step(c.Command(c.CMD_CANCEL, 1, 1, ts_ns=7, input_id=3)) == 0  # identity 3 is taken
+    assert _terms(b, 1) == (100, 5, 5)
+
+
+def test_input_ids_are_bounded_and_checked(core: ModuleType) -> None:
+    b = Book(core, max_seen_ids=2)
+    b.buy(100, 5)
+    for input_id, qty in ((1, 6), (2, 7), (3, 8)):
+        assert kinds(b.amend(1, 100, qty, input_id=input_id)) == [core.EV_AMENDED, core.EV_RESTED]
+    assert kinds(b.amend(1, 100, 6, input_id=1)) == [core.EV_AMENDED]  # window of 2: identity 1 forgotten
+    assert b.amend(1, 100, 6, input_id=3) == []
+    assert [e.code for e in b.cancel(1, input_id=-5)] == [core.R_BAD_INPUT]
+    assert _terms(b, 1) == (100, 6, 6)
+
+
+def test_snapshot_keeps_the_applied_identities(core: ModuleType) -> None:
+    b = Book(core)
+    b.buy(100, 5)
+    b.amend(1, 101, 6, input_id=11)
+    b.amend(1, 99, 4, input_id=12)
+    restored = core.Engine.from_snapshot(b.e.to_snapshot())
+    assert restored.state_hash() == b.e.state_hash()
+    assert restored.amend(1, 1, 101, 6, 50, 11) == [] and restored.order(1).price_ticks == 99
+    assert b.e.state_hash() != _hash_without_identities(core, b)  # the identities are part of the state
+
+
+def _hash_without_identities(core: ModuleType, b: Book) -> str:
+    """The same book rebuilt from a version-2 snapshot (no identities: still readable)."""
+    data = b.e.to_snapshot()
+    assert data[-4 - 8 * 2:-8 * 2] == struct.pack("<I", 2)
+    v2 = data[:4] + struct.pack("<H", 2) + data[6:-4 - 8 * 2]
+    engine = core.Engine.from_snapshot(v2)
+    assert engine.depth(5) == b.e.depth(5)
+    assert len(engine.applied.ids) == 0
+    return str(engine.state_hash())
 
 
 def test_book_full_and_per_account_limit(core: ModuleType) -> None:

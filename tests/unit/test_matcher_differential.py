@@ -26,14 +26,15 @@ PRICES = st.integers(98, 102)
 COIDS = st.sampled_from(["", "", "a", "b"])
 FRESH_OR_OLD = st.sampled_from([0, 0, 0, 0, 0, 1, 2, 3, 5])  # 0: a fresh id, else one used before
 OLD = st.integers(1, 6)  # an id used before: live, finished or never accepted
+INPUT_IDS = st.sampled_from([0, 0, 0, 1, 2, 3, 4])  # a cancel's / amend's identity: 0 none, else maybe a copy
 
 PLACE = st.tuples(st.just("place"), FRESH_OR_OLD, ACCOUNTS, st.sampled_from([1, 2]),
                   st.sampled_from([1, 1, 1, 1, 2]), st.sampled_from([1, 1, 1, 2, 3, 4, 5]), PRICES,
                   st.integers(1, 6), st.sampled_from([-1, -1, 0, 1, 2, 3]), st.booleans(), COIDS)
-CANCEL = st.tuples(st.just("cancel"), OLD, ACCOUNTS)
-CANCEL_COID = st.tuples(st.just("cancel_coid"), ACCOUNTS, COIDS)
-AMEND = st.tuples(st.just("amend"), OLD, ACCOUNTS, PRICES, st.integers(0, 7))
-CANCEL_ALL = st.tuples(st.just("cancel_all"), ACCOUNTS)
+CANCEL = st.tuples(st.just("cancel"), OLD, ACCOUNTS, INPUT_IDS)
+CANCEL_COID = st.tuples(st.just("cancel_coid"), ACCOUNTS, COIDS, INPUT_IDS)
+AMEND = st.tuples(st.just("amend"), OLD, ACCOUNTS, PRICES, st.integers(0, 7), INPUT_IDS)
+CANCEL_ALL = st.tuples(st.just("cancel_all"), ACCOUNTS, INPUT_IDS)
 BY_NAME = {"place": PLACE, "cancel": CANCEL, "cancel_coid": CANCEL_COID, "amend": AMEND, "cancel_all": CANCEL_ALL}
 OP = st.sampled_from(["place"] * 12 + ["cancel"] * 2 + ["amend"] * 3 + ["cancel_coid", "cancel_all"]).flatmap(
     lambda name: BY_NAME[name])
@@ -73,13 +74,13 @@ def _apply(book: Any, op: tuple[Any, ...], order_id: int, ts_ns: int) -> list[An
         _, _, acct, side, otype, tif, price, qty, stp, reduce_only, coid = op
         return list(book.place(order_id, acct, side, otype, tif, price, qty, stp, reduce_only, coid, ts_ns))
     if name == "cancel":
-        return list(book.cancel(order_id, op[2], ts_ns))
+        return list(book.cancel(order_id, op[2], ts_ns, op[-1]))
     if name == "cancel_coid":
-        return list(book.cancel_by_client_id(op[1], op[2], ts_ns))
+        return list(book.cancel_by_client_id(op[1], op[2], ts_ns, op[-1]))
     if name == "amend":
-        return list(book.amend(order_id, op[2], op[3], op[4], ts_ns))
+        return list(book.amend(order_id, op[2], op[3], op[4], ts_ns, op[-1]))
     assert name == "cancel_all"
-    return list(book.cancel_all(op[1], ts_ns))
+    return list(book.cancel_all(op[1], ts_ns, op[-1]))
 
 
 def _run(core: ModuleType, config: dict[str, int], ops: list[tuple[Any, ...]]) -> Any:
@@ -130,6 +131,11 @@ def test_replay_and_pure_compiled_agree(config: dict[str, int], ops: list[tuple[
         assert compiled.to_snapshot() == pure.to_snapshot()
 
 
+def _input_id(rng: random.Random) -> int:
+    """Mostly none, often an identity seen before (a copy), now and then one out of range."""
+    return rng.choice([0, 0, 0, rng.randint(1, 12), rng.randint(1, 12), -1])
+
+
 def _random_ops(rng: random.Random, count: int) -> list[tuple[Any, ...]]:
     """Long, dense sequences: balanced sides around a mid price, so sweeps and STP are common."""
     ops: list[tuple[Any, ...]] = []
@@ -143,13 +149,13 @@ def _random_ops(rng: random.Random, count: int) -> list[tuple[Any, ...]]:
                         rng.choice([1, 1, 1, 2, 3, 4, 5]), price, rng.randint(1, 8), rng.choice([-1, 0, 1, 2, 3]),
                         rng.random() < 0.2, rng.choice(["", "", "", "a", "b"])))
         elif roll < 0.78:
-            ops.append(("cancel", rng.randint(1, 8), account))
+            ops.append(("cancel", rng.randint(1, 8), account, _input_id(rng)))
         elif roll < 0.93:
-            ops.append(("amend", rng.randint(1, 8), account, rng.randint(97, 103), rng.randint(0, 9)))
+            ops.append(("amend", rng.randint(1, 8), account, rng.randint(97, 103), rng.randint(0, 9), _input_id(rng)))
         elif roll < 0.97:
-            ops.append(("cancel_coid", account, rng.choice(["a", "b", ""])))
+            ops.append(("cancel_coid", account, rng.choice(["a", "b", ""]), _input_id(rng)))
         else:
-            ops.append(("cancel_all", account))
+            ops.append(("cancel_all", account, _input_id(rng)))
     return ops
 
 

@@ -54,3 +54,41 @@ def test_recovery_replays_the_wal_to_the_same_book(tmp_path: Path) -> None:
     assert second.state.engines["BTCUSDT-PERP"].state_hash() == expected
     assert len(replayed) == 1 and [type(e).__name__ for e in replayed[0][1]] == ["OrderAccepted", "OrderExpired"]  # same account: STP expires the taker
     assert second.state.next_offsets == {0: 6}
+
+
+def amend(price: str, qty: str, cause: str) -> bytes:
+    return codec.encode(m.AmendRequest(trace_id="t", causation_id=cause, ts_ms=1, order_id=1, account_id=1,
+                                       symbol="BTCUSDT-PERP", price=price, quantity=qty))
+
+
+def cancel(cause: str) -> bytes:
+    return codec.encode(m.CancelRequest(trace_id="t", causation_id=cause, ts_ms=1, order_id=1, account_id=1,
+                                        symbol="BTCUSDT-PERP"))
+
+
+def test_copies_of_cancels_and_amends_apply_once_across_recovery(tmp_path: Path) -> None:
+    """The accounts processor's records can come twice (a redelivery, an aborted transaction the broker
+    still shows): amend A, amend B, then a copy of A must leave B's terms, a snapshot keeps that memory,
+    and a copy of a cancel answers nothing."""
+    first = Matcher(tmp_path, "127.0.0.1:1", topic_map(), "batch")
+    first.recover()
+    inputs = [order(1, "50000"), amend("50001", "0.020", "req-a"), amend("49999", "0.030", "req-b")]
+    records = [record(n, raw) for n, raw in enumerate(inputs)]
+    first.wal.append_batch(records)
+    first._apply_records(records)
+    first.take_snapshot()
+    copy_a = record(3, inputs[1])
+    first.wal.append_batch([copy_a])
+    assert first._apply_record(copy_a) == [("BTCUSDT-PERP", [])]
+    info = first.state.engines["BTCUSDT-PERP"].order(1)
+    assert (info.price_ticks, info.qty_lots) == (499990, 30)
+    first.wal.close()
+    second = Matcher(tmp_path, "127.0.0.1:1", topic_map(), "batch")
+    assert second.recover() == [("BTCUSDT-PERP", [])]  # the replayed copy emits nothing again
+    assert second.state.engines["BTCUSDT-PERP"].state_hash() == first.state.engines["BTCUSDT-PERP"].state_hash()
+    assert second._apply_record(record(4, inputs[1])) == [("BTCUSDT-PERP", [])]
+    ((_, events),) = second._apply_record(record(5, cancel("req-c")))
+    assert [type(e).__name__ for e in events] == ["OrderCancelled"]
+    assert second._apply_record(record(6, cancel("req-c"))) == [("BTCUSDT-PERP", [])]
+    ((_, events),) = second._apply_record(record(7, cancel("req-d")))  # another request: answered
+    assert [type(e).__name__ for e in events] == ["CancelRejected"]
