@@ -1,5 +1,8 @@
 """The web terminal in headless Chromium (Debian's chromium + chromedriver, installed by `make test`)
-against the real stack: sign up, deposit, a resting order in open orders and in the book, cancel it,
+against the real stack: an anonymous visitor sees the live market (book, trades, ticker, chart, mark
+and funding over public endpoints and the market stream) and is asked to log in only in the order
+form's place and the account panels; USDT amounts in tables show 2 decimals with the exact value on
+hover; sign up, deposit, a resting order in open orders and in the book, cancel it,
 cross another account's order and see the position, a rejected order shows the server's message, an
 API key created and revoked, dark mode survives a reload, log out and in again, no error in the
 browser console; then the page with the demo traders running (book, trades and the chart's forming
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,8 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SHOTS = REPO_ROOT / "artifacts" / "screenshots"
 SELLER = 7_500_009
 BIDDER = 7_500_010
+MAKER, TAKER = 7_500_011, 7_500_012  # the anonymous visit's market makers
+SYMBOL = "BTCUSDT-PERP"
 DEMO_S = 30  # how long the demo traders may run at most (they stop as soon as everything moved)
 
 
@@ -100,6 +106,112 @@ def shows(driver: Any, element_id: str, needle: str) -> bool:
 
 def shot(driver: Any, name: str) -> None:
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def as_account(stack: Stack, account: int, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """A call by another trader (the stack trusts X-Account-Id): what makes the market the browser watches."""
+    r = httpx.request(method, f"{stack.api}{path}", headers={"X-Account-Id": str(account)}, json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def limit(stack: Stack, account: int, side: str, price: str, quantity: str) -> Any:
+    return as_account(stack, account, "POST", "/api/v1/orders",
+                      {"symbol": SYMBOL, "side": side, "type": "LIMIT", "price": price, "quantity": quantity})
+
+
+def displayed(driver: Any, element_id: str) -> bool:
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+    return bool(driver.find_element(By.ID, element_id).is_displayed())
+
+
+def test_an_anonymous_visitor_sees_the_live_market(stack: Stack, browser: Any) -> None:
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+    d = browser
+    d.get(stack.api + "/")
+    d.execute_script("localStorage.removeItem('access_token'); localStorage.removeItem('refresh_token')")
+    d.refresh()
+    for account in (MAKER, TAKER):
+        as_account(stack, account, "POST", "/api/v1/wallet/deposits", {"asset": "USDT", "amount": "10000"})
+    limit(stack, MAKER, "SELL", "50000", "0.004")
+    limit(stack, TAKER, "BUY", "50000", "0.002")  # a trade at 50000; 0.002 left on the ask
+    limit(stack, TAKER, "BUY", "49500", "0.003")  # and a bid
+    try:
+        count_fetches(d)
+        # the market panels fill with live data, no login: the book, trades and mark pushed, ticker and candles polled
+        until(lambda: shows(d, "trades", "50000.00") and shows(d, "asks", "50000.00") and shows(d, "bids", "49500.00"))
+        until(lambda: shows(d, "t-last", "50000.00") and shows(d, "chart-legend", "trades)"))
+        until(lambda: d.execute_script("return state.series.data().length") >= 1)
+        until(lambda: text(d, "t-mark") not in ("", "-") and "%" in text(d, "t-funding") and ":" in text(d, "t-countdown"))
+        assert d.execute_script("return [stream.live, stream.frames > 0, localStorage.access_token]") == [True, True, None]
+        # the order form asks for a login: the login box in its place; the account panels ask too
+        assert displayed(d, "view-trade") and displayed(d, "view-login") and not displayed(d, "order-form")
+        assert d.execute_script("return document.getElementById('view-login').parentElement.classList.contains('grid')")
+        assert displayed(d, "open-login") and not displayed(d, "logout") and not displayed(d, "cancel-all")
+        assert "Log in to see your positions" in text(d, "positions")
+        assert "Log in to see your open orders" in text(d, "open-orders")
+        d.find_element(By.CSS_SELECTOR, "#positions button[data-login]").click()
+        assert d.execute_script("return document.activeElement.id") == "login"
+        shot(d, "0-anonymous")
+        # only public data was asked for, and no login was refused
+        answers = d.execute_script("return window.__answers")
+        assert answers and not [a for a in answers if a[0] in (401, 403)], answers
+        assert not [url for _, url in answers if "/account" in url or "/orders" in url], answers
+        # a private page is the login box
+        d.get(stack.api + "/#/account")
+        until(lambda: displayed(d, "view-login") and not displayed(d, "view-account") and not displayed(d, "view-trade"))
+        assert console_errors(d) == []
+    finally:
+        for account in (MAKER, TAKER):  # the later tests start from an empty book
+            as_account(stack, account, "DELETE", f"/api/v1/orders?symbol={SYMBOL}")
+    # logged in where asked, the visitor stays on the page and sees it
+    fill(d, "login", "fay@example.com")
+    fill(d, "password", "s3cret-enough")
+    click(d, "do-signup")
+    until(lambda: displayed(d, "view-account") and "account" in text(d, "who") and not displayed(d, "view-login"))
+    d.get(stack.api + "/#/trade")
+    until(lambda: displayed(d, "order-form") and not displayed(d, "view-login") and shows(d, "positions", "Symbol"))
+
+
+def money_cells(driver: Any, table_id: str) -> list[tuple[str, str]]:
+    """(shown, hover title) of each USDT amount in a table."""
+    return [tuple(c) for c in driver.execute_script(
+        f"return [...document.querySelectorAll('#{table_id} .money')].map((e) => [e.innerText, e.title])")]
+
+
+def rounded(exact: str) -> str:
+    return str(Decimal(exact).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def test_money_in_tables_has_2_decimals_and_the_exact_value_on_hover(stack: Stack, browser: Any) -> None:
+    d = browser
+    signed_in(d, stack)
+    d.get(stack.api + "/#/wallet")
+    fill(d, "w-amount", "1000.005")
+    click(d, "w-deposit")
+    until(lambda: shows(d, "wallet-msg", "deposited 1000.005"))
+    d.get(stack.api + "/#/account")
+    until(lambda: ("1000.01", "1000.00500000") in money_cells(d, "balances"))  # rounded half up, the exact on hover
+    assert "1000.00500000" not in text(d, "balances")
+
+    limit(stack, MAKER, "SELL", "50000", "0.003")
+    d.get(stack.api + "/#/trade")
+    fill(d, "o-price", "50000")
+    fill(d, "o-qty", "0.003")
+    click(d, "o-submit")
+    until(lambda: shows(d, "positions", "0.003") and len(money_cells(d, "positions")) == 3)  # PnL, margin, realised
+    shot(d, "0-money")
+    cells = money_cells(d, "positions")
+    d.get(stack.api + "/#/account")
+    until(lambda: ("0.08", "0.07500000") in money_cells(d, "trade-history"))  # the taker fee: 0.05 % of 150
+    assert "0.07500000" not in text(d, "trade-history")
+    cells += money_cells(d, "balances") + money_cells(d, "trade-history")
+    for shown, exact in cells:  # every amount: exact to 8 decimals on hover, shown rounded half up to 2
+        assert len(exact.split(".")[1]) == 8 and shown == rounded(exact), (shown, exact)
+    click(d, "logout")  # the next test starts as a visitor
+    until(lambda: displayed(d, "view-login") and not d.execute_script("return localStorage.access_token"))
 
 
 def test_a_trader_session_in_the_browser(stack: Stack, browser: Any) -> None:

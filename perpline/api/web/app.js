@@ -1,5 +1,7 @@
 // perpline web terminal: plain JavaScript on the native API (/api/v1, Bearer sessions), no build step.
 // Amounts stay the server's decimal strings; numbers are parsed only to draw (chart, depth bars).
+// The market (chart, book, trades, ticker, mark, funding) is public: anyone sees it live; the order
+// form and the account panels ask for a login.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -60,22 +62,53 @@ async function authenticate(kind) {
     if (kind === "signup") await api("POST", "/api/v1/auth/signup", body, { auth: false });
     session.save(await api("POST", "/api/v1/auth/login", body, { auth: false }));
     say("login-msg", "", true);
-    location.hash = "#/trade";
-    route();
+    route();  // the visitor stays where the login was asked: the trade page or a private one
   } catch (err) { say("login-msg", errorText(err), false); }
 }
 
 // --- views -----------------------------------------------------------------------------------------
 const VIEWS = ["login", "trade", "account", "wallet", "keys"];
+const PRIVATE = ["account", "wallet", "keys"];  // pages with nothing to show without a session
+function currentView() {
+  const view = location.hash.replace("#/", "") || "trade";
+  return VIEWS.includes(view) && view !== "login" ? view : "trade";
+}
+
 function route() {
-  let view = (location.hash.replace("#/", "") || "trade");
-  if (!session.access) view = "login";
-  if (!VIEWS.includes(view)) view = "trade";
-  VIEWS.forEach((v) => { $(`view-${v}`).hidden = v !== view; const a = $(`nav-${v}`); if (a) a.classList.toggle("active", v === view); });
-  $("logout").hidden = !session.access;
-  $("who").textContent = session.access ? `account ${localStorage.getItem("user_id")}` : "";
+  const view = currentView();
+  const anonymous = !session.access;
+  const shown = anonymous && PRIVATE.includes(view) ? "login" : view;
+  VIEWS.forEach((v) => { $(`view-${v}`).hidden = v !== shown; const a = $(`nav-${v}`); if (a) a.classList.toggle("active", v === view); });
+  placeLogin(anonymous && view === "trade");
+  $("logout").hidden = anonymous;
+  $("open-login").hidden = !anonymous;
+  $("cancel-all").hidden = anonymous;
+  $("who").textContent = anonymous ? "" : `account ${localStorage.getItem("user_id")}`;
+  if (anonymous) { closeAccountStream(); askLogin(); }
   if (view === "trade") ensureChart();
   refresh();
+}
+
+// The one login box: on the trade page it takes the order form's place (the market stays in view);
+// on a private page it is the page.
+function placeLogin(inTrade) {
+  const box = $("view-login");
+  const home = inTrade ? document.querySelector("#view-trade .grid") : document.querySelector("main");
+  if (box.parentElement !== home) home.prepend(box);
+  box.classList.toggle("in-trade", inTrade);
+  if (inTrade) box.hidden = false;
+  document.querySelector("#view-trade .form-card").hidden = inTrade;
+}
+
+function askLogin() {
+  const prompt = (what) => [`<span class="ask-login">Log in to see your ${what}</span> <button type="button" data-login="1">Log in</button>`];
+  rows("positions", [""], [prompt("positions")]);
+  rows("open-orders", [""], [prompt("open orders")]);
+}
+
+function focusLogin() {
+  $("view-login").scrollIntoView({ block: "center" });
+  $("login").focus();
 }
 
 function rows(table, header, items, fixedRows = 0) {
@@ -85,6 +118,23 @@ function rows(table, header, items, fixedRows = 0) {
   $(table).innerHTML = head + items.map((cells) => `<tr>${cells.map((c) => `<td>${c}</td>`).join("")}</tr>`).join("")
     + blank.repeat(Math.max(0, fixedRows - items.length));
 }
+// USDT amounts in tables: 2 decimals, rounded half away from zero (as exchanges and spreadsheets show
+// them) on the decimal string itself, never through a float; the exact server value on hover.
+const MONEY_DECIMALS = 2;
+function roundMoney(value) {
+  const m = /^([+-]?)(\d+)(?:\.(\d*))?$/.exec(String(value ?? "").trim());
+  if (!m) return null;
+  const [, sign, whole, frac = ""] = m;
+  let units = BigInt(whole + frac.padEnd(MONEY_DECIMALS, "0").slice(0, MONEY_DECIMALS));
+  if ((frac[MONEY_DECIMALS] || "0") >= "5") units += 1n;
+  const digits = units.toString().padStart(MONEY_DECIMALS + 1, "0");
+  const shown = `${digits.slice(0, -MONEY_DECIMALS)}.${digits.slice(-MONEY_DECIMALS)}`;
+  return sign === "-" && units !== 0n ? `-${shown}` : shown;
+}
+const money = (value) => {
+  const shown = roundMoney(value);
+  return shown === null ? esc(value) : `<span class="money" title="${esc(value)}">${shown}</span>`;
+};
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
 const time = (ms) => new Date(ms).toLocaleTimeString([], { hour12: false });
 const BOOK_LEVELS = 10, TRADE_ROWS = 16;
@@ -211,7 +261,7 @@ async function loadTrading() {
 
 function renderTrading(positions, open) {
   rows("positions", ["Symbol", "Size", "Entry", "Mark", "Unrealised PnL", "Margin", "Liq. price", "Leverage", "Realised PnL", ""], positions.filter((p) => Number(p.size) !== 0).map((p) =>
-    [p.symbol, p.size, p.entry_price, p.mark_price ?? "-", p.unrealized_pnl, p.margin, p.liquidation_price, p.leverage, p.realized_pnl,
+    [p.symbol, p.size, p.entry_price, p.mark_price ?? "-", money(p.unrealized_pnl), money(p.margin), p.liquidation_price, p.leverage, money(p.realized_pnl),
      `<button type="button" data-close="${p.symbol}" data-size="${p.size}">Close</button>`]));
   rows("open-orders", ["Id", "Side", "Type", "Price", "Qty", "Filled", "Status", ""], open.map((o) =>
     [o.order_id, `<span class="${o.side === "BUY" ? "buy" : "sell"}">${o.side}</span>`, `${o.order_type} ${o.time_in_force}`,
@@ -222,13 +272,14 @@ async function loadAccount() {
   const [balances, history, fills, funding] = await Promise.all([api("GET", "/api/v1/account/balances"),
     api("GET", "/api/v1/orders?status=all"), api("GET", "/api/v1/account/trades"), api("GET", "/api/v1/account/funding")]);
   rows("balances", ["Asset", "Available", "Order margin", "Position margin", "Wallet"], balances.map((b) =>
-    [b.asset, b.available, b.order_margin, b.position_margin, b.wallet]));
+    b.asset === "USDT" ? [b.asset, money(b.available), money(b.order_margin), money(b.position_margin), money(b.wallet)]
+      : [b.asset, b.available, b.order_margin, b.position_margin, b.wallet]));
   rows("order-history", ["Id", "Symbol", "Side", "Price", "Qty", "Filled", "Status"], history.slice(-50).reverse().map((o) =>
     [o.order_id, o.symbol, o.side, o.price ?? "", o.quantity, o.filled, o.status]));
   rows("trade-history", ["Time", "Symbol", "Side", "Price", "Qty", "Fee", "PnL"], fills.slice(-50).reverse().map((t) =>
-    [time(t.ts_ms), t.symbol, t.side, t.price, t.quantity, t.fee, t.realized_pnl]));
+    [time(t.ts_ms), t.symbol, t.side, t.price, t.quantity, t.fee_asset === "USDT" ? money(t.fee) : esc(t.fee), money(t.realized_pnl)]));
   rows("funding-history", ["Time", "Symbol", "Rate", "Size", "Paid"], funding.slice(-50).reverse().map((f) =>
-    [time(f.funding_time_ms), f.symbol, f.rate, f.size, f.amount]));
+    [time(f.funding_time_ms), f.symbol, f.rate, f.size, money(f.amount)]));
 }
 
 async function loadKeys() {
@@ -239,10 +290,11 @@ async function loadKeys() {
 }
 
 async function refresh() {
-  if (document.hidden || !session.access) return;  // an idle, hidden tab costs nothing
+  if (document.hidden) return;  // an idle, hidden tab costs nothing
   try {
-    const view = location.hash.replace("#/", "") || "trade";
-    if (view === "trade") await Promise.all([loadMarket(), loadTrading()]);
+    const view = currentView();
+    if (view === "trade") await Promise.all([loadMarket(), session.access ? loadTrading() : null]);
+    else if (!session.access) return;  // a private page shows the login box
     else if (view === "account") await loadAccount();
     else if (view === "keys") await loadKeys();
   } catch (err) { console.warn("refresh", err.message); }
@@ -285,6 +337,7 @@ async function placeOrder(ev) {
 
 async function onClick(ev) {
   const t = ev.target;
+  if (t.dataset.login) { focusLogin(); return; }
   try {
     if (t.dataset.cancel) await api("DELETE", `/api/v1/orders/${t.dataset.cancel}?symbol=${state.symbol}`);
     else if (t.dataset.close) {
@@ -324,6 +377,7 @@ function tickCountdown() {
 async function start() {
   $("login-form").addEventListener("submit", (ev) => { ev.preventDefault(); authenticate("login"); });
   $("do-signup").addEventListener("click", () => authenticate("signup"));
+  $("open-login").addEventListener("click", focusLogin);
   $("logout").addEventListener("click", async () => { try { await api("POST", "/api/v1/auth/logout"); } catch (e) { /* ended */ } closeAccountStream(); session.clear(); route(); });
   $("theme").addEventListener("click", () => {
     const next = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
