@@ -89,7 +89,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
         deps.registry = KeyRegistry(deps.secret_key)
         deps.readmodel = ReadModel(deps.bootstrap, deps.topics, deps.registry)
         deps.readmodel.start()
+        app.state.fstream = fstream.Hub(deps, app.state.listen_keys)
         yield
+        await app.state.fstream.stop()
         deps.readmodel.stop()
         deps.publisher.close()
 
@@ -101,13 +103,16 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.add_exception_handler(UnitError, errors.on_perpline_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.add_middleware(TraceAndMeasure)
-    from perpline.api import fapi, market, ops, sessions, stream, v1  # noqa: PLC0415 (routers import the deps type from here)
+    from perpline.api import fapi, fstream, listenkey, market, ops, sessions, stream, v1  # noqa: PLC0415 (routers import the deps type from here)
 
     app.include_router(v1.router)
     app.include_router(sessions.router)
     app.include_router(market.router)
     app.include_router(stream.router)
+    app.include_router(listenkey.router)  # before fapi's catch-all route
     app.include_router(fapi.router)
+    app.include_router(fstream.router)
+    app.state.listen_keys = listenkey.ListenKeys()
     app.include_router(ops.router)
     app.mount("/app", StaticFiles(directory=WEB_DIR), name="web")
 

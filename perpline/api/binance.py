@@ -61,6 +61,7 @@ _ERRORS: dict[Code, tuple[int, str, int]] = {
     Code.STALE_REQUEST: (-1021, "Timestamp for this request is outside of the recvWindow.", 400),
     Code.RATE_LIMITED: (-1003, "Too many requests; please use the websocket for live updates.", 429),
     Code.REQUEST_TOO_LARGE: (-1100, "Illegal characters found in a parameter.", 400),
+    Code.UNKNOWN_LISTEN_KEY: (-1125, "This listenKey does not exist.", 400),
 }
 QUERY_UNKNOWN_ORDER = (-2013, "Order does not exist.", 400)
 NOT_FOUND = (-1000, "Unknown endpoint.", 404)

@@ -80,7 +80,12 @@ WEIGHTS: dict[str, Cost] = {
     "GET /fapi/v1/income": HISTORY, "POST /fapi/v1/order": ORDER, "GET /fapi/v1/order": READ,
     "DELETE /fapi/v1/order": READ, "PUT /fapi/v1/order": ORDER, "DELETE /fapi/v1/allOpenOrders": READ,
     "GET /fapi/v1/openOrders": READ, "GET /fapi/v1/allOrders": HISTORY, "GET /fapi/v1/userTrades": HISTORY,
+    "POST /fapi/v1/listenKey": READ, "PUT /fapi/v1/listenKey": READ, "DELETE /fapi/v1/listenKey": READ,
     **{f"{method} /fapi/{{path:path}}": READ for method in ("GET", "POST", "PUT", "DELETE")},
+    # Binance USD-M streams (perpline.api.fstream): one upgrade each, the streams are limited per connection
+    **{f"WS /fstream{path}": HEAVY for path in ("/public/ws/{slot}", "/market/ws/{slot}", "/public/ws", "/market/ws",
+                                               "/ws", "/ws/{path:path}", "/private/ws", "/stream", "/public/stream",
+                                               "/market/stream")},
     # the API's own documentation
     "GET /openapi.json": READ, "GET /docs": READ, "GET /docs/oauth2-redirect": READ, "GET /redoc": READ,
 }

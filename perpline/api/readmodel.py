@@ -41,6 +41,7 @@ POLL_BATCH = 500
 MAX_TRACKED_ORDERS = 200_000
 MAX_MAKERS_TRACKED = 1000
 MAX_WAKEUPS = 100_000  # requests waiting for the views to change (each one's future, re-armed per change)
+MAX_ACCOUNT_FEED = 100_000  # applied account events kept for the user-data streams (perpline.api.fstream)
 
 
 @dataclass
@@ -125,6 +126,9 @@ class ReadModel:
         self.caught_up = threading.Event()
         self._lag = LagWatcher("perpline-api-readmodel")
         self.applied = 0
+        # the account events the views applied (redeliveries left out), numbered from 1, for the user-data streams
+        self._feed: deque[tuple[int, Any]] = deque(maxlen=MAX_ACCOUNT_FEED)
+        self._feed_n = 0
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -211,20 +215,41 @@ class ReadModel:
                 self._results.popitem(last=False)
             return
         view = self._view(ev.account_id)
+        applied = False
         if isinstance(ev, m.BalanceChanged):
             known = view.balances.get(ev.asset)
-            if known is None or ev.version >= known.version:  # an older version is a redelivery
+            applied = known is None or ev.version > known.version  # an older version is a redelivery
+            if applied or ev.version == known.version:  # type: ignore[union-attr]
                 view.balances[ev.asset] = ev
         elif isinstance(ev, m.OrderChanged):
-            _apply_order(view, ev.order)
+            applied = _apply_order(view, ev.order)
         elif isinstance(ev, m.PositionChanged):
             known_position = view.positions.get(ev.symbol)
-            if known_position is None or ev.version >= known_position.version:
+            applied = known_position is None or ev.version > known_position.version
+            if applied or ev.version == known_position.version:  # type: ignore[union-attr]
                 view.positions[ev.symbol] = ev
         elif isinstance(ev, m.FillRecorded):
-            _append_once(view.fills, view.fill_keys, _fill_key, ev)
+            applied = _append_once(view.fills, view.fill_keys, _fill_key, ev)
         elif isinstance(ev, m.FundingApplied):
-            _append_once(view.funding, view.funding_keys, _funding_key, ev)
+            applied = _append_once(view.funding, view.funding_keys, _funding_key, ev)
+        if applied:
+            self._feed_n += 1
+            self._feed.append((self._feed_n, ev))
+
+    def account_feed(self, after: int) -> tuple[int, list[Any] | None]:
+        """(newest number, the applied account events numbered after `after`); None for the events when
+        some of them were already forgotten (MAX_ACCOUNT_FEED): the reader lost events and starts over."""
+        with self._lock:
+            if after > self._feed_n or (self._feed and self._feed[0][0] > after + 1):
+                return self._feed_n, None
+            skip = len(self._feed) - (self._feed_n - after)
+            return self._feed_n, [ev for _, ev in islice(self._feed, max(skip, 0), None)]
+
+    def book_seq(self, symbol: str) -> int:
+        """The matcher seq the symbol's book mirror is at: the update id of /fapi/v1/depth and its stream."""
+        with self._lock:
+            book = self.books.get(symbol)
+            return 0 if book is None else book.last_seq
 
     def _apply_price(self, ev: Any) -> None:
         with self._lock:
@@ -525,35 +550,39 @@ class ReadModel:
         return newest[::-1]
 
 
-def _apply_order(view: AccountView, order: m.OrderView) -> None:
+def _apply_order(view: AccountView, order: m.OrderView) -> bool:
     """An order's latest state; a redelivered older state (open for an order already closed here, or
     less filled than what is shown) is ignored, so a view never steps back. Timestamps do not order an
     order's changes: a cancel is stamped by the API when sent, a fill may be applied before it."""
     open_now = order.status in ("NEW", "PARTIALLY_FILLED")
     if open_now:
         if order.order_id in view.closed_orders:
-            return
+            return False
         shown = view.open_orders.get(order.order_id)
         if shown is not None and Decimal(order.filled) < Decimal(shown.filled):
-            return
+            return False
     if open_now:
+        changed = view.open_orders.get(order.order_id) != order
         view.open_orders[order.order_id] = order
-        return
+        return changed
+    changed = view.closed_orders.get(order.order_id) != order
     view.open_orders.pop(order.order_id, None)
     view.closed_orders[order.order_id] = order
     while len(view.closed_orders) > MAX_CLOSED_ORDERS_PER_ACCOUNT:
         view.closed_orders.popitem(last=False)
+    return changed
 
 
-def _append_once(items: deque[Any], keys: set[Any], key_of: Callable[[Any], Any], item: Any) -> None:
-    """Append an event unless it is already held; the key set follows the bounded deque."""
+def _append_once(items: deque[Any], keys: set[Any], key_of: Callable[[Any], Any], item: Any) -> bool:
+    """Append an event unless it is already held (False); the key set follows the bounded deque."""
     key = key_of(item)
     if key in keys:
-        return
+        return False
     if items.maxlen is not None and len(items) == items.maxlen:
         keys.discard(key_of(items[0]))
     items.append(item)
     keys.add(key)
+    return True
 
 
 def _fill_key(fill: m.FillRecorded) -> tuple[str, int, int]:

@@ -85,6 +85,7 @@ class Code(IntEnum):
     LOGIN_TAKEN = 6010
     BAD_TOKEN = 6011  # a session token that is malformed, expired, or whose session ended
     LOGIN_LOCKED = 6012  # too many failed logins for this login or address: wait Retry-After seconds
+    UNKNOWN_LISTEN_KEY = 6013  # a user-data stream key that was never issued, expired or was deleted
 
     @property
     def subsystem(self) -> str:

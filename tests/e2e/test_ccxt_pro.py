@@ -1,0 +1,224 @@
+"""ccxt.pro's binanceusdm against the local stack's Binance USD-M streams (shared/BINANCE_USDM_WS.md),
+configured as the README tells users: the book, trades, ticker, candles and mark price follow REST
+writes; one account's order rests, fills against another's, and the private watchers report exactly
+what REST then returns. Then a raw websocket client checks the depth chain, the error replies, a bad
+listenKey."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import ccxt
+import ccxt.pro as ccxtpro
+import httpx
+import pytest
+from stackutil import Stack, admin, running_stack
+
+pytestmark = pytest.mark.e2e
+SYM = "BTC/USDT:USDT"
+WAIT_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from running_stack(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def users(stack: Stack) -> dict[str, dict[str, Any]]:
+    found = {}
+    for name in ("alice", "bob", "carol"):
+        keys = admin(stack, "create-user", "--label", name, "--deposit", "USDT=10000")
+        assert isinstance(keys, dict)
+        found[name] = keys
+    return found
+
+
+def _options() -> dict[str, Any]:
+    return {"fetchCurrencies": False, "fetchMarkets": {"types": ["linear"]}, "adjustForTimeDifference": False,
+            "fetchOpenOrders": {"warnWithoutSymbol": False}}
+
+
+def _urls(base: str) -> dict[str, Any]:
+    rest = {k: base + p for k, p in {"fapiPublic": "/fapi/v1", "fapiPublicV2": "/fapi/v2", "fapiPublicV3": "/fapi/v3",
+                                     "fapiPrivate": "/fapi/v1", "fapiPrivateV2": "/fapi/v2",
+                                     "fapiPrivateV3": "/fapi/v3", "fapiData": "/futures/data"}.items()}
+    return {**rest, "ws": {"linear": base.replace("http://", "ws://") + "/fstream/ws"}}
+
+
+def rest_client(base: str, keys: dict[str, Any]) -> Any:
+    ex = ccxt.binanceusdm({"apiKey": keys["api_key"], "secret": keys["api_secret"], "options": _options()})
+    ex.urls["api"] = {k: v for k, v in _urls(base).items() if k != "ws"}
+    ex.exceptions["exact"] = {**ex.exceptions["exact"], **ex.exceptions["linear"]["exact"]}
+    return ex
+
+
+def pro_client(base: str, keys: dict[str, Any]) -> Any:
+    ex = ccxtpro.binanceusdm({"apiKey": keys["api_key"], "secret": keys["api_secret"], "options": _options()})
+    ex.urls["api"] = _urls(base)
+    ex.exceptions["exact"] = {**ex.exceptions["exact"], **ex.exceptions["linear"]["exact"]}
+    return ex
+
+
+def _levels(side: list[list[Any]]) -> list[tuple[float, float]]:
+    return [(float(p), float(q)) for p, q, *_ in side]
+
+
+async def _book_converges(pro: Any, rest: Any) -> None:
+    """The watched book (ccxt's local copy, kept by the diffs) comes to equal the REST book."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        watched = pro.orderbooks[SYM]
+        fetched = await asyncio.to_thread(rest.fetch_order_book, SYM)
+        if (_levels(watched["bids"]), _levels(watched["asks"])) == (_levels(fetched["bids"]), _levels(fetched["asks"])):
+            return
+        assert time.monotonic() < deadline, (watched["bids"][:3], watched["asks"][:3], fetched)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pro.watch_order_book(SYM), 0.5)
+
+
+def test_market_watchers_follow_rest(stack: Stack, users: dict[str, dict[str, Any]]) -> None:
+    asyncio.run(_market(stack, users))
+
+
+async def _market(stack: Stack, users: dict[str, dict[str, Any]]) -> None:
+    alice, bob = rest_client(stack.api, users["alice"]), rest_client(stack.api, users["bob"])
+    pro = pro_client(stack.api, users["carol"])
+    try:
+        await pro.load_markets()
+        await asyncio.to_thread(alice.load_markets)
+        await asyncio.to_thread(bob.load_markets)
+        await asyncio.wait_for(pro.watch_order_book(SYM), WAIT_S)
+        resting = [await asyncio.to_thread(alice.create_order, SYM, "limit", "sell", 0.01, 50000 + i * 10)
+                   for i in range(3)]
+        await asyncio.to_thread(bob.create_order, SYM, "limit", "buy", 0.005, 49900)
+        await _book_converges(pro, alice)
+        await asyncio.to_thread(alice.cancel_order, resting[1]["id"], SYM)
+        await _book_converges(pro, alice)
+
+        await asyncio.wait_for(pro.watch_ticker(SYM), WAIT_S)  # the first frame: the state when subscribed
+        watchers = {"trades": pro.watch_trades(SYM), "ticker": pro.watch_ticker(SYM),
+                    "ohlcv": pro.watch_ohlcv(SYM, "1m"), "mark": pro.watch_mark_price(SYM)}
+        tasks = {k: asyncio.create_task(w) for k, w in watchers.items()}
+        await asyncio.sleep(1.0)  # subscribed before the trade
+        await asyncio.to_thread(bob.create_order, SYM, "market", "buy", 0.004)
+        (trade,) = [t for t in await asyncio.wait_for(tasks["trades"], WAIT_S) if t["amount"] == 0.004]
+        (public,) = [t for t in await asyncio.to_thread(bob.fetch_trades, SYM) if t["id"] == trade["id"]]
+        assert (trade["price"], trade["side"], trade["timestamp"]) == (public["price"], "buy", public["timestamp"]) \
+            == (50000, "buy", public["timestamp"])
+        ticker = await asyncio.wait_for(tasks["ticker"], WAIT_S)
+        assert ticker["last"] == (await asyncio.to_thread(bob.fetch_ticker, SYM))["last"] == 50000
+        candles = await asyncio.wait_for(tasks["ohlcv"], WAIT_S)
+        rest_candles = await asyncio.to_thread(bob.fetch_ohlcv, SYM, "1m")
+        assert candles[-1][4] == 50000 and candles[-1][0] == rest_candles[-1][0]
+        mark = await asyncio.wait_for(tasks["mark"], WAIT_S)
+        assert mark["symbol"] == SYM and mark["markPrice"] and mark["markPrice"] > 0
+        await _book_converges(pro, alice)
+    finally:
+        await pro.close()
+
+
+def test_private_watchers_report_what_rest_returns(stack: Stack, users: dict[str, dict[str, Any]]) -> None:
+    asyncio.run(_private(stack, users))
+
+
+async def _private(stack: Stack, users: dict[str, dict[str, Any]]) -> None:
+    rest, bob = rest_client(stack.api, users["carol"]), rest_client(stack.api, users["bob"])
+    pro = pro_client(stack.api, users["carol"])
+    try:
+        await pro.load_markets()
+        await asyncio.to_thread(rest.load_markets)
+        await asyncio.to_thread(bob.load_markets)
+        for other in ("alice", "bob"):  # an empty book: the fill below is between carol and bob only
+            await asyncio.to_thread(rest_client(stack.api, users[other]).cancel_all_orders, SYM)
+        orders_task = asyncio.create_task(pro.watch_orders(SYM))
+        await asyncio.sleep(1.5)  # the listenKey taken and the private socket open
+        placed = await asyncio.to_thread(rest.create_order, SYM, "limit", "buy", 0.01, 49000)
+        (seen,) = await asyncio.wait_for(orders_task, WAIT_S)
+        assert (seen["id"], seen["status"], seen["price"], seen["amount"], seen["filled"]) == (
+            placed["id"], "open", 49000, 0.01, 0)
+
+        tasks = {"trades": asyncio.create_task(pro.watch_my_trades(SYM)),
+                 "balance": asyncio.create_task(pro.watch_balance()),
+                 "positions": asyncio.create_task(pro.watch_positions([SYM])),
+                 "orders": asyncio.create_task(pro.watch_orders(SYM))}
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(bob.create_order, SYM, "limit", "sell", 0.004, 49000)
+        (fill,) = await asyncio.wait_for(tasks["trades"], WAIT_S)
+        (rest_fill,) = await asyncio.to_thread(rest.fetch_my_trades, SYM)
+        for k in ("id", "order", "price", "amount", "side", "takerOrMaker", "timestamp"):
+            assert fill[k] == rest_fill[k], k
+        assert fill["fee"]["cost"] == rest_fill["fee"]["cost"] and fill["takerOrMaker"] == "maker"
+        order = (await asyncio.wait_for(tasks["orders"], WAIT_S))[-1]
+        rest_order = await asyncio.to_thread(rest.fetch_order, placed["id"], SYM)
+        assert (order["status"], order["filled"], order["remaining"], order["average"]) == (
+            rest_order["status"], rest_order["filled"], rest_order["remaining"], rest_order["average"]) == (
+            "open", 0.004, 0.006, 49000)
+        balance = await asyncio.wait_for(tasks["balance"], WAIT_S)
+        (rest_balance,) = [b for b in await asyncio.to_thread(rest.fapiPrivateV2GetBalance) if b["asset"] == "USDT"]
+        assert balance["USDT"]["total"] == float(rest_balance["balance"]) < 10000  # the maker fee
+        (position,) = await asyncio.wait_for(tasks["positions"], WAIT_S)
+        (rest_position,) = await asyncio.to_thread(rest.fetch_positions, [SYM])
+        for k in ("symbol", "side", "contracts", "entryPrice"):
+            assert position[k] == rest_position[k], k
+        assert (position["side"], position["contracts"]) == ("long", 0.004)
+    finally:
+        await pro.close()
+
+
+def _ws(stack: Stack) -> str:
+    return stack.api.replace("http://", "ws://") + "/fstream"
+
+
+def test_raw_socket_depth_chain_errors_and_keys(stack: Stack, users: dict[str, dict[str, Any]]) -> None:
+    asyncio.run(_raw(stack, users))
+
+
+async def _raw(stack: Stack, users: dict[str, dict[str, Any]]) -> None:
+    alice = rest_client(stack.api, users["alice"])
+    await asyncio.to_thread(alice.load_markets)
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(_ws(stack) + "/public/ws/0")
+        await ws.send_json({"method": "SUBSCRIBE", "params": ["btcusdt@depth@100ms", "nosuch@trade"], "id": 7})
+        assert await ws.receive_json(timeout=WAIT_S) == {"error": {"code": -1121, "msg": "Invalid symbol."}, "id": 7}
+        await ws.send_json({"method": "SUBSCRIBE", "params": ["btcusdt@nosuchstream"], "id": 8})
+        reply = await ws.receive_json(timeout=WAIT_S)
+        assert reply["id"] == 8 and reply["error"]["code"] == 2
+        await ws.send_json({"method": "SUBSCRIBE", "params": ["btcusdt@depth@100ms"], "id": 9})
+        assert await ws.receive_json(timeout=WAIT_S) == {"result": None, "id": 9}  # still open after the errors
+        await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": 10})
+        for _ in range(6):
+            placed = await asyncio.to_thread(alice.create_order, SYM, "limit", "sell", 0.002, 51000)
+            await asyncio.to_thread(alice.cancel_order, placed["id"], SYM)
+        frames, listed = [], None
+        deadline = time.monotonic() + WAIT_S
+        while len(frames) < 12 and time.monotonic() < deadline:
+            msg = await ws.receive_json(timeout=WAIT_S)
+            if msg.get("id") == 10:
+                listed = msg["result"]
+            elif msg.get("e") == "depthUpdate":
+                frames.append(msg)
+        assert listed == ["btcusdt@depth@100ms"]
+        assert len(frames) >= 2 and all(f["U"] == f["pu"] + 1 <= f["u"] for f in frames)
+        assert all(b["pu"] == a["u"] for a, b in zip(frames, frames[1:], strict=False))
+        rest_book = httpx.get(stack.api + "/fapi/v1/depth", params={"symbol": "BTCUSDT"}).json()
+        assert rest_book["lastUpdateId"] >= frames[-1]["u"]
+        await ws.close()
+
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await http.ws_connect(_ws(stack) + "/private/ws?listenKey=not-a-key")
+        headers = {"X-MBX-APIKEY": users["alice"]["api_key"]}
+        key = httpx.post(stack.api + "/fapi/v1/listenKey", headers=headers).json()["listenKey"]
+        assert httpx.post(stack.api + "/fapi/v1/listenKey", headers=headers).json()["listenKey"] == key
+        assert httpx.put(stack.api + "/fapi/v1/listenKey", headers=headers).json()["listenKey"] == key
+        private = await http.ws_connect(_ws(stack) + f"/private/ws?listenKey={key}")
+        assert httpx.delete(stack.api + "/fapi/v1/listenKey", headers=headers).json() == {}
+        ended = await private.receive_json(timeout=WAIT_S)
+        assert ended["e"] == "listenKeyExpired" and ended["listenKey"] == key
+        gone = httpx.put(stack.api + "/fapi/v1/listenKey", headers=headers)
+        assert gone.status_code == 400 and gone.json()["code"] == -1125
