@@ -119,7 +119,9 @@ def balance_entry(b: m.BalanceChanged) -> dict[str, Any]:
 
 def position_entry(deps: Any, inst: Instrument, p: m.PositionChanged) -> dict[str, Any]:
     """One position as /fapi/v3/positionRisk values it (entry, unrealised PnL at the mark)."""
-    row = fapi._position_row(deps, inst, p)  # noqa: SLF001 (one valuation of a position)
+    # one valuation of a position; the frame reads only its prices and PnL, which the orders' margin
+    # (the last argument, for initialMargin) does not change
+    row = fapi._position_row(deps, inst, p, 0)  # noqa: SLF001
     return {"s": inst.binance_symbol, "pa": p.size, "ep": p.entry_price, "bep": row["breakEvenPrice"],
             "cr": p.realized_pnl, "up": row["unRealizedProfit"], "mt": "isolated", "iw": p.margin, "ps": "BOTH",
             "ma": inst.margin_asset}
