@@ -238,7 +238,7 @@ class Repairer:
         self.producer.flush(10)
         wanted = [ids.journal_id(ids.fill_leg_id(repair.symbol, seq, liq), rt) for liq in ("MAKER", "TAKER")
                   for rt in LEG_REF_TYPES]
-        return self._resink(wanted)
+        return self._resink([j for j in wanted if not self._stored(j)])  # only what the copy lacks
 
     def _void(self, repair: Repair) -> tuple[list[str], list[str]]:
         """Reverse, through the accounts processor and in the ledger only, each journal the log never had."""
