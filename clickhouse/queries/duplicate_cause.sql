@@ -6,6 +6,7 @@ SELECT 'critical' AS severity, first_asset AS asset, acct AS account_id, sym AS 
 FROM (SELECT ref_type AS rtype, ref_id AS rid, account_id AS acct, any(asset) AS first_asset, any(symbol) AS sym,
              arraySort(groupUniqArray(journal_id)) AS ids, min(ts_ms) AS t0, max(ts_ms) AS t1
       FROM ledger_postings FINAL
-      WHERE (ref_type, ref_id) IN (SELECT ref_type, ref_id FROM ledger_postings WHERE inserted_ms >= {since_ms:Int64})
+      WHERE journal_id NOT IN (SELECT arrayJoin(voided) FROM recon_repairs FINAL WHERE status IN ('applied', 'confirmed'))
+        AND (ref_type, ref_id) IN (SELECT ref_type, ref_id FROM ledger_postings WHERE inserted_ms >= {since_ms:Int64})
       GROUP BY ref_type, ref_id, account_id)
 WHERE length(ids) > 1

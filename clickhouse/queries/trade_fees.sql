@@ -20,6 +20,7 @@ FROM (SELECT tr.symbol AS symbol, tr.ts_ms AS ts_ms, concat('fill:', tr.symbol, 
                          argMax(taker_fee_rate, updated_ms) AS taker_fee_rate
                   FROM instruments GROUP BY symbol) AS i ON i.symbol = tr.symbol) AS t
 LEFT JOIN (SELECT ref_id, -sum(amount) AS charged FROM ledger_postings FINAL
-           WHERE ref_type = 'TRADE_FEE' AND ledger_account = 'platform:FEE_REVENUE' GROUP BY ref_id) AS f
+           WHERE ref_type = 'TRADE_FEE' AND ledger_account = 'platform:FEE_REVENUE'
+             AND journal_id NOT IN (SELECT arrayJoin(voided) FROM recon_repairs FINAL WHERE status IN ('applied', 'confirmed')) GROUP BY ref_id) AS f
   ON f.ref_id = t.leg_id
 WHERE ifNull(f.charged, toDecimal128(0, 8)) != t.expected

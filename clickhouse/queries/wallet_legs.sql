@@ -5,7 +5,7 @@ SELECT 'critical' AS severity, any(asset) AS asset, any(account_id) AS account_i
        any(ref_type) AS ref_type, min(ts_ms) AS window_start_ms, max(ts_ms) AS window_end_ms,
        concat('postings: ', arrayStringConcat(groupArray(concat(ledger_account, ' ', toString(amount))), ', ')) AS detail
 FROM ledger_postings FINAL
-WHERE ref_type IN ('DEPOSIT', 'WITHDRAWAL')
+WHERE ref_type IN ('DEPOSIT', 'WITHDRAWAL') AND journal_id NOT IN (SELECT arrayJoin(voided) FROM recon_repairs FINAL WHERE status IN ('applied', 'confirmed'))
   AND journal_id IN (SELECT journal_id FROM ledger_postings WHERE inserted_ms >= {since_ms:Int64})
 GROUP BY journal_id
 HAVING countIf(ledger_account = 'platform:HOT_WALLET') != 1

@@ -146,6 +146,10 @@ def _dispatch(state: AccountState, cmd: m.Msg, ctx: Ctx) -> RequestOutcome:
         return _set_leverage(state, cmd, ctx)
     if isinstance(cmd, m.AmendOrder):
         return _amend(state, cmd, ctx)
+    if isinstance(cmd, m.PostRepair):
+        from perpline.accounts import repairs  # noqa: PLC0415 (reconciliation repairs build on this module)
+
+        return repairs.post_repair(state, cmd, ctx)
     if isinstance(cmd, (m.FundingCharge, m.Liquidate, m.Deleverage)):
         from perpline.accounts import perp  # noqa: PLC0415 (perp builds on this module's helpers)
 

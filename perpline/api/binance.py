@@ -42,6 +42,7 @@ _ERRORS: dict[Code, tuple[int, str, int]] = {
     Code.REDUCE_ONLY_REJECTED: (-2022, "ReduceOnly Order is rejected.", 400),
     Code.LEVERAGE_TOO_LOW_FOR_POSITION: (-4161, "Leverage reduction is not supported in Isolated Margin Mode with "
                                                 "open positions.", 400),
+    Code.SYMBOL_HALTED: (-1122, "Invalid symbol status: trading is halted.", 400),
     Code.POSITION_CAP_EXCEEDED: (-2027, "Exceeded the maximum allowable position at current leverage.", 400),
     Code.POST_ONLY_WOULD_TAKE: (-5022, "Due to the order could not be executed as maker, the Post Only order "
                                                "will be rejected.", 400),

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from perpline import config
 from perpline.api import auth, binance, errors, ratelimit
 from perpline.api.app import ApiDeps
+from perpline.api.halts import check_not_halted
 from perpline.api.v1 import (
     amend_and_wait,
     band_reference,
@@ -489,6 +490,7 @@ async def new_order(request: Request, caller: Trade
     if d.readmodel.find_client_order(caller.user_id, coid) is not None:
         raise PerplineError(Code.DUPLICATE_CLIENT_ORDER_ID, coid)
     reduce_only = p.get("reduceOnly", "false").lower() == "true"
+    check_not_halted(d, inst.symbol)
     rid = new_request_id()
     fields: dict[str, Any] = {"side": side, "order_type": order_type, "time_in_force": tif}  # checked above
     cmd = m.PlaceOrder(**_meta(request, rid), **fields, request_id=rid, account_id=caller.user_id, symbol=inst.symbol,

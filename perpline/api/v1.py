@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, Field, StrictStr
 from perpline.accounts.order_status import TERMINAL
 from perpline.api import auth, errors, ratelimit, sessions
 from perpline.api.app import ApiDeps
+from perpline.api.halts import check_not_halted
 from perpline.audit import Audit
 from perpline.auth.registry import PERMISSIONS, may_grant
 from perpline.contracts import messages as m
@@ -181,6 +182,7 @@ class NewOrderBody(BaseModel):
 @router.post("/orders", tags=["trading"])
 async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
     inst = _instrument(body.symbol)
+    check_not_halted(d, inst.symbol)
     cmd = m.PlaceOrder(**_command_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol, side=body.side,
                        order_type=body.type, time_in_force=body.time_in_force, price=body.price,
                        quantity=body.quantity, client_order_id=body.client_order_id or default_client_order_id(rid),

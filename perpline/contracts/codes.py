@@ -49,6 +49,7 @@ class Code(IntEnum):
     LEVERAGE_TOO_LOW_FOR_POSITION = 2010
     STALE_LIQUIDATION = 2011  # the position changed since the liquidation was decided, or one is working
     POSITION_CAP_EXCEEDED = 2012  # position + open orders above the notional cap of the leverage (its bracket)
+    SYMBOL_HALTED = 2013  # trading halted by reconciliation (a matcher seq gap): new orders refused, cancels allowed
     # 3xxx matcher
     MATCHER_UNKNOWN_ORDER = 3001
     MATCHER_DUPLICATE_ORDER_ID = 3002

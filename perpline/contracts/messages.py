@@ -198,8 +198,40 @@ class Deleverage(Msg, tag="deleverage", kw_only=True):
     bankrupt: bool
 
 
+class Posting(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Signed amount: debit positive, credit negative. A journal's postings sum to zero per asset."""
+
+    ledger_account: str  # "user:<id>:SPOT", "platform:FEE_REVENUE", ...
+    asset: str
+    amount: str
+
+
+class RepairJournal(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One journal of a repair: `label` names it within the repair ("reverse", "correct"); its postings
+    are in one asset and sum to zero."""
+
+    label: str
+    postings: list[Posting]
+
+
+class PostRepair(Msg, tag="post_repair", kw_only=True):
+    """A reconciliation repair's journals (ref type RECON_REPAIR) for one account, from the reconciler
+    (perpline.recon.repairs). Idempotent by request_id "repair:<repair_id>:<account>". `books`: the
+    accounts processor's own balances were wrong too (a fee it charged at the wrong rate), so they move
+    with the journals; otherwise only the ledger's copy was wrong (a journal the processor never wrote)
+    and the journals bring the ledger back to the processor's balances."""
+
+    request_id: str
+    account_id: int
+    repair_id: str
+    rule: str
+    symbol: str = ""
+    books: bool = False
+    journals: list[RepairJournal]
+
+
 AccountCommand = Union[Deposit, Withdraw, PlaceOrder, CancelOrder, CancelAll, SetLeverage, AmendOrder, FillLeg,
-                       OrderDone, AmendDone, FundingCharge, Liquidate, Deleverage]
+                       OrderDone, AmendDone, FundingCharge, Liquidate, Deleverage, PostRepair]
 
 
 # --- orders (key: symbol) ------------------------------------------------------------------
@@ -428,14 +460,6 @@ AccountEvent = Union[CommandResult, BalanceChanged, OrderChanged, PositionChange
 # --- ledger.entries (key: account id): balanced double-entry journals ------------------
 
 
-class Posting(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Signed amount: debit positive, credit negative. A journal's postings sum to zero per asset."""
-
-    ledger_account: str  # "user:<id>:SPOT", "platform:FEE_REVENUE", ...
-    asset: str
-    amount: str
-
-
 class Journal(Msg, tag="journal", kw_only=True):
     journal_id: str  # deterministic: a replay produces the same id
     ref_type: str
@@ -553,6 +577,25 @@ class ReconBreak(Msg, tag="recon_break", kw_only=True):
     detail: str = ""
 
 
+class ReconRepair(Msg, tag="recon_repair", kw_only=True):
+    """A repair of a break (perpline.recon.repairs), published each time its status changes."""
+
+    repair_id: str
+    rule: str
+    action: str
+    policy: str
+    status: str
+    actor: str = ""
+    asset: str = ""
+    account_id: int = 0
+    symbol: str = ""
+    journal_id: str = ""
+    journal_ids: list[str] = []
+    voided: list[str] = []
+    instructions: str = ""
+    recheck: str = ""
+
+
 # --- dead.letters (key: source) --------------------------------------------------------
 
 
@@ -643,5 +686,5 @@ TOPIC_TYPES: dict[str, object] = {
     "prices.index": IndexPrice,
     "prices.mark": MarkPrice,
     "funding.rounds": FundingRound | AdlTrade,
-    "recon.breaks": ReconBreak,
+    "recon.breaks": ReconBreak | ReconRepair,
 }

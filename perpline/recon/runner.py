@@ -3,6 +3,7 @@ pass on demand.
 
     python -m perpline.recon.runner                # continuous, every PERPLINE_RECON_INTERVAL_S (5 s)
     perpline recon --full [--once]                 # a full pass (everything, not only new rows)
+    perpline recon repairs | repair ID --apply | resume SYMBOL   # the operator's side (perpline.recon.operator)
 
 Each run: since_ms = the previous run's start minus an overlap (rows the sink wrote meanwhile), every
 rule, then one row in recon_runs and one per break in recon_breaks (ClickHouse), each break on
@@ -35,6 +36,7 @@ from perpline.contracts.units import format_rate
 from perpline.obs import StopFlag, clear_ready, mark_ready, serve_metrics, setup_logging
 from perpline.recon.confirm import Confirmer, Progress
 from perpline.recon.progress import BrokerProgress
+from perpline.recon.repairs import LedgerLog, Repairer
 from perpline.recon.rules import Break, Rule, load_rules, run_rule
 
 log = logging.getLogger("perpline.recon")
@@ -60,8 +62,9 @@ def export_insurance_fund(client: Any) -> None:
 
 class Reconciler:
     def __init__(self, client: Any, producer: Producer | None, rules: list[Rule] | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, repairer: Repairer | None = None) -> None:
         self.client = client
+        self.repairer = repairer
         self.producer = producer
         self.rules = rules or load_rules()
         self.last_start_ms = 0
@@ -99,6 +102,11 @@ class Reconciler:
         self.last_start_ms = started_ms
         finished_ms = int(time.time() * 1000)
         self._record(run_id, "full" if full else "incremental", started_ms, finished_ms, since_ms, found)
+        if self.repairer is not None:
+            try:
+                self.repairer.after_pass(found)
+            except Exception as exc:  # noqa: BLE001 (a repair pass that fails is retried at the next run)
+                log.error("repair pass failed", extra={"error": repr(exc)[:2000]})
         LAST_RUN.set(finished_ms / 1000)
         RUN_SECONDS.set((finished_ms - started_ms) / 1000)
         for b in found:
@@ -130,6 +138,11 @@ class Reconciler:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if argv and argv[0] in ("repairs", "repair", "resume"):
+        from perpline.recon import operator  # noqa: PLC0415
+
+        operator.main(argv)
+        return
     parser = argparse.ArgumentParser(prog="perpline recon")
     parser.add_argument("--full", action="store_true", help="check everything, not only rows inserted since the last run")
     parser.add_argument("--once", action="store_true", help="one run, print the breaks as JSON lines, exit 1 if any")
@@ -141,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     client = get_client(cfg.clickhouse_url)
     apply_migrations(client)
     producer = Producer(producer_config(cfg.kafka_bootstrap))
-    recon = Reconciler(client, producer, progress=None if args.once else BrokerProgress(cfg.kafka_bootstrap))
+    repairer = None if args.once else Repairer(client, producer, LedgerLog(cfg.kafka_bootstrap), load_rules())
+    recon = Reconciler(client, producer, progress=None if args.once else BrokerProgress(cfg.kafka_bootstrap),
+                       repairer=repairer)
     recon.publish_instruments()
     if args.once:
         found = recon.run(full=args.full)

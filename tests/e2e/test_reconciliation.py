@@ -7,6 +7,13 @@ running reconciler (every 2 s here):
 - a journal duplicated under a new id    -> duplicate_cause (the account, DEPOSIT)
 - a matcher seq gap                      -> matcher_sequence (the symbol)
 - a withdrawal without its wallet leg    -> wallet_legs (that journal)
+- a settlement leg booked twice          -> duplicate_cause (the copy)
+- a fee at a wrong rate                  -> trade_fees (that leg's fee journal)
+
+Then each is repaired (docs/reconciliation.md): automatically (restore from ledger.entries, re-drive, void a
+copy), by the operator command (the wallet leg, the fee), or not at all (the seq gap halts the symbol:
+a new order is refused with SYMBOL_HALTED); the next full pass is clean but for the halt, and the books
+hold every invariant.
 """
 
 from __future__ import annotations
@@ -17,16 +24,21 @@ from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import Producer
 from stackutil import Stack, running_stack
 
 from perpline.ch.client import get_client
+from perpline.config import producer_config
 from perpline.pipelines.ledger_sink_logic import POSTING_COLUMNS
+from perpline.recon import operator
+from perpline.recon.repairs import LedgerLog, Repairer
 from perpline.recon.rules import load_rules
 
 pytestmark = pytest.mark.e2e
 SYM = "BTCUSDT-PERP"
 ANN, BEN = 7_400_001, 7_400_002
 DEADLINE_S = 30
+INJECTED: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +109,17 @@ def test_a_clean_run_is_clean_and_every_injected_fault_is_found(stack: Stack) ->
     gap = client.query("SELECT seq FROM matcher_events FINAL WHERE symbol = {s:String} AND type = 'accepted' "
                        "ORDER BY seq LIMIT 1", parameters={"s": SYM}).result_rows[0][0]
     client.command(f"ALTER TABLE matcher_events DELETE WHERE symbol = '{SYM}' AND seq = {gap} SETTINGS mutations_sync = 1")
+    # 6. a settlement leg booked twice (a copy of a taker leg under a new id)
+    twice = client.query("SELECT journal_id FROM ledger_postings FINAL WHERE ref_type = 'TRADE_SETTLED' "
+                         "AND ref_id LIKE '%:TAKER' LIMIT 1").result_rows[0][0]
+    again = cols.replace("journal_id", "concat(journal_id, '-again')", 1)
+    client.command(f"INSERT INTO ledger_postings ({cols}) SELECT {again} FROM ledger_postings FINAL "
+                   f"WHERE journal_id = '{twice}'")
+    # 7. a fee at a wrong rate (both postings: balanced, three times the fee)
+    fee = client.query("SELECT journal_id FROM ledger_postings FINAL WHERE ref_type = 'TRADE_FEE' "
+                       "AND ref_id LIKE '%:MAKER' LIMIT 1").result_rows[0][0]
+    client.command(f"INSERT INTO ledger_postings ({cols}) SELECT {cols.replace('amount', 'amount * 3')} "
+                   f"FROM ledger_postings FINAL WHERE journal_id = '{fee}'")
     # 5. a withdrawal without its wallet leg (balanced, but the money went to fee revenue, not out)
     client.insert("ledger_postings", [
         ["fake-wd/WITHDRAWAL", 0, "WITHDRAWAL", "fake-wd", ANN, "", f"user:{ANN}:SPOT", "USDT", 5, "", "", injected_ms,
@@ -111,7 +134,9 @@ def test_a_clean_run_is_clean_and_every_injected_fault_is_found(stack: Stack) ->
         "duplicate_cause": lambda b: b["account_id"] == ANN and b["ref_type"] == "DEPOSIT" and dep in b["journal_id"],
         "matcher_sequence": lambda b: b["symbol"] == SYM,
         "wallet_legs": lambda b: b["journal_id"] == "fake-wd/WITHDRAWAL" and b["account_id"] == ANN,
+        "trade_fees": lambda b: b["journal_id"] == fee,
     }
+    INJECTED.update(altered=altered, seq=seq, dep=dep, twice=twice, fee=fee, injected_ms=injected_ms)
 
     def all_found() -> dict[str, list[dict[str, Any]]] | None:
         found = breaks_since(client, injected_ms)
@@ -125,3 +150,56 @@ def test_a_clean_run_is_clean_and_every_injected_fault_is_found(stack: Stack) ->
     assert reported >= 1
     metrics = httpx.get(f"{stack.api}/metrics", timeout=10).text  # the API's; the reconciler serves its own
     assert "perpline" in metrics
+
+
+def repairs(client: Any) -> list[dict[str, Any]]:
+    rows = client.query("SELECT repair_id, rule, action, policy, status, actor, journal_id, journal_ids, voided, "
+                        "instructions, recheck FROM recon_repairs FINAL ORDER BY proposed_ms")
+    return [dict(zip(rows.column_names, r, strict=True)) for r in rows.result_rows]
+
+
+def test_every_break_is_repaired_by_its_policy_and_the_books_hold(stack: Stack) -> None:
+    assert INJECTED, "runs after the faults were injected"
+    client = get_client(stack.clickhouse(admin=True))
+    bootstrap = stack.value("kafka")
+
+    def one(rule: str, status: str, match: Any = lambda r: True) -> dict[str, Any] | None:
+        return next((r for r in repairs(client) if r["rule"] == rule and r["status"] == status and match(r)), None)
+
+    # automatic: the altered posting restored from the log, the lost leg re-driven, the copies voided
+    assert until(lambda: one("journal_balanced", "confirmed", lambda r: r["journal_id"] == INJECTED["altered"]), 60)
+    assert until(lambda: one("trade_settlement", "confirmed"), 60)["action"] == "redrive"
+    dup = until(lambda: one("duplicate_cause", "confirmed", lambda r: INJECTED["dep"] in r["journal_id"]), 60)
+    assert dup["action"] == "void" and dup["actor"] == "policy:auto" and dup["voided"] == [INJECTED["dep"] + "-copy"]
+    assert until(lambda: one("duplicate_cause", "confirmed", lambda r: INJECTED["twice"] + "-again" in r["voided"]), 60)
+    # proposed: an operator applies them (the function behind `perpline recon repair ID --apply`)
+    rep = Repairer(client, Producer(producer_config(bootstrap)), LedgerLog(bootstrap), load_rules())
+    wallet = until(lambda: one("wallet_legs", "proposed"))
+    fee = until(lambda: one("trade_fees", "proposed", lambda r: r["journal_id"] == INJECTED["fee"]))
+    assert (wallet["action"], fee["action"]) == ("void", "resink")
+    for proposed in (wallet, fee):
+        assert operator.apply(rep, proposed["repair_id"], "ops-test").status == "applied"
+    done = until(lambda: one("wallet_legs", "confirmed"), 60)
+    assert done["actor"] == "operator:ops-test" and done["voided"] == ["fake-wd/WITHDRAWAL"]
+    assert until(lambda: one("trade_fees", "confirmed", lambda r: r["journal_id"] == INJECTED["fee"]), 60)
+    # never: the seq gap halts the symbol; a trader sees why; cancels still go through
+    halt = until(lambda: one("matcher_sequence", "halted"))
+    assert "resume" in halt["instructions"] and SYM in halt["instructions"]
+    refused = httpx.post(stack.api + "/api/v1/orders", headers={"X-Account-Id": str(BEN)}, timeout=30, json={
+        "symbol": SYM, "side": "SELL", "type": "LIMIT", "price": "60000", "quantity": "0.010"})
+    assert refused.status_code == 400 and refused.json()["code"] == 2013, refused.text
+    # the audit trail: the repair journals are in the ledger under their own reference type
+    repair_journals = client.query("SELECT DISTINCT journal_id FROM ledger_postings FINAL "
+                                   "WHERE ref_type = 'RECON_REPAIR'").result_rows
+    assert {j for (j,) in repair_journals} >= set(dup["journal_ids"]) | set(done["journal_ids"])
+    # the next full pass finds nothing but the halted gap, and the books hold every invariant
+    from perpline.recon.rules import run_rule  # noqa: PLC0415
+
+    now_ms = int(time.time() * 1000) + 10_000
+    left = {r.name: run_rule(client, r, 0, now_ms) for r in load_rules()}
+    assert {name for name, found in left.items() if found} == {"matcher_sequence"}, left
+    assert client.query("SELECT countIf(s != 0) FROM (SELECT sum(amount) AS s FROM ledger_postings FINAL "
+                        "GROUP BY journal_id, asset)").result_rows[0][0] == 0  # every journal sums to zero
+    assert client.query("SELECT sum(amount) FROM ledger_postings FINAL").result_rows[0][0] == 0  # trial balance
+    # (wallets == ledger, long == short and fees == fee revenue are the rules ledger_vs_state, open_interest and
+    # trade_fees, clean above)
