@@ -10,8 +10,14 @@ journals) or only the ledger's copy was (balances stay: the journals bring the l
 
 from __future__ import annotations
 
-from perpline.accounts import handlers as h
+from dataclasses import dataclass
+
+from perpline.accounts import requests as rq
+from perpline.accounts.journals import Ctx, journal
+from perpline.accounts.memory import Memory
+from perpline.accounts.requests import Reject
 from perpline.accounts.state import AccountState, RequestOutcome
+from perpline.accounts.views import balance_changed
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
 from perpline.contracts.instruments import load_catalog
@@ -28,40 +34,52 @@ def ref_id(repair_id: str, label: str) -> str:
     return f"repair:{repair_id}:{label}"
 
 
-def post_repair(state: AccountState, cmd: m.PostRepair, ctx: h.Ctx) -> RequestOutcome:
+@dataclass(slots=True)
+class RepairPlan:
+    cmd: m.PostRepair
+    journals: list[tuple[str, str, list[tuple[str, int]]]]
+    deltas: dict[str, dict[str, int]]
+
+
+def check_repair(state: AccountState, cmd: m.PostRepair, memory: Memory) -> RepairPlan:
+    """Every journal checked, and the balances it would move, before anything changes."""
     if not cmd.journals or len(cmd.journals) > MAX_REPAIR_JOURNALS:
-        raise h.Reject(Code.MALFORMED, f"a repair posts 1 to {MAX_REPAIR_JOURNALS} journals")
-    parsed = [_checked(state, j) for j in cmd.journals]  # every journal checked before anything changes
+        raise Reject(Code.MALFORMED, f"a repair posts 1 to {MAX_REPAIR_JOURNALS} journals")
+    parsed = [_checked(state, j) for j in cmd.journals]
     deltas = _balance_deltas(parsed) if cmd.books else {}
     _check_frozen(state, deltas)
-    for (label, asset, postings) in parsed:
-        builder = h._journal(ctx, state, REF_TYPE, ref_id(cmd.repair_id, label), asset, cmd.symbol)
+    return RepairPlan(cmd, parsed, deltas)
+
+
+def apply_repair(state: AccountState, plan: RepairPlan, ctx: Ctx) -> RequestOutcome:
+    for (label, asset, postings) in plan.journals:
+        builder = journal(ctx, state, REF_TYPE, ref_id(plan.cmd.repair_id, label), asset, plan.cmd.symbol)
         builder.postings.extend(postings)
         assert sum(amount for _, amount in builder.postings) == 0, "unbalanced repair journal"
-    for asset, kinds in deltas.items():
+    for asset, kinds in plan.deltas.items():
         bal = state.balance(asset)
         bal.available -= kinds.get("SPOT", 0)  # a debit (positive) lowers a liability
         bal.order_margin -= kinds.get("ORDER_MARGIN", 0)
         bal.position_margin -= kinds.get("POSITION_MARGIN", 0)
-        h._balance_changed(state, ctx, asset)
-    return h._ok()
+        balance_changed(state, ctx, asset)
+    return rq.accepted()
 
 
 def _checked(state: AccountState, journal: m.RepairJournal) -> tuple[str, str, list[tuple[str, int]]]:
     assets = {p.asset for p in journal.postings}
     if len(assets) != 1 or next(iter(assets)) not in load_catalog().assets:
-        raise h.Reject(Code.UNKNOWN_ASSET, f"repair journal {journal.label!r} must use one known asset")
+        raise Reject(Code.UNKNOWN_ASSET, f"repair journal {journal.label!r} must use one known asset")
     if not journal.label or len(journal.label) > 32 or not journal.postings:
-        raise h.Reject(Code.MALFORMED, "a repair journal needs a label (1-32 characters) and postings")
+        raise Reject(Code.MALFORMED, "a repair journal needs a label (1-32 characters) and postings")
     try:
         postings = [(p.ledger_account, parse_amount(p.amount, allow_negative=True)) for p in journal.postings]
     except UnitError as err:
-        raise h.Reject(err.code, err.msg) from err
+        raise Reject(err.code, err.msg) from err
     for account, _ in postings:
         if not _allowed(state.account_id, account):
-            raise h.Reject(Code.MALFORMED, f"a repair of account {state.account_id} cannot post to {account}")
+            raise Reject(Code.MALFORMED, f"a repair of account {state.account_id} cannot post to {account}")
     if sum(amount for _, amount in postings) != 0:
-        raise h.Reject(Code.JOURNAL_UNBALANCED, f"repair journal {journal.label!r} does not sum to zero")
+        raise Reject(Code.JOURNAL_UNBALANCED, f"repair journal {journal.label!r} does not sum to zero")
     return journal.label, next(iter(assets)), postings
 
 
@@ -86,7 +104,8 @@ def _balance_deltas(parsed: list[tuple[str, str, list[tuple[str, int]]]]) -> dic
 def _check_frozen(state: AccountState, deltas: dict[str, dict[str, int]]) -> None:
     """A repair that moves the processor's balances may not leave a frozen amount negative."""
     for asset, kinds in deltas.items():
-        bal = state.balance(asset)
-        if bal.order_margin - kinds.get("ORDER_MARGIN", 0) < 0 or bal.position_margin - kinds.get("POSITION_MARGIN", 0) < 0:
-            raise h.Reject(Code.INSUFFICIENT_BALANCE, f"the repair would leave {asset} margin negative")
+        bal = state.balances.get(asset)  # read only: a check never creates a balance
+        order_margin, position_margin = (0, 0) if bal is None else (bal.order_margin, bal.position_margin)
+        if order_margin - kinds.get("ORDER_MARGIN", 0) < 0 or position_margin - kinds.get("POSITION_MARGIN", 0) < 0:
+            raise Reject(Code.INSUFFICIENT_BALANCE, f"the repair would leave {asset} margin negative")
 

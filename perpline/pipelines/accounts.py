@@ -15,8 +15,9 @@ from quixstreams import Application
 from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.state import State
 
-from perpline.accounts.handlers import Reject, handle
+from perpline.accounts.handlers import handle
 from perpline.accounts.order_status import IllegalTransition
+from perpline.accounts.requests import Reject
 from perpline.accounts.state import AccountState, from_store, to_store
 from perpline.contracts.units import UnitError
 from perpline.pipelines import io
@@ -76,7 +77,7 @@ def step(raw: bytes, key: str, state: State) -> list[dict[str, Any]]:
     try:
         outs = handle(account, cmd)  # the request memory travels inside the account's one state key
     except IllegalTransition as exc:  # a bug upstream: alarm, apply nothing
-        _decoded.drop(key)  # the handler may have changed the object before refusing
+        _decoded.drop(key)  # a refused leg changed nothing (checks come before applies); dropped anyway, it is cheap
         ALARMS.inc()
         log.error("illegal order transition refused", extra={"trace_id": cmd.trace_id, "error": str(exc)})
         return [io.dead_letter(SOURCE, "account.commands", raw, f"illegal transition: {exc}")]
