@@ -53,11 +53,15 @@ def journal(ctx: Ctx, state: AccountState, ref_type: str, ref_id: str, asset: st
 def realized_pnl_journal(ctx: Ctx, state: AccountState, cause: str, asset: str, symbol: str, pnl: int) -> None:
     """POSITION_REALIZED_PNL: a profit from PNL_CLEARING to the user's SPOT, a loss the other way."""
     spot, clearing = user_account(state.account_id, "SPOT"), platform_account("PNL_CLEARING")
-    builder = journal(ctx, state, "POSITION_REALIZED_PNL", cause, asset, symbol)
-    if pnl >= 0:
-        builder.transfer(clearing, spot, pnl)
+    transfer_signed(journal(ctx, state, "POSITION_REALIZED_PNL", cause, asset, symbol), clearing, spot, pnl)
+
+
+def transfer_signed(builder: JournalBuilder, source: str, sink: str, amount: int) -> None:
+    """`amount` from `source` to `sink`; a negative amount goes the other way."""
+    if amount >= 0:
+        builder.transfer(source, sink, amount)
     else:
-        builder.transfer(spot, clearing, -pnl)
+        builder.transfer(sink, source, -amount)
 
 
 def finalize(ctx: Ctx, state: AccountState) -> list[Out]:

@@ -29,6 +29,7 @@ from perpline.accounts.journals import (
     Ctx,
     journal,
     realized_pnl_journal,
+    transfer_signed,
 )
 from perpline.accounts.ledger import platform_account, user_account
 from perpline.accounts.memory import Memory
@@ -203,11 +204,7 @@ def _to_insurance_fund(state: AccountState, ctx: Ctx, asset: str, symbol: str, c
     insurance fund, or the fund covers it when negative; the account keeps nothing of it either way."""
     state.balance(asset).available -= residual
     spot, fund = user_account(state.account_id, "SPOT"), platform_account("INSURANCE_FUND")
-    builder = journal(ctx, state, "LIQUIDATION", cause, asset, symbol)
-    if residual >= 0:
-        builder.transfer(spot, fund, residual)
-    else:
-        builder.transfer(fund, spot, -residual)
+    transfer_signed(journal(ctx, state, "LIQUIDATION", cause, asset, symbol), spot, fund, residual)
     ctx.emit(LOGICAL_POSITIONS, symbol, m.InsuranceFundMoved(
         **ctx.meta(), account_id=state.account_id, symbol=symbol, asset=asset, amount=format_amount(residual),
         cause=cause))
