@@ -17,10 +17,22 @@ diff covers ids (pu, u] with U = pu + 1, so the diffs tile the id space and any 
 the SUBSCRIBE reply (lastUpdateId >= the first diff's pu) lands inside the chain. Diffs are sent as
 soon as the read model applied the change: @depth, @depth@100ms, @250ms and @500ms are one feed.
 
-Slow clients: a subscriber whose queue is full (MAX_QUEUED_FRAMES) is disconnected at once; the tick
-never waits for a socket. Limits (Binance's): MAX_STREAMS_PER_CONNECTION, MAX_MESSAGES_PER_S
-incoming (more closes the socket), connections per address (PERPLINE_FSTREAM_CONNECTIONS_PER_IP),
-MAX_CONNECTION_S per connection. Control pings are answered by the server (uvicorn).
+Sending: a frame is encoded once (text, then the websocket frame bytes) and the same bytes go to
+every subscriber; each connection gets one transport write per tick with all its frames. That is the
+server's own transport under the ASGI socket (uvicorn's); a connection that negotiated
+permessage-deflate (per-connection compression) or a server without a reachable transport takes the
+ASGI path instead: a bounded queue (MAX_QUEUED_FRAMES) and a sender task.
+
+Slow clients are disconnected, never waited for: the tick writes without awaiting, the kernel send
+buffer of a stream socket is small (SEND_BUFFER_BYTES, so a stalled reader shows in user space
+soon), and a connection whose oldest unsent frame is older than MAX_LAG_S, or that holds more than
+MAX_BUFFERED_BYTES unsent, is aborted (its buffer discarded). On the ASGI path, a full queue or a
+send stuck for MAX_LAG_S does the same.
+
+Limits (Binance's): MAX_STREAMS_PER_CONNECTION, MAX_MESSAGES_PER_S incoming (more closes the
+socket), connections per address (PERPLINE_FSTREAM_CONNECTIONS_PER_IP), MAX_CONNECTION_S per
+connection. Keepalive (uvicorn's, set by uvicorn_ws_options): a control ping every PING_EVERY_S, and a
+connection that does not answer one within PONG_WITHIN_S is closed; client pings are answered.
 """
 
 from __future__ import annotations
@@ -30,9 +42,10 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import time
 from collections import Counter as Tally
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -52,7 +65,12 @@ log = logging.getLogger("perpline.api.fstream")
 router = APIRouter(prefix="/fstream", tags=["binance usd-m streams"])
 
 TICK_S = 0.1  # the longest a tick waits for read-model changes (timed streams: mark price, rolling tickers)
-MAX_QUEUED_FRAMES = 1000  # per connection; a full queue disconnects that client
+MAX_QUEUED_FRAMES = 1000  # per connection on the ASGI path; a full queue disconnects that client
+MAX_LAG_S = 5.0  # a frame not yet taken by the client's socket after this long disconnects it
+MAX_BUFFERED_BYTES = 4 * 1024 * 1024  # unsent bytes per connection; more disconnects it
+SEND_BUFFER_BYTES = 64 * 1024  # SO_SNDBUF of a stream socket (the kernel doubles it): a stall shows soon
+PING_EVERY_S = 180.0  # Binance pings every 3 minutes...
+PONG_WITHIN_S = 600.0  # ...and disconnects a connection that has not answered within 10 minutes
 MAX_STREAMS_PER_CONNECTION = 1024
 MAX_MESSAGES_PER_S = 10
 MAX_CONNECTIONS = 10_000  # per API process
@@ -71,6 +89,55 @@ _ALL_MARKET = {"!miniTicker@arr": ("miniTicker", ""), "!ticker@arr": ("ticker", 
 
 def connections_per_ip() -> int:
     return int(os.environ.get("PERPLINE_FSTREAM_CONNECTIONS_PER_IP", "300"))
+
+
+def uvicorn_ws_options() -> dict[str, Any]:
+    """uvicorn's websocket keepalive as Binance's: perpline.api.main passes these to uvicorn.run."""
+    return {"ws_ping_interval": PING_EVERY_S, "ws_ping_timeout": PONG_WITHIN_S}
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame (RFC 6455 5.2), as a server sends it: the same bytes for every
+    subscriber, so a frame is encoded once however many receive it."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload
+
+
+def server_transport(ws: WebSocket) -> asyncio.WriteTransport | None:
+    """The server's transport under an ASGI socket (uvicorn hands the app its protocol's bound receive),
+    if frames may be written to it as they are: None when the client negotiated permessage-deflate
+    (each connection then compresses on its own) or when the server is not one that exposes it."""
+    offered = ws.headers.get("sec-websocket-extensions", "")
+    if "permessage-deflate" in offered:
+        return None
+    transport = getattr(getattr(ws._receive, "__self__", None), "transport", None)  # noqa: SLF001
+    needed = ("write", "get_write_buffer_size", "abort", "is_closing", "get_extra_info")
+    return transport if all(hasattr(transport, n) for n in needed) else None
+
+
+def small_send_buffer(transport: Any) -> None:
+    """SO_SNDBUF = SEND_BUFFER_BYTES: without it the kernel lets a stalled client's data grow to
+    megabytes before anything shows in the process."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+
+
+class MessageRate:
+    """Incoming messages of one connection per whole second: more than MAX_MESSAGES_PER_S refuses."""
+
+    def __init__(self) -> None:
+        self.window_s, self.count = -1, 0
+
+    def allow(self, now_s: float) -> bool:
+        second = int(now_s)
+        self.window_s, self.count = (second, 1) if second != self.window_s else (second, self.count + 1)
+        return self.count <= MAX_MESSAGES_PER_S
 
 
 @dataclass(frozen=True)
@@ -114,7 +181,10 @@ def parse_stream(name: str, by_id: dict[str, Instrument]) -> Spec:
 
 @dataclass(eq=False)
 class Conn:
-    """One socket: its outgoing queue (encoded frames; None closes after what is queued) and streams."""
+    """One socket and its streams. With a transport, frames of a tick gather in `out` and are written
+    at once; `marks` holds (bytes written so far, when) for each write not fully sent yet, so the age
+    of the oldest unsent frame is known. Without one, the ASGI path: `queue` (text; None closes after
+    what is queued) and a sender task (`sending_since`: when its current send started)."""
 
     ws: WebSocket
     ip: str
@@ -122,7 +192,12 @@ class Conn:
     streams: set[str] = field(default_factory=set)
     account: int | None = None
     listen_key: ListenKey | None = None
+    transport: Any = None
+    out: list[bytes] = field(default_factory=list)
+    written: int = 0
+    marks: deque[tuple[int, float]] = field(default_factory=deque)
     queue: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUED_FRAMES))
+    sending_since: float | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # set: stop now (dropped, key ended)
 
 
@@ -139,7 +214,8 @@ class Hub:
         self.private: dict[int, set[Conn]] = {}
         self.by_key: dict[str, set[Conn]] = {}
         self.ips: Tally[str] = Tally()
-        self.connections = 0
+        self.conns: set[Conn] = set()
+        self.dirty: set[Conn] = set()  # connections with frames to write at the end of this tick
         self.depth_u: dict[str, int] = {}  # symbol -> u of the last diff (or the seq it was silently moved to)
         self.trade_id: dict[str, int] = {}  # symbol -> the last trade streamed
         self.sent: dict[tuple[str, str, str], Any] = {}  # (kind, symbol, param) -> what was last sent
@@ -150,6 +226,7 @@ class Hub:
         self.group: list[Any] = []
         self._task: asyncio.Task[None] | None = None
         self._expired_at = 0.0
+        self._swept_at = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -175,16 +252,17 @@ class Hub:
     # --- connections -----------------------------------------------------------------------
     def admit(self, conn: Conn) -> str | None:
         """Count a new connection in; why it is refused, or None."""
-        if self.connections >= MAX_CONNECTIONS:
+        if len(self.conns) >= MAX_CONNECTIONS:
             return "too many stream connections on this API process"
         if self.ips[conn.ip] >= connections_per_ip():
             return "too many stream connections from this address"
-        self.connections += 1
+        self.conns.add(conn)
         self.ips[conn.ip] += 1
         return None
 
     def remove(self, conn: Conn) -> None:
-        self.connections -= 1
+        self.conns.discard(conn)
+        self.dirty.discard(conn)
         self.ips[conn.ip] -= 1
         if self.ips[conn.ip] <= 0:
             del self.ips[conn.ip]
@@ -230,28 +308,84 @@ class Hub:
         text = json.dumps(frames.listen_key_expired(key, int(time.time() * 1000)))
         for conn in list(self.by_key.pop(key, ())):
             conn.listen_key = None  # its key is gone: nothing to detach
-            if self.push(conn, text):
-                with contextlib.suppress(asyncio.QueueFull):
-                    conn.queue.put_nowait(None)
+            if self.send_now(conn, text):
+                if conn.transport is not None:
+                    conn.ended.set()  # the frame is written: the socket closes after it
+                else:
+                    with contextlib.suppress(asyncio.QueueFull):
+                        conn.queue.put_nowait(None)
 
-    def push(self, conn: Conn, text: str) -> bool:
-        """Queue a frame for a connection; a full queue disconnects it (it never slows the others)."""
+    def push(self, conn: Conn, text: str, frame: bytes | None = None) -> bool:
+        """Give a connection a frame (`frame`: the text already encoded). It is written at the end of the
+        tick (flush); on the ASGI path it is queued, and a full queue disconnects the client."""
         if conn.ended.is_set():
             return False
+        if conn.transport is not None:
+            conn.out.append(frame if frame is not None else ws_frame(text.encode()))
+            self.dirty.add(conn)
+            return True
         try:
             conn.queue.put_nowait(text)
             return True
         except asyncio.QueueFull:
-            DROPPED.labels("slow").inc()
-            conn.ended.set()
-            self.unsubscribe(conn, list(conn.streams))
+            self.drop(conn, "slow")
             return False
+
+    def send_now(self, conn: Conn, text: str) -> bool:
+        """A frame written at once (a reply to a request, listenKeyExpired), behind what was written."""
+        if not self.push(conn, text):
+            return False
+        self.flush(conn, time.monotonic())
+        return not conn.ended.is_set()
+
+    def flush(self, conn: Conn, now_s: float) -> None:
+        """One write of the frames gathered for a connection, then its lag check."""
+        if conn.out and not conn.ended.is_set():
+            data = conn.out[0] if len(conn.out) == 1 else b"".join(conn.out)
+            conn.out.clear()
+            if conn.transport.is_closing():
+                conn.ended.set()
+                return
+            conn.transport.write(data)
+            conn.written += len(data)
+            conn.marks.append((conn.written, now_s))
+        self.check_lag(conn, now_s)
+
+    def check_lag(self, conn: Conn, now_s: float) -> None:
+        """Disconnect a client whose oldest unsent frame waited more than MAX_LAG_S, or that holds more
+        than MAX_BUFFERED_BYTES unsent (uvicorn's own pings and pongs count as unsent too: a few bytes)."""
+        if conn.ended.is_set():
+            return
+        if conn.transport is None:
+            if conn.sending_since is not None and now_s - conn.sending_since > MAX_LAG_S:
+                self.drop(conn, "slow")
+            return
+        unsent = conn.transport.get_write_buffer_size()
+        sent = conn.written - unsent
+        while conn.marks and conn.marks[0][0] <= sent:
+            conn.marks.popleft()
+        if unsent > MAX_BUFFERED_BYTES or conn.marks and now_s - conn.marks[0][1] > MAX_LAG_S:
+            self.drop(conn, "slow")
+
+    def drop(self, conn: Conn, reason: str) -> None:
+        """Disconnect at once: no more frames, and what the client has not taken is discarded (a graceful
+        close would wait behind it)."""
+        DROPPED.labels(reason).inc()
+        conn.ended.set()
+        conn.out.clear()
+        self.unsubscribe(conn, list(conn.streams))
+        if conn.transport is not None:
+            conn.transport.abort()
 
     # --- the tick ------------------------------------------------------------------------------
     def tick(self, now_ms: int, now_s: float) -> None:
         if now_s - self._expired_at >= 1.0:
             self._expired_at = now_s
             self.keys.expire(now_ms)
+        if now_s - self._swept_at >= 1.0:  # the lag of connections that got nothing new lately
+            self._swept_at = now_s
+            for conn in list(self.conns):
+                self.check_lag(conn, now_s)
         out: dict[Spec, list[str]] = {}
         active = set(self.specs.values())
         for inst in self.by_id.values():
@@ -261,20 +395,29 @@ class Hub:
                 self._all_market(spec, out, now_ms, now_s)
         self._fan_out(out)
         self._user_data(now_ms)
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            self.flush(conn, now_s)
 
     def _fan_out(self, out: dict[Spec, list[str]]) -> None:
+        """Each text is encoded once (and once more in its combined wrapping) for all its subscribers."""
         for name, conns in list(self.subs.items()):
             texts = out.get(self.specs[name])
             if not texts:
                 continue
             for text in texts:
-                wrapped = None
+                frame: bytes | None = None
+                wrapped: str | None = None
+                wrapped_frame: bytes | None = None
                 for conn in list(conns):
                     if conn.combined:
-                        wrapped = wrapped or '{"stream":' + json.dumps(name) + ',"data":' + text + "}"
-                        self.push(conn, wrapped)
+                        if wrapped is None:
+                            wrapped = '{"stream":' + json.dumps(name) + ',"data":' + text + "}"
+                            wrapped_frame = ws_frame(wrapped.encode())
+                        self.push(conn, wrapped, wrapped_frame)
                     else:
-                        self.push(conn, text)
+                        frame = frame or ws_frame(text.encode())
+                        self.push(conn, text, frame)
 
     def _market(self, inst: Instrument, active: set[Spec], out: dict[Spec, list[str]], now_ms: int,
                 now_s: float) -> None:
@@ -450,7 +593,7 @@ async def _serve(ws: WebSocket, combined: bool, streams: list[str], listen_key: 
     if not await ratelimit.admit_websocket(ws):
         return
     hub = hub_of(ws)
-    conn = Conn(ws, client_ip(ws), combined=combined)
+    conn = Conn(ws, client_ip(ws), combined=combined, transport=server_transport(ws))
     refused = hub.admit(conn)
     if refused is not None:
         await ws.close(code=TRY_AGAIN_LATER, reason=refused)
@@ -470,6 +613,7 @@ async def _serve(ws: WebSocket, combined: bool, streams: list[str], listen_key: 
                 await ws.close(code=POLICY_VIOLATION, reason=err.msg[:100])
                 return
         await ws.accept()
+        small_send_buffer(server_transport(ws))
         if streams:
             hub.subscribe(conn, streams)
         await _run(ws, conn, hub)
@@ -485,8 +629,9 @@ def _check_streams(hub: Hub, conn: Conn, names: list[str]) -> None:
 
 
 async def _run(ws: WebSocket, conn: Conn, hub: Hub) -> None:
-    tasks = [asyncio.create_task(_send(ws, conn)), asyncio.create_task(_receive(ws, conn, hub)),
-             asyncio.create_task(conn.ended.wait())]
+    tasks = [asyncio.create_task(_receive(ws, conn, hub)), asyncio.create_task(conn.ended.wait())]
+    if conn.transport is None:
+        tasks.append(asyncio.create_task(_send(ws, conn)))
     try:
         await asyncio.wait(tasks, timeout=MAX_CONNECTION_S, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -502,23 +647,23 @@ async def _send(ws: WebSocket, conn: Conn) -> None:
             text = await conn.queue.get()
             if text is None:
                 return
+            conn.sending_since = time.monotonic()
             await ws.send_text(text)
+            conn.sending_since = None
 
 
 async def _receive(ws: WebSocket, conn: Conn, hub: Hub) -> None:
     """Requests, at most MAX_MESSAGES_PER_S (more closes the connection, as Binance does)."""
-    window_s, count = 0, 0
+    rate = MessageRate()
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
             text = await ws.receive_text()
-            now = int(time.monotonic())
-            window_s, count = (now, 1) if now != window_s else (window_s, count + 1)
-            if count > MAX_MESSAGES_PER_S:
+            if not rate.allow(time.monotonic()):
                 DROPPED.labels("messages").inc()
                 await ws.close(code=POLICY_VIOLATION, reason="too many messages")
                 return
             reply = handle_request(hub, conn, text)
-            if reply is not None and not hub.push(conn, json.dumps(reply)):
+            if reply is not None and not hub.send_now(conn, json.dumps(reply)):
                 return
 
 

@@ -6,6 +6,7 @@ import argparse
 
 import uvicorn
 
+from perpline.api import fstream
 from perpline.api.app import ApiDeps, create_app
 from perpline.api.clientip import trusted_networks
 from perpline.api.ratelimit import RateLimiter
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any loopback peer as the client's
     # address; perpline.api.clientip.client_ip applies PERPLINE_TRUSTED_PROXIES, the one rule for it
     uvicorn.run(create_app(deps), host=args.host, port=args.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=5, proxy_headers=False)
+                timeout_graceful_shutdown=5, proxy_headers=False, **fstream.uvicorn_ws_options())
 
 
 if __name__ == "__main__":

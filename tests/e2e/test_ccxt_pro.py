@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import ccxt
 import ccxt.pro as ccxtpro
 import httpx
 import pytest
+import wsproto
+import wsproto.events
 from stackutil import Stack, admin, running_stack
 
 pytestmark = pytest.mark.e2e
 SYM = "BTC/USDT:USDT"
 WAIT_S = 15.0
+SLOW_DROP_S = 30.0  # a socket that reads nothing is cut well before this
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +228,75 @@ async def _raw(stack: Stack, users: dict[str, dict[str, Any]]) -> None:
         assert ended["e"] == "listenKeyExpired" and ended["listenKey"] == key
         gone = httpx.put(stack.api + "/fapi/v1/listenKey", headers=headers)
         assert gone.status_code == 400 and gone.json()["code"] == -1125
+
+
+class NeverReads:
+    """A websocket client that completes the handshake, then never reads: its receive buffer is kept
+    small so the server's side fills soon."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.setblocking(False)
+        self.client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+
+    async def connect(self, api: str, path: str) -> None:
+        where = urlsplit(api)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self.sock, (where.hostname, where.port))
+        await loop.sock_sendall(self.sock, self.client.send(wsproto.events.Request(host=where.netloc, target=path)))
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):  # the answer's head only, byte by byte: no frame is read
+            head += await loop.sock_recv(self.sock, 1)
+        self.client.receive_data(head)
+        assert [type(e) for e in self.client.events()] == [wsproto.events.AcceptConnection], head
+
+    async def send(self, request: dict[str, Any]) -> None:
+        data = self.client.send(wsproto.events.TextMessage(json.dumps(request)))
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+
+def test_a_client_that_never_reads_is_dropped_while_another_keeps_up(
+        stack: Stack, users: dict[str, dict[str, Any]]) -> None:
+    asyncio.run(_slow(stack, users))
+
+
+async def _slow(stack: Stack, users: dict[str, dict[str, Any]]) -> None:
+    """The slow socket asks for big replies (LIST_SUBSCRIPTIONS of every stream of every symbol) and
+    reads nothing; the server must cut it within SLOW_DROP_S while a reading client's trade frames keep
+    arriving within a second of the matcher's trade time."""
+    alice, bob = rest_client(stack.api, users["alice"]), rest_client(stack.api, users["bob"])
+    await asyncio.to_thread(alice.load_markets)
+    await asyncio.to_thread(bob.load_markets)
+    names = [f"{s}@{k}" for s in ("btcusdt", "ethusdt") for k in (
+        "depth", "depth@100ms", "depth@500ms", "trade", "aggTrade", "miniTicker", "ticker", "bookTicker",
+        "markPrice", "markPrice@1s", *(f"kline_{i}" for i in ("1m", "3m", "5m", "15m", "30m", "1h", "4h", "1d")))]
+    slow = NeverReads()
+    await slow.connect(stack.api, "/fstream/public/ws/0")
+    await slow.send({"method": "SUBSCRIBE", "params": names, "id": 1})
+    delays_ms: list[int] = []
+    async with aiohttp.ClientSession() as http:
+        fast = await http.ws_connect(_ws(stack) + "/ws/btcusdt@trade")
+        dropped_after_s = None
+        started = time.monotonic()
+        k = 0
+        while time.monotonic() - started < SLOW_DROP_S:
+            k += 1
+            try:
+                for _ in range(8):  # under the 10 messages per second limit
+                    await slow.send({"method": "LIST_SUBSCRIPTIONS", "id": k})
+            except OSError:  # reset by the server
+                dropped_after_s = time.monotonic() - started
+                break
+            await asyncio.to_thread(alice.create_order, SYM, "limit", "sell", 0.004, 50000)
+            await asyncio.to_thread(bob.create_order, SYM, "market", "buy", 0.004)
+            frame = await fast.receive_json(timeout=WAIT_S)
+            with contextlib.suppress(TimeoutError):
+                while True:  # this round's frames (a taker may fill more than one maker)
+                    delays_ms.append(int(time.time() * 1000) - frame["T"])
+                    frame = await fast.receive_json(timeout=0.3)
+            await asyncio.sleep(max(0.0, k - (time.monotonic() - started)))
+        await fast.close()
+    slow.sock.close()
+    assert dropped_after_s is not None, f"a client that never reads was still connected after {SLOW_DROP_S} s"
+    assert delays_ms and max(delays_ms) < 1000, delays_ms
