@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from perpline.api import errors
-from perpline.api.app import ApiDeps, metrics_response
+from perpline.api.deps import ApiDeps, metrics_response
 
 router = APIRouter(responses=errors.documented(429, 503))
 
