@@ -21,8 +21,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from perpline.accounts.order_status import EXPIRED, REJECTED
-from perpline.api import auth, binance, errors, ratelimit
+from perpline.api import auth, binance, errors, models, ratelimit
 from perpline.api.deps import ApiDeps, deps, instrument, now_ms
+from perpline.api.models import ok
 from perpline.api.service import account, market, orders
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code, PerplineError
@@ -79,12 +80,12 @@ def _symbols(symbol: str | None) -> list[Instrument]:
 # --- public market data ---------------------------------------------------------------------
 
 
-@router.get("/v1/ping")
+@router.get("/v1/ping", responses=ok(models.Empty))
 def ping(_: Public) -> Any:
     return {}
 
 
-@router.get("/v1/time")
+@router.get("/v1/time", responses=ok(models.ServerTime))
 def server_time(_: Public) -> Any:
     return {"serverTime": now_ms()}
 
@@ -100,7 +101,7 @@ def exchange_info(d: Deps, _: Public) -> Any:
         "symbols": [binance.symbol_info(i) for i in market.instruments()]}
 
 
-@router.get("/v1/depth")
+@router.get("/v1/depth", responses=ok(models.BinanceDepth))
 def depth(d: Deps, q: Public) -> Any:
     inst = instrument(q.get("symbol"))
     book = market.depth(d, inst, _limit(q.get("limit"), 500))
@@ -109,7 +110,7 @@ def depth(d: Deps, q: Public) -> Any:
             "bids": [[p, inst.format_qty(n)] for p, n in book.bids], "asks": [[p, inst.format_qty(n)] for p, n in book.asks]}
 
 
-@router.get("/v1/aggTrades")
+@router.get("/v1/aggTrades", responses=ok(list[models.BinanceAggTrade]))
 def agg_trades(d: Deps, q: Public) -> Any:
     inst = instrument(q.get("symbol"))
     found = market.trades(d, inst, _limit(q.get("limit"), 500), *_window(q))
@@ -117,7 +118,7 @@ def agg_trades(d: Deps, q: Public) -> Any:
              "m": t.taker_side == "SELL"} for t in found]
 
 
-@router.get("/v1/trades")
+@router.get("/v1/trades", responses=ok(list[models.BinanceTrade]))
 def recent_trades(d: Deps, q: Public) -> Any:
     inst = instrument(q.get("symbol"))
     return [{"id": t.trade_id, "price": t.price, "qty": t.quantity,
@@ -126,19 +127,19 @@ def recent_trades(d: Deps, q: Public) -> Any:
             for t in market.trades(d, inst, _limit(q.get("limit"), 500))]
 
 
-@router.get("/v1/ticker/24hr")
+@router.get("/v1/ticker/24hr", responses=ok(models.BinanceTicker | list[models.BinanceTicker]))
 def ticker_24hr(d: Deps, q: Public) -> Any:
     rows = [binance.ticker(i, market.ticker(d, i)) for i in _symbols(q.get("symbol"))]
     return rows[0] if q.get("symbol") is not None else rows
 
 
-@router.get("/v1/premiumIndex")
+@router.get("/v1/premiumIndex", responses=ok(models.BinancePremium | list[models.BinancePremium]))
 def premium_index(d: Deps, q: Public) -> Any:
     rows = [binance.premium(i, market.premium(d, i)) for i in _symbols(q.get("symbol"))]
     return rows[0] if q.get("symbol") is not None else rows
 
 
-@router.get("/v1/fundingRate")
+@router.get("/v1/fundingRate", responses=ok(list[models.BinanceFundingRate]))
 def funding_rate(d: Deps, q: Public) -> Any:
     """Funding history, oldest first (Binance: startTime/endTime/limit, default 100, at most 1000)."""
     limit = _limit(q.get("limit"), 100, 1000)
@@ -149,12 +150,12 @@ def funding_rate(d: Deps, q: Public) -> Any:
     return sorted(rows, key=lambda r: r["fundingTime"])[-limit:]
 
 
-@router.get("/v1/klines")
+@router.get("/v1/klines", responses=ok(list[models.BinanceKline]))
 def klines(d: Deps, q: Public) -> Any:
     return _klines(d, q)
 
 
-@router.get("/v1/markPriceKlines")
+@router.get("/v1/markPriceKlines", responses=ok(list[models.BinanceKline]))
 def mark_price_klines(d: Deps, q: Public) -> Any:
     return _klines(d, q, mark_prices=True)
 

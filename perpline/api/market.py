@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from perpline.api import errors
+from perpline.api import errors, models
 from perpline.api.deps import ApiDeps, deps, instrument
+from perpline.api.models import ok
 from perpline.api.params import STRICT_UINT
 from perpline.api.service import market
 from perpline.contracts.codes import Code
@@ -20,7 +21,7 @@ INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
 Deps = Annotated[ApiDeps, Depends(deps)]
 
 
-@router.get("/candles")
+@router.get("/candles", responses=ok(list[models.Candle]))
 def candles(d: Deps, symbol: str, interval: str = Query("1m", pattern="^(1m|5m|15m|1h|4h|1d)$"),
             limit: Annotated[int, Query(ge=1, le=1500), STRICT_UINT] = 500, start_ms: Annotated[int | None, Query(ge=0), STRICT_UINT] = None,
             end_ms: Annotated[int | None, Query(ge=0), STRICT_UINT] = None) -> Any:
@@ -34,7 +35,7 @@ def candles(d: Deps, symbol: str, interval: str = Query("1m", pattern="^(1m|5m|1
             for c in market.candles(d, inst, interval, start_ms, end_ms, limit)]
 
 
-@router.get("/ticker")
+@router.get("/ticker", responses=ok(models.NativeTicker))
 def ticker(d: Deps, symbol: str) -> Any:
     """24h rolling ticker: open, high, low, last, change, volume, quote volume."""
     inst = instrument(symbol)

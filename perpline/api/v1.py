@@ -23,8 +23,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr
 
 from perpline.accounts.order_status import EXPIRED, REJECTED
-from perpline.api import auth, errors, native, ratelimit
+from perpline.api import auth, errors, models, native, ratelimit
 from perpline.api.deps import ApiDeps, deps, instrument
+from perpline.api.models import ok
 from perpline.api.params import STRICT_UINT
 from perpline.api.service import account, history, market, orders
 from perpline.api.service import keys as key_service
@@ -283,7 +284,7 @@ def instruments() -> Any:
     return [native.instrument(i) for i in market.instruments()]
 
 
-@router.get("/market/depth", tags=["market"])
+@router.get("/market/depth", tags=["market"], responses=ok(models.NativeDepth))
 def depth(symbol: str, d: Deps, limit: Annotated[int, Query(ge=1, le=1000), STRICT_UINT] = 20) -> Any:
     """A snapshot of the top `limit` levels as of matcher `seq`; follow it with /market/depth/updates."""
     inst = instrument(symbol)
@@ -302,7 +303,7 @@ def depth_updates(symbol: str, after_seq: Annotated[int, STRICT_UINT], d: Deps) 
             "changes": [[c_seq, side, price, inst.format_qty(lots)] for c_seq, side, price, lots in changes]}
 
 
-@router.get("/market/trades", tags=["market"])
+@router.get("/market/trades", tags=["market"], responses=ok(list[models.NativeTrade]))
 def trades(symbol: str, d: Deps, limit: Annotated[int, Query(ge=1, le=1000), STRICT_UINT] = 100) -> Any:
     return native.trades(market.trades(d, instrument(symbol), limit))
 
