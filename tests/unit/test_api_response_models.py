@@ -64,4 +64,4 @@ def test_documented_routes_have_a_success_schema() -> None:
                   "/api/v1/market/depth", "/api/v1/market/trades", "/healthz"}
     for path in documented:
         body = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
-        assert body, path
+        assert set(body) - {"title"}, path  # FastAPI's schema of an undocumented body is {"title": ...} only
