@@ -14,6 +14,8 @@ REJECTED = "REJECTED"
 EXPIRED = "EXPIRED"
 
 TERMINAL = frozenset({FILLED, CANCELED, REJECTED, EXPIRED})
+OPEN = frozenset({NEW, PARTIALLY_FILLED})  # on the book: may fill, be amended or cancelled
+ENDED_UNFILLED = frozenset({CANCELED, REJECTED, EXPIRED})  # done without filling the rest (an execution type)
 
 # (from status, event) -> to status
 TRANSITIONS: dict[tuple[str, str], str] = {

@@ -1,85 +1,55 @@
-"""The FastAPI application: middleware (trace id, metrics, size limit), lifecycle, routers."""
+"""The FastAPI application: middleware (trace id, metrics, size limit), lifecycle, routers.
+
+The composition root: the only module that imports the wire adapters (routers). What they share
+(ApiDeps, the metrics body) is perpline.api.deps, so no adapter imports this module or another
+adapter (tests/unit/test_api_imports.py checks it)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from perpline.api import errors, ratelimit
-from perpline.api.clientip import Network
+from perpline.api import (
+    errors,
+    fapi,
+    fstream,
+    listenkey,
+    market,
+    ops,
+    ratelimit,
+    sessions,
+    stream,
+    v1,
+)
+from perpline.api.deps import ApiDeps, metrics_response
 from perpline.api.publisher import Publisher
-from perpline.api.ratelimit import RateLimiter
 from perpline.api.readmodel import ReadModel
+from perpline.api.service.listenkeys import ListenKeys
 from perpline.auth.registry import KeyRegistry
-from perpline.auth.signing import ReplayGuard
-from perpline.auth.throttle import HashPool, LoginLimiter
-from perpline.ch.client import get_client
-from perpline.config import producer_config, settings
-from perpline.contracts import codec
+from perpline.config import producer_config
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_trace_id
 from perpline.contracts.units import UnitError, parse_uint
 
 log = logging.getLogger("perpline.api")
 
-SEND_TIMEOUT_S = 5.0  # a command's acknowledgement by the broker
 MAX_BODY_BYTES = 64 * 1024
 MAX_QUERY_BYTES = 8 * 1024
 WEB_DIR = Path(__file__).parent / "web"
-_local = threading.local()
 REQUESTS = Counter("perpline_api_requests_total", "API requests", ["route", "status"])
 LATENCY = Histogram("perpline_api_request_seconds", "API latency", ["route"])
-
-
-@dataclass
-class ApiDeps:
-    bootstrap: str
-    topics: dict[str, str]
-    wait_s: float
-    clickhouse_url: str | None = None
-    secret_key: str = ""
-    trust_account_header: bool = False
-    faucet: bool = False
-    publisher: Publisher | None = None
-    readmodel: ReadModel | None = None
-    registry: KeyRegistry | None = None
-    guard: ReplayGuard = field(default_factory=ReplayGuard)
-    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(*settings().rate_limits))
-    trusted_proxies: tuple[Network, ...] = ()  # whose X-Forwarded-For is believed (perpline.api.clientip)
-    logins: LoginLimiter = field(default_factory=LoginLimiter)  # failed-login lockouts (perpline.auth.throttle)
-    hashes: HashPool = field(default_factory=HashPool)  # scrypt, bounded
-
-    async def send(self, logical_topic: str, key: str, msg: object, timeout_s: float = SEND_TIMEOUT_S) -> None:
-        """Publish one record and wait for the broker's acknowledgement of it (perpline.api.publisher)."""
-        assert self.publisher is not None
-        await self.publisher.send(self.topics[logical_topic], key.encode(), codec.encode(msg), timeout_s)  # type: ignore[arg-type]
-
-    def clickhouse(self) -> Any:
-        """A ClickHouse client for history reads (one per thread: clients are not thread-safe)."""
-        if self.clickhouse_url is None:
-            raise PerplineError(Code.CLICKHOUSE_UNAVAILABLE, "no ClickHouse configured")
-        client = getattr(_local, "client", None)
-        if client is None:
-            try:
-                client = _local.client = get_client(self.clickhouse_url)
-            except Exception as exc:  # noqa: BLE001
-                raise PerplineError(Code.CLICKHOUSE_UNAVAILABLE, f"ClickHouse unreachable: {exc}") from exc
-        return client
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
@@ -99,12 +69,11 @@ def create_app(deps: ApiDeps) -> FastAPI:
                   description="A USDT-margined perpetual-futures exchange. Amounts are decimal strings.")
     app.state.deps = deps
     app.state.trusted_proxies = deps.trusted_proxies
+    app.add_exception_handler(errors.NoDecision, errors.on_no_decision)
     app.add_exception_handler(PerplineError, errors.on_perpline_error)
     app.add_exception_handler(UnitError, errors.on_perpline_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.add_middleware(TraceAndMeasure)
-    from perpline.api import fapi, fstream, listenkey, market, ops, sessions, stream, v1  # noqa: PLC0415 (routers import the deps type from here)
-
     app.include_router(v1.router)
     app.include_router(sessions.router)
     app.include_router(market.router)
@@ -112,7 +81,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.include_router(listenkey.router)  # before fapi's catch-all route
     app.include_router(fapi.router)
     app.include_router(fstream.router)
-    app.state.listen_keys = listenkey.ListenKeys()
+    app.state.listen_keys = ListenKeys()
     app.include_router(ops.router)
     app.mount("/app", StaticFiles(directory=WEB_DIR), name="web")
 
@@ -261,5 +230,4 @@ def _duplicate_refusal(request: Request) -> str | None:
     return None
 
 
-def metrics_response() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+__all__ = ["ApiDeps", "create_app", "metrics_response"]

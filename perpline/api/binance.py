@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from perpline.api.service import account, market
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
 from perpline.contracts.instruments import Instrument
-from perpline.contracts.units import RATE_SCALE, div_ceil, format_amount, format_fixed, format_rate
+from perpline.contracts.units import (
+    RATE_SCALE,
+    div_ceil,
+    format_amount,
+    format_fixed,
+    format_rate,
+    parse_amount,
+)
+from perpline.market.candles import INTERVALS_MS, Candle
 
 _ERRORS: dict[Code, tuple[int, str, int]] = {
     Code.BAD_NUMBER: (-1100, "Illegal characters found in a parameter.", 400),
@@ -151,3 +160,43 @@ def bracket_rows(i: Instrument) -> list[dict[str, Any]]:
                      "cum": format_amount(b.maint_amount)})
         floor = b.notional_cap
     return rows
+
+
+def ticker(inst: Instrument, t: market.Ticker) -> dict[str, Any]:
+    day = t.day
+    return {"symbol": inst.binance_symbol, "priceChange": inst.format_price(t.change_ticks),
+            "priceChangePercent": t.change_percent, "weightedAvgPrice": inst.format_price(t.weighted_ticks),
+            "lastPrice": inst.format_price(day.last_ticks), "lastQty": inst.format_qty(day.last_lots),
+            "openPrice": inst.format_price(day.open_ticks), "highPrice": inst.format_price(day.high_ticks),
+            "lowPrice": inst.format_price(day.low_ticks), "volume": inst.format_qty(day.volume_lots),
+            "quoteVolume": format_amount(day.quote_minor), "openTime": day.open_ms, "closeTime": t.close_ms,
+            "firstId": day.first_trade_id, "lastId": day.last_trade_id, "count": day.trades}
+
+
+def premium(inst: Instrument, p: market.Premium) -> dict[str, Any]:
+    return {"symbol": inst.binance_symbol, "markPrice": p.mark_price, "indexPrice": p.index_price,
+            "estimatedSettlePrice": p.mark_price, "lastFundingRate": p.last_funding_rate,
+            "interestRate": format_rate(p.interest_e8), "nextFundingTime": p.next_funding_ms, "time": p.time_ms}
+
+
+def kline(inst: Instrument, interval: str, c: Candle) -> list[Any]:
+    """One candle in Binance's array form (open time, OHLC, volume, close time, quote volume, trades,
+    taker buy volume and quote volume, "0")."""
+    return [c.open_ms, inst.format_price(c.open_ticks), inst.format_price(c.high_ticks), inst.format_price(c.low_ticks),
+            inst.format_price(c.close_ticks), inst.format_qty(c.volume_lots), c.open_ms + INTERVALS_MS[interval] - 1,
+            format_amount(c.quote_minor), c.trades, inst.format_qty(c.taker_buy_lots),
+            format_amount(c.taker_buy_quote_minor), "0"]
+
+
+def position(p: account.PositionValue, adl_quantile: int = 0) -> dict[str, Any]:
+    """One position valued with the risk formulas (perpline.api.service.account: as v1 and the audit)."""
+    inst, pos = p.inst, p.pos
+    return {"symbol": inst.binance_symbol, "positionSide": "BOTH", "positionAmt": pos.size, "entryPrice": pos.entry_price,
+            "breakEvenPrice": pos.entry_price, "markPrice": inst.format_price(p.priced_ticks),
+            "unRealizedProfit": format_amount(p.unrealized_pnl), "liquidationPrice": inst.format_price(p.liquidation_ticks),
+            "isolatedMargin": pos.margin, "notional": format_amount(p.notional), "marginAsset": inst.margin_asset,
+            "isolatedWallet": pos.margin, "initialMargin": format_amount(parse_amount(pos.margin) + p.order_margin),
+            "maintMargin": format_amount(p.maint_margin), "positionInitialMargin": pos.margin,
+            "openOrderInitialMargin": format_amount(p.order_margin), "adl": adl_quantile,
+            "bidNotional": "0", "askNotional": "0", "leverage": str(pos.leverage), "marginType": "isolated",
+            "updateTime": pos.ts_ms}

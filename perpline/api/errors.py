@@ -30,6 +30,15 @@ class Pending(BaseModel):
     msg: str
 
 
+class NoDecision(PerplineError):
+    """A command was sent and no decision arrived within the API's wait (the one timeout behaviour of
+    every surface): the native API answers 202 with the request id to poll, /fapi Binance's timeout."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(Code.TIMEOUT, "no decision yet; poll GET /api/v1/requests/{request_id}")
+        self.request_id = request_id
+
+
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for a router: the error statuses its handlers can answer with."""
     out: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody, "description": "error"} for status in statuses}
@@ -91,6 +100,14 @@ def error_response(request: Request, code: int, msg: str, instrument: object = N
 async def on_perpline_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, (PerplineError, UnitError))
     return error_response(request, int(exc.code), exc.msg, getattr(exc, "instrument", None))
+
+
+async def on_no_decision(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NoDecision)
+    if request.url.path.startswith("/fapi"):
+        return error_response(request, int(exc.code), "no decision in time")
+    body = Pending(status="PENDING", request_id=exc.request_id, code=int(exc.code), msg=exc.msg)
+    return JSONResponse(body.model_dump(), status_code=202, headers={"X-Trace-Id": getattr(request.state, "trace_id", "")})
 
 
 async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -56,7 +56,7 @@ from prometheus_client import Counter
 from perpline.api import fstream_frames as frames
 from perpline.api import ratelimit
 from perpline.api.clientip import client_ip
-from perpline.api.listenkey import ListenKey, ListenKeys
+from perpline.api.service.listenkeys import ListenKey, ListenKeys
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.market.candles import INTERVALS_MS

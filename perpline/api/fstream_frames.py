@@ -1,5 +1,6 @@
-"""The payloads of the Binance USD-M streams (shared/BINANCE_USDM_WS.md §4, §6), built from the read
-model and from the same renderers as the /fapi REST views, so a stream and its REST read agree.
+"""The payloads of the Binance USD-M streams (shared/BINANCE_USDM_WS.md §4, §6), built from the
+service layer (perpline.api.service) and the same Binance renderers as the /fapi REST views
+(perpline.api.binance), so a stream and its REST read agree.
 
 Pure functions of (read model state, cursor) -> payload dicts; perpline.api.fstream decides when
 to call them and who receives the result.
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from perpline.api import fapi
+from perpline.accounts.order_status import ENDED_UNFILLED
+from perpline.api import binance
+from perpline.api.service import account, market
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.market.candles import INTERVALS_MS
@@ -47,7 +50,7 @@ def agg_trade(inst: Instrument, t: m.Trade, now_ms: int) -> dict[str, Any]:
 
 def ticker(deps: Any, inst: Instrument, now_ms: int, mini: bool) -> dict[str, Any]:
     """24hrMiniTicker / 24hrTicker from /fapi/v1/ticker/24hr's own numbers."""
-    r = fapi._ticker(deps, inst)  # noqa: SLF001 (one rendering of the rolling day)
+    r = binance.ticker(inst, market.ticker(deps, inst))
     base = {"e": "24hrMiniTicker" if mini else "24hrTicker", "E": now_ms, "s": inst.binance_symbol,
             "c": r["lastPrice"], "o": r["openPrice"], "h": r["highPrice"], "l": r["lowPrice"], "v": r["volume"],
             "q": r["quoteVolume"]}
@@ -61,12 +64,12 @@ def ticker(deps: Any, inst: Instrument, now_ms: int, mini: bool) -> dict[str, An
 def kline(deps: Any, inst: Instrument, interval: str, now_ms: int) -> dict[str, Any] | None:
     """The open candle of `interval` as /fapi/v1/klines serves it, or None before the first trade."""
     assert interval in INTERVALS_MS
-    rows = fapi._klines(deps, {"symbol": inst.binance_symbol, "interval": interval, "limit": "1"})  # noqa: SLF001
+    rows = market.candles(deps, inst, interval, None, None, 1)
     if not rows:
         return None
-    r = rows[-1]
-    candle = deps.readmodel.candles(inst.symbol, interval, r[0], r[0], 1)
-    first, last = (candle[0].first_trade_id, candle[0].last_trade_id) if candle else (0, 0)
+    c = rows[-1]
+    r = binance.kline(inst, interval, c)
+    first, last = c.first_trade_id, c.last_trade_id
     return {"e": "kline", "E": now_ms, "s": inst.binance_symbol, "k": {
         "t": r[0], "T": r[6], "s": inst.binance_symbol, "i": interval, "f": first, "L": last, "o": r[1], "c": r[4],
         "h": r[2], "l": r[3], "v": r[5], "n": r[8], "x": now_ms > r[6], "q": r[7], "V": r[9], "Q": r[10], "B": "0"}}
@@ -74,13 +77,14 @@ def kline(deps: Any, inst: Instrument, interval: str, now_ms: int) -> dict[str, 
 
 def mark_price(deps: Any, inst: Instrument, now_ms: int) -> dict[str, Any]:
     """markPriceUpdate from /fapi/v1/premiumIndex's own numbers."""
-    r = fapi._premium(deps, inst)  # noqa: SLF001
+    r = binance.premium(inst, market.premium(deps, inst))
     return {"e": "markPriceUpdate", "E": now_ms, "s": inst.binance_symbol, "p": r["markPrice"], "i": r["indexPrice"],
             "P": r["estimatedSettlePrice"], "r": r["lastFundingRate"], "T": r["nextFundingTime"]}
 
 
 def book_ticker(deps: Any, inst: Instrument, now_ms: int) -> dict[str, Any]:
-    seq, bids, asks = deps.readmodel.depth_at(inst.symbol, 1)
+    book = market.depth(deps, inst, 1)
+    seq, bids, asks = book.seq, book.bids, book.asks
     bid, bid_qty = (bids[0][0], inst.format_qty(bids[0][1])) if bids else ("0", "0")
     ask, ask_qty = (asks[0][0], inst.format_qty(asks[0][1])) if asks else ("0", "0")
     return {"e": "bookTicker", "u": seq, "E": now_ms, "T": now_ms, "s": inst.binance_symbol, "b": bid, "B": bid_qty,
@@ -96,7 +100,7 @@ def order_trade_update(inst: Instrument, o: m.OrderView, fill: m.FillRecorded | 
     status = o.status
     if fill is not None:
         execution = "TRADE"
-    elif status in ("CANCELED", "EXPIRED", "REJECTED"):
+    elif status in ENDED_UNFILLED:
         execution = status
     else:
         execution = "NEW" if first_seen else "AMENDMENT"
@@ -119,9 +123,8 @@ def balance_entry(b: m.BalanceChanged) -> dict[str, Any]:
 
 def position_entry(deps: Any, inst: Instrument, p: m.PositionChanged) -> dict[str, Any]:
     """One position as /fapi/v3/positionRisk values it (entry, unrealised PnL at the mark)."""
-    # one valuation of a position; the frame reads only its prices and PnL, which the orders' margin
-    # (the last argument, for initialMargin) does not change
-    row = fapi._position_row(deps, inst, p, 0)  # noqa: SLF001
+    # one valuation of a position (the frame reads only its prices and PnL: no orders' margin, no ADL rank)
+    row = binance.position(account.value(deps, inst, p))
     return {"s": inst.binance_symbol, "pa": p.size, "ep": p.entry_price, "bep": row["breakEvenPrice"],
             "cr": p.realized_pnl, "up": row["unRealizedProfit"], "mt": "isolated", "iw": p.margin, "ps": "BOTH",
             "ma": inst.margin_asset}

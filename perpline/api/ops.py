@@ -9,13 +9,14 @@ import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from perpline.api import errors
-from perpline.api.app import ApiDeps, metrics_response
+from perpline.api import errors, models
+from perpline.api.deps import ApiDeps, metrics_response
+from perpline.api.models import ok
 
 router = APIRouter(responses=errors.documented(429, 503))
 
 
-@router.get("/healthz", tags=["ops"])
+@router.get("/healthz", tags=["ops"], responses=ok(models.Status))
 def healthz() -> Any:
     return {"status": "ok"}
 

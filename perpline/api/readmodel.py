@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from perpline.accounts.order_status import OPEN
 from perpline.auth.registry import KeyRegistry
 from perpline.config import fetch_config, kafka_config
 from perpline.consume import poll_batch
@@ -370,7 +371,7 @@ class ReadModel:
             return False
         inst = load_catalog().get(order.symbol)
         assert inst is not None
-        finished = order.status not in ("NEW", "PARTIALLY_FILLED")
+        finished = order.status not in OPEN
         if state.terms is not None and not finished and (order.price, order.quantity) != state.terms:
             return False  # the account has not applied the matcher's amend yet
         return inst.parse_qty(order.filled, allow_zero=True) == state.filled_lots and finished == state.done
@@ -554,7 +555,7 @@ def _apply_order(view: AccountView, order: m.OrderView) -> bool:
     """An order's latest state; a redelivered older state (open for an order already closed here, or
     less filled than what is shown) is ignored, so a view never steps back. Timestamps do not order an
     order's changes: a cancel is stamped by the API when sent, a fill may be applied before it."""
-    open_now = order.status in ("NEW", "PARTIALLY_FILLED")
+    open_now = order.status in OPEN
     if open_now:
         if order.order_id in view.closed_orders:
             return False

@@ -33,7 +33,9 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from perpline.api import ratelimit, sessions, v1
+from perpline.api import native, ratelimit
+from perpline.api.service import account, market
+from perpline.api.service import sessions as session_service
 from perpline.contracts.codes import PerplineError
 from perpline.contracts.instruments import Instrument, load_catalog
 
@@ -50,14 +52,11 @@ _open_streams = 0  # per process; the event loop is single-threaded
 
 
 def frame(deps: Any, inst: Instrument, levels: int, trades: int) -> dict[str, Any]:
-    """One market frame from the read model, in the native REST shapes."""
-    book = v1.depth(inst.symbol, deps, levels)
-    try:
-        mark = v1.mark_price(inst.symbol, deps)
-    except PerplineError:
-        mark = None
-    return {"type": "market", **book, "trades": v1.trades(inst.symbol, deps, trades), "mark": mark,
-            "ts_ms": int(time.time() * 1000)}
+    """One market frame from the service layer, in the native REST shapes."""
+    mark = market.mark(deps, inst)
+    return {"type": "market", **native.depth(inst, market.depth(deps, inst, levels)),
+            "trades": native.trades(market.trades(deps, inst, trades)),
+            "mark": None if mark is None else native.strip(mark), "ts_ms": int(time.time() * 1000)}
 
 
 def _changed_key(f: dict[str, Any]) -> tuple[Any, ...]:
@@ -94,9 +93,11 @@ async def _slot(ws: WebSocket) -> AsyncIterator[bool]:
         _open_streams -= 1
 
 
-def account_frame(deps: Any, account: int) -> dict[str, Any]:
-    return {"type": "account", "balances": v1.balances(account, deps), "positions": v1.positions(account, deps),
-            "open_orders": v1.list_orders(account, deps), "ts_ms": int(time.time() * 1000)}
+def account_frame(deps: Any, account_id: int) -> dict[str, Any]:
+    return {"type": "account", "balances": [native.strip(b) for b in account.balances(deps, account_id)],
+            "positions": [native.position(p) for p in account.positions(deps, account_id, "all")],
+            "open_orders": [native.order(o) for o in account.orders(deps, account_id, "open")],
+            "ts_ms": int(time.time() * 1000)}
 
 
 def _account_key(f: dict[str, Any]) -> str:
@@ -113,13 +114,13 @@ async def account_stream(ws: WebSocket) -> None:
         deps = ws.app.state.deps
         try:
             hello = await asyncio.wait_for(ws.receive_json(), AUTH_TIMEOUT_S)
-            claims = await sessions.token_claims(deps, str(hello.get("token", "")) if isinstance(hello, dict) else "")
+            claims = await session_service.token_claims(deps, str(hello.get("token", "")) if isinstance(hello, dict) else "")
         except (PerplineError, TimeoutError, ValueError, KeyError, WebSocketDisconnect) as err:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                 await ws.close(code=UNAUTHORIZED, reason=str(err)[:100] or "send {\"token\": <access token>} first")
             return
         await _push(ws, lambda: account_frame(deps, claims.user_id), _account_key,
-                    lambda: sessions.session_live(deps, claims))
+                    lambda: session_service.session_live(deps, claims))
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             await ws.close(code=UNAUTHORIZED, reason="the session ended")
 

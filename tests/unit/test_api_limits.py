@@ -17,10 +17,11 @@ from fastapi.routing import iter_route_contexts
 from starlette.requests import HTTPConnection
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
-from perpline.api import clientip, fapi, main, ratelimit, sessions, v1
+from perpline.api import clientip, fapi, main, ratelimit, v1
 from perpline.api.app import MAX_BODY_BYTES, MAX_QUERY_BYTES, ApiDeps, create_app
 from perpline.api.clientip import trusted_networks
 from perpline.api.ratelimit import RateLimiter
+from perpline.api.service import sessions
 from perpline.auth import crypto, signing
 from perpline.auth.registry import USER_ID_BASE, KeyRegistry
 from perpline.contracts import messages as m

@@ -98,7 +98,7 @@ def test_the_account_stream_wants_a_live_session(client: tuple[TestClient, Book]
 
 
 def test_the_account_stream_pushes_changes_and_ends_with_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    from perpline.api import sessions as api_sessions  # noqa: PLC0415
+    from perpline.api.service import sessions as api_sessions  # noqa: PLC0415
     from perpline.auth.sessions import Claims  # noqa: PLC0415
 
     monkeypatch.setattr(stream, "PUSH_INTERVAL_S", 0.01)

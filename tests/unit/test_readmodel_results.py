@@ -36,7 +36,7 @@ def test_the_same_request_id_in_two_accounts_gets_each_its_own_answer() -> None:
 
 
 def test_a_trace_shows_only_the_callers_rows() -> None:
-    from perpline.api.v1 import own_trace_rows  # noqa: PLC0415
+    from perpline.api.service.history import own_trace_rows  # noqa: PLC0415
 
     rows = [{"source": "account_events", "detail": '{"account_id":42,"available":"1"}'},
             {"source": "account_events", "detail": '{"account_id":4,"available":"2"}'},
