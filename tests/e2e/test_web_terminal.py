@@ -155,7 +155,9 @@ def test_an_anonymous_visitor_sees_the_live_market(stack: Stack, browser: Any) -
         d.find_element(By.CSS_SELECTOR, "#positions button[data-login]").click()
         assert d.execute_script("return document.activeElement.id") == "login"
         shot(d, "0-anonymous")
-        # only public data was asked for, and no login was refused
+        # only public data was asked for, and no login was refused (the book and trades come pushed: wait for
+        # the page's next poll of the ticker and candles)
+        until(lambda: d.execute_script("return window.__answers.length") > 0)
         answers = d.execute_script("return window.__answers")
         assert answers and not [a for a in answers if a[0] in (401, 403)], answers
         assert not [url for _, url in answers if "/account" in url or "/orders" in url], answers
