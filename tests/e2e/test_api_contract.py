@@ -149,8 +149,9 @@ def test_x_forwarded_for_from_loopback_does_not_choose_the_bucket(stack: Stack) 
 
 
 def test_signed_fapi_bodies_match_their_documented_models(stack: Stack, keys: dict[str, Any]) -> None:
-    """The signed /fapi routes (the generated requests above cannot sign, so they stop at 401): a real
-    session's 200 bodies, each validated against its operation in /openapi.json."""
+    """The signed /fapi routes (the generated requests above cannot sign, so they stop at 401) and the
+    native reads of an account holding a position and fills: a real session's 200 bodies, each
+    validated against its operation in /openapi.json."""
     schema = schemathesis.openapi.from_url(f"{stack.api}/openapi.json")
     maker = admin(stack, "create-user", "--deposit", "USDT=1000")
     assert isinstance(maker, dict)
@@ -193,3 +194,10 @@ def test_signed_fapi_bodies_match_their_documented_models(stack: Stack, keys: di
                                timeout=30)
         assert answer.status_code == 200, answer.text
         schema["/fapi/v1/listenKey"][method].validate_response(answer)
+    for path in ("/api/v1/account/positions", "/api/v1/account/trades", "/api/v1/account/balances", "/api/v1/orders",
+                 "/api/v1/account/view", "/api/v1/account/ledger-view", "/api/v1/account/journals",
+                 "/api/v1/account/statement", "/api/v1/account/funding", "/api/v1/keys"):  # the same account, native
+        answer = native(stack.api, "GET", path, keys)
+        assert answer.status_code == 200, (path, answer.text)
+        schema[path]["GET"].validate_response(answer)
+        assert answer.json() or path in ("/api/v1/orders", "/api/v1/account/funding"), path
