@@ -90,7 +90,7 @@ def server_time(_: Public) -> Any:
     return {"serverTime": now_ms()}
 
 
-@router.get("/v1/exchangeInfo")
+@router.get("/v1/exchangeInfo", responses=ok(models.BinanceExchangeInfo))
 def exchange_info(d: Deps, _: Public) -> Any:
     limits = d.limiter.limits
     minutes = ratelimit.WINDOW_S // 60
@@ -192,14 +192,14 @@ def _account_json(d: ApiDeps, acct: int) -> dict[str, Any]:
             "positions": [binance.position(p, account.adl_quantile(d, p)) for p in valued]}
 
 
-@router.get("/v3/account")
-@router.get("/v2/account")
+@router.get("/v3/account", responses=ok(models.BinanceAccount))
+@router.get("/v2/account", responses=ok(models.BinanceAccount))
 def account_info(d: Deps, caller: Read) -> Any:
     return _account_json(d, caller.user_id)
 
 
-@router.get("/v2/balance")
-@router.get("/v3/balance")
+@router.get("/v2/balance", responses=ok(list[models.BinanceBalance]))
+@router.get("/v3/balance", responses=ok(list[models.BinanceBalance]))
 def balance(d: Deps, caller: Read) -> Any:
     full = _account_json(d, caller.user_id)
     return [{"accountAlias": "perpline", "asset": a["asset"], "balance": a["walletBalance"],
@@ -208,8 +208,8 @@ def balance(d: Deps, caller: Read) -> Any:
             for a in full["assets"]]
 
 
-@router.get("/v3/positionRisk")
-@router.get("/v2/positionRisk")
+@router.get("/v3/positionRisk", responses=ok(list[models.BinancePosition]))
+@router.get("/v2/positionRisk", responses=ok(list[models.BinancePosition]))
 def position_risk(d: Deps, caller: Read) -> Any:
     rows = _position_rows(d, caller.user_id)
     symbol = caller.params.get("symbol")
@@ -219,21 +219,22 @@ def position_risk(d: Deps, caller: Read) -> Any:
     return rows
 
 
-@router.get("/v1/leverageBracket")
+@router.get("/v1/leverageBracket",
+            responses=ok(models.BinanceLeverageBracket | list[models.BinanceLeverageBracket]))
 def leverage_bracket(caller: Read) -> Any:
     symbol = caller.params.get("symbol")
     rows = [{"symbol": i.binance_symbol, "notionalCoef": "1", "brackets": binance.bracket_rows(i)} for i in _symbols(symbol)]
     return rows[0] if symbol else rows
 
 
-@router.get("/v1/commissionRate")
+@router.get("/v1/commissionRate", responses=ok(models.BinanceCommissionRate))
 def commission_rate(caller: Read) -> Any:
     inst = instrument(caller.params.get("symbol"))
     return {"symbol": inst.binance_symbol, "makerCommissionRate": format_rate(inst.maker_fee_e8),
             "takerCommissionRate": format_rate(inst.taker_fee_e8)}
 
 
-@router.post("/v1/leverage")
+@router.post("/v1/leverage", responses=ok(models.BinanceLeverage))
 async def set_leverage(request: Request, d: Deps, caller: Trade) -> Any:
     inst = instrument(caller.params.get("symbol"))
     leverage = _int_param(caller.params, "leverage")
@@ -243,7 +244,7 @@ async def set_leverage(request: Request, d: Deps, caller: Trade) -> Any:
     return {"symbol": inst.binance_symbol, "leverage": leverage, "maxNotionalValue": str(inst.max_notional_at(leverage) // 10**8)}
 
 
-@router.get("/v1/income")
+@router.get("/v1/income", responses=ok(list[models.BinanceIncome]))
 def income(d: Deps, caller: Read) -> Any:
     """COMMISSION, REALIZED_PNL and FUNDING_FEE (positive: received), oldest first."""
     symbol = caller.params.get("symbol")
@@ -280,7 +281,7 @@ def _terms(p: dict[str, str]) -> orders.OrderTerms:
     return orders.OrderTerms(side, order_type, tif, price, quantity, coid, p.get("reduceOnly", "false").lower() == "true")
 
 
-@router.post("/v1/order")
+@router.post("/v1/order", responses=ok(models.BinanceOrder))
 async def new_order(request: Request, d: Deps, caller: Trade) -> Any:
     inst = instrument(caller.params.get("symbol"))
     terms = _terms(caller.params)
@@ -307,7 +308,7 @@ def _which(caller: auth.Caller) -> tuple[int | None, str | None]:
     return order_id, coid
 
 
-@router.get("/v1/order")
+@router.get("/v1/order", responses=ok(models.BinanceOrder))
 def get_order(d: Deps, caller: Read) -> Any:
     inst = instrument(caller.params.get("symbol"))
     found = orders.find(d, caller.user_id, inst, *_which(caller))
@@ -326,7 +327,7 @@ def _open_order(d: ApiDeps, caller: auth.Caller, inst: Instrument) -> m.OrderVie
         raise PerplineError(Code.UNKNOWN_ORDER, "Unknown order sent.") from err
 
 
-@router.delete("/v1/order")
+@router.delete("/v1/order", responses=ok(models.BinanceOrder))
 async def cancel_order(request: Request, d: Deps, caller: Trade) -> Any:
     inst = instrument(caller.params.get("symbol"))
     found = _open_order(d, caller, inst)
@@ -336,7 +337,7 @@ async def cancel_order(request: Request, d: Deps, caller: Trade) -> Any:
     return binance.order(inst, closed)
 
 
-@router.put("/v1/order")
+@router.put("/v1/order", responses=ok(models.BinanceOrder))
 async def modify_order(request: Request, d: Deps, caller: Trade) -> Any:
     """Binance's modify order: new price and total quantity of an open LIMIT order (side must match)."""
     inst = instrument(caller.params.get("symbol"))
@@ -349,7 +350,7 @@ async def modify_order(request: Request, d: Deps, caller: Trade) -> Any:
     return binance.order(inst, await orders.amend(d, request, caller.user_id, inst, found, price, quantity))
 
 
-@router.delete("/v1/allOpenOrders")
+@router.delete("/v1/allOpenOrders", responses=ok(models.BinanceCancelAll))
 async def cancel_all(request: Request, d: Deps, caller: Trade) -> Any:
     inst = instrument(caller.params.get("symbol"))
     closed = await orders.cancel_all(d, request, caller.user_id, inst, new_request_id())
@@ -358,21 +359,21 @@ async def cancel_all(request: Request, d: Deps, caller: Trade) -> Any:
     return {"msg": "The operation of cancel all open order is done."}
 
 
-@router.get("/v1/openOrders")
+@router.get("/v1/openOrders", responses=ok(list[models.BinanceOrder]))
 def open_orders(d: Deps, caller: Read) -> Any:
     symbol = caller.params.get("symbol")
     found = account.orders(d, caller.user_id, "open", instrument(symbol) if symbol else None)
     return [binance.order(instrument(o.symbol), o) for o in found]
 
 
-@router.get("/v1/allOrders")
+@router.get("/v1/allOrders", responses=ok(list[models.BinanceOrder]))
 def all_orders(d: Deps, caller: Read) -> Any:
     inst = instrument(caller.params.get("symbol"))
     found = account.orders(d, caller.user_id, "all", inst, *_window(caller.params), _int_param(caller.params, "orderId"))
     return [binance.order(inst, o) for o in found[-_limit(caller.params.get("limit"), 500):]]
 
 
-@router.get("/v1/userTrades")
+@router.get("/v1/userTrades", responses=ok(list[models.BinanceUserTrade]))
 def user_trades(d: Deps, caller: Read) -> Any:
     inst = instrument(caller.params.get("symbol"))
     fills = account.fills(d, caller.user_id, inst, *_window(caller.params), _int_param(caller.params, "fromId"))

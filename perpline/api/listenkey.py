@@ -16,8 +16,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from perpline.api import auth, errors, ratelimit
+from perpline.api import auth, errors, models, ratelimit
 from perpline.api.deps import now_ms
+from perpline.api.models import ok
 from perpline.api.service.listenkeys import ListenKeys
 from perpline.contracts.codes import Code, PerplineError
 
@@ -42,21 +43,21 @@ async def _caller(request: Request) -> auth.Caller:
     return auth.Caller(record.user_id, api_key, {}, record.permissions)
 
 
-@router.post("/v1/listenKey")
+@router.post("/v1/listenKey", responses=ok(models.ListenKey))
 async def create_listen_key(request: Request) -> Any:
     caller = await _caller(request)
     assert caller.api_key is not None
     return {"listenKey": keys_of(request).open(caller.api_key, caller.user_id, now_ms())}
 
 
-@router.put("/v1/listenKey")
+@router.put("/v1/listenKey", responses=ok(models.ListenKey))
 async def keep_alive_listen_key(request: Request) -> Any:
     caller = await _caller(request)
     assert caller.api_key is not None
     return {"listenKey": keys_of(request).keep_alive(caller.api_key, now_ms())}
 
 
-@router.delete("/v1/listenKey")
+@router.delete("/v1/listenKey", responses=ok(models.Empty))
 async def delete_listen_key(request: Request) -> Any:
     caller = await _caller(request)
     assert caller.api_key is not None

@@ -48,7 +48,7 @@ def ticker(d: Deps, symbol: str) -> Any:
             "trades": day.trades, "open_time": day.open_ms, "close_time": t.close_ms}
 
 
-@router.get("/order-cost")
+@router.get("/order-cost", responses=ok(models.OrderCost))
 def order_cost(symbol: str, leverage: Annotated[int, Query(ge=1, le=1000), STRICT_UINT],
                price: str = Query(max_length=64), quantity: str | None = Query(None, max_length=64), quote: str | None = Query(None, max_length=64)) -> Any:
     """What an order would cost, by the accounts processor's own rules (perpline.accounts.margin): the

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from perpline.api import errors, models
 from perpline.api.deps import ApiDeps, metrics_response
@@ -21,7 +21,8 @@ def healthz() -> Any:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["ops"])
+@router.get("/readyz", tags=["ops"], responses={**ok(models.Readiness),
+            503: {"model": models.Readiness, "description": "not ready: the checks that failed"}})
 def readyz(request: Request) -> Any:
     d: ApiDeps = request.app.state.deps
     checks = {"broker": d.publisher is not None and _broker_ok(d),
@@ -49,6 +50,7 @@ def _clickhouse_ok(d: ApiDeps) -> bool:
         return False
 
 
-@router.get("/metrics", tags=["ops"])
+@router.get("/metrics", tags=["ops"], response_class=PlainTextResponse, responses={
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}})
 def metrics() -> Response:
     return metrics_response()

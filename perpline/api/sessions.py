@@ -10,8 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, StrictStr
 
-from perpline.api import errors
+from perpline.api import errors, models
 from perpline.api.deps import ApiDeps, deps
+from perpline.api.models import ok
 from perpline.api.service import sessions as service
 from perpline.auth import passwords, sessions
 
@@ -33,31 +34,31 @@ def _session(s: service.Session) -> dict[str, Any]:
             "expires_s": s.expires_s, "refresh_token": s.refresh_token, "user_id": s.user_id}
 
 
-@router.post("/signup")
+@router.post("/signup", responses=ok(models.SignedUp))
 async def signup(body: Credentials, request: Request, d: Deps) -> Any:
     """A new user with a login and password (no money: deposits come from the wallet side)."""
     return {"user_id": await service.signup(d, request, body.login, body.password), "login": body.login}
 
 
-@router.post("/login")
+@router.post("/login", responses=ok(models.Session))
 async def login(body: Credentials, request: Request, d: Deps) -> Any:
     """A session for a login and password; 429 LOGIN_LOCKED while the login or address is locked out."""
     return _session(await service.login(d, request, body.login, body.password))
 
 
-@router.post("/refresh")
+@router.post("/refresh", responses=ok(models.Session))
 async def refresh(body: RefreshBody, request: Request, d: Deps) -> Any:
     """A new access token and a new refresh token; the old session ends (rotation)."""
     return _session(await service.refresh(d, request, body.refresh_token))
 
 
-@router.post("/logout")
+@router.post("/logout", responses=ok(models.LoggedOut))
 async def logout(request: Request, d: Deps) -> Any:
     await service.logout(d, request)
     return {"ok": True}
 
 
-@router.get("/me")
+@router.get("/me", responses=ok(models.Me))
 async def me(request: Request, d: Deps) -> Any:
     claims = await service.bearer_claims(request, d)
     return {"user_id": claims.user_id, "login": service.login_of(d, claims.user_id), "expires_s": claims.expires_s}

@@ -96,13 +96,13 @@ class Transfer(BaseModel):
     amount: StrictStr = Field(max_length=64, description="decimal string, e.g. \"1000.5\"")
 
 
-@router.post("/wallet/deposits", tags=["wallet"])
+@router.post("/wallet/deposits", tags=["wallet"], responses=ok(models.Transferred))
 async def deposit(body: Transfer, request: Request, acct: FaucetAccount, rid: RequestId, d: Deps) -> Any:
     await orders.transfer(d, request, acct, "deposit", body.asset, body.amount, rid)
     return {"request_id": rid, "status": "DONE", "balances": _balances(d, acct)}
 
 
-@router.post("/wallet/withdrawals", tags=["wallet"])
+@router.post("/wallet/withdrawals", tags=["wallet"], responses=ok(models.Transferred))
 async def withdraw(body: Transfer, request: Request, acct: WithdrawAccount, rid: RequestId, d: Deps) -> Any:
     await orders.transfer(d, request, acct, "withdraw", body.asset, body.amount, rid)
     return {"request_id": rid, "status": "DONE", "balances": _balances(d, acct)}
@@ -123,7 +123,7 @@ class NewOrderBody(BaseModel):
     stp: Literal["DEFAULT", "NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"] = "DEFAULT"
 
 
-@router.post("/orders", tags=["trading"])
+@router.post("/orders", tags=["trading"], responses=ok(models.PlacedOrder))
 async def place_order(body: NewOrderBody, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
     """Answered, as /fapi and Binance, with the order as matching left it (NEW resting, FILLED, EXPIRED,
     ...) once the matcher is done with it; TIMEOUT rather than a status the order may not end in."""
@@ -143,14 +143,15 @@ class AmendBody(BaseModel):
     quantity: StrictStr = Field(max_length=64, description="new total quantity (filled part included)")
 
 
-@router.put("/orders/{order_id}", tags=["trading"])
+@router.put("/orders/{order_id}", tags=["trading"], responses=ok(models.NativeOrder))
 async def amend_order(order_id: Annotated[int, STRICT_UINT], body: AmendBody, request: Request, acct: Account, d: Deps) -> Any:
     inst = instrument(body.symbol)
     order = orders.open_order(d, acct, inst, order_id)
     return native.order(await orders.amend(d, request, acct, inst, order, body.price, body.quantity))
 
 
-@router.delete("/orders/{order_id}", tags=["trading"])
+@router.delete("/orders/{order_id}", tags=["trading"], responses={**ok(models.NativeOrder), 202: {
+    "model": errors.Pending | models.CancelAccepted, "description": "sent, not confirmed yet: poll the order"}})
 async def cancel_order(order_id: Annotated[int, STRICT_UINT], symbol: str, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
     order = await orders.cancel(d, request, acct, instrument(symbol), order_id, rid)
     if order is None:  # the matcher has not confirmed yet: the client polls GET /orders/{id}
@@ -158,7 +159,7 @@ async def cancel_order(order_id: Annotated[int, STRICT_UINT], symbol: str, reque
     return native.order(order)
 
 
-@router.delete("/orders", tags=["trading"])
+@router.delete("/orders", tags=["trading"], responses=ok(models.CanceledAll))
 async def cancel_all(symbol: str, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
     inst = instrument(symbol)
     closed = await orders.cancel_all(d, request, acct, inst, rid)
@@ -166,7 +167,7 @@ async def cancel_all(symbol: str, request: Request, acct: Account, rid: RequestI
             "orders": [native.order(o) if o else {"order_id": str(oid), "status": "CANCEL_PENDING"} for oid, o in closed]}
 
 
-@router.get("/orders/{order_id}", tags=["trading"])
+@router.get("/orders/{order_id}", tags=["trading"], responses=ok(models.NativeOrder))
 def get_order(order_id: Annotated[int, STRICT_UINT], acct: Account, d: Deps) -> Any:
     order = d.rm().find_order(acct, order_id)
     if order is None:
@@ -174,7 +175,7 @@ def get_order(order_id: Annotated[int, STRICT_UINT], acct: Account, d: Deps) -> 
     return native.order(order)
 
 
-@router.get("/orders", tags=["trading"])
+@router.get("/orders", tags=["trading"], responses=ok(list[models.NativeOrder]))
 def list_orders(acct: Account, d: Deps, symbol: str | None = None, status: Literal["open", "all"] = "open") -> Any:
     found = account.orders(d, acct, status)
     return [native.order(o) for o in found if symbol is None or o.symbol == symbol]
@@ -185,14 +186,14 @@ class LeverageBody(BaseModel):
     leverage: Annotated[int, Field(ge=1, le=1000), STRICT_UINT]
 
 
-@router.post("/leverage", tags=["trading"])
+@router.post("/leverage", tags=["trading"], responses=ok(models.LeverageSet))
 async def set_leverage(body: LeverageBody, request: Request, acct: Account, rid: RequestId, d: Deps) -> Any:
     inst = instrument(body.symbol)
     await orders.set_leverage(d, request, acct, inst, body.leverage, rid)
     return {"symbol": inst.symbol, "leverage": body.leverage}
 
 
-@router.get("/requests/{req_id}", tags=["trading"])
+@router.get("/requests/{req_id}", tags=["trading"], responses=ok(models.RequestOutcome))
 async def get_request(req_id: str, acct: Account, d: Deps) -> Any:
     """The decision on one of the caller's own requests (request ids are unique per account only)."""
     result = orders.outcome(d, acct, req_id)
@@ -209,32 +210,32 @@ def _balances(d: ApiDeps, acct: int) -> list[dict[str, Any]]:
     return [native.strip(b) for b in account.balances(d, acct)]
 
 
-@router.get("/account/balances", tags=["account"])
+@router.get("/account/balances", tags=["account"], responses=ok(list[models.Balance]))
 def balances(acct: Account, d: Deps) -> Any:
     return _balances(d, acct)
 
 
-@router.get("/account/positions", tags=["account"])
+@router.get("/account/positions", tags=["account"], responses=ok(list[models.NativePosition]))
 def positions(acct: Account, d: Deps) -> Any:
     """Each position with its mark price (the risk process's, else the last trade), unrealised PnL at
     that mark and liquidation price (the one formula, perpline.risk.formulas)."""
     return [native.position(p) for p in account.positions(d, acct, "all")]
 
 
-@router.get("/account/trades", tags=["account"])
+@router.get("/account/trades", tags=["account"], responses=ok(list[models.Fill]))
 def my_trades(acct: Account, d: Deps, symbol: str | None = None, limit: Annotated[int, Query(ge=1, le=1000), STRICT_UINT] = 500) -> Any:
     fills = [f for f in account.fills(d, acct) if symbol is None or f.symbol == symbol]
     return [native.strip(f) for f in fills[-limit:]]
 
 
-@router.get("/account/journals", tags=["account"])
+@router.get("/account/journals", tags=["account"], responses=ok(list[models.Journal]))
 def journals(acct: Account, d: Deps, ref_type: str | None = None,
              limit: Annotated[int, Query(ge=1, le=history.MAX_JOURNALS), STRICT_UINT] = 200) -> Any:
     """The account's ledger postings from ClickHouse (history; the read models hold current state)."""
     return [{**row, "amount": _decimal_amount(row["amount"])} for row in history.journals(d, acct, ref_type, limit)]
 
 
-@router.get("/account/statement", tags=["account"])
+@router.get("/account/statement", tags=["account"], responses=ok(models.Statement))
 def statement(acct: Account, d: Deps, from_ms: Annotated[int, Query(ge=0), STRICT_UINT] = 0, to_ms: Annotated[int, Query(ge=0), STRICT_UINT] = 2**62,
               asset: str = Query("USDT", max_length=16)) -> Any:
     """Opening balance, every journal of the period with its running balance, closing balance (from the
@@ -245,14 +246,14 @@ def statement(acct: Account, d: Deps, from_ms: Annotated[int, Query(ge=0), STRIC
                       for line in found["lines"]]}
 
 
-@router.get("/account/ledger-view", tags=["account"])
+@router.get("/account/ledger-view", tags=["account"], responses=ok(models.LedgerView))
 def ledger_view(acct: Account, d: Deps, at_ms: Annotated[int | None, Query(ge=0), STRICT_UINT] = None) -> Any:
     """The account at an instant, from the ledger alone: balances by kind, fees, funding, realised PnL,
     deposits, withdrawals and liquidation losses to date."""
     return _ledger_json(history.ledger_view(d, acct, at_ms))
 
 
-@router.get("/account/view", tags=["account"])
+@router.get("/account/view", tags=["account"], responses=ok(models.AccountAtInstant))
 def account_view(acct: Account, d: Deps, at_ms: Annotated[int | None, Query(ge=0), STRICT_UINT] = None) -> Any:
     """The full account at an instant (now by default) from ClickHouse: balances by kind, fees, funding,
     realised PnL; positions with entry, mark, unrealised PnL, margin and liquidation price; open orders."""
@@ -265,7 +266,7 @@ def _ledger_json(view: dict[str, Any]) -> dict[str, Any]:
                     for k, v in fields.items()} for asset, fields in view.items()}
 
 
-@router.get("/account/trace/{key}", tags=["account"])
+@router.get("/account/trace/{key}", tags=["account"], responses=ok(list[models.TraceRow]))
 def trace(key: str, acct: Account, d: Deps) -> Any:
     """What a trace id, client order id or trade id caused in the caller's account, in order."""
     return history.trace(d, acct, key)
@@ -279,7 +280,7 @@ def _decimal_amount(value: Decimal) -> str:
 # --- market ---------------------------------------------------------------------------
 
 
-@router.get("/market/instruments", tags=["market"])
+@router.get("/market/instruments", tags=["market"], responses=ok(list[models.NativeInstrument]))
 def instruments() -> Any:
     return [native.instrument(i) for i in market.instruments()]
 
@@ -291,7 +292,7 @@ def depth(symbol: str, d: Deps, limit: Annotated[int, Query(ge=1, le=1000), STRI
     return native.depth(inst, market.depth(d, inst, limit))
 
 
-@router.get("/market/depth/updates", tags=["market"])
+@router.get("/market/depth/updates", tags=["market"], responses=ok(models.DepthUpdates))
 def depth_updates(symbol: str, after_seq: Annotated[int, STRICT_UINT], d: Deps) -> Any:
     """Every level change after matcher seq `after_seq`, in order, as [seq, side, price, new quantity]
     (quantity "0.000": the level is gone), and the seq they bring the book to. Apply them to a snapshot
@@ -308,7 +309,7 @@ def trades(symbol: str, d: Deps, limit: Annotated[int, Query(ge=1, le=1000), STR
     return native.trades(market.trades(d, instrument(symbol), limit))
 
 
-@router.get("/market/mark", tags=["market"])
+@router.get("/market/mark", tags=["market"], responses=ok(models.Mark))
 def mark_price(symbol: str, d: Deps) -> Any:
     """Mark and index price, the funding-rate estimate and the next funding time (from the risk process)."""
     inst = instrument(symbol)
@@ -318,13 +319,13 @@ def mark_price(symbol: str, d: Deps) -> Any:
     return native.strip(mark)
 
 
-@router.get("/market/funding", tags=["market"])
+@router.get("/market/funding", tags=["market"], responses=ok(list[models.FundingRound]))
 def funding_history(symbol: str, d: Deps, limit: Annotated[int, Query(ge=1, le=1000), STRICT_UINT] = 100) -> Any:
     """Settled funding rounds of a symbol, oldest first."""
     return [native.strip(r) for r in market.funding_rounds(d, instrument(symbol))[-limit:]]
 
 
-@router.get("/account/funding", tags=["account"])
+@router.get("/account/funding", tags=["account"], responses=ok(list[models.FundingPayment]))
 def account_funding(acct: Account, d: Deps, symbol: str | None = None,
                     limit: Annotated[int, Query(ge=1, le=1000), STRICT_UINT] = 100) -> Any:
     """The caller's funding payments (amount: positive paid, negative received), oldest first."""
@@ -356,7 +357,7 @@ async def key_manager(request: Request) -> KeyManager:
 Manager = Annotated[KeyManager, Depends(key_manager)]
 
 
-@router.post("/keys", tags=["keys"])
+@router.post("/keys", tags=["keys"], responses=ok(models.NewKey))
 async def create_key(body: NewKeyBody, request: Request, who: Manager, d: Deps) -> Any:
     """A new API key for the caller; the secret is in this answer only (stored encrypted). Needs the
     owner or a key with manage_keys and every permission asked for; a replay is refused everywhere."""
@@ -365,13 +366,13 @@ async def create_key(body: NewKeyBody, request: Request, who: Manager, d: Deps) 
     return {"api_key": api_key, "api_secret": secret, "permissions": permissions, "label": body.label}
 
 
-@router.get("/keys", tags=["keys"])
+@router.get("/keys", tags=["keys"], responses=ok(list[models.KeyInfo]))
 def list_keys(acct: Account, d: Deps) -> Any:
     return [{"api_key": k.api_key, "permissions": list(k.permissions), "label": k.label, "created_ms": k.created_ms,
              "revoked": k.revoked} for k in key_service.keys_of(d, acct)]
 
 
-@router.delete("/keys/{api_key}", tags=["keys"])
+@router.delete("/keys/{api_key}", tags=["keys"], responses=ok(models.KeyRevoked))
 async def revoke_key(api_key: str, request: Request, who: Manager, d: Deps) -> Any:
     """Revoke one of the caller's keys: the owner, or a key with manage_keys holding every permission
     of the key it revokes (itself included)."""
