@@ -62,6 +62,9 @@ import struct
 import time
 from typing import Any, Final, final
 
+from librt.vecs import append, vec, pop
+from mypy_extensions import i64
+
 SIDE_BUY: Final = 1
 SIDE_SELL: Final = 2
 TYPE_LIMIT: Final = 1
@@ -111,6 +114,9 @@ SNAPSHOT_MAGIC: Final = b"PLMX"
 SNAPSHOT_VERSION: Final = 3  # 3 added the remembered input ids; version 2 is still read (none remembered)
 PPM: Final = 1_000_000
 MAX_ID: Final = (1 << 63) - 1  # order, account ids and ts_ns fit a signed 64-bit integer
+# The largest int mypyc keeps unboxed (tagged): comparing with it first keeps every id check off the
+# big-integer path that comparing with MAX_ID alone takes.
+_SHORT_MAX: Final = (1 << 62) - 1
 MAX_CLIENT_ORDER_ID_CHARS: Final = 64
 
 _SNAP_HEAD: Final = struct.Struct("<4sHI")
@@ -406,23 +412,24 @@ class AccountOrders:
 @final
 class BookSide:
     """One side's levels, sorted so that the BEST level is always the LAST element: `keys` holds
-    the price for bids and minus the price for asks, ascending; `levels` is parallel to it.
-    Matching pops from the end; a new level is inserted by binary search (a few dozen levels,
-    mostly near the end). No dict: a lookup by price is a bisect over native integers."""
+    the price for bids and minus the price for asks, ascending, as native 64-bit integers (a
+    `vec[i64]`: no boxed int per comparison); `levels` is parallel to it. Matching pops from the
+    end; a new level is inserted by binary search (a few dozen levels, mostly near the end). No
+    dict: a lookup by price is a bisect over native integers."""
 
     def __init__(self, is_bid: bool) -> None:
         self.is_bid = is_bid
-        self.keys: list[int] = []
+        self.keys: vec[i64] = vec[i64]()
         self.levels: list[Level] = []
 
-    def key(self, price_ticks: int) -> int:
+    def key(self, price_ticks: int) -> i64:
         return price_ticks if self.is_bid else -price_ticks
 
-    def index(self, key: int) -> int:
+    def index(self, key: i64) -> i64:
         """The first index whose key is >= `key` (bisect_left)."""
         keys = self.keys
-        lo = 0
-        hi = len(keys)
+        lo: i64 = 0
+        hi: i64 = len(keys)
         if hi > 0 and keys[hi - 1] < key:
             return hi
         while lo < hi:
@@ -447,23 +454,35 @@ class BookSide:
     def insert(self, level: Level) -> None:
         key = self.key(level.price_ticks)
         i = self.index(key)
-        assert i == len(self.keys) or self.keys[i] != key
-        if i == len(self.keys):
-            self.keys.append(key)
+        keys = self.keys
+        n = len(keys)
+        assert i == n or keys[i] != key
+        keys = append(keys, key)
+        j = n
+        while j > i:  # shift the worse keys up by one (new levels are mostly near the best end)
+            keys[j] = keys[j - 1]
+            j -= 1
+        keys[i] = key
+        self.keys = keys
+        if i == n:
             self.levels.append(level)
         else:
-            self.keys.insert(i, key)
             self.levels.insert(i, level)
 
     def drop(self, level: Level) -> None:
         last = len(self.levels) - 1
         if last >= 0 and self.levels[last] is level:
-            self.keys.pop()
+            self.keys, _ = pop(self.keys)
             self.levels.pop()
             return
         i = self.index(self.key(level.price_ticks))
         assert self.levels[i] is level
-        del self.keys[i]
+        keys = self.keys
+        j = i
+        while j < last:
+            keys[j] = keys[j + 1]
+            j += 1
+        self.keys, _ = pop(keys)
         del self.levels[i]
 
     def count(self) -> int:
@@ -486,7 +505,11 @@ def _crosses(taker_side: int, limit_ticks: int, maker_price_ticks: int) -> bool:
 
 
 def _valid_id(value: int) -> bool:
-    return 0 < value <= MAX_ID
+    return 0 < value and (value <= _SHORT_MAX or value <= MAX_ID)
+
+
+def _valid_ts(ts_ns: int) -> bool:
+    return 0 <= ts_ns and (ts_ns <= _SHORT_MAX or ts_ns <= MAX_ID)
 
 
 def _rests(order_type: int, tif: int) -> bool:
@@ -515,6 +538,9 @@ class Engine:
         self.by_account: dict[Any, AccountOrders] = {}
         self.by_client: dict[tuple[int, str], Order] = {}
         self.seen = RecentIds(config.max_seen_ids)  # order ids consumed by places
+        # No id above this was ever consumed (live or remembered): a new order id above it needs no
+        # lookup to be known fresh. Order ids grow per account, so that is the common case.
+        self.max_consumed_id = 0
         self.applied = RecentIds(config.max_seen_ids)  # input_ids of the other inputs applied
         self.seq = 0  # last seq emitted
         self.trade_seq = 0  # last trade_id emitted
@@ -707,7 +733,7 @@ class Engine:
     # --- place ---------------------------------------------------------------------------------
     def _validate_shape(self, order_id: int, account_id: int, side: int, order_type: int, tif: int, stp: int,
                         client_order_id: str, ts_ns: int) -> int:
-        if not _valid_id(order_id) or not _valid_id(account_id) or ts_ns < 0 or ts_ns > MAX_ID:
+        if not _valid_id(order_id) or not _valid_id(account_id) or not _valid_ts(ts_ns):
             return R_BAD_INPUT
         if side != SIDE_BUY and side != SIDE_SELL:
             return R_BAD_INPUT
@@ -730,7 +756,7 @@ class Engine:
             return R_BAD_QTY
         if order_type == TYPE_LIMIT and (price_ticks <= 0 or price_ticks > self.config.max_price_ticks):
             return R_BAD_PRICE
-        if key in self.orders or key in self.seen.ids:
+        if order_id <= self.max_consumed_id and (key in self.orders or key in self.seen.ids):
             return R_DUPLICATE_ORDER_ID
         return OK
 
@@ -769,6 +795,8 @@ class Engine:
             self._reject(order_id, account_id, side, code, ts_ns, client_order_id)
             return
         self.seen.add(key)  # from here on every answer depends on the book: a resent copy must not get another
+        if order_id > self.max_consumed_id:
+            self.max_consumed_id = order_id
         if client_order_id and (account_id, client_order_id) in self.by_client:
             self._reject(order_id, account_id, side, R_BAD_INPUT, ts_ns, client_order_id)
             return
@@ -925,7 +953,7 @@ class Engine:
         return OK
 
     def _trade(self, taker: Order, maker: Order, level: Level, ts_ns: int) -> None:
-        qty_lots = min(taker.leaves_lots, maker.leaves_lots)
+        qty_lots = taker.leaves_lots if taker.leaves_lots < maker.leaves_lots else maker.leaves_lots
         assert qty_lots > 0 and maker.level is level
         taker.leaves_lots -= qty_lots
         taker.filled_lots += qty_lots
@@ -1047,7 +1075,7 @@ class Engine:
         self._recycle(order)
 
     def _amend_code(self, order: Order, new_price_ticks: int, new_qty_lots: int, ts_ns: int) -> int:
-        if ts_ns < 0 or ts_ns > MAX_ID:
+        if not _valid_ts(ts_ns):
             return R_BAD_INPUT
         if new_qty_lots <= order.filled_lots or new_qty_lots > self.config.max_qty_lots:
             return R_BAD_QTY
@@ -1073,9 +1101,10 @@ class Engine:
         assert best_bid == 0 or best_ask == 0 or best_bid < best_ask, "book crossed"
         count = 0
         for book in (self.bids, self.asks):
-            assert book.keys == sorted(set(book.keys)) and len(book.keys) == len(book.levels)
+            keys = [int(k) for k in book.keys]
+            assert keys == sorted(set(keys)) and len(keys) == len(book.levels)
             assert book.count() <= self.config.max_levels
-            for key, level in zip(book.keys, book.levels, strict=True):
+            for key, level in zip(keys, book.levels, strict=True):
                 assert book.key(level.price_ticks) == key
                 count += self._check_level(book, level)
         assert count == len(self.orders) <= self.config.max_orders
@@ -1085,6 +1114,8 @@ class Engine:
         assert all(self.orders.get(o.order_id) is o for o in self.by_client.values())
         assert len(self.by_client) == sum(1 for o in self.orders.values() if o.client_order_id)
         self.seen.check()
+        assert all(k <= self.max_consumed_id for k in self.orders) and all(
+            k <= self.max_consumed_id for k in self.seen.ids), "an id above max_consumed_id was consumed"
         self.applied.check()
         assert all(order.level is None and order.account is None for order in self._free_orders)
 
@@ -1163,6 +1194,7 @@ def from_snapshot(data: bytes) -> Engine:
         raise ValueError(f"malformed snapshot: {exc!r}") from exc
     for order_id in seen:
         engine.seen.add(order_id)
+    engine.max_consumed_id = max([0, *seen, *[int(o) for o in engine.orders]])
     for input_id in applied:
         engine.applied.add(input_id)
     engine.check_invariants()
