@@ -62,7 +62,7 @@ import struct
 import time
 from typing import Any, Final, final
 
-from librt.vecs import append, vec, pop
+from librt.vecs import append, pop, vec
 from mypy_extensions import i64
 
 SIDE_BUY: Final = 1
