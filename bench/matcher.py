@@ -97,7 +97,7 @@ def run_core(pure: bool, data: Flow) -> dict[str, Any]:
     if pure:
         return result
     batch_engine = core.Engine("B", core.EngineConfig(default_stp=core.STP_NONE))
-    batch = core.time_batches(batch_engine, cmds, 1000)
+    batch = core.time_batches(batch_engine, core.batches_of(cmds, 1000))
     assert batch.volume_lots == timing.volume_lots and batch_engine.state_hash() == engine.state_hash()
     result["batch_ops_per_s"] = len(cmds) / (batch.elapsed_ns / 1e9)
     result["ops_per_s_python_loop"] = _python_loop(core, cmds, timing.volume_lots)

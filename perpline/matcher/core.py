@@ -117,6 +117,7 @@ MAX_ID: Final = (1 << 63) - 1  # order, account ids and ts_ns fit a signed 64-bi
 # The largest int mypyc keeps unboxed (tagged): comparing with it first keeps every id check off the
 # big-integer path that comparing with MAX_ID alone takes.
 _SHORT_MAX: Final = (1 << 62) - 1
+_I64_MIN: Final = -(1 << 63)
 MAX_CLIENT_ORDER_ID_CHARS: Final = 64
 
 _SNAP_HEAD: Final = struct.Struct("<4sHI")
@@ -286,6 +287,83 @@ class Command:
         self.client_order_id = client_order_id
         self.ts_ns = ts_ns
         self.input_id = input_id
+
+
+@final
+class Batch:
+    """Commands in columns, one native 64-bit array per field (client order ids in a list), for
+    `Engine.run`: the shell adds each decoded input with one compiled call (no object per command)
+    and the engine applies the whole batch without leaving compiled code.
+
+    A number that does not fit a signed 64-bit integer is stored as -1, which every field refuses
+    with the code it would have got (ids and ts_ns: R_BAD_INPUT, price: R_BAD_PRICE, quantity:
+    R_BAD_QTY); only the echo of such an id in the REJECTED event differs (-1)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.kind: vec[i64] = vec[i64]()
+        self.order_id: vec[i64] = vec[i64]()
+        self.account_id: vec[i64] = vec[i64]()
+        self.side: vec[i64] = vec[i64]()
+        self.order_type: vec[i64] = vec[i64]()
+        self.tif: vec[i64] = vec[i64]()
+        self.price_ticks: vec[i64] = vec[i64]()
+        self.qty_lots: vec[i64] = vec[i64]()
+        self.stp: vec[i64] = vec[i64]()
+        self.reduce_only: vec[i64] = vec[i64]()
+        self.ts_ns: vec[i64] = vec[i64]()
+        self.input_id: vec[i64] = vec[i64]()
+        self.client_order_id: list[str] = []
+
+    def _add(self, kind: int, order_id: int, account_id: int, side: int, order_type: int, tif: int,
+             price_ticks: int, qty_lots: int, stp: int, reduce_only: bool, client_order_id: str, ts_ns: int,
+             input_id: int) -> None:
+        self.kind = append(self.kind, _fit(kind))
+        self.order_id = append(self.order_id, _fit(order_id))
+        self.account_id = append(self.account_id, _fit(account_id))
+        self.side = append(self.side, _fit(side))
+        self.order_type = append(self.order_type, _fit(order_type))
+        self.tif = append(self.tif, _fit(tif))
+        self.price_ticks = append(self.price_ticks, _fit(price_ticks))
+        self.qty_lots = append(self.qty_lots, _fit(qty_lots))
+        self.stp = append(self.stp, _fit(stp))
+        self.reduce_only = append(self.reduce_only, 1 if reduce_only else 0)
+        self.ts_ns = append(self.ts_ns, _fit(ts_ns))
+        self.input_id = append(self.input_id, _fit(input_id))
+        self.client_order_id.append(client_order_id)
+        self.count += 1
+
+    def place(self, order_id: int, account_id: int, side: int, order_type: int, tif: int, price_ticks: int,
+              qty_lots: int, stp: int, reduce_only: bool, client_order_id: str, ts_ns: int) -> None:
+        self._add(CMD_PLACE, order_id, account_id, side, order_type, tif, price_ticks, qty_lots, stp, reduce_only,
+                  client_order_id, ts_ns, 0)
+
+    def cancel(self, order_id: int, account_id: int, ts_ns: int, input_id: int) -> None:
+        self._add(CMD_CANCEL, order_id, account_id, 0, 0, 0, 0, 0, 0, False, "", ts_ns, input_id)
+
+    def cancel_by_client_id(self, account_id: int, client_order_id: str, ts_ns: int, input_id: int) -> None:
+        self._add(CMD_CANCEL_BY_CLIENT_ID, 0, account_id, 0, 0, 0, 0, 0, 0, False, client_order_id, ts_ns, input_id)
+
+    def cancel_all(self, account_id: int, ts_ns: int, input_id: int) -> None:
+        self._add(CMD_CANCEL_ALL, 0, account_id, 0, 0, 0, 0, 0, 0, False, "", ts_ns, input_id)
+
+    def amend(self, order_id: int, account_id: int, new_price_ticks: int, new_qty_lots: int, ts_ns: int,
+              input_id: int) -> None:
+        self._add(CMD_AMEND, order_id, account_id, 0, 0, 0, new_price_ticks, new_qty_lots, 0, False, "", ts_ns,
+                  input_id)
+
+    def add(self, c: Command) -> None:
+        self._add(c.kind, c.order_id, c.account_id, c.side, c.order_type, c.tif, c.price_ticks, c.qty_lots, c.stp,
+                  c.reduce_only, c.client_order_id, c.ts_ns, c.input_id)
+
+
+def _fit(value: int) -> i64:
+    """`value` as a native 64-bit integer, or -1 when it does not fit (see Batch)."""
+    if -_SHORT_MAX <= value <= _SHORT_MAX:
+        return value
+    if value < _I64_MIN or value > MAX_ID:
+        return -1
+    return value
 
 
 @final
@@ -712,23 +790,56 @@ class Engine:
         self.ends = ends
         return self._buf[:self._n]
 
+    def run(self, batch: Batch) -> int:
+        """Apply a whole Batch in order without leaving compiled code; returns how many events it
+        emitted. Read them with `events()` (engine-owned, overwritten by the next call); `ends[i]`
+        is where input i's events end."""
+        self._begin()
+        ends: list[int] = []
+        kind = batch.kind
+        order_id = batch.order_id
+        account_id = batch.account_id
+        side = batch.side
+        order_type = batch.order_type
+        tif = batch.tif
+        price_ticks = batch.price_ticks
+        qty_lots = batch.qty_lots
+        stp = batch.stp
+        reduce_only = batch.reduce_only
+        ts_ns = batch.ts_ns
+        input_id = batch.input_id
+        coids = batch.client_order_id
+        for i in range(batch.count):
+            self._base = self._n
+            self._dispatch_fields(kind[i], order_id[i], account_id[i], side[i], order_type[i], tif[i], price_ticks[i],
+                                  qty_lots[i], stp[i], reduce_only[i] != 0, coids[i], ts_ns[i], input_id[i])
+            assert self._n - self._base <= self.max_events
+            ends.append(self._n)
+        self.ends = ends
+        return self._n
+
     def _dispatch(self, c: Command) -> None:
-        kind = c.kind
+        self._dispatch_fields(c.kind, c.order_id, c.account_id, c.side, c.order_type, c.tif, c.price_ticks,
+                              c.qty_lots, c.stp, c.reduce_only, c.client_order_id, c.ts_ns, c.input_id)
+
+    def _dispatch_fields(self, kind: int, order_id: int, account_id: int, side: int, order_type: int, tif: int,
+                         price_ticks: int, qty_lots: int, stp: int, reduce_only: bool, client_order_id: str,
+                         ts_ns: int, input_id: int) -> None:
         if kind == CMD_PLACE:
-            self._place(c.order_id, c.account_id, c.side, c.order_type, c.tif, c.price_ticks, c.qty_lots, c.stp,
-                        c.reduce_only, c.client_order_id, c.ts_ns)
-        elif c.input_id != 0 and not self._first_time(c.order_id, c.account_id, c.input_id, c.ts_ns):
+            self._place(order_id, account_id, side, order_type, tif, price_ticks, qty_lots, stp, reduce_only,
+                        client_order_id, ts_ns)
+        elif input_id != 0 and not self._first_time(order_id, account_id, input_id, ts_ns):
             return
         elif kind == CMD_CANCEL:
-            self._cancel(c.order_id, c.account_id, c.ts_ns)
+            self._cancel(order_id, account_id, ts_ns)
         elif kind == CMD_CANCEL_BY_CLIENT_ID:
-            self._cancel_by_client_id(c.account_id, c.client_order_id, c.ts_ns)
+            self._cancel_by_client_id(account_id, client_order_id, ts_ns)
         elif kind == CMD_CANCEL_ALL:
-            self._cancel_all(c.account_id, c.ts_ns)
+            self._cancel_all(account_id, ts_ns)
         elif kind == CMD_AMEND:
-            self._amend(c.order_id, c.account_id, c.price_ticks, c.qty_lots, c.ts_ns)
+            self._amend(order_id, account_id, price_ticks, qty_lots, ts_ns)
         else:
-            self._reject(c.order_id, c.account_id, 0, R_BAD_INPUT, max(0, min(c.ts_ns, MAX_ID)), "")
+            self._reject(order_id, account_id, 0, R_BAD_INPUT, max(0, min(ts_ns, MAX_ID)), "")
 
     # --- place ---------------------------------------------------------------------------------
     def _validate_shape(self, order_id: int, account_id: int, side: int, order_type: int, tif: int, stp: int,
@@ -1262,16 +1373,29 @@ def time_steps(engine: Engine, cmds: list[Command], sample_every: int) -> StepTi
     return out
 
 
-def time_batches(engine: Engine, cmds: list[Command], batch_size: int) -> StepTiming:
-    """Drive `engine.execute` over consecutive batches of `batch_size` commands, reading every event."""
+def batches_of(cmds: list[Command], batch_size: int) -> list[Batch]:
+    """The commands as consecutive Batches of `batch_size` (what the shell builds from a consumed batch)."""
+    out: list[Batch] = []
+    for start in range(0, len(cmds), batch_size):
+        batch = Batch()
+        for cmd in cmds[start:start + batch_size]:
+            batch.add(cmd)
+        out.append(batch)
+    return out
+
+
+def time_batches(engine: Engine, batches: list[Batch]) -> StepTiming:
+    """Drive `engine.run` over the batches, reading every event (kind, qty) as a consumer would."""
     out = StepTiming()
     clock = time.perf_counter_ns
     started = clock()
-    for start in range(0, len(cmds), batch_size):
-        events = engine.execute(cmds[start:start + batch_size])
-        for ev in events:
+    for batch in batches:
+        count = engine.run(batch)
+        buf = engine._buf
+        for i in range(count):
+            ev = buf[i]
             if ev.kind == EV_TRADE:
                 out.volume_lots += ev.qty_lots
-        out.events += len(events)
+        out.events += count
     out.elapsed_ns = clock() - started
     return out
