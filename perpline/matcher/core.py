@@ -627,7 +627,7 @@ class Engine:
         self._base = 0  # index in _buf of the current input's first event
         self._free_orders: list[Order] = []
         self._free_levels: list[Level] = []
-        self.ends: list[int] = []  # after `execute`: where each input's events end in the returned list
+        self.ends: vec[i64] = vec[i64]()  # after `execute` / `run`: where each input's events end
 
     # --- events ------------------------------------------------------------------------------
     def _emit(self, kind: int, order_id: int, account_id: int, side: int, ts_ns: int, price_ticks: int,
@@ -781,12 +781,12 @@ class Engine:
         the end of input i's events in that list. The Event objects belong to the engine and are
         reused by its next call: convert them before calling again."""
         self._begin()
-        ends: list[int] = []
+        ends = vec[i64](capacity=len(cmds))
         for cmd in cmds:
             self._base = self._n
             self._dispatch(cmd)
             assert self._n - self._base <= self.max_events
-            ends.append(self._n)
+            ends = append(ends, self._n)
         self.ends = ends
         return self._buf[:self._n]
 
@@ -795,7 +795,7 @@ class Engine:
         emitted. Read them with `events()` (engine-owned, overwritten by the next call); `ends[i]`
         is where input i's events end."""
         self._begin()
-        ends: list[int] = []
+        ends = vec[i64](capacity=batch.count)
         kind = batch.kind
         order_id = batch.order_id
         account_id = batch.account_id
@@ -814,7 +814,7 @@ class Engine:
             self._dispatch_fields(kind[i], order_id[i], account_id[i], side[i], order_type[i], tif[i], price_ticks[i],
                                   qty_lots[i], stp[i], reduce_only[i] != 0, coids[i], ts_ns[i], input_id[i])
             assert self._n - self._base <= self.max_events
-            ends.append(self._n)
+            ends = append(ends, self._n)
         self.ends = ends
         return self._n
 
