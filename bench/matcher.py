@@ -9,12 +9,12 @@ Engines and figures (ratios are measured in the same run; nothing here is a test
 - compiled core, per call: `core.time_steps` (compiled) calls `Engine.step` once per command and
   reads every event, as a consumer would; per-command latency sampled on every 16th command.
   `ops_per_s_python_loop` is the same per-call path driven from an interpreted Python loop.
-- compiled core, batches: `Engine.execute` over batches of 1,000 commands (`batch_ops_per_s`).
+- compiled core, batches: `Engine.run` over columnar Batches of 1,000 commands (`batch_ops_per_s`).
 - the same core uncompiled (`ops_per_s_pure`), and a naive dict-of-deques book (bench/naive_book.py).
 - PyPI engines (bench/peers/), run from `.venv-bench` when it exists (`make bench` creates it
   from bench/requirements-peers.lock), each checked for the same traded volume and final book.
 - `decode_ns_per_msg`: the runner's cost per input before the engine (msgspec decode of the
-  contract message and conversion to an engine command).
+  contract message and adding it to the core's columnar Batch).
 - `recovery_s_per_1m`: a real Matcher recovering from a WAL of N inputs (no snapshot), scaled to 1M.
 """
 
@@ -97,7 +97,7 @@ def run_core(pure: bool, data: Flow) -> dict[str, Any]:
     if pure:
         return result
     batch_engine = core.Engine("B", core.EngineConfig(default_stp=core.STP_NONE))
-    batch = core.time_batches(batch_engine, cmds, 1000)
+    batch = core.time_batches(batch_engine, core.batches_of(cmds, 1000))
     assert batch.volume_lots == timing.volume_lots and batch_engine.state_hash() == engine.state_hash()
     result["batch_ops_per_s"] = len(cmds) / (batch.elapsed_ns / 1e9)
     result["ops_per_s_python_loop"] = _python_loop(core, cmds, timing.volume_lots)
@@ -145,7 +145,7 @@ def encoded_inputs(data: Flow) -> list[bytes]:
 
 
 def run_decode(data: Flow) -> dict[str, Any]:
-    """The runner's per-input work before the engine: msgspec decode + conversion to a Command."""
+    """The runner's per-input work before the engine: msgspec decode + adding it to a core Batch."""
     from perpline.contracts import codec
     from perpline.matcher import convert
     from perpline.matcher.loader import load_core
@@ -153,8 +153,11 @@ def run_decode(data: Flow) -> dict[str, Any]:
     core = load_core()
     raw = encoded_inputs(data[:100_000])
     started = time.perf_counter_ns()
-    for payload in raw:
-        convert.to_command(core, codec.decode("orders", payload))
+    batch = core.Batch()
+    for n, payload in enumerate(raw):
+        if n % 1000 == 0:
+            batch = core.Batch()
+        convert.add_input(core, batch, codec.decode("orders", payload))
     return {"decode_ns_per_msg": (time.perf_counter_ns() - started) / len(raw)}
 
 

@@ -17,6 +17,64 @@ _STPS = {"DEFAULT": "STP_DEFAULT", "NONE": "STP_NONE", "EXPIRE_TAKER": "STP_EXPI
 
 _CODES: dict[int, dict[str, int]] = {}
 MAX_INPUT_ID = (1 << 63) - 1  # the engine's ids are positive signed 64-bit integers
+MAX_CACHED_NUMBERS = 65_536  # per instrument and direction; a full cache starts over
+
+
+class Grid:
+    """One instrument's price and quantity conversions, memoized. Orders and events near the market
+    repeat the same few hundred numbers, and parsing or formatting a decimal string costs about a
+    microsecond each; a hit is one dict lookup. A miss asks the Instrument (the one place for the
+    rule), and a refused number raises there and is never cached. Bounded: a full cache is cleared."""
+
+    def __init__(self, inst: Instrument) -> None:
+        self.inst = inst
+        self.symbol = inst.symbol
+        self._price_in: dict[str, int] = {}
+        self._qty_in: dict[str, int] = {}
+        self._price_out: dict[int, str] = {}
+        self._qty_out: dict[int, str] = {}
+
+    def parse_price(self, text: str) -> int:
+        found = self._price_in.get(text)
+        if found is None:
+            found = _remember(self._price_in, text, self.inst.parse_price(text))
+        return found
+
+    def parse_qty(self, text: str) -> int:
+        found = self._qty_in.get(text)
+        if found is None:
+            found = _remember(self._qty_in, text, self.inst.parse_qty(text))
+        return found
+
+    def format_price(self, price_ticks: int) -> str:
+        found = self._price_out.get(price_ticks)
+        if found is None:
+            found = _remember(self._price_out, price_ticks, self.inst.format_price(price_ticks))
+        return found
+
+    def format_qty(self, qty_lots: int) -> str:
+        found = self._qty_out.get(qty_lots)
+        if found is None:
+            found = _remember(self._qty_out, qty_lots, self.inst.format_qty(qty_lots))
+        return found
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
+    if len(cache) >= MAX_CACHED_NUMBERS:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+_GRIDS: dict[str, Grid] = {}
+
+
+def grid(symbol: str) -> Grid:
+    """The memoized conversions of a catalog symbol; raises UnitError for an unknown one."""
+    found = _GRIDS.get(symbol)
+    if found is None or found.inst is not instrument(symbol):  # a reloaded catalog gets new caches
+        found = _GRIDS[symbol] = Grid(instrument(symbol))
+    return found
 
 
 def _codes(core: Any) -> dict[str, int]:
@@ -30,7 +88,7 @@ def _codes(core: Any) -> dict[str, int]:
 
 def to_command(core: Any, cmd: m.Msg) -> Any:
     """The engine command for one input; raises UnitError when its numbers are not on the grid."""
-    inst = instrument(cmd.symbol)
+    inst = grid(cmd.symbol)
     ts_ns = cmd.ts_ms * 1_000_000
     if isinstance(cmd, m.NewOrder):
         codes = _codes(core)
@@ -57,59 +115,106 @@ def input_id(cmd: m.CancelRequest | m.AmendRequest) -> int:
     return (int.from_bytes(digest, "little") & MAX_INPUT_ID) or 1
 
 
-def apply_batch(engine: Any, core: Any, inputs: list[tuple[m.Msg, Any]]) -> list[list[m.Msg]]:
-    """Apply (input, command) pairs of ONE symbol with the engine's batch call; the contract events
-    of each input, in order (seq from the engine)."""
-    if not inputs:
+def add_input(core: Any, batch: Any, cmd: m.Msg) -> None:
+    """Append one input to a core Batch (one compiled call, no command object); raises UnitError
+    and adds nothing when its numbers are not on the instrument's grid."""
+    inst = grid(cmd.symbol)
+    ts_ns = cmd.ts_ms * 1_000_000
+    if isinstance(cmd, m.NewOrder):
+        codes = _codes(core)
+        price_ticks = inst.parse_price(cmd.price) if cmd.price is not None else 0
+        qty_lots = inst.parse_qty(cmd.quantity)
+        batch.place(cmd.order_id, cmd.account_id, codes[cmd.side], codes[cmd.order_type], codes[cmd.time_in_force],
+                    price_ticks, qty_lots, codes[cmd.stp], cmd.reduce_only, cmd.client_order_id, ts_ns)
+    elif isinstance(cmd, m.AmendRequest):
+        price_ticks = inst.parse_price(cmd.price)
+        qty_lots = inst.parse_qty(cmd.quantity)
+        batch.amend(cmd.order_id, cmd.account_id, price_ticks, qty_lots, ts_ns, input_id(cmd))
+    else:
+        assert isinstance(cmd, m.CancelRequest)
+        batch.cancel(cmd.order_id, cmd.account_id, ts_ns, input_id(cmd))
+
+
+def run_batch(engine: Any, core: Any, causes: list[m.Msg], batch: Any) -> list[list[m.Msg]]:
+    """Apply a Batch of ONE symbol's inputs (`causes[i]` is the input batch row i came from) with one
+    `Engine.run`; the contract events of each input, in order (seq from the engine)."""
+    if not causes:
         return []
-    raw = engine.execute([command for _, command in inputs])
-    inst = instrument(inputs[0][0].symbol)
+    engine.run(batch)
+    raw = engine.events()
+    inst = grid(causes[0].symbol)
     out: list[list[m.Msg]] = []
     start = 0
-    for (cause, _), end in zip(inputs, engine.ends, strict=True):
-        out.append([to_message(core, inst, raw[i], cause) for i in range(start, end)])
+    for cause, end in zip(causes, engine.ends, strict=True):
+        if start == end:
+            out.append([])
+            continue
+        trace_id, cause_id = cause.trace_id, _cause_id(cause)
+        out.append([to_message(core, inst, raw[i], cause, trace_id, cause_id) for i in range(start, end)])
         start = end
     return out
 
 
+def apply_batch(engine: Any, core: Any, inputs: list[tuple[m.Msg, Any]]) -> list[list[m.Msg]]:
+    """Apply (input, Command) pairs of ONE symbol with one batch call; see run_batch."""
+    batch = core.Batch()
+    for _, command in inputs:
+        batch.add(command)
+    return run_batch(engine, core, [cause for cause, _ in inputs], batch)
+
+
 def apply(engine: Any, core: Any, cmd: m.Msg) -> list[m.Msg]:
     """Apply one input to its engine; returns the contract events (seq from the engine)."""
-    return apply_batch(engine, core, [(cmd, to_command(core, cmd))])[0]
+    batch = core.Batch()
+    add_input(core, batch, cmd)
+    return run_batch(engine, core, [cmd], batch)[0]
 
 
-def to_message(core: Any, inst: Instrument, ev: Any, cause: m.Msg) -> m.Msg:
-    base: dict[str, Any] = {"trace_id": cause.trace_id, "causation_id": _cause_id(cause), "ts_ms": ev.ts_ns // 1_000_000,
-                            "symbol": inst.symbol, "seq": ev.seq}
+def to_message(core: Any, inst: Grid, ev: Any, cause: m.Msg, trace_id: str, cause_id: str) -> m.Msg:
+    """The contract event for one engine event. Every field is passed by name, never by `**dict`:
+    msgspec builds a struct from unpacked keywords about 8x slower (2 us against 0.25 us)."""
+    ts_ms = ev.ts_ns // 1_000_000
+    symbol = inst.symbol
+    seq = ev.seq
     side = "BUY" if ev.side == core.SIDE_BUY else "SELL"
     kind = ev.kind
     if kind == core.EV_TRADE:
-        return m.Trade(**base, trade_id=ev.trade_id, price=inst.format_price(ev.price_ticks),
+        return m.Trade(trace_id=trace_id, causation_id=cause_id, ts_ms=ts_ms, symbol=symbol, seq=seq,
+                       trade_id=ev.trade_id, price=inst.format_price(ev.price_ticks),
                        quantity=inst.format_qty(ev.qty_lots), taker_side=side,  # type: ignore[arg-type]
                        taker_order_id=ev.order_id, taker_account_id=ev.account_id,
                        taker_leaves=inst.format_qty(ev.leaves_lots), maker_order_id=ev.maker_order_id,
                        maker_account_id=ev.maker_account_id, maker_leaves=inst.format_qty(ev.maker_leaves_lots))
     if kind == core.EV_ACCEPTED:
-        return m.OrderAccepted(**base, order_id=ev.order_id, account_id=ev.account_id, side=side,  # type: ignore[arg-type]
+        return m.OrderAccepted(trace_id=trace_id, causation_id=cause_id, ts_ms=ts_ms, symbol=symbol, seq=seq,
+                               order_id=ev.order_id, account_id=ev.account_id, side=side,  # type: ignore[arg-type]
                                quantity=inst.format_qty(ev.qty_lots))
     if kind == core.EV_RESTED:
-        return m.OrderRested(**base, order_id=ev.order_id, account_id=ev.account_id, side=side,  # type: ignore[arg-type]
+        return m.OrderRested(trace_id=trace_id, causation_id=cause_id, ts_ms=ts_ms, symbol=symbol, seq=seq,
+                             order_id=ev.order_id, account_id=ev.account_id, side=side,  # type: ignore[arg-type]
                              price=inst.format_price(ev.price_ticks), leaves=inst.format_qty(ev.leaves_lots))
     if kind == core.EV_CANCELLED:
-        return m.OrderCancelled(**base, order_id=ev.order_id, account_id=ev.account_id,
+        return m.OrderCancelled(trace_id=trace_id, causation_id=cause_id, ts_ms=ts_ms, symbol=symbol, seq=seq,
+                                order_id=ev.order_id, account_id=ev.account_id,
                                 leaves=inst.format_qty(ev.leaves_lots), code=ev.code)
     if kind == core.EV_EXPIRED:
-        return m.OrderExpired(**base, order_id=ev.order_id, account_id=ev.account_id,
+        return m.OrderExpired(trace_id=trace_id, causation_id=cause_id, ts_ms=ts_ms, symbol=symbol, seq=seq,
+                              order_id=ev.order_id, account_id=ev.account_id,
                               leaves=inst.format_qty(ev.leaves_lots), code=ev.code)
     if kind == core.EV_AMENDED:
-        return m.OrderAmended(**base, order_id=ev.order_id, account_id=ev.account_id,
+        return m.OrderAmended(trace_id=trace_id, causation_id=cause_id, ts_ms=ts_ms, symbol=symbol, seq=seq,
+                              order_id=ev.order_id, account_id=ev.account_id,
                               price=inst.format_price(ev.price_ticks), quantity=inst.format_qty(ev.qty_lots),
                               leaves=inst.format_qty(ev.leaves_lots))
     if kind == core.EV_REJECTED and isinstance(cause, m.CancelRequest):
-        return m.CancelRejected(**base, order_id=ev.order_id, account_id=ev.account_id, code=ev.code)
+        return m.CancelRejected(trace_id=trace_id, causation_id=cause_id, ts_ms=ts_ms, symbol=symbol, seq=seq,
+                                order_id=ev.order_id, account_id=ev.account_id, code=ev.code)
     if kind == core.EV_REJECTED and isinstance(cause, m.AmendRequest):
-        return m.AmendRejected(**base, order_id=ev.order_id, account_id=ev.account_id, code=ev.code)
+        return m.AmendRejected(trace_id=trace_id, causation_id=cause_id, ts_ms=ts_ms, symbol=symbol, seq=seq,
+                               order_id=ev.order_id, account_id=ev.account_id, code=ev.code)
     if kind == core.EV_REJECTED:
-        return m.OrderRejected(**base, order_id=ev.order_id, account_id=ev.account_id, code=ev.code)
+        return m.OrderRejected(trace_id=trace_id, causation_id=cause_id, ts_ms=ts_ms, symbol=symbol, seq=seq,
+                               order_id=ev.order_id, account_id=ev.account_id, code=ev.code)
     raise AssertionError(f"unknown engine event kind {kind}")
 
 

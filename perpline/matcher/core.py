@@ -62,6 +62,9 @@ import struct
 import time
 from typing import Any, Final, final
 
+from librt.vecs import append, pop, vec
+from mypy_extensions import i64
+
 SIDE_BUY: Final = 1
 SIDE_SELL: Final = 2
 TYPE_LIMIT: Final = 1
@@ -111,6 +114,10 @@ SNAPSHOT_MAGIC: Final = b"PLMX"
 SNAPSHOT_VERSION: Final = 3  # 3 added the remembered input ids; version 2 is still read (none remembered)
 PPM: Final = 1_000_000
 MAX_ID: Final = (1 << 63) - 1  # order, account ids and ts_ns fit a signed 64-bit integer
+# The largest int mypyc keeps unboxed (tagged): comparing with it first keeps every id check off the
+# big-integer path that comparing with MAX_ID alone takes.
+_SHORT_MAX: Final = (1 << 62) - 1
+_I64_MIN: Final = -(1 << 63)
 MAX_CLIENT_ORDER_ID_CHARS: Final = 64
 
 _SNAP_HEAD: Final = struct.Struct("<4sHI")
@@ -283,6 +290,83 @@ class Command:
 
 
 @final
+class Batch:
+    """Commands in columns, one native 64-bit array per field (client order ids in a list), for
+    `Engine.run`: the shell adds each decoded input with one compiled call (no object per command)
+    and the engine applies the whole batch without leaving compiled code.
+
+    A number that does not fit a signed 64-bit integer is stored as -1, which every field refuses
+    with the code it would have got (ids and ts_ns: R_BAD_INPUT, price: R_BAD_PRICE, quantity:
+    R_BAD_QTY); only the echo of such an id in the REJECTED event differs (-1)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.kind: vec[i64] = vec[i64]()
+        self.order_id: vec[i64] = vec[i64]()
+        self.account_id: vec[i64] = vec[i64]()
+        self.side: vec[i64] = vec[i64]()
+        self.order_type: vec[i64] = vec[i64]()
+        self.tif: vec[i64] = vec[i64]()
+        self.price_ticks: vec[i64] = vec[i64]()
+        self.qty_lots: vec[i64] = vec[i64]()
+        self.stp: vec[i64] = vec[i64]()
+        self.reduce_only: vec[i64] = vec[i64]()
+        self.ts_ns: vec[i64] = vec[i64]()
+        self.input_id: vec[i64] = vec[i64]()
+        self.client_order_id: list[str] = []
+
+    def _add(self, kind: int, order_id: int, account_id: int, side: int, order_type: int, tif: int,
+             price_ticks: int, qty_lots: int, stp: int, reduce_only: bool, client_order_id: str, ts_ns: int,
+             input_id: int) -> None:
+        self.kind = append(self.kind, _fit(kind))
+        self.order_id = append(self.order_id, _fit(order_id))
+        self.account_id = append(self.account_id, _fit(account_id))
+        self.side = append(self.side, _fit(side))
+        self.order_type = append(self.order_type, _fit(order_type))
+        self.tif = append(self.tif, _fit(tif))
+        self.price_ticks = append(self.price_ticks, _fit(price_ticks))
+        self.qty_lots = append(self.qty_lots, _fit(qty_lots))
+        self.stp = append(self.stp, _fit(stp))
+        self.reduce_only = append(self.reduce_only, 1 if reduce_only else 0)
+        self.ts_ns = append(self.ts_ns, _fit(ts_ns))
+        self.input_id = append(self.input_id, _fit(input_id))
+        self.client_order_id.append(client_order_id)
+        self.count += 1
+
+    def place(self, order_id: int, account_id: int, side: int, order_type: int, tif: int, price_ticks: int,
+              qty_lots: int, stp: int, reduce_only: bool, client_order_id: str, ts_ns: int) -> None:
+        self._add(CMD_PLACE, order_id, account_id, side, order_type, tif, price_ticks, qty_lots, stp, reduce_only,
+                  client_order_id, ts_ns, 0)
+
+    def cancel(self, order_id: int, account_id: int, ts_ns: int, input_id: int) -> None:
+        self._add(CMD_CANCEL, order_id, account_id, 0, 0, 0, 0, 0, 0, False, "", ts_ns, input_id)
+
+    def cancel_by_client_id(self, account_id: int, client_order_id: str, ts_ns: int, input_id: int) -> None:
+        self._add(CMD_CANCEL_BY_CLIENT_ID, 0, account_id, 0, 0, 0, 0, 0, 0, False, client_order_id, ts_ns, input_id)
+
+    def cancel_all(self, account_id: int, ts_ns: int, input_id: int) -> None:
+        self._add(CMD_CANCEL_ALL, 0, account_id, 0, 0, 0, 0, 0, 0, False, "", ts_ns, input_id)
+
+    def amend(self, order_id: int, account_id: int, new_price_ticks: int, new_qty_lots: int, ts_ns: int,
+              input_id: int) -> None:
+        self._add(CMD_AMEND, order_id, account_id, 0, 0, 0, new_price_ticks, new_qty_lots, 0, False, "", ts_ns,
+                  input_id)
+
+    def add(self, c: Command) -> None:
+        self._add(c.kind, c.order_id, c.account_id, c.side, c.order_type, c.tif, c.price_ticks, c.qty_lots, c.stp,
+                  c.reduce_only, c.client_order_id, c.ts_ns, c.input_id)
+
+
+def _fit(value: int) -> i64:
+    """`value` as a native 64-bit integer, or -1 when it does not fit (see Batch)."""
+    if -_SHORT_MAX <= value <= _SHORT_MAX:
+        return value
+    if value < _I64_MIN or value > MAX_ID:
+        return -1
+    return value
+
+
+@final
 class Order:
     """A live order. Resting orders are nodes of two intrusive doubly linked lists: their price
     level's FIFO (prev/next) and their account's open orders (acc_prev/acc_next). Objects are
@@ -406,23 +490,24 @@ class AccountOrders:
 @final
 class BookSide:
     """One side's levels, sorted so that the BEST level is always the LAST element: `keys` holds
-    the price for bids and minus the price for asks, ascending; `levels` is parallel to it.
-    Matching pops from the end; a new level is inserted by binary search (a few dozen levels,
-    mostly near the end). No dict: a lookup by price is a bisect over native integers."""
+    the price for bids and minus the price for asks, ascending, as native 64-bit integers (a
+    `vec[i64]`: no boxed int per comparison); `levels` is parallel to it. Matching pops from the
+    end; a new level is inserted by binary search (a few dozen levels, mostly near the end). No
+    dict: a lookup by price is a bisect over native integers."""
 
     def __init__(self, is_bid: bool) -> None:
         self.is_bid = is_bid
-        self.keys: list[int] = []
+        self.keys: vec[i64] = vec[i64]()
         self.levels: list[Level] = []
 
-    def key(self, price_ticks: int) -> int:
+    def key(self, price_ticks: int) -> i64:
         return price_ticks if self.is_bid else -price_ticks
 
-    def index(self, key: int) -> int:
+    def index(self, key: i64) -> i64:
         """The first index whose key is >= `key` (bisect_left)."""
         keys = self.keys
-        lo = 0
-        hi = len(keys)
+        lo: i64 = 0
+        hi: i64 = len(keys)
         if hi > 0 and keys[hi - 1] < key:
             return hi
         while lo < hi:
@@ -447,23 +532,35 @@ class BookSide:
     def insert(self, level: Level) -> None:
         key = self.key(level.price_ticks)
         i = self.index(key)
-        assert i == len(self.keys) or self.keys[i] != key
-        if i == len(self.keys):
-            self.keys.append(key)
+        keys = self.keys
+        n = len(keys)
+        assert i == n or keys[i] != key
+        keys = append(keys, key)
+        j = n
+        while j > i:  # shift the worse keys up by one (new levels are mostly near the best end)
+            keys[j] = keys[j - 1]
+            j -= 1
+        keys[i] = key
+        self.keys = keys
+        if i == n:
             self.levels.append(level)
         else:
-            self.keys.insert(i, key)
             self.levels.insert(i, level)
 
     def drop(self, level: Level) -> None:
         last = len(self.levels) - 1
         if last >= 0 and self.levels[last] is level:
-            self.keys.pop()
+            self.keys, _ = pop(self.keys)
             self.levels.pop()
             return
         i = self.index(self.key(level.price_ticks))
         assert self.levels[i] is level
-        del self.keys[i]
+        keys = self.keys
+        j = i
+        while j < last:
+            keys[j] = keys[j + 1]
+            j += 1
+        self.keys, _ = pop(keys)
         del self.levels[i]
 
     def count(self) -> int:
@@ -486,7 +583,11 @@ def _crosses(taker_side: int, limit_ticks: int, maker_price_ticks: int) -> bool:
 
 
 def _valid_id(value: int) -> bool:
-    return 0 < value <= MAX_ID
+    return 0 < value and (value <= _SHORT_MAX or value <= MAX_ID)
+
+
+def _valid_ts(ts_ns: int) -> bool:
+    return 0 <= ts_ns and (ts_ns <= _SHORT_MAX or ts_ns <= MAX_ID)
 
 
 def _rests(order_type: int, tif: int) -> bool:
@@ -515,6 +616,9 @@ class Engine:
         self.by_account: dict[Any, AccountOrders] = {}
         self.by_client: dict[tuple[int, str], Order] = {}
         self.seen = RecentIds(config.max_seen_ids)  # order ids consumed by places
+        # No id above this was ever consumed (live or remembered): a new order id above it needs no
+        # lookup to be known fresh. Order ids grow per account, so that is the common case.
+        self.max_consumed_id = 0
         self.applied = RecentIds(config.max_seen_ids)  # input_ids of the other inputs applied
         self.seq = 0  # last seq emitted
         self.trade_seq = 0  # last trade_id emitted
@@ -523,7 +627,7 @@ class Engine:
         self._base = 0  # index in _buf of the current input's first event
         self._free_orders: list[Order] = []
         self._free_levels: list[Level] = []
-        self.ends: list[int] = []  # after `execute`: where each input's events end in the returned list
+        self.ends: vec[i64] = vec[i64]()  # after `execute` / `run`: where each input's events end
 
     # --- events ------------------------------------------------------------------------------
     def _emit(self, kind: int, order_id: int, account_id: int, side: int, ts_ns: int, price_ticks: int,
@@ -677,37 +781,70 @@ class Engine:
         the end of input i's events in that list. The Event objects belong to the engine and are
         reused by its next call: convert them before calling again."""
         self._begin()
-        ends: list[int] = []
+        ends = vec[i64](capacity=len(cmds))
         for cmd in cmds:
             self._base = self._n
             self._dispatch(cmd)
             assert self._n - self._base <= self.max_events
-            ends.append(self._n)
+            ends = append(ends, self._n)
         self.ends = ends
         return self._buf[:self._n]
 
+    def run(self, batch: Batch) -> int:
+        """Apply a whole Batch in order without leaving compiled code; returns how many events it
+        emitted. Read them with `events()` (engine-owned, overwritten by the next call); `ends[i]`
+        is where input i's events end."""
+        self._begin()
+        ends = vec[i64](capacity=batch.count)
+        kind = batch.kind
+        order_id = batch.order_id
+        account_id = batch.account_id
+        side = batch.side
+        order_type = batch.order_type
+        tif = batch.tif
+        price_ticks = batch.price_ticks
+        qty_lots = batch.qty_lots
+        stp = batch.stp
+        reduce_only = batch.reduce_only
+        ts_ns = batch.ts_ns
+        input_id = batch.input_id
+        coids = batch.client_order_id
+        for i in range(batch.count):
+            self._base = self._n
+            self._dispatch_fields(kind[i], order_id[i], account_id[i], side[i], order_type[i], tif[i], price_ticks[i],
+                                  qty_lots[i], stp[i], reduce_only[i] != 0, coids[i], ts_ns[i], input_id[i])
+            assert self._n - self._base <= self.max_events
+            ends = append(ends, self._n)
+        self.ends = ends
+        return self._n
+
     def _dispatch(self, c: Command) -> None:
-        kind = c.kind
+        self._dispatch_fields(c.kind, c.order_id, c.account_id, c.side, c.order_type, c.tif, c.price_ticks,
+                              c.qty_lots, c.stp, c.reduce_only, c.client_order_id, c.ts_ns, c.input_id)
+
+    def _dispatch_fields(self, kind: int, order_id: int, account_id: int, side: int, order_type: int, tif: int,
+                         price_ticks: int, qty_lots: int, stp: int, reduce_only: bool, client_order_id: str,
+                         ts_ns: int, input_id: int) -> None:
         if kind == CMD_PLACE:
-            self._place(c.order_id, c.account_id, c.side, c.order_type, c.tif, c.price_ticks, c.qty_lots, c.stp,
-                        c.reduce_only, c.client_order_id, c.ts_ns)
-        elif c.input_id != 0 and not self._first_time(c.order_id, c.account_id, c.input_id, c.ts_ns):
+            self._place(order_id, account_id, side, order_type, tif, price_ticks, qty_lots, stp, reduce_only,
+                        client_order_id, ts_ns)
+        elif input_id != 0 and not self._first_time(order_id, account_id, input_id, ts_ns):
             return
         elif kind == CMD_CANCEL:
-            self._cancel(c.order_id, c.account_id, c.ts_ns)
+            self._cancel(order_id, account_id, ts_ns)
         elif kind == CMD_CANCEL_BY_CLIENT_ID:
-            self._cancel_by_client_id(c.account_id, c.client_order_id, c.ts_ns)
+            self._cancel_by_client_id(account_id, client_order_id, ts_ns)
         elif kind == CMD_CANCEL_ALL:
-            self._cancel_all(c.account_id, c.ts_ns)
+            self._cancel_all(account_id, ts_ns)
         elif kind == CMD_AMEND:
-            self._amend(c.order_id, c.account_id, c.price_ticks, c.qty_lots, c.ts_ns)
+            self._amend(order_id, account_id, price_ticks, qty_lots, ts_ns)
         else:
-            self._reject(c.order_id, c.account_id, 0, R_BAD_INPUT, max(0, min(c.ts_ns, MAX_ID)), "")
+            self._reject(order_id, account_id, 0, R_BAD_INPUT, max(0, min(ts_ns, MAX_ID)), "")
 
     # --- place ---------------------------------------------------------------------------------
     def _validate_shape(self, order_id: int, account_id: int, side: int, order_type: int, tif: int, stp: int,
                         client_order_id: str, ts_ns: int) -> int:
-        if not _valid_id(order_id) or not _valid_id(account_id) or ts_ns < 0 or ts_ns > MAX_ID:
+        if not _valid_id(order_id) or not _valid_id(account_id) or not _valid_ts(ts_ns):
             return R_BAD_INPUT
         if side != SIDE_BUY and side != SIDE_SELL:
             return R_BAD_INPUT
@@ -730,7 +867,7 @@ class Engine:
             return R_BAD_QTY
         if order_type == TYPE_LIMIT and (price_ticks <= 0 or price_ticks > self.config.max_price_ticks):
             return R_BAD_PRICE
-        if key in self.orders or key in self.seen.ids:
+        if order_id <= self.max_consumed_id and (key in self.orders or key in self.seen.ids):
             return R_DUPLICATE_ORDER_ID
         return OK
 
@@ -769,6 +906,8 @@ class Engine:
             self._reject(order_id, account_id, side, code, ts_ns, client_order_id)
             return
         self.seen.add(key)  # from here on every answer depends on the book: a resent copy must not get another
+        if order_id > self.max_consumed_id:
+            self.max_consumed_id = order_id
         if client_order_id and (account_id, client_order_id) in self.by_client:
             self._reject(order_id, account_id, side, R_BAD_INPUT, ts_ns, client_order_id)
             return
@@ -925,7 +1064,7 @@ class Engine:
         return OK
 
     def _trade(self, taker: Order, maker: Order, level: Level, ts_ns: int) -> None:
-        qty_lots = min(taker.leaves_lots, maker.leaves_lots)
+        qty_lots = taker.leaves_lots if taker.leaves_lots < maker.leaves_lots else maker.leaves_lots
         assert qty_lots > 0 and maker.level is level
         taker.leaves_lots -= qty_lots
         taker.filled_lots += qty_lots
@@ -1047,7 +1186,7 @@ class Engine:
         self._recycle(order)
 
     def _amend_code(self, order: Order, new_price_ticks: int, new_qty_lots: int, ts_ns: int) -> int:
-        if ts_ns < 0 or ts_ns > MAX_ID:
+        if not _valid_ts(ts_ns):
             return R_BAD_INPUT
         if new_qty_lots <= order.filled_lots or new_qty_lots > self.config.max_qty_lots:
             return R_BAD_QTY
@@ -1073,9 +1212,10 @@ class Engine:
         assert best_bid == 0 or best_ask == 0 or best_bid < best_ask, "book crossed"
         count = 0
         for book in (self.bids, self.asks):
-            assert book.keys == sorted(set(book.keys)) and len(book.keys) == len(book.levels)
+            keys = [int(k) for k in book.keys]
+            assert keys == sorted(set(keys)) and len(keys) == len(book.levels)
             assert book.count() <= self.config.max_levels
-            for key, level in zip(book.keys, book.levels, strict=True):
+            for key, level in zip(keys, book.levels, strict=True):
                 assert book.key(level.price_ticks) == key
                 count += self._check_level(book, level)
         assert count == len(self.orders) <= self.config.max_orders
@@ -1085,6 +1225,8 @@ class Engine:
         assert all(self.orders.get(o.order_id) is o for o in self.by_client.values())
         assert len(self.by_client) == sum(1 for o in self.orders.values() if o.client_order_id)
         self.seen.check()
+        assert all(k <= self.max_consumed_id for k in self.orders) and all(
+            k <= self.max_consumed_id for k in self.seen.ids), "an id above max_consumed_id was consumed"
         self.applied.check()
         assert all(order.level is None and order.account is None for order in self._free_orders)
 
@@ -1163,6 +1305,7 @@ def from_snapshot(data: bytes) -> Engine:
         raise ValueError(f"malformed snapshot: {exc!r}") from exc
     for order_id in seen:
         engine.seen.add(order_id)
+    engine.max_consumed_id = max([0, *seen, *[int(o) for o in engine.orders]])
     for input_id in applied:
         engine.applied.add(input_id)
     engine.check_invariants()
@@ -1230,16 +1373,29 @@ def time_steps(engine: Engine, cmds: list[Command], sample_every: int) -> StepTi
     return out
 
 
-def time_batches(engine: Engine, cmds: list[Command], batch_size: int) -> StepTiming:
-    """Drive `engine.execute` over consecutive batches of `batch_size` commands, reading every event."""
+def batches_of(cmds: list[Command], batch_size: int) -> list[Batch]:
+    """The commands as consecutive Batches of `batch_size` (what the shell builds from a consumed batch)."""
+    out: list[Batch] = []
+    for start in range(0, len(cmds), batch_size):
+        batch = Batch()
+        for cmd in cmds[start:start + batch_size]:
+            batch.add(cmd)
+        out.append(batch)
+    return out
+
+
+def time_batches(engine: Engine, batches: list[Batch]) -> StepTiming:
+    """Drive `engine.run` over the batches, reading every event (kind, qty) as a consumer would."""
     out = StepTiming()
     clock = time.perf_counter_ns
     started = clock()
-    for start in range(0, len(cmds), batch_size):
-        events = engine.execute(cmds[start:start + batch_size])
-        for ev in events:
+    for batch in batches:
+        count = engine.run(batch)
+        buf = engine._buf
+        for i in range(count):
+            ev = buf[i]
             if ev.kind == EV_TRADE:
                 out.volume_lots += ev.qty_lots
-        out.events += len(events)
+        out.events += count
     out.elapsed_ns = clock() - started
     return out

@@ -206,21 +206,19 @@ class Matcher:
     def _apply_records(self, records: list[bytes]) -> list[tuple[str, list[Any]]]:
         """Decode WAL records, then apply each symbol's inputs with one batch call (order kept within
         a symbol; symbols are independent). Returns (symbol, events) per applied input."""
-        per_symbol: dict[str, list[tuple[m.Msg, Any]]] = {}
+        per_symbol: dict[str, tuple[list[m.Msg], Any]] = {}
         for record in records:
-            decoded = self._decode(record)
-            if decoded is not None:
-                per_symbol.setdefault(decoded[0].symbol, []).append(decoded)
+            self._decode(record, per_symbol)
         out: list[tuple[str, list[Any]]] = []
-        for symbol, inputs in per_symbol.items():
-            events = convert.apply_batch(self.state.engines[symbol], self.core, inputs)
+        for symbol, (causes, batch) in per_symbol.items():
+            events = convert.run_batch(self.state.engines[symbol], self.core, causes, batch)
             out.extend((symbol, one) for one in events)
-            INPUTS.labels(symbol).inc(len(inputs))
+            INPUTS.labels(symbol).inc(len(causes))
         return out
 
-    def _decode(self, record: bytes) -> tuple[m.Msg, Any] | None:
-        """(input, engine command), or None after dead-lettering a malformed input. Advances the
-        recorded source offset either way: a dead letter is consumed, never retried."""
+    def _decode(self, record: bytes, per_symbol: dict[str, tuple[list[m.Msg], Any]]) -> None:
+        """Decode one record into its symbol's Batch (and its cause list), or dead-letter a malformed
+        input. Advances the recorded source offset either way: a dead letter is consumed, never retried."""
         partition, offset = RECORD_HEAD.unpack_from(record)
         raw = record[RECORD_HEAD.size:]
         pos = {"p": partition, "o": offset}
@@ -229,15 +227,19 @@ class Matcher:
             cmd = codec.decode("orders", raw)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             self._dead_letter(raw, pos, str(exc))
-            return None
+            return
         if self._engine(cmd.symbol) is None:
             self._dead_letter(raw, pos, f"unknown symbol {cmd.symbol!r}")
-            return None
+            return
+        into = per_symbol.get(cmd.symbol)
+        if into is None:
+            into = per_symbol[cmd.symbol] = ([], self.core.Batch())
         try:
-            return cmd, convert.to_command(self.core, cmd)  # numbers are parsed before the engine is touched
+            convert.add_input(self.core, into[1], cmd)  # numbers are parsed before the engine is touched
         except UnitError as exc:
             self._dead_letter(raw, pos, f"{exc.code.name}: {exc.msg}")
-            return None
+            return
+        into[0].append(cmd)
 
     def _engine(self, symbol: str) -> Any:
         engine = self.state.engines.get(symbol)

@@ -38,6 +38,7 @@ class SegmentedWal:
         self.fsync = fsync
         self.records = 0  # global index of the last record written
         self._current: wal.Wal | None = None
+        self._tail_checked = False
 
     def recover(self) -> Iterator[tuple[int, bytes]]:
         """Yield (global index, payload) of every good record, cutting the log at the first break."""
@@ -54,13 +55,14 @@ class SegmentedWal:
                 yield index, payload
             expected = index
             self.records = index
+        self._tail_checked = True  # every segment was read to its end and its tail cut: open() need not again
 
     def open(self) -> None:
         """Append to the newest segment (or a new one at the current position)."""
         found = segments(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         path = found[-1][1] if found else self.directory / _name(self.records)
-        self._current = wal.Wal(path, fsync=self.fsync)
+        self._current = wal.Wal(path, fsync=self.fsync, verify_tail=not self._tail_checked)
 
     def append_batch(self, payloads: list[bytes]) -> None:
         assert self._current is not None, "open() first"

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import enum
 import logging
+import mmap
 import os
 import struct
 import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 log = logging.getLogger("perpline.matcher.wal")
 
@@ -120,20 +120,24 @@ class Wal:
 
 
 def recover(path: Path) -> Iterator[bytes]:
-    """Yield every good record; truncate the file at the first torn or corrupt one."""
+    """Yield every good record; truncate the file at the first torn or corrupt one.
+
+    The file is mapped, not read record by record: one header unpack and one payload copy per
+    record (two reads per record made reading dominate a long replay)."""
     if not path.exists():
         return
     size = path.stat().st_size
     good_end = 0
     records = 0
-    with open(path, "rb") as file:
-        while good_end < size:
-            payload = _read_record(file, good_end)
-            if payload is None:
-                break
-            good_end = file.tell()
-            records += 1
-            yield payload
+    if size > 0:
+        with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            while good_end < size:
+                payload = _record_at(data, good_end, size)
+                if payload is None:
+                    break
+                good_end += HEADER.size + len(payload)
+                records += 1
+                yield payload
     if size > good_end:
         log.warning("WAL: truncating a torn or corrupt tail", extra={
             "path": str(path), "good_records": records, "from_bytes": size, "to_bytes": good_end,
@@ -143,17 +147,17 @@ def recover(path: Path) -> Iterator[bytes]:
             os.fsync(file.fileno())
 
 
-def _read_record(file: BinaryIO, offset: int) -> bytes | None:
-    """The record at `offset`, or None (logged) when it is torn or corrupt."""
-    header = file.read(HEADER.size)
-    if len(header) < HEADER.size:
+def _record_at(data: mmap.mmap, offset: int, size: int) -> bytes | None:
+    """The record at `offset` of the mapped file, or None (logged) when it is torn or corrupt."""
+    if size - offset < HEADER.size:
         log.warning("WAL: torn record header", extra={"offset": offset})
         return None
-    length, crc = HEADER.unpack(header)
+    length, crc = HEADER.unpack_from(data, offset)
     if length == 0 or length > MAX_RECORD_BYTES:
         log.warning("WAL: bad record length", extra={"offset": offset, "length": length})
         return None
-    payload = file.read(length)
+    start = offset + HEADER.size
+    payload = data[start:start + length]
     if len(payload) < length:
         log.warning("WAL: torn record payload", extra={"offset": offset, "length": length, "have": len(payload)})
         return None
