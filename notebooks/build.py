@@ -78,6 +78,13 @@ if len(runs):
     ax.set_ylabel("breaks")
     plt.show()
 breaks.group_by("rule").len().sort("len", descending=True) if len(breaks) else breaks'''),
+    new_markdown_cell("## Repairs\n\nEvery repair of a break (docs/reconciliation.md): which break and rule, the "
+                      "action and its policy, by whom, when, the RECON_REPAIR journals it posted (or the journals it "
+                      "restored), those it voided, and the re-check that confirmed the break gone."),
+    new_code_cell('''repairs = pl.DataFrame([{k: (", ".join(v) if isinstance(v, list) else str(v)) for k, v in r.items()}
+                        for r in audit.repairs()])
+print(len(repairs), "repairs")
+repairs.select("rule", "action", "policy", "status", "actor", "journal_ids", "voided", "recheck") if len(repairs) else repairs'''),
     new_markdown_cell("## An account's statement\n\nThe most active account: opening balance, every journal with its "
                       "running balance, closing balance; the closing balance is checked against the ledger."),
     new_code_cell('''account = ch.query("SELECT account_id FROM ledger_postings FINAL WHERE ledger_account LIKE 'user:%' "

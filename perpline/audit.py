@@ -7,6 +7,7 @@
     audit.account(100001)                       # balances by kind, fees, funding, realised PnL to date
     audit.statement(100001, from_ms, to_ms)     # opening, every line with its running balance, closing
     audit.trace("3f2a...")                      # a trace id, client order id or trade id: all it caused
+    audit.repairs()                             # every repair record: break, rule, journals, who, when, re-check
 
 Everything is computed from `ledger_postings` (and the event tables for traces); sign convention as
 docs/ledger.md: debit positive, so a credit-normal account's balance is minus its postings' sum.
@@ -30,6 +31,16 @@ EQUITY_ACCOUNTS = ("platform:FEE_REVENUE", "platform:INSURANCE_FUND", "platform:
 USER_KINDS = ("SPOT", "ORDER_MARGIN", "POSITION_MARGIN")
 FAR_FUTURE_MS = 2**62
 MAX_LINES = 100_000
+REPAIR_REF_TYPE = "RECON_REPAIR"  # perpline.accounts.repairs.REF_TYPE: ref_id "repair:<repair id>:<label>"
+REPAIR_COLUMNS = ("repair_id", "rule", "asset", "account_id", "symbol", "journal_id", "ref_type", "break_detail",
+                  "action", "policy", "status", "actor", "journal_ids", "voided", "instructions", "proposed_ms",
+                  "applied_ms", "confirmed_ms", "recheck")
+
+
+def repair_of(ref_id: str) -> str:
+    """The repair a RECON_REPAIR journal belongs to, from its cause "repair:<repair id>:<label>"."""
+    parts = ref_id.split(":")
+    return parts[1] if len(parts) >= 3 and parts[0] == "repair" else ""
 
 
 @dataclass
@@ -165,9 +176,29 @@ class Audit:
             balance += Decimal(change)
             lines.append({"journal_id": journal_id, "ref_type": ref_type, "ref_id": ref_id, "ts_ms": ts_ms,
                           "trace_id": trace_id, "change": Decimal(change), "balance": balance})
+        records = {r["repair_id"]: r for r in self.repairs(
+            [repair_of(line["ref_id"]) for line in lines if line["ref_type"] == REPAIR_REF_TYPE])}
+        for line in lines:
+            if line["ref_type"] == REPAIR_REF_TYPE:
+                line["repair"] = records.get(repair_of(line["ref_id"]))
         closing = self.account(account_id, to_ms).get(asset, {}).get("wallet", Decimal(0))
         return {"account_id": account_id, "asset": asset, "from_ms": from_ms, "to_ms": to_ms, "opening": opening,
-                "lines": lines, "closing": balance, "agrees_with_ledger": balance == closing}
+                "lines": lines, "closing": balance, "agrees_with_ledger": balance == closing,
+                "repairs": list(records.values())}
+
+    # --- repairs -----------------------------------------------------------------------------------
+
+    def repairs(self, repair_ids: list[str] | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Repair records (recon_repairs, newest state of each): which break (rule, its dimensions and
+        detail), the action and policy, by whom (policy:auto | operator:<name>), when, the journals it
+        posted or restored, those it voided, and the re-check that confirmed it. `repair_ids`: only those."""
+        if repair_ids is not None and not repair_ids:
+            return []
+        where = "WHERE repair_id IN {ids:Array(String)}" if repair_ids is not None else ""
+        result = self.client.query(
+            f"SELECT {', '.join(REPAIR_COLUMNS)} FROM recon_repairs FINAL {where} ORDER BY proposed_ms DESC "
+            "LIMIT {n:UInt32}", parameters={"ids": repair_ids or [], "n": limit})
+        return [dict(zip(REPAIR_COLUMNS, row, strict=True)) for row in result.result_rows]
 
     # --- traces ------------------------------------------------------------------------------------
 
@@ -189,6 +220,9 @@ class Audit:
                 "GROUP BY journal_id ORDER BY min(ts_ms) LIMIT 10000", parameters={"t": trace_id}).result_rows:
             out.append({"ts_ms": ts_ms, "source": "ledger_postings", "type": ref_type,
                         "detail": f"{journal_id} account {account} amount {amount}"})
+        for record in self.repairs([trace_id]):  # a repair's journals carry its id as their trace
+            out.append({"ts_ms": record["applied_ms"] or record["proposed_ms"], "source": "recon_repairs",
+                        "type": record["action"], "detail": json.dumps(record, default=str)})
         return sorted(out, key=lambda r: (r["ts_ms"], r["source"]))
 
     def _resolve_trace(self, key: str) -> str:

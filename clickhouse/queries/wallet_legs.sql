@@ -6,7 +6,8 @@ SELECT 'critical' AS severity, any(asset) AS asset, any(account_id) AS account_i
        concat('postings: ', arrayStringConcat(groupArray(concat(ledger_account, ' ', toString(amount))), ', ')) AS detail
 FROM ledger_postings FINAL
 WHERE ref_type IN ('DEPOSIT', 'WITHDRAWAL') AND journal_id NOT IN (SELECT arrayJoin(voided) FROM recon_repairs FINAL WHERE status IN ('applied', 'confirmed'))
-  AND journal_id IN (SELECT journal_id FROM ledger_postings WHERE inserted_ms >= {since_ms:Int64})
+  AND ({since_ms:Int64} = 0
+       OR journal_id IN (SELECT journal_id FROM ledger_postings WHERE {since_ms:Int64} > 0 AND inserted_ms >= {since_ms:Int64}))
 GROUP BY journal_id
 HAVING countIf(ledger_account = 'platform:HOT_WALLET') != 1
     OR countIf(ledger_account LIKE 'user:%:SPOT') != 1

@@ -137,18 +137,31 @@ def _decompress(data: bytes, encoding: str) -> bytes:
     if encoding == "deflate":
         return zlib.decompress(data)
     if encoding == "lz4":
-        import lz4.frame  # noqa: PLC0415
-
-        return bytes(lz4.frame.decompress(data))
+        return _lz4_frames(data)
     if encoding == "zstd":
         import zstandard  # noqa: PLC0415
 
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        return zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(data)
     if encoding == "br":
         import brotli  # type: ignore[import-not-found]  # noqa: PLC0415
 
         return bytes(brotli.decompress(data))
     raise ChError(1001, f"unsupported Content-Encoding {encoding}")
+
+
+def _lz4_frames(data: bytes) -> bytes:
+    """Every frame of the body: a client sends a large insert as one compressed frame per block, and
+    a decoder that stops after the first keeps only the first block (rows lost without an error)."""
+    import lz4.frame  # noqa: PLC0415
+
+    out, rest = [], data
+    while rest:
+        decoder = lz4.frame.LZ4FrameDecompressor()
+        out.append(decoder.decompress(rest))
+        if not decoder.eof:
+            raise ChError(1001, "truncated lz4 frame in the request body")
+        rest = decoder.unused_data
+    return b"".join(out)
 
 
 def _sql_value(value: str) -> str:

@@ -80,12 +80,49 @@ class LedgerLog:
             "group.id": "perpline-recon-repairs", "enable.auto.commit": False, "isolation.level": "read_committed",
             "enable.partition.eof": True, "fetch.wait.max.ms": 10}))
 
-    def find(self, wanted: set[str]) -> dict[str, tuple[m.Journal, int, int]]:
-        """{journal_id: (journal, partition, offset)} of the wanted ids the log holds (its last copy)."""
+    def find(self, wanted: set[str], at: dict[str, tuple[int, int]] | None = None,
+             partitions: set[int] | None = None) -> dict[str, tuple[m.Journal, int, int]]:
+        """{journal_id: (journal, partition, offset)} of the wanted ids the log holds (its last copy).
+        A journal whose copy says where the sink read it (`at`: partition, offset) is read at that one
+        offset; only the others are searched, in `partitions` (the partitions the account's journals
+        came from) or all, from the start (bounded: MAX_LOG_RECORDS, LOG_READ_S)."""
         if not wanted:
             return {}
+        found: dict[str, tuple[m.Journal, int, int]] = {}
+        for journal_id, (part, offset) in sorted((at or {}).items()):
+            record = self._one(part, offset) if journal_id in wanted else None
+            if record is not None and record.journal_id == journal_id:
+                found[journal_id] = (record, part, offset)
+        rest = wanted - set(found)
+        return {**self._scan(rest, partitions), **found} if rest else found
+
+    def _one(self, part: int, offset: int) -> m.Journal | None:
+        """The journal at one offset of the log (None: no such record, or a control record there)."""
+        self.consumer.assign([TopicPartition(self.topic, part, offset)])
+        deadline = time.monotonic() + LOG_READ_S
+        try:
+            while time.monotonic() < deadline:
+                msg = self.consumer.poll(0.1)
+                if msg is None:
+                    continue
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        return None
+                    continue
+                if msg.offset() != offset:
+                    return None
+                journal: m.Journal = codec.decode("ledger.entries", msg.value())
+                return journal
+        finally:
+            self.consumer.unassign()
+        raise TimeoutError(f"ledger.entries {part}@{offset} not read within {LOG_READ_S} s")
+
+    def _scan(self, wanted: set[str], partitions: set[int] | None) -> dict[str, tuple[m.Journal, int, int]]:
         meta = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic]
-        parts = [TopicPartition(self.topic, pid, OFFSET_BEGINNING) for pid in sorted(meta.partitions)]
+        parts = [TopicPartition(self.topic, pid, OFFSET_BEGINNING) for pid in sorted(meta.partitions)
+                 if partitions is None or pid in partitions]
+        if not parts:
+            return {}
         self.consumer.assign(parts)
         found: dict[str, tuple[m.Journal, int, int]] = {}
         done: set[int] = set()
@@ -180,7 +217,7 @@ class Repairer:
     def _journal_action(self, b: Break) -> str | None:
         """One action for the break's journals (a duplicate names several: the copies not in the log)."""
         journal_ids = b.journal_id.split(",")
-        logged = self.log.find(set(journal_ids)) if self.log is not None else {}
+        logged = self._find(journal_ids) if self.log is not None else {}
         kinds = {p.classify(self._stored(j), logged.get(j, (None,))[0]) for j in journal_ids}
         if b.rule == "duplicate_cause":
             return p.VOID if p.VOID in kinds else None
@@ -215,10 +252,9 @@ class Repairer:
             return self._compensate(repair), []
         raise ValueError(f"repair {repair.repair_id} ({repair.action}) has nothing to apply")
 
-    def _resink(self, journal_ids: list[str]) -> list[str]:
+    def _resink(self, journal_ids: list[str], accounts: set[int] | None = None) -> list[str]:
         """Write the log's journals into ledger_postings again (the newest row of a posting wins)."""
-        assert self.log is not None
-        found = self.log.find(set(journal_ids))
+        found = self._find(journal_ids, accounts)
         rows = [row for journal, part, off in found.values() for row in posting_rows(journal, part, off)]
         if rows:
             self.client.insert("ledger_postings", rows, column_names=POSTING_COLUMNS)
@@ -238,13 +274,13 @@ class Repairer:
         self.producer.flush(10)
         wanted = [ids.journal_id(ids.fill_leg_id(repair.symbol, seq, liq), rt) for liq in ("MAKER", "TAKER")
                   for rt in LEG_REF_TYPES]
-        return self._resink([j for j in wanted if not self._stored(j)])  # only what the copy lacks
+        lacking = [j for j in wanted if not self._stored(j)]  # only what the copy lacks
+        return self._resink(lacking, {trade.maker_account_id, trade.taker_account_id})
 
     def _void(self, repair: Repair) -> tuple[list[str], list[str]]:
         """Reverse, through the accounts processor and in the ledger only, each journal the log never had."""
-        assert self.log is not None
         journal_ids = repair.journal_id.split(",")
-        logged = self.log.find(set(journal_ids))
+        logged = self._find(journal_ids)
         posted, voided = [], []
         for n, journal_id in enumerate(j for j in journal_ids if j not in logged):
             account_id, symbol = self._owner(journal_id)
@@ -280,6 +316,21 @@ class Repairer:
         from perpline.accounts.repairs import REF_TYPE, ref_id  # noqa: PLC0415
 
         return [ids.journal_id(ref_id(repair.repair_id, j.label), REF_TYPE) for j in journals]
+
+    def _find(self, journal_ids: list[str], accounts: set[int] | None = None) -> dict[str, tuple[m.Journal, int, int]]:
+        """The journals in the log, read where the sink recorded reading them (one offset each); one the
+        copy lacks or misplaces is searched only in the partitions its account's journals came from."""
+        assert self.log is not None
+        rows = self.client.query(
+            "SELECT journal_id, any(account_id), argMax(source_partition, inserted_ms), argMax(source_offset, inserted_ms) "
+            "FROM ledger_postings WHERE journal_id IN {j:Array(String)} GROUP BY journal_id",
+            parameters={"j": journal_ids}).result_rows
+        at = {str(j): (int(part), int(off)) for j, _, part, off in rows}
+        owners = (accounts or set()) | {int(a) for _, a, _, _ in rows}
+        parts = {int(r[0]) for r in self.client.query(
+            "SELECT DISTINCT source_partition FROM ledger_postings WHERE account_id IN {a:Array(UInt64)} "
+            "AND ref_type != 'RECON_REPAIR'", parameters={"a": sorted(owners)}).result_rows} if owners else set()
+        return self.log.find(set(journal_ids), at, parts or None)
 
     def _stored(self, journal_id: str) -> list[p.Row]:
         rows = self.client.query("SELECT ledger_account, asset, amount FROM ledger_postings FINAL WHERE journal_id = "

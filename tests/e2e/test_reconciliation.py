@@ -27,6 +27,7 @@ import pytest
 from confluent_kafka import Producer
 from stackutil import Stack, running_stack
 
+from perpline.audit import Audit
 from perpline.ch.client import get_client
 from perpline.config import producer_config
 from perpline.pipelines.ledger_sink_logic import POSTING_COLUMNS
@@ -182,6 +183,14 @@ def test_every_break_is_repaired_by_its_policy_and_the_books_hold(stack: Stack) 
     done = until(lambda: one("wallet_legs", "confirmed"), 60)
     assert done["actor"] == "operator:ops-test" and done["voided"] == ["fake-wd/WITHDRAWAL"]
     assert until(lambda: one("trade_fees", "confirmed", lambda r: r["journal_id"] == INJECTED["fee"]), 60)
+    # the audit trail: the account's statement shows the repair's journal and its record
+    statement = Audit(client).statement(ANN, 0, 2**62)
+    line = next(x for x in statement["lines"] if x["journal_id"] in done["journal_ids"])
+    assert line["ref_type"] == "RECON_REPAIR" and line["change"] == 5 and statement["agrees_with_ledger"]
+    record = line["repair"]
+    assert (record["repair_id"], record["rule"], record["actor"]) == (done["repair_id"], "wallet_legs", "operator:ops-test")
+    assert record["voided"] == ["fake-wd/WITHDRAWAL"] and record["confirmed_ms"] >= record["applied_ms"] > 0
+    assert "the break is gone" in record["recheck"]
     # never: the seq gap halts the symbol; a trader sees why; cancels still go through
     halt = until(lambda: one("matcher_sequence", "halted"))
     assert "resume" in halt["instructions"] and SYM in halt["instructions"]

@@ -88,6 +88,16 @@ def test_ddl_rows_and_exact_decimals(client) -> None:  # type: ignore[no-untyped
     assert client.query("SELECT sum(amount) FROM money").result_rows[0][0] == Decimal("-12345678901234567890.12345677")
 
 
+def test_an_insert_of_many_blocks_keeps_every_row(client) -> None:  # type: ignore[no-untyped-def]
+    """clickhouse-connect sends a large insert as several blocks, each its own compressed frame: every
+    frame must be read (a server that decoded only the first kept the first block of a batch, silently)."""
+    client.command("DROP TABLE IF EXISTS many")
+    client.command("CREATE TABLE many (id UInt64, amount Decimal(38, 8), who String) ENGINE = MergeTree ORDER BY id")
+    rows = [[n, Decimal(n) / 100, f"account-{n}-" + "x" * 40] for n in range(300_000)]
+    client.insert("many", rows, column_names=["id", "amount", "who"])
+    assert client.query("SELECT count(), sum(id) FROM many").result_rows[0] == (300_000, sum(range(300_000)))
+
+
 def test_frames_arrow_and_polars(client) -> None:  # type: ignore[no-untyped-def]
     client.command("DROP TABLE IF EXISTS frames")
     client.command("CREATE TABLE frames (n UInt32, s String) ENGINE = MergeTree ORDER BY n")
