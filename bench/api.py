@@ -54,8 +54,18 @@ def start_stack(data_dir: str) -> tuple[subprocess.Popen[str], str, str, str]:
             break
         assert time.monotonic() < deadline, "stack not ready"
     # keep reading: a full pipe would block the supervisor's log relay, and with it every component
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    threading.Thread(target=_drain, args=(proc.stdout, os.environ.get("PERPLINE_BENCH_STACK_LOG")), daemon=True).start()
     return proc, api, kafka, clickhouse
+
+
+def _drain(stream: Any, log_path: str | None) -> None:
+    """Read the stack's output to its end; into PERPLINE_BENCH_STACK_LOG if set (to see what a long run did)."""
+    if not log_path:
+        stream.read()
+        return
+    with open(log_path, "a", encoding="utf-8") as log:
+        for line in stream:
+            log.write(line)
 
 
 @contextlib.contextmanager
@@ -67,7 +77,11 @@ def plain_stack(prefix: str) -> Iterator[tuple[str, str, str, str]]:
             yield tmp, api, kafka, clickhouse
         finally:
             proc.terminate()
-            proc.wait(60)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def signed(keys: dict[str, Any], params: dict[str, Any]) -> str:

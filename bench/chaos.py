@@ -122,7 +122,10 @@ def run(minutes: float, kill_every_s: float, seed: int) -> dict[str, Any]:
         except AssertionError as exc:
             failure = f"end check: {exc}"
         report["checks"] = checks
-        report["books"] = check_books(clickhouse, tmp)
+        try:
+            report["books"] = check_books(clickhouse, tmp)
+        except Exception as exc:  # noqa: BLE001 (a stack that stopped: say so in the report)
+            report["books"] = {"recon_breaks": {"unreadable": str(exc)[:200]}}
         report["failure"] = failure
         return report
 
