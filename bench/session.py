@@ -185,6 +185,8 @@ class RandomSession:
         self.open_orders: dict[int, list[int]] = {u.user_id: [] for u in self.users}
         self.moved = {u.user_id: Decimal(DEPOSIT_USDT) for u in self.users}  # deposits - withdrawals
         self.mid, self.steps, self.compared, self.looked_up = 500_000, 0, 0, 0
+        self.expect_timeout_s = 120.0  # how long a read-back may take to show the model's outcome
+        self.pending: tuple[Client, int, str, int] | None = None  # a read-back that timed out
 
     def step(self) -> None:
         self.steps += 1
@@ -226,8 +228,7 @@ class RandomSession:
                 status, executed * LOT, new_qty * LOT), (self.steps, body)
             self.compared += 1
         else:
-            expect_order(user, order_id, status, executed)
-            self.looked_up += 1
+            self._expect(user, order_id, status, executed)
 
     def _cancel(self, user: Client) -> None:
         orders = self.open_orders[user.user_id]
@@ -263,11 +264,26 @@ class RandomSession:
             assert (body["status"], Decimal(body["executedQty"])) == (status, executed * LOT), (self.steps, params, body)
             self.compared += 1
         else:
-            expect_order(user, int(order_id), "EXPIRED" if error == -5021 else "REJECTED" if error else status,
+            self._expect(user, int(order_id), "EXPIRED" if error == -5021 else "REJECTED" if error else status,
                          0 if error else executed)
-            self.looked_up += 1
         if status in ("NEW", "PARTIALLY_FILLED") and error is None:
             self.open_orders[user.user_id].append(int(order_id))
+
+    def _expect(self, user: Client, order_id: int, status: str, executed_lots: int) -> None:
+        """Read the order back until it is what the model says (kept in `pending` while not yet)."""
+        self.pending = (user, order_id, status, executed_lots)
+        expect_order(user, order_id, status, executed_lots, self.expect_timeout_s)
+        self.pending = None
+        self.looked_up += 1
+
+    def retry_pending(self, timeout_s: float) -> None:
+        """Check again, for longer, the order read-back that timed out (a caller that stopped the faults
+        meanwhile tells a slow answer from a wrong one)."""
+        if self.pending is not None:
+            user, order_id, status, executed_lots = self.pending
+            expect_order(user, order_id, status, executed_lots, timeout_s)
+            self.pending = None
+            self.looked_up += 1
 
     def _find_by_client_id(self, user: Client, coid: str, body: dict[str, Any]) -> dict[str, Any]:
         """The order an unanswered request placed, or the answer as it was if none was placed."""
