@@ -17,6 +17,13 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default) or default
 
 
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = _env(name, default)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str
@@ -35,6 +42,8 @@ class Settings:
     login_lockout_max_s: float  # the longest lockout after failed logins (perpline.auth.throttle)
     rate_limits: tuple[int, int, int]  # request weight per IP and per caller, and orders per caller, per minute
     trusted_proxies: tuple[str, ...]  # addresses/CIDRs whose X-Forwarded-For is believed (none by default)
+    api_checkpoint_events: int  # an API replica writes a read-model checkpoint this many source records after the last
+    api_start: str  # "checkpoint": a new API replica starts from the newest checkpoint; "replay": from offset 0
 
 
 def settings() -> Settings:
@@ -55,6 +64,8 @@ def settings() -> Settings:
                      int(_env("PERPLINE_RATE_LIMIT_ORDERS", "1200"))),
         login_lockout_max_s=float(_env("PERPLINE_LOGIN_LOCKOUT_MAX_S", "900")),
         trusted_proxies=tuple(p.strip() for p in _env("PERPLINE_TRUSTED_PROXIES", "").split(",") if p.strip()),
+        api_checkpoint_events=int(_env("PERPLINE_API_CHECKPOINT_EVENTS", "100000")),
+        api_start=_choice("PERPLINE_API_START", "checkpoint", ("checkpoint", "replay")),
     )
 
 

@@ -38,7 +38,7 @@ from perpline.api.publisher import Publisher
 from perpline.api.readmodel import ReadModel
 from perpline.api.service.listenkeys import ListenKeys
 from perpline.auth.registry import KeyRegistry
-from perpline.config import producer_config
+from perpline.config import producer_config, settings
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_trace_id
 from perpline.contracts.units import UnitError, parse_uint
@@ -57,7 +57,9 @@ def create_app(deps: ApiDeps) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         deps.publisher = Publisher(producer_config(deps.bootstrap))
         deps.registry = KeyRegistry(deps.secret_key)
-        deps.readmodel = ReadModel(deps.bootstrap, deps.topics, deps.registry)
+        cfg = settings()  # a new replica starts from the newest read-model checkpoint (perpline.api.checkpoint)
+        deps.readmodel = ReadModel(deps.bootstrap, deps.topics, deps.registry, checkpoint_events=cfg.api_checkpoint_events,
+                                   from_checkpoint=cfg.api_start == "checkpoint")
         deps.readmodel.start()
         app.state.fstream = fstream.Hub(deps, app.state.listen_keys)
         yield

@@ -9,104 +9,59 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from copy import copy
-from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import islice
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from prometheus_client import Counter, Gauge
 
 from perpline.accounts.order_status import OPEN
+from perpline.api import checkpoint, snapshot
+from perpline.api.views import (
+    MAX_CLOSED_ORDERS_PER_ACCOUNT,
+    MAX_FUNDING_PER_ACCOUNT,
+    AccountView,
+    BookMirror,
+    MatcherOrder,
+    fill_key,
+    funding_key,
+)
 from perpline.auth.registry import KeyRegistry
 from perpline.config import fetch_config, kafka_config
 from perpline.consume import poll_batch
 from perpline.contracts import codec, sequence
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
-from perpline.market.candles import Candle, CandleSet, DayStats, RollingDay
+from perpline.market.candles import Candle, CandleSet, DayStats
 from perpline.obs import LagWatcher
 
 log = logging.getLogger("perpline.api.readmodel")
 
 MAX_RESULTS = 100_000
-MAX_TRADES_PER_SYMBOL = 10_000
-MAX_DEPTH_CHANGES = 20_000  # level changes kept per symbol for incremental depth
-MAX_CLOSED_ORDERS_PER_ACCOUNT = 10_000
-MAX_FUNDING_PER_ACCOUNT = 1000
 MAX_FUNDING_ROUNDS = 1000  # per symbol
 POLL_BATCH = 500
 MAX_TRACKED_ORDERS = 200_000
 MAX_MAKERS_TRACKED = 1000
 MAX_WAKEUPS = 100_000  # requests waiting for the views to change (each one's future, re-armed per change)
 MAX_ACCOUNT_FEED = 100_000  # applied account events kept for the user-data streams (perpline.api.fstream)
-
-
-@dataclass
-class AccountView:
-    balances: dict[str, m.BalanceChanged] = field(default_factory=dict)
-    open_orders: dict[int, m.OrderView] = field(default_factory=dict)
-    closed_orders: OrderedDict[int, m.OrderView] = field(default_factory=OrderedDict)
-    positions: dict[str, m.PositionChanged] = field(default_factory=dict)
-    fills: deque[m.FillRecorded] = field(default_factory=lambda: deque(maxlen=MAX_CLOSED_ORDERS_PER_ACCOUNT))
-    funding: deque[m.FundingApplied] = field(default_factory=lambda: deque(maxlen=MAX_FUNDING_PER_ACCOUNT))
-    # what the appended collections already hold: a redelivered event (at-least-once processors re-send
-    # what they produced since their last checkpoint after a crash) is applied once
-    fill_keys: set[tuple[str, int, int]] = field(default_factory=set)  # (symbol, trade id, order id)
-    funding_keys: set[tuple[str, int]] = field(default_factory=set)  # (symbol, funding time)
-
-
-@dataclass
-class MatcherOrder:
-    """What the matcher said about one order: filled lots, resting, finished."""
-
-    filled_lots: int = 0
-    rested: bool = False
-    done: bool = False
-    code: int = 0  # the matcher's result code when it cancelled, expired or rejected the order
-    makers: list[tuple[int, int]] = field(default_factory=list)  # (account, order) this order traded against
-    amends: int = 0  # amends the matcher answered (applied or refused)
-    amend_code: int = 0  # the code of the last refused amend
-    terms: tuple[str, str] | None = None  # (price, quantity) of the last applied amend
-
-
-@dataclass
-class BookMirror:
-    """The book as matcher.events tell it: resting orders, price levels, and the level changes by seq
-    (what /api/v1/market/depth/updates serves after a snapshot)."""
-
-    resting: dict[int, tuple[str, str, int]] = field(default_factory=dict)  # order id -> (side, price, leaves lots)
-    levels: dict[tuple[str, str], int] = field(default_factory=dict)  # (side, price) -> lots
-    changes: deque[tuple[int, str, str, int]] = field(default_factory=lambda: deque(maxlen=MAX_DEPTH_CHANGES))
-    trades: deque[m.Trade] = field(default_factory=lambda: deque(maxlen=MAX_TRADES_PER_SYMBOL))
-    candles: CandleSet = field(default_factory=CandleSet)  # from every trade streamed, not only those kept
-    day: RollingDay = field(default_factory=RollingDay)
-    last_seq: int = 0
-
-    def set_order(self, order_id: int, entry: tuple[str, str, int] | None, seq: int) -> None:
-        """The one way the mirror changes: an order now rests as `entry` (side, price, lots), or not at
-        all; the levels it leaves and joins are updated and their new totals recorded with `seq`."""
-        old = self.resting.pop(order_id, None)
-        if old is not None:
-            self._level(old[0], old[1], -old[2], seq)
-        if entry is not None and entry[2] > 0:
-            self.resting[order_id] = entry
-            self._level(entry[0], entry[1], entry[2], seq)
-
-    def _level(self, side: str, price: str, delta: int, seq: int) -> None:
-        total = self.levels.get((side, price), 0) + delta
-        if total > 0:
-            self.levels[(side, price)] = total
-        else:
-            self.levels.pop((side, price), None)
-        self.changes.append((seq, side, price, max(total, 0)))
+CHECKPOINT_LOADED = Gauge("perpline_api_checkpoint_loaded_events",
+                          "source records behind the checkpoint the read model started from (0: replayed all)")
+READY_SECONDS = Gauge("perpline_api_readmodel_ready_seconds", "from the read model's start to caught up")
+CHECKPOINTS_WRITTEN = Counter("perpline_api_checkpoints_written_total", "read-model checkpoints published")
 
 
 class ReadModel:
-    def __init__(self, bootstrap: str, topics: dict[str, str], registry: KeyRegistry | None = None) -> None:
+    def __init__(self, bootstrap: str, topics: dict[str, str], registry: KeyRegistry | None = None,
+                 checkpoint_events: int = 0, from_checkpoint: bool = False) -> None:
+        """`from_checkpoint`: start from the newest checkpoint on api.checkpoints (perpline.api.checkpoint)
+        instead of replaying the topics from offset 0; `checkpoint_events`: write one when the views are
+        that many source records past the newest one (0: never)."""
         self._bootstrap = bootstrap
         self.registry = registry
         self.matcher_orders: OrderedDict[int, MatcherOrder] = OrderedDict()
@@ -130,6 +85,13 @@ class ReadModel:
         # the account events the views applied (redeliveries left out), numbered from 1, for the user-data streams
         self._feed: deque[tuple[int, Any]] = deque(maxlen=MAX_ACCOUNT_FEED)
         self._feed_n = 0
+        self._from_checkpoint = from_checkpoint
+        self._checkpoint_every = checkpoint_events
+        self._checkpoint_at = 0  # source records behind the newest checkpoint known here
+        self._writing = threading.Event()  # a checkpoint is being published (one at a time)
+        # next offset of every partition of the source topics: the point the views are at
+        self._positions: dict[str, dict[int, int]] = {}
+        self._started = time.monotonic()
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -145,16 +107,47 @@ class ReadModel:
             "auto.offset.reset": "earliest", "isolation.level": "read_committed", "enable.partition.eof": True,
             **fetch_config(),
         }))
+        start = self._start_positions()
         parts = []
         for logical in ("account.events", "matcher.events", "auth.keys", "funding.rounds", "prices.mark"):
             name = self._topics[logical]
             meta = consumer.list_topics(name, timeout=10).topics[name]
-            for p in meta.partitions:  # from the start: rebuild the views (and the mark-price candles)
-                parts.append(TopicPartition(name, p, 0))
+            for p in meta.partitions:  # the key registry always from the start (it is small), the rest from
+                offset = start.get(name, {}).get(p, 0)  # the checkpoint restored, if any
+                parts.append(TopicPartition(name, p, offset))
+                if logical != "auth.keys":
+                    self._positions.setdefault(name, {})[p] = offset
         consumer.assign(parts)
         self._lag.watch(consumer, parts)
         self._pending_eof = {(tp.topic, tp.partition) for tp in parts}
         return consumer
+
+    def _start_positions(self) -> dict[str, dict[int, int]]:
+        """Restore the newest checkpoint and return its positions; {} (replay everything) without one,
+        or when it cannot be read whole: a replica that cannot start quickly still starts right."""
+        if not self._from_checkpoint:
+            return {}
+        topic = self._topics["api.checkpoints"]
+        manifest = checkpoint.latest_manifest(self._bootstrap, topic)
+        if manifest is None:
+            return {}
+        try:
+            restored = snapshot.restore(snapshot.decode(checkpoint.load(self._bootstrap, topic, manifest)),
+                                        MAX_FUNDING_ROUNDS)
+        except (RuntimeError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("checkpoint not loaded; replaying from the start",
+                        extra={"checkpoint": manifest.checkpoint_id, "error": str(exc)})
+            return {}
+        with self._lock:
+            self.applied, self.accounts, self.books = restored.applied, restored.accounts, restored.books
+            self.marks, self.mark_candles, self.rounds = restored.marks, restored.mark_candles, restored.rounds
+            self.matcher_orders, self._results = restored.matcher_orders, restored.results
+        self._checkpoint_at = manifest.events()
+        CHECKPOINT_LOADED.set(manifest.events())
+        log.info("read model restored from a checkpoint", extra={
+            "checkpoint": manifest.checkpoint_id, "events": manifest.events(), "bytes": manifest.state_bytes,
+            "ms": round((time.monotonic() - self._started) * 1000)})
+        return manifest.positions
 
     def _run(self) -> None:
         consumer = self._consumer()
@@ -166,6 +159,7 @@ class ReadModel:
                     self._on_message(msg, names)
                 if batch:
                     self._wake_all()
+                    self._maybe_checkpoint()
         finally:
             self._lag.unwatch()
             consumer.close()
@@ -175,12 +169,15 @@ class ReadModel:
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
                 self._pending_eof.discard((msg.topic(), msg.partition()))
-                if not self._pending_eof:
+                if not self._pending_eof and not self.caught_up.is_set():
+                    READY_SECONDS.set(time.monotonic() - self._started)
                     self.caught_up.set()
             else:
                 log.warning("consumer error", extra={"error": str(err)})
             return
         logical = names.get(msg.topic(), "")
+        if logical != "auth.keys":
+            self._positions.setdefault(msg.topic(), {})[msg.partition()] = msg.offset() + 1
         try:
             value = codec.decode(logical, msg.value())
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError) as exc:
@@ -201,6 +198,43 @@ class ReadModel:
                 self._apply_market(value)
         if isinstance(value, m.CommandResult):
             self._resolve(value)
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def _maybe_checkpoint(self) -> None:
+        """Between two batches (the views then match the positions exactly), capture a checkpoint when
+        the views are `checkpoint_events` source records past the newest one, whoever wrote that (the
+        replicas share the topic: one checkpoint per interval, not one per replica)."""
+        if not self._checkpoint_every or not self.caught_up.is_set() or self._writing.is_set():
+            return
+        if checkpoint.events_at(self._positions) - self._checkpoint_at < self._checkpoint_every:
+            return
+        newest = checkpoint.latest_manifest(self._bootstrap, self._topics["api.checkpoints"])
+        if newest is not None:
+            self._checkpoint_at = max(self._checkpoint_at, newest.events())
+        if checkpoint.events_at(self._positions) - self._checkpoint_at < self._checkpoint_every:
+            return
+        positions = {topic: dict(parts) for topic, parts in self._positions.items()}
+        blob = snapshot.encode(snapshot.capture(self))  # this thread alone changes the views: no lock
+        self._checkpoint_at = checkpoint.events_at(positions)
+        self._writing.set()
+        threading.Thread(target=self._publish, args=(positions, blob), name="readmodel-checkpoint",
+                         daemon=True).start()
+
+    def _publish(self, positions: dict[str, dict[int, int]], blob: bytes) -> None:
+        """Publish a captured checkpoint off the consumer thread (a failure only delays the next one)."""
+        try:
+            writer = checkpoint.Writer(self._bootstrap, self._topics["api.checkpoints"])
+            try:
+                manifest = writer.write(positions, blob)
+            finally:
+                writer.close()
+            CHECKPOINTS_WRITTEN.inc()
+            log.info("checkpoint written", extra={"checkpoint": manifest.checkpoint_id,
+                                                  "events": manifest.events(), "bytes": len(blob)})
+        except (RuntimeError, KafkaException) as exc:
+            log.warning("checkpoint not written", extra={"error": str(exc)})
+        finally:
+            self._writing.clear()
 
     # --- applying ----------------------------------------------------------------------
     def _view(self, account_id: int) -> AccountView:
@@ -230,9 +264,9 @@ class ReadModel:
             if applied or ev.version == known_position.version:  # type: ignore[union-attr]
                 view.positions[ev.symbol] = ev
         elif isinstance(ev, m.FillRecorded):
-            applied = _append_once(view.fills, view.fill_keys, _fill_key, ev)
+            applied = _append_once(view.fills, view.fill_keys, fill_key, ev)
         elif isinstance(ev, m.FundingApplied):
-            applied = _append_once(view.funding, view.funding_keys, _funding_key, ev)
+            applied = _append_once(view.funding, view.funding_keys, funding_key, ev)
         if applied:
             self._feed_n += 1
             self._feed.append((self._feed_n, ev))
@@ -584,14 +618,6 @@ def _append_once(items: deque[Any], keys: set[Any], key_of: Callable[[Any], Any]
     items.append(item)
     keys.add(key)
     return True
-
-
-def _fill_key(fill: m.FillRecorded) -> tuple[str, int, int]:
-    return (fill.symbol, fill.trade_id, fill.order_id)
-
-
-def _funding_key(funding: m.FundingApplied) -> tuple[str, int]:
-    return (funding.symbol, funding.funding_time_ms)
 
 
 def _wake(woken: asyncio.Future[None]) -> None:
