@@ -54,7 +54,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from prometheus_client import Counter
 
 from perpline.api import fstream_frames as frames
-from perpline.api import ratelimit
+from perpline.api import ratelimit, streamdelay
 from perpline.api.clientip import client_ip
 from perpline.api.service.listenkeys import ListenKey, ListenKeys
 from perpline.contracts import messages as m
@@ -224,6 +224,7 @@ class Hub:
         self.pending_fills: OrderedDict[tuple[int, int], m.FillRecorded] = OrderedDict()
         self.wallets: dict[tuple[int, str], str] = {}  # (account, asset) -> last wallet balance seen
         self.group: list[Any] = []
+        self.streamed_ms: list[int] = []  # the T of each trade this tick streams (perpline.api.streamdelay)
         self._task: asyncio.Task[None] | None = None
         self._expired_at = 0.0
         self._swept_at = 0.0
@@ -395,9 +396,22 @@ class Hub:
                 self._all_market(spec, out, now_ms, now_s)
         self._fan_out(out)
         self._user_data(now_ms)
+        built_s = time.monotonic()
         dirty, self.dirty = self.dirty, set()
         for conn in dirty:
             self.flush(conn, now_s)
+        self._timed(now_s, built_s)
+
+    def _timed(self, start_s: float, built_s: float) -> None:
+        """The tick's parts, and the trades it streamed reaching their sockets (perpline.api.streamdelay)."""
+        end_s = time.monotonic()
+        streamdelay.TICK_SECONDS.labels("build").observe(built_s - start_s)
+        streamdelay.TICK_SECONDS.labels("write").observe(end_s - built_s)
+        if self.streamed_ms:
+            written_ms = time.time() * 1000
+            for trade_ms in self.streamed_ms:
+                streamdelay.trade_at("written", trade_ms, written_ms)
+            self.streamed_ms.clear()
 
     def _fan_out(self, out: dict[Spec, list[str]]) -> None:
         """Each text is encoded once (and once more in its combined wrapping) for all its subscribers."""
@@ -497,6 +511,9 @@ class Hub:
         if not (want_trade or want_agg):
             return
         fresh = [t for t in rm.trades(sym, frames.MAX_TRADES_PER_TICK) if t.trade_id > last]
+        for t in fresh:
+            streamdelay.trade_at("built", t.ts_ms, now_ms)
+        self.streamed_ms.extend(t.ts_ms for t in fresh)
         if want_trade:
             out.setdefault(Spec("trade", sym), []).extend(json.dumps(frames.trade(inst, t, now_ms)) for t in fresh)
         if want_agg:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from copy import copy
@@ -18,9 +19,10 @@ from itertools import islice
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, KafkaError, TopicPartition
 
 from perpline.accounts.order_status import OPEN
+from perpline.api import streamdelay
 from perpline.auth.registry import KeyRegistry
 from perpline.config import fetch_config, kafka_config
 from perpline.consume import poll_batch
@@ -199,6 +201,8 @@ class ReadModel:
                 self._apply_account(value)
             else:
                 self._apply_market(value)
+        if isinstance(value, m.Trade):
+            _trade_timed(value.ts_ms, msg.timestamp())
         if isinstance(value, m.CommandResult):
             self._resolve(value)
 
@@ -592,6 +596,14 @@ def _fill_key(fill: m.FillRecorded) -> tuple[str, int, int]:
 
 def _funding_key(funding: m.FundingApplied) -> tuple[str, int]:
     return (funding.symbol, funding.funding_time_ms)
+
+
+def _trade_timed(trade_ms: int, record_ts: tuple[int, int]) -> None:
+    """The trade's delay to the matcher's record (its produce time) and to this read model (bench.streams)."""
+    kind, produced_ms = record_ts
+    if kind == TIMESTAMP_CREATE_TIME:
+        streamdelay.trade_at("matcher", trade_ms, produced_ms)
+    streamdelay.trade_at("applied", trade_ms, time.time() * 1000)
 
 
 def _wake(woken: asyncio.Future[None]) -> None:
