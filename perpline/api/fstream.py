@@ -414,24 +414,30 @@ class Hub:
             self.streamed_ms.clear()
 
     def _fan_out(self, out: dict[Spec, list[str]]) -> None:
-        """Each text is encoded once (and once more in its combined wrapping) for all its subscribers."""
-        for name, conns in list(self.subs.items()):
-            texts = out.get(self.specs[name])
-            if not texts:
+        """Each frame is encoded once (and once more in its combined wrapping), and the connections that
+        get the same streams this tick share one payload, joined once: with 1,000 subscribers to the same
+        streams a tick costs one join and one write per socket, not a push per frame per socket."""
+        fresh = [(name, texts) for name, spec in self.specs.items() if (texts := out.get(spec))]
+        if not fresh:
+            return
+        wanted: dict[Conn, list[int]] = {}
+        for i, (name, _) in enumerate(fresh):
+            for conn in self.subs.get(name, ()):
+                wanted.setdefault(conn, []).append(i)
+        encoded: dict[tuple[int, bool], bytes] = {}
+        payloads: dict[tuple[tuple[int, ...], bool], bytes] = {}
+        for conn, indexes in wanted.items():
+            if conn.transport is None:  # the ASGI path takes its texts one by one
+                for i in indexes:
+                    name, texts = fresh[i]
+                    for text in texts:
+                        self.push(conn, _wrapped(name, text) if conn.combined else text)
                 continue
-            for text in texts:
-                frame: bytes | None = None
-                wrapped: str | None = None
-                wrapped_frame: bytes | None = None
-                for conn in list(conns):
-                    if conn.combined:
-                        if wrapped is None:
-                            wrapped = '{"stream":' + json.dumps(name) + ',"data":' + text + "}"
-                            wrapped_frame = ws_frame(wrapped.encode())
-                        self.push(conn, wrapped, wrapped_frame)
-                    else:
-                        frame = frame or ws_frame(text.encode())
-                        self.push(conn, text, frame)
+            key = (tuple(indexes), conn.combined)
+            payload = payloads.get(key)
+            if payload is None:
+                payload = payloads[key] = b"".join(_encoded(fresh, i, conn.combined, encoded) for i in indexes)
+            self.push(conn, "", payload)
 
     def _market(self, inst: Instrument, active: set[Spec], out: dict[Spec, list[str]], now_ms: int,
                 now_s: float) -> None:
@@ -594,6 +600,21 @@ class Hub:
                                                 group[-1].ts_ms, now_ms))
         for conn in list(conns):
             self.push(conn, text)
+
+
+def _wrapped(name: str, text: str) -> str:
+    """A payload in its combined-stream envelope."""
+    return '{"stream":' + json.dumps(name) + ',"data":' + text + "}"
+
+
+def _encoded(fresh: list[tuple[str, list[str]]], i: int, combined: bool, done: dict[tuple[int, bool], bytes]) -> bytes:
+    """The websocket frames of one stream's texts of this tick, encoded once per framing."""
+    found = done.get((i, combined))
+    if found is None:
+        name, texts = fresh[i]
+        found = done[(i, combined)] = b"".join(ws_frame((_wrapped(name, t) if combined else t).encode())
+                                              for t in texts)
+    return found
 
 
 def hub_of(ws: WebSocket) -> Hub:
