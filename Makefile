@@ -69,7 +69,7 @@ bench: matcher $(BENCH_VENV)/.installed-stamp
 	$(BIN)/python -m bench.risk
 	$(BIN)/python -m bench.load --pairs 1 --seconds 20
 	$(BIN)/python -m bench.load --pairs 32 --seconds 30
-	$(BIN)/python -m bench.streams --subscribers 1000 --pairs 4 --seconds 20
+	$(BIN)/python -m bench.streams --subscribers 1,100,1000 --pairs 4 --seconds 20
 
 # Kubernetes: render every overlay and validate it offline, check and unit-test the alert rules with promtool
 # (also part of make test)

@@ -54,7 +54,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from prometheus_client import Counter
 
 from perpline.api import fstream_frames as frames
-from perpline.api import ratelimit
+from perpline.api import ratelimit, streamdelay
 from perpline.api.clientip import client_ip
 from perpline.api.service.listenkeys import ListenKey, ListenKeys
 from perpline.contracts import messages as m
@@ -224,6 +224,7 @@ class Hub:
         self.pending_fills: OrderedDict[tuple[int, int], m.FillRecorded] = OrderedDict()
         self.wallets: dict[tuple[int, str], str] = {}  # (account, asset) -> last wallet balance seen
         self.group: list[Any] = []
+        self.streamed_ms: list[int] = []  # the T of each trade this tick streams (perpline.api.streamdelay)
         self._task: asyncio.Task[None] | None = None
         self._expired_at = 0.0
         self._swept_at = 0.0
@@ -395,29 +396,48 @@ class Hub:
                 self._all_market(spec, out, now_ms, now_s)
         self._fan_out(out)
         self._user_data(now_ms)
+        built_s = time.monotonic()
         dirty, self.dirty = self.dirty, set()
         for conn in dirty:
             self.flush(conn, now_s)
+        self._timed(now_s, built_s)
+
+    def _timed(self, start_s: float, built_s: float) -> None:
+        """The tick's parts, and the trades it streamed reaching their sockets (perpline.api.streamdelay)."""
+        end_s = time.monotonic()
+        streamdelay.TICK_SECONDS.labels("build").observe(built_s - start_s)
+        streamdelay.TICK_SECONDS.labels("write").observe(end_s - built_s)
+        if self.streamed_ms:
+            written_ms = time.time() * 1000
+            for trade_ms in self.streamed_ms:
+                streamdelay.trade_at("written", trade_ms, written_ms)
+            self.streamed_ms.clear()
 
     def _fan_out(self, out: dict[Spec, list[str]]) -> None:
-        """Each text is encoded once (and once more in its combined wrapping) for all its subscribers."""
-        for name, conns in list(self.subs.items()):
-            texts = out.get(self.specs[name])
-            if not texts:
+        """Each frame is encoded once (and once more in its combined wrapping), and the connections that
+        get the same streams this tick share one payload, joined once: with 1,000 subscribers to the same
+        streams a tick costs one join and one write per socket, not a push per frame per socket."""
+        fresh = [(name, texts) for name, spec in self.specs.items() if (texts := out.get(spec))]
+        if not fresh:
+            return
+        wanted: dict[Conn, list[int]] = {}
+        for i, (name, _) in enumerate(fresh):
+            for conn in self.subs.get(name, ()):
+                wanted.setdefault(conn, []).append(i)
+        encoded: dict[tuple[int, bool], bytes] = {}
+        payloads: dict[tuple[tuple[int, ...], bool], bytes] = {}
+        for conn, indexes in wanted.items():
+            if conn.transport is None:  # the ASGI path takes its texts one by one
+                for i in indexes:
+                    name, texts = fresh[i]
+                    for text in texts:
+                        self.push(conn, _wrapped(name, text) if conn.combined else text)
                 continue
-            for text in texts:
-                frame: bytes | None = None
-                wrapped: str | None = None
-                wrapped_frame: bytes | None = None
-                for conn in list(conns):
-                    if conn.combined:
-                        if wrapped is None:
-                            wrapped = '{"stream":' + json.dumps(name) + ',"data":' + text + "}"
-                            wrapped_frame = ws_frame(wrapped.encode())
-                        self.push(conn, wrapped, wrapped_frame)
-                    else:
-                        frame = frame or ws_frame(text.encode())
-                        self.push(conn, text, frame)
+            key = (tuple(indexes), conn.combined)
+            payload = payloads.get(key)
+            if payload is None:
+                payload = payloads[key] = b"".join(_encoded(fresh, i, conn.combined, encoded) for i in indexes)
+            self.push(conn, "", payload)
 
     def _market(self, inst: Instrument, active: set[Spec], out: dict[Spec, list[str]], now_ms: int,
                 now_s: float) -> None:
@@ -497,6 +517,9 @@ class Hub:
         if not (want_trade or want_agg):
             return
         fresh = [t for t in rm.trades(sym, frames.MAX_TRADES_PER_TICK) if t.trade_id > last]
+        for t in fresh:
+            streamdelay.trade_at("built", t.ts_ms, now_ms)
+        self.streamed_ms.extend(t.ts_ms for t in fresh)
         if want_trade:
             out.setdefault(Spec("trade", sym), []).extend(json.dumps(frames.trade(inst, t, now_ms)) for t in fresh)
         if want_agg:
@@ -577,6 +600,21 @@ class Hub:
                                                 group[-1].ts_ms, now_ms))
         for conn in list(conns):
             self.push(conn, text)
+
+
+def _wrapped(name: str, text: str) -> str:
+    """A payload in its combined-stream envelope."""
+    return '{"stream":' + json.dumps(name) + ',"data":' + text + "}"
+
+
+def _encoded(fresh: list[tuple[str, list[str]]], i: int, combined: bool, done: dict[tuple[int, bool], bytes]) -> bytes:
+    """The websocket frames of one stream's texts of this tick, encoded once per framing."""
+    found = done.get((i, combined))
+    if found is None:
+        name, texts = fresh[i]
+        found = done[(i, combined)] = b"".join(ws_frame((_wrapped(name, t) if combined else t).encode())
+                                              for t in texts)
+    return found
 
 
 def hub_of(ws: WebSocket) -> Hub:

@@ -18,11 +18,17 @@ from itertools import islice
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_CREATE_TIME,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from prometheus_client import Counter, Gauge
 
 from perpline.accounts.order_status import OPEN
-from perpline.api import checkpoint, snapshot
+from perpline.api import checkpoint, snapshot, streamdelay
 from perpline.api.views import (
     MAX_CLOSED_ORDERS_PER_ACCOUNT,
     MAX_FUNDING_PER_ACCOUNT,
@@ -196,6 +202,8 @@ class ReadModel:
                 self._apply_account(value)
             else:
                 self._apply_market(value)
+        if isinstance(value, m.Trade):
+            _trade_timed(value.ts_ms, msg.timestamp())
         if isinstance(value, m.CommandResult):
             self._resolve(value)
 
@@ -618,6 +626,14 @@ def _append_once(items: deque[Any], keys: set[Any], key_of: Callable[[Any], Any]
     items.append(item)
     keys.add(key)
     return True
+
+
+def _trade_timed(trade_ms: int, record_ts: tuple[int, int]) -> None:
+    """The trade's delay to the matcher's record (its produce time) and to this read model (bench.streams)."""
+    kind, produced_ms = record_ts
+    if kind == TIMESTAMP_CREATE_TIME:
+        streamdelay.trade_at("matcher", trade_ms, produced_ms)
+    streamdelay.trade_at("applied", trade_ms, time.time() * 1000)
 
 
 def _wake(woken: asyncio.Future[None]) -> None:
