@@ -542,6 +542,30 @@ class Journal(Body):
     ts_ms: int
 
 
+class RepairRecord(Body):
+    """A reconciliation repair (recon_repairs, perpline.audit.REPAIR_COLUMNS)."""
+
+    repair_id: str
+    rule: str
+    asset: str
+    account_id: int
+    symbol: str
+    journal_id: str
+    ref_type: str
+    break_detail: str
+    action: str
+    policy: str
+    status: str
+    actor: str
+    journal_ids: list[str]
+    voided: list[str]
+    instructions: str
+    proposed_ms: int
+    applied_ms: int
+    confirmed_ms: int
+    recheck: str
+
+
 class StatementLine(Body):
     journal_id: str
     ref_type: str
@@ -550,6 +574,7 @@ class StatementLine(Body):
     trace_id: str
     change: Dec
     balance: Dec
+    repair: RepairRecord | None = None  # on a RECON_REPAIR line: its record (null if not found)
 
 
 class Statement(Body):
@@ -561,6 +586,7 @@ class Statement(Body):
     lines: list[StatementLine]
     closing: Dec
     agrees_with_ledger: bool
+    repairs: list[RepairRecord]  # the records of the repair journals among the lines
 
 
 class LedgerBalances(Body):
