@@ -396,10 +396,9 @@ class ListenKey(Body):
 # --- /api/v1: orders and requests (perpline.api.native, perpline.api.v1) -------------------------
 
 
-class NativeOrder(Body):
-    """An order as the accounts processor publishes it (contracts.messages.OrderView); the id a string."""
+class _OrderFields(Body):
+    """contracts.messages.OrderView's fields but its id (a string on the native API, a number when stored)."""
 
-    order_id: str
     client_order_id: str
     account_id: int
     symbol: str
@@ -416,6 +415,12 @@ class NativeOrder(Body):
     updated_ms: int
     cum_quote: Dec
     margin: Dec
+
+
+class NativeOrder(_OrderFields):
+    """An order as the accounts processor publishes it (contracts.messages.OrderView); the id a string."""
+
+    order_id: str
 
 
 class PlacedOrder(Body):
@@ -621,26 +626,10 @@ class ViewPosition(Body):
     realized_pnl: Dec
 
 
-class StoredOrder(Body):
+class StoredOrder(_OrderFields):
     """An order as stored in account_events (contracts.messages.OrderView; the id a number)."""
 
     order_id: int
-    client_order_id: str
-    account_id: int
-    symbol: str
-    side: Side
-    order_type: OrderType
-    time_in_force: TimeInForce
-    price: Dec | None
-    quantity: Dec
-    filled: Dec
-    avg_price: Dec
-    status: OrderStatus
-    reduce_only: bool
-    created_ms: int
-    updated_ms: int
-    cum_quote: Dec
-    margin: Dec
 
 
 class AccountAtInstant(Body):
