@@ -269,10 +269,11 @@ class RandomSession:
         if status in ("NEW", "PARTIALLY_FILLED") and error is None:
             self.open_orders[user.user_id].append(int(order_id))
 
-    def _expect(self, user: Client, order_id: int, status: str, executed_lots: int) -> None:
+    def _expect(self, user: Client, order_id: int, status: str, executed_lots: int,
+                timeout_s: float | None = None) -> None:
         """Read the order back until it is what the model says (kept in `pending` while not yet)."""
         self.pending = (user, order_id, status, executed_lots)
-        expect_order(user, order_id, status, executed_lots, self.expect_timeout_s)
+        expect_order(user, order_id, status, executed_lots, timeout_s or self.expect_timeout_s)
         self.pending = None
         self.looked_up += 1
 
@@ -280,10 +281,7 @@ class RandomSession:
         """Check again, for longer, the order read-back that timed out (a caller that stopped the faults
         meanwhile tells a slow answer from a wrong one)."""
         if self.pending is not None:
-            user, order_id, status, executed_lots = self.pending
-            expect_order(user, order_id, status, executed_lots, timeout_s)
-            self.pending = None
-            self.looked_up += 1
+            self._expect(*self.pending, timeout_s=timeout_s)
 
     def _find_by_client_id(self, user: Client, coid: str, body: dict[str, Any]) -> dict[str, Any]:
         """The order an unanswered request placed, or the answer as it was if none was placed."""
