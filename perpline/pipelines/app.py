@@ -27,6 +27,7 @@ from quixstreams.models.serializers.exceptions import SerializationError
 from perpline.config import Guarantee, fetch_config, kafka_config, settings
 from perpline.contracts import codec, topics
 from perpline.contracts.dead_letters import dead_letter
+from perpline.pipelines.checkpoints import commit_when_caught_up
 from perpline.pipelines.io import DEAD_LETTERS, PROCESSED, noted
 
 log = logging.getLogger("perpline.pipelines")
@@ -85,6 +86,7 @@ def make_app(consumer_group: str, *, state_dir: Path | None = None, processing_g
     kwargs.update(overrides, consumer_extra_config=consumer_extra, producer_extra_config=producer_extra)
     app = Application(**kwargs)
     letters.attach(app)
+    commit_when_caught_up(app)
     return app
 
 
