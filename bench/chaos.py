@@ -6,7 +6,7 @@ Starts the plain stack (free ports, temporary data dir), funds three users, and 
 session of bench/session.py (orders of every kind, amends, cancels, deposits and withdrawals through
 /fapi and the native wallet, each answer checked against the naive book) for `--minutes`. Meanwhile a
 thread SIGKILLs one component every `--kill-every-s` seconds, chosen at random among every kind but the
-embedded broker (whose data is in memory: its death stops the stack): matcher, accounts, clearing,
+embedded broker (whose data is in memory: its death stops the stack): matcher, accounts,
 ledger sink, risk, index feed, reconciler, the API (clients resend with the same client order id or
 Idempotency-Key) and the embedded ClickHouse server. No kind is killed twice within
 MIN_GAP_PER_KIND_S, so the supervisor's restart budget (5 deaths a minute) is never what stops it.
@@ -38,8 +38,8 @@ from bench.api import plain_stack
 from bench.load import check_books, make_users
 from bench.session import DEPOSIT_USDT, RandomSession
 
-VICTIMS = ("perpline.matcher.runner", "perpline.pipelines.accounts", "perpline.pipelines.clearing",
-           "perpline.pipelines.ledger_sink", "perpline.risk.runner", "perpline.risk.index_feed",
+VICTIMS = ("perpline.matcher.runner", "perpline.pipelines.accounts", "perpline.pipelines.ledger_sink",
+           "perpline.risk.runner", "perpline.risk.index_feed",
            "perpline.recon.runner", "perpline.api.main", "perpline.ch.server")
 MIN_GAP_PER_KIND_S = 15.0
 SETTLE_S = 180.0

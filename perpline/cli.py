@@ -1,7 +1,7 @@
 """The `perpline` command: one entry point for every process and tool.
 
     perpline up [--demo]          run the whole exchange on this machine
-    perpline api | matcher | accounts | clearing | ledger-sink | risk | index-feed | recon | demo | broker | clickhouse
+    perpline api | matcher | accounts | ledger-sink | risk | index-feed | recon | demo | broker | clickhouse
     perpline recon --full --once  one full reconciliation pass: breaks as JSON lines, exit 1 if any
     perpline topics [--json]      topics with partitions, offsets, records, consumer groups' committed offsets and lag
     perpline topics tail TOPIC    records as pretty JSON [--from-beginning|--last N] [--trace-id X] [--key K] [--follow]
@@ -19,7 +19,6 @@ COMMANDS = {
     "api": "perpline.api.main",
     "matcher": "perpline.matcher.runner",
     "accounts": "perpline.pipelines.accounts",
-    "clearing": "perpline.pipelines.clearing",
     "ledger-sink": "perpline.pipelines.ledger_sink",
     "risk": "perpline.risk.runner",
     "index-feed": "perpline.risk.index_feed",

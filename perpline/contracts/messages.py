@@ -113,7 +113,7 @@ class AmendOrder(ApiCommand, tag="amend_order", kw_only=True):
 
 
 class FillLeg(Msg, tag="fill_leg", kw_only=True):
-    """One side of a trade, from clearing. Idempotency key: (symbol, seq, liquidity)."""
+    """One side of a trade, from the matcher's clearing (perpline.matcher.legs). Idempotency key: (symbol, seq, liquidity)."""
 
     account_id: int
     symbol: str
@@ -140,7 +140,7 @@ class OrderDone(Msg, tag="order_done", kw_only=True):
 
 
 class AmendDone(Msg, tag="amend_done", kw_only=True):
-    """The matcher's answer to an amend, from clearing: applied (new price, quantity, leaves) or refused."""
+    """The matcher's answer to an amend (perpline.matcher.legs): applied (new price, quantity, leaves) or refused."""
 
     account_id: int
     symbol: str

@@ -5,12 +5,13 @@ Loop, read top to bottom:
   2. decode; a malformed input goes to dead.letters and is still logged in the WAL as skipped
   3. append the batch to the WAL (group commit, fsync policy)          -- durable before acting
   4. apply the batch: one engine.execute() call per symbol (compiled) -> events with gap-free seq
-  5. produce the events to matcher.events keyed by symbol (acks=all, idempotent), without
-     waiting: a delivery failure stops the process; at most MAX_UNACKED events are in flight
+  5. produce the events to matcher.events keyed by symbol, and their settlement legs to
+     account.commands keyed by account (perpline.matcher.legs; acks=all, idempotent), without
+     waiting: a delivery failure stops the process; at most MAX_UNACKED records are in flight
   6. every N inputs or T seconds: flush (every event acknowledged), then snapshot engines +
      source offsets atomically. So every event not yet acknowledged comes from an input in the
      WAL tail after the newest snapshot, and recovery re-emits it.
-Recovery: newest good snapshot + WAL tail replayed (events re-emitted; consumers drop seen seq),
+Recovery: newest good snapshot + WAL tail replayed (events and legs re-emitted; consumers drop seen seq),
 then resume from the offsets the WAL recorded.
 """
 
@@ -39,6 +40,7 @@ from perpline.contracts.dead_letters import dead_letter
 from perpline.contracts.instruments import load_catalog
 from perpline.contracts.units import UnitError
 from perpline.matcher import convert, snapshot
+from perpline.matcher.legs import legs
 from perpline.matcher.loader import load_core
 from perpline.matcher.segments import SegmentedWal
 from perpline.obs import LagWatcher, clear_ready, mark_ready, serve_metrics, setup_logging
@@ -54,6 +56,7 @@ KEEP_SNAPSHOTS = 3
 
 INPUTS = Counter("perpline_matcher_inputs_total", "inputs applied", ["symbol"])
 EVENTS = Counter("perpline_matcher_events_total", "events emitted", ["symbol", "type"])
+LEGS = Counter("perpline_matcher_legs_total", "settlement legs emitted to account.commands", ["type"])
 DEAD = Counter("perpline_matcher_dead_letters_total", "malformed inputs sent to dead.letters")
 BATCH_SECONDS = Histogram("perpline_matcher_batch_seconds", "time to WAL, apply and publish one batch")
 WAL_FSYNC = Histogram("perpline_matcher_wal_fsync_seconds", "WAL group commit time")
@@ -256,15 +259,19 @@ class Matcher:
         self.producer.produce(self.topics["dead.letters"], key=b"matcher", value=codec.encode(letter))
 
     def _publish(self, out: list[tuple[str, list[Any]]]) -> None:
-        """Produce without waiting for acknowledgements (see the module docstring, step 5)."""
-        topic = self.topics["matcher.events"]
+        """Produce without waiting for acknowledgements (see the module docstring, step 5): each event
+        on matcher.events, and its settlement legs on account.commands, keyed by account."""
+        topic, legs_topic = self.topics["matcher.events"], self.topics["account.commands"]
         counts: dict[tuple[str, str], int] = {}
         last_seq: dict[str, int] = {}
-        produce = self.producer.produce
+        produce, delivered = self.producer.produce, self._delivered
         for symbol, events in out:
             key = symbol.encode()
             for event in events:
-                produce(topic, key=key, value=codec.encode(event), on_delivery=self._delivered)
+                produce(topic, key=key, value=codec.encode(event), on_delivery=delivered)
+                for leg in legs(event):
+                    produce(legs_topic, key=str(leg.account_id).encode(), value=codec.encode(leg), on_delivery=delivered)
+                    LEGS.labels(type(leg).__name__).inc()
                 kind = (symbol, type(event).__name__)
                 counts[kind] = counts.get(kind, 0) + 1
             if events:
@@ -284,12 +291,12 @@ class Matcher:
 
     def _raise_on_failed_delivery(self) -> None:
         if self._delivery_error is not None:
-            raise RuntimeError(f"matcher.events delivery failed ({self._delivery_error}); stopping so recovery "
+            raise RuntimeError(f"event or leg delivery failed ({self._delivery_error}); stopping so recovery "
                                "re-emits from the last snapshot")
 
     def _flush(self) -> None:
         if self.producer.flush(30) > 0:
-            raise RuntimeError("matcher.events not acknowledged in 30 s; stopping so recovery re-emits them")
+            raise RuntimeError("events and legs not acknowledged in 30 s; stopping so recovery re-emits them")
         self._raise_on_failed_delivery()
 
     def _maybe_snapshot(self) -> None:

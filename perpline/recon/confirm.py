@@ -1,13 +1,13 @@
 """A break must be a break: a rule's finding is reported only once the data it judged was complete.
 
-Rules compare tables filled by different stages (matcher -> clearing -> accounts -> ledger sink ->
+Rules compare tables filled by different stages (matcher -> accounts -> ledger sink ->
 ClickHouse). While a stage is down or behind, a trade can be in `matcher_events` before its legs are
 in `ledger_postings`: that is lag, not a break. So each pass records the end of every topic of the
 chain (a mark), and a later pass checks whether every stage's committed position has reached an
 earlier mark (that mark is then "drained"). A finding first seen at pass N is reported when it is
 found again at a pass M whose data is complete up to N: after CHAIN_DEPTH successive drains
 (D(M) = the newest earlier pass drained at M; complete through D(D(D(M)))), whatever existed
-upstream at pass N has gone through clearing, accounts and the sink. A finding that vanishes
+upstream at pass N has gone through the matcher's publication, accounts and the sink. A finding that vanishes
 before that was lag and is forgotten. A finding that cannot be confirmed for MAX_PENDING_PASSES
 passes (a stage stuck, offsets unreadable) is reported as a `warning`, never as critical.
 """
@@ -19,7 +19,9 @@ from typing import Any, Protocol
 
 from perpline.recon.rules import Break
 
-CHAIN_DEPTH = 3  # clearing, accounts, ledger sink: the stages between the matcher and ClickHouse
+# The matcher's publication (an event and its settlement legs are delivered independently, and a matcher
+# restarted between the two re-emits both), accounts, ledger sink: the stages between matching and ClickHouse.
+CHAIN_DEPTH = 3
 MAX_PENDING_PASSES = 120  # 10 min at the 5 s cadence: beyond it an unconfirmed finding becomes a warning
 MAX_DRAIN_CHECKS = 3  # earlier marks tried per pass, newest first (each check may probe the broker)
 

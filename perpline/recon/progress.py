@@ -22,8 +22,8 @@ from perpline.topics_tool import watermarks
 
 log = logging.getLogger("perpline.recon")
 # (consumer group, the topics it reads) of every stage a rule's data goes through
-CHAIN = (("perpline-clearing", (topics.MATCHER_EVENTS,)),
-         ("perpline-accounts", (topics.ACCOUNT_COMMANDS,)),
+# (the matcher has no group: it publishes each event and its settlement legs together, confirm.CHAIN_DEPTH)
+CHAIN = (("perpline-accounts", (topics.ACCOUNT_COMMANDS,)),
          ("perpline-ledger-sink", (topics.LEDGER_ENTRIES, topics.ACCOUNT_EVENTS, topics.MATCHER_EVENTS)))
 TIMEOUT_S = 5.0
 PROBE_S = 2.0  # how long a read from a committed offset may take to reach a record or the end

@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from perpline.config import kafka_config, topic_map
 from perpline.contracts import codec, ids
 from perpline.contracts import messages as m
-from perpline.pipelines.clearing_logic import legs_for
+from perpline.matcher.legs import legs
 from perpline.pipelines.ledger_sink_logic import POSTING_COLUMNS, posting_rows
 from perpline.recon import plans as p
 from perpline.recon.rules import Break, Rule, run_rule
@@ -267,9 +267,8 @@ class Repairer:
         payload = self.client.query("SELECT payload FROM matcher_events FINAL WHERE symbol = {s:String} AND seq = "
                                     "{q:UInt64}", parameters={"s": repair.symbol, "q": seq}).result_rows[0][0]
         trade = codec.decode("matcher.events", payload.encode())
-        legs, _ = legs_for(trade, seq - 1)
         assert self.producer is not None
-        for leg in legs:
+        for leg in legs(trade):
             self.producer.produce(topic_map()["account.commands"], key=str(leg.account_id).encode(), value=codec.encode(leg))
         self.producer.flush(10)
         wanted = [ids.journal_id(ids.fill_leg_id(repair.symbol, seq, liq), rt) for liq in ("MAKER", "TAKER")

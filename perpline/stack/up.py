@@ -1,7 +1,7 @@
 """`perpline up`: the whole exchange on one machine, one process per component.
 
     broker (Tansu, memory) -> clickhouse (chdb behind the HTTP interface)
-      -> matcher, accounts, clearing, ledger-sink -> api -> demo traders (--demo)
+      -> matcher (with clearing), accounts, ledger-sink -> api -> demo traders (--demo)
 
 With PERPLINE_KAFKA_BOOTSTRAP set, that broker is used and none is started (topics are
 ensured); with PERPLINE_CLICKHOUSE_URL set, that server is used and none is started.
@@ -169,8 +169,8 @@ def components(plan: Plan) -> list[ComponentSpec]:
              ready_file=False, ready=http_probe(plan.clickhouse + "/ping"), ports=[int(ch_port)])
     spec("matcher", [PY, "-m", "perpline.matcher.runner", "--data-dir", str(plan.data_dir / "matcher")], deps,
          ready_timeout_s=120)
-    for name, module in (("accounts", "perpline.pipelines.accounts"), ("clearing", "perpline.pipelines.clearing")):
-        spec(name, [PY, "-m", module, "--state-dir", str(plan.data_dir / "state" / name)], deps, ready_timeout_s=120)
+    spec("accounts", [PY, "-m", "perpline.pipelines.accounts", "--state-dir", str(plan.data_dir / "state" / "accounts")],
+         deps, ready_timeout_s=120)
     spec("ledger-sink", [PY, "-m", "perpline.pipelines.ledger_sink"],
          deps + (["clickhouse"] if plan.embedded_clickhouse else []), ready_timeout_s=120)
     spec("index-feed", [PY, "-m", "perpline.risk.index_feed"], deps)
@@ -180,7 +180,7 @@ def components(plan: Plan) -> list[ComponentSpec]:
     spec("recon", [PY, "-m", "perpline.recon.runner"], deps + (["clickhouse"] if plan.embedded_clickhouse else []),
          ready_timeout_s=120)
     spec("api", [PY, "-m", "perpline.api.main", "--host", plan.api_host, "--port", str(plan.api_port)],
-         ["matcher", "accounts", "clearing"], ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
+         ["matcher", "accounts"], ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
          ready_timeout_s=120, env_extra={"PERPLINE_CLICKHOUSE_URL": plan.clickhouse_reader_url,  # it only reads
                                          "PERPLINE_FUNDING_INTERVAL_S": funding_s},
          ports=[plan.api_port])

@@ -1,5 +1,5 @@
-"""Thousands of orders through the real broker and ClickHouse while the matcher, the accounts processor,
-clearing and the ledger sink are SIGKILLed every few seconds; then the whole run is proved exact.
+"""Thousands of orders through the real broker and ClickHouse while the matcher, the accounts processor
+and the ledger sink are SIGKILLed every few seconds; then the whole run is proved exact.
 
 The flow: 8 accounts on two symbols, commands written straight to `account.commands` as the API writes
 them (all order types, reduce-only, amends, cancels by client id, cancel-all, leverage, deposits,
@@ -9,7 +9,7 @@ and re-delivered `matcher.events` and settlement legs. About a dozen kills land 
 What "nothing lost, nothing doubled" means here, checked after quiescence:
 1. matcher: `orders` replayed through a fresh engine gives exactly the de-duplicated `matcher.events`
    (same events, same bytes, seq without a gap);
-2. clearing: those events give exactly the settlement legs found on `account.commands`;
+2. clearing (in the matcher): those events give exactly the settlement legs found on `account.commands`;
 3. accounts: what the processor published (account.events, ledger.entries), de-duplicated, agrees
    with the trade stream (every account's position equals the sum of its trades), the API serves
    exactly it (balances, positions, open orders), ClickHouse holds exactly its journals (same ids, same
@@ -44,15 +44,14 @@ from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.units import UnitError, format_amount, parse_amount
 from perpline.matcher import convert
+from perpline.matcher.legs import legs_for
 from perpline.matcher.loader import load_core
-from perpline.pipelines.clearing_logic import legs_for
 
 pytestmark = pytest.mark.e2e
 COMMANDS = int(os.environ.get("PERPLINE_CRASH_SESSION_COMMANDS", "3000"))
 KILL_EVERY_S = float(os.environ.get("PERPLINE_CRASH_SESSION_KILL_EVERY_S", "4.0"))
 RATE_PER_S = 60
-VICTIMS = ("perpline.matcher.runner", "perpline.pipelines.accounts", "perpline.pipelines.clearing",
-           "perpline.pipelines.ledger_sink")
+VICTIMS = ("perpline.matcher.runner", "perpline.pipelines.accounts", "perpline.pipelines.ledger_sink")
 ACCOUNTS = [7_100_001 + n for n in range(8)]
 SMALL = set(ACCOUNTS[-2:])  # little money: their larger orders are refused for margin
 SYMBOLS = {"BTCUSDT-PERP": (Decimal("50000.0"), Decimal("0.1"), Decimal("0.001"), (3, 30)),

@@ -298,12 +298,12 @@ def test_every_metric_of_the_dashboards_and_alerts_is_scraped(stack: Stack) -> N
     import metrics_scrape as ms  # noqa: PLC0415
 
     scrapes = ms.scrape_all(stack)
-    assert set(scrapes) == {"api", "broker", "clickhouse", "matcher", "accounts", "clearing", "ledger-sink",
+    assert set(scrapes) == {"api", "broker", "clickhouse", "matcher", "accounts", "ledger-sink",
                             "index-feed", "risk", "recon"}
     bare = {name for name, samples in scrapes.items() if not any(n.startswith("perpline_") for n in samples)}
     assert bare == {"index-feed"}  # it answers, with the runtime's metrics only: it declares none of its own yet
     assert ms.missing_for_dashboards_and_alerts(ms.merged(scrapes)) == []
-    groups = {"perpline-matcher", "perpline-accounts", "perpline-clearing", "perpline-ledger-sink"}
+    groups = {"perpline-matcher", "perpline-accounts", "perpline-ledger-sink"}
     readers = {"perpline-risk", "perpline-api-readmodel"}  # they read prices every second: lag moves, is exported
 
     def settled() -> Any:
@@ -336,7 +336,7 @@ def test_every_metric_of_the_dashboards_and_alerts_is_scraped(stack: Stack) -> N
     assert done.returncode == 0, done.stderr[-2000:]
     described = {t["logical"]: t for t in json.loads(done.stdout)}
     assert described["orders"]["records"] >= 6 and described["ledger.entries"]["records"] > 0
-    for logical, group in (("account.commands", "perpline-accounts"), ("matcher.events", "perpline-clearing"),
+    for logical, group in (("account.commands", "perpline-accounts"), ("matcher.events", "perpline-ledger-sink"),
                            ("ledger.entries", "perpline-ledger-sink")):
         rows = [p for p in described[logical]["partitions"] if group in p["groups"]]
         assert rows and all(p["groups"][group]["committed"] <= p["high"] for p in rows), (logical, group)

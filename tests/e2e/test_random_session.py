@@ -1,6 +1,6 @@
 """A seeded random trading session through /fapi, compared step by step with an independent model
 (bench/session.py), while every kind of component but the broker is SIGKILLed in the middle of it:
-matcher, accounts, clearing, ledger sink, risk, index feed, reconciler, the API and the embedded
+matcher, accounts, ledger sink, risk, index feed, reconciler, the API and the embedded
 ClickHouse server, each at least once. Every 200 answer must be the order as matching left it, even
 right after a kill; the end checks are those of `python -m bench.chaos` (the long version).
 """
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.e2e
 STEPS = int(os.environ.get("PERPLINE_RANDOM_SESSION_STEPS", "120"))
 USERS = 3
 KILL_EVERY = int(os.environ.get("PERPLINE_RANDOM_SESSION_KILL_EVERY", "12"))
-VICTIMS = ("perpline.matcher.runner", "perpline.pipelines.accounts", "perpline.pipelines.clearing",
-           "perpline.pipelines.ledger_sink", "perpline.risk.runner", "perpline.risk.index_feed",
+VICTIMS = ("perpline.matcher.runner", "perpline.pipelines.accounts", "perpline.pipelines.ledger_sink",
+           "perpline.risk.runner", "perpline.risk.index_feed",
            "perpline.recon.runner", "perpline.api.main", "perpline.ch.server")
 
 

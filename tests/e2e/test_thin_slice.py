@@ -14,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
@@ -230,23 +231,34 @@ def test_admin_makes_many_funded_users_in_one_process(stack: Stack) -> None:
 
 def test_an_order_whose_settlement_is_held_up_is_answered_unknown_never_with_a_status_it_does_not_end_in(
         stack: Stack) -> None:
-    """Issue 19, hole 7: with clearing stopped, a taking order is matched but its fills cannot reach the
-    account views. Its answer must be TIMEOUT (Binance's -1007, "unknown status"), not the NEW the views
-    still show; once clearing runs again the order is what matching made it."""
+    """Issue 19, hole 7: a taking order is accepted and matched, but its fills cannot reach the account
+    views (the accounts processor is stopped after its decision, before the matcher's legs arrive). Its
+    answer must be TIMEOUT (Binance's -1007, "unknown status"), not the NEW the views still show; once the
+    accounts processor runs again the order is what matching made it."""
     maker, taker = (u["user_id"] for u in admin(stack, "create-user", "--count", "2", "--deposit", "USDT=20000"))
     api = stack.api
     rest = _post(api, "/api/v1/orders", maker, {"symbol": "BTCUSDT-PERP", "side": "SELL", "price": "50200",
                                                 "quantity": "0.010", "client_order_id": "held-rest"})
     assert rest.status_code == 200 and rest.json()["order"]["status"] == "NEW", rest.text
-    clearing = _component_pid(stack, "perpline.pipelines.clearing")
-    assert clearing
-    os.kill(clearing, signal.SIGSTOP)
+    matcher, accounts = (_component_pid(stack, m) for m in ("perpline.matcher.runner", "perpline.pipelines.accounts"))
+    assert matcher and accounts
+    os.kill(matcher, signal.SIGSTOP)  # the order is decided, but not matched yet
+    stopped = [matcher]
     try:
-        take = _post(api, "/api/v1/orders", taker, {"symbol": "BTCUSDT-PERP", "side": "BUY", "price": "50200",
-                                                    "quantity": "0.010", "time_in_force": "IOC",
-                                                    "client_order_id": "held-take"})
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(_post, api, "/api/v1/orders", taker, {
+                "symbol": "BTCUSDT-PERP", "side": "BUY", "price": "50200", "quantity": "0.010",
+                "time_in_force": "IOC", "client_order_id": "held-take"})
+            _eventually(lambda: any(o.get("client_order_id") == "held-take" for o in _get(
+                api, "/api/v1/orders", taker, symbol="BTCUSDT-PERP", status="all").json()))
+            os.kill(accounts, signal.SIGSTOP)  # its legs will wait on account.commands
+            stopped.append(accounts)
+            os.kill(matcher, signal.SIGCONT)  # matched: the trade reaches the API, the legs do not
+            stopped.remove(matcher)
+            take = answer.result(timeout=60)
     finally:
-        os.kill(clearing, signal.SIGCONT)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
     assert take.status_code == 504 and take.json()["code"] == 5001, take.text
     order = _eventually(lambda: next((o for o in _get(api, "/api/v1/orders", taker, symbol="BTCUSDT-PERP",
                                                                  status="all").json()

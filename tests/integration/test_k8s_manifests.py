@@ -126,7 +126,7 @@ def test_every_process_is_scraped_and_the_rules_and_dashboards_are_provisioned()
         docs = render(overlay)
         exporters = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
                      and d["spec"]["template"]["metadata"]["labels"].get("perpline/broker-client") == "true"]
-        assert {d["metadata"]["name"] for d in exporters} >= {"matcher", "accounts", "clearing", "ledger-sink", "risk",
+        assert {d["metadata"]["name"] for d in exporters} >= {"matcher", "accounts", "ledger-sink", "risk",
                                                                "index-feed", "recon", "api"}
         for d in exporters:
             notes = d["spec"]["template"]["metadata"]["annotations"]

@@ -9,7 +9,7 @@ import pytest
 from perpline.accounts.ledger import JournalBuilder
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
-from perpline.pipelines.clearing_logic import legs_for
+from perpline.matcher.legs import legs_for
 from perpline.pipelines.ledger_sink_logic import Unbalanced, posting_rows
 
 META = {"trace_id": "T", "causation_id": "c", "ts_ms": 5}

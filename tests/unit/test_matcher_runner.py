@@ -56,6 +56,46 @@ def test_recovery_replays_the_wal_to_the_same_book(tmp_path: Path) -> None:
     assert second.state.next_offsets == {0: 6}
 
 
+class Sent:
+    """A producer that keeps what it is given (topic, key, decoded value)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes, m.Msg]] = []
+
+    def produce(self, topic: str, key: bytes, value: bytes, on_delivery: object = None) -> None:
+        logical = next(name for name, physical in topic_map().items() if physical == topic)
+        self.records.append((logical, key, codec.decode(logical, value)))
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+
+def test_the_matcher_publishes_each_trades_legs_keyed_by_account_beside_its_events(tmp_path: Path) -> None:
+    """Clearing is in the matcher: a trade's maker and taker legs go to account.commands (each keyed by its
+    account, maker first), an order that ends its life an OrderDone; the events still go to matcher.events."""
+    matcher = Matcher(tmp_path, "127.0.0.1:1", topic_map(), "never")
+    matcher.recover()
+    matcher.producer = Sent()  # type: ignore[assignment]
+    maker = codec.encode(m.NewOrder(**META, order_id=1, account_id=7, symbol="BTCUSDT-PERP", side="SELL",
+                                    order_type="LIMIT", time_in_force="GTC", price="50000", quantity="0.010",
+                                    client_order_id="c1"))
+    taker = codec.encode(m.NewOrder(**META, order_id=2, account_id=8, symbol="BTCUSDT-PERP", side="BUY",
+                                    order_type="LIMIT", time_in_force="IOC", price="50000", quantity="0.020",
+                                    client_order_id="c2"))
+    matcher._publish(matcher._apply_records([record(0, maker), record(1, taker)]))
+    sent = matcher.producer.records  # type: ignore[attr-defined]
+    legs = [(key, type(value).__name__, getattr(value, "liquidity", "")) for topic, key, value in sent
+            if topic == "account.commands"]
+    assert legs == [(b"7", "FillLeg", "MAKER"), (b"8", "FillLeg", "TAKER"), (b"8", "OrderDone", "")]
+    events = [type(value).__name__ for topic, _key, value in sent if topic == "matcher.events"]
+    assert "Trade" in events and "OrderExpired" in events
+    done = next(value for topic, _key, value in sent if isinstance(value, m.OrderDone))
+    assert (done.status, done.leaves, done.order_id) == ("EXPIRED", "0.010", 2)
+
+
 def amend(price: str, qty: str, cause: str) -> bytes:
     return codec.encode(m.AmendRequest(trace_id="t", causation_id=cause, ts_ms=1, order_id=1, account_id=1,
                                        symbol="BTCUSDT-PERP", price=price, quantity=qty))

@@ -8,7 +8,7 @@ from perpline.accounts.memory import DictMemory
 from perpline.accounts.state import from_store
 from perpline.contracts import codec
 from perpline.contracts import messages as m
-from perpline.pipelines import accounts, clearing
+from perpline.pipelines import accounts
 
 
 class FakeState(DictMemory):
@@ -67,17 +67,6 @@ def test_a_state_rolled_back_under_the_cache_is_read_again() -> None:
     state.data = before  # the second deposit's transaction aborted
     accounts.step(deposit("r3"), "5", state)
     assert from_store(state.data["account"]).balances["USDT"].available == 2 * 10000000000
-
-
-def test_clearing_step_drops_replayed_seq() -> None:
-    state = FakeState()
-    trade = codec.encode(m.Trade(**META, symbol="BTCUSDT-PERP", seq=1, trade_id=1, price="50000.00", quantity="0.010",
-                                 taker_side="BUY", taker_order_id=1, taker_account_id=1, taker_leaves="0.000",
-                                 maker_order_id=2, maker_account_id=2, maker_leaves="0.000"))
-    outs = clearing.step(trade, state)
-    assert [(o["t"], o["k"]) for o in outs] == [("account.commands", "2"), ("account.commands", "1")]
-    assert clearing.step(trade, state) == []
-    assert clearing.step(b"\xff", state)[0]["t"] == "dead.letters"
 
 
 def test_malformed_settlement_leg_is_a_dead_letter_and_changes_nothing() -> None:

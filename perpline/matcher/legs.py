@@ -1,9 +1,15 @@
-"""Clearing: split matcher events into per-account settlement legs. Pure; the Quix wiring is clearing.py.
+"""Clearing: each matcher event's settlement legs, one command per account for account.commands. Pure.
 
 A trade becomes two FillLegs (maker first, then taker), each keyed by its account;
 a cancel, expiry or matcher rejection becomes an OrderDone that releases what the
-order still holds. Events whose seq was already cleared are dropped (the matcher
-re-emits after a crash).
+order still holds; an amend's outcome becomes an AmendDone.
+
+The matcher publishes these legs itself, beside its events (perpline.matcher.runner): a separate
+clearing processor cost every taking order one more broker hop and one more transaction commit
+(docs/architecture.md, "The latency floor of each hop"). A leg re-emitted after a matcher crash is
+dropped by the accounts processor, which applies legs idempotently by (symbol, seq, leg).
+`legs_for` also drops events at or below a seq already cleared: readers that re-derive legs from
+the events topic (the repairs, the crash-session test) see re-emitted events too.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from perpline.contracts import messages as m
 from perpline.contracts import sequence
 from perpline.contracts.codes import Code
 
-log = logging.getLogger("perpline.clearing")
+log = logging.getLogger("perpline.matcher.legs")
 
 
 def opposite(side: str) -> str:
@@ -29,7 +35,7 @@ def legs_for(event: m.Msg, last_seq: int) -> tuple[list[m.Msg], int]:
     if verdict.kind == sequence.GAP and last_seq > 0:
         log.error("matcher seq gap", extra={"trace_id": event.trace_id, "symbol": getattr(event, "symbol", ""),
                                             "expected": last_seq + 1, "got": verdict.last_seq})
-    return _legs(event), verdict.last_seq
+    return legs(event), verdict.last_seq
 
 
 def _meta(event: m.Msg) -> dict[str, object]:
@@ -37,7 +43,8 @@ def _meta(event: m.Msg) -> dict[str, object]:
             "ts_ms": event.ts_ms}
 
 
-def _legs(event: m.Msg) -> list[m.Msg]:
+def legs(event: m.Msg) -> list[m.Msg]:
+    """The commands for account.commands that settle one matcher event (none for most events)."""
     if isinstance(event, m.Trade):
         maker = m.FillLeg(**_meta(event), account_id=event.maker_account_id, symbol=event.symbol, seq=event.seq,  # type: ignore[arg-type]
                           trade_id=event.trade_id, order_id=event.maker_order_id, liquidity="MAKER",
