@@ -54,7 +54,9 @@ def apply(rep: Repairer, repair: Repair) -> tuple[list[str], list[str]]:
         return [], []
     if repair.action == p.REVERSE:
         journals = p.reversal(p.log_rows(logged), label="reverse")
-        return rep._post(repair, logged.account_id, "", journals, books=True, part="0"), [repair.journal_id]
+        # reversed, not voided: the deposit is a real journal of the account (its number stays in the sequence);
+        # wallet_no_statement skips a journal its applied `reverse` names
+        return rep._post(repair, logged.account_id, "", journals, books=True, part="0"), []
     if repair.action == p.COMPENSATE:
         line = _line(rep.client, repair.journal_id)
         journals = p.wallet_difference(line["direction"], logged.account_id, line["asset"],

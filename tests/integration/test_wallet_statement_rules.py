@@ -70,9 +70,10 @@ def found(client: Any) -> dict[str, list[tuple[str, str, int]]]:
     return {k: v for k, v in hits.items() if v}
 
 
-def repair_record(client: Any, rule: str, journal_id: str, journal_ids: list[str], voided: list[str]) -> None:
+def repair_record(client: Any, rule: str, action: str, journal_id: str, journal_ids: list[str], voided: list[str]
+                  ) -> None:
     record = {c: "" for c in REPAIR_COLUMNS} | {
-        "repair_id": f"r-{rule}-{journal_id}", "rule": rule, "account_id": ACCT, "journal_id": journal_id,
+        "repair_id": f"r-{rule}-{journal_id}", "rule": rule, "action": action, "account_id": ACCT, "journal_id": journal_id,
         "status": "applied", "journal_ids": journal_ids, "voided": voided, "proposed_ms": 1, "applied_ms": 1,
         "confirmed_ms": 0, "updated_ms": 1}
     client.insert("recon_repairs", [[record[c] for c in REPAIR_COLUMNS]], column_names=REPAIR_COLUMNS)
@@ -103,10 +104,14 @@ def test_each_disagreement_with_the_statement_is_found_and_a_repair_closes_it(cl
          OLD_MS, 0, 0, 0],
         ["rep/RECON_REPAIR", 1, "RECON_REPAIR", "rep", ACCT, "", f"user:{ACCT}:SPOT", "USDT", Decimal("-0.5"), "", "",
          OLD_MS, 0, 0, 0]], column_names=POSTING_COLUMNS)
-    repair_record(client, "wallet_amount", d1, ["rep/RECON_REPAIR"], [])
+    repair_record(client, "wallet_amount", "compensate", d1, ["rep/RECON_REPAIR"], [])
     assert found(client) == {}
 
     reversed_ = book(client, "DEPOSIT", "never-received", "3")  # credited, the wallet never received it
     assert found(client) == {"wallet_no_statement": [(reversed_, "DEPOSIT", ACCT)]}
-    repair_record(client, "wallet_no_statement", reversed_, ["x/RECON_REPAIR"], [reversed_])
+    repair_record(client, "wallet_no_statement", "reverse", reversed_, ["x/RECON_REPAIR"], [])
+    assert found(client) == {}
+    copy = book(client, "DEPOSIT", "copy", "4")  # a copy another rule's repair voids
+    assert found(client) == {"wallet_no_statement": [(copy, "DEPOSIT", ACCT)]}
+    repair_record(client, "duplicate_cause", "void", copy, ["y/RECON_REPAIR"], [copy])
     assert found(client) == {}
