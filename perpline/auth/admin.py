@@ -26,6 +26,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from perpline import wallet
 from perpline.auth import crypto
 from perpline.auth.registry import PERMISSIONS, USER_ID_BASE, KeyRegistry
 from perpline.config import kafka_config, producer_config, settings, topic_map
@@ -98,7 +99,14 @@ class Admin:
                 consumer.close()
 
     def _send_deposit(self, user_id: int, asset: str, amount: str) -> str:
+        """The wallet received the deposit on chain: its statement line (perpline.wallet), then the exchange's
+        Deposit command under the same request id."""
         rid = new_request_id()
+        try:
+            line = wallet.movement(wallet.DEPOSIT, user_id, asset, amount, rid, int(time.time() * 1000))
+            self._produce(wallet.TOPIC, str(user_id), line)
+        except wallet.NotAMovement:
+            pass  # the processor refuses it: the wallet moved nothing
         self._produce("account.commands", str(user_id), m.Deposit(**self._meta(rid), request_id=rid,
                                                                   account_id=user_id, asset=asset, amount=amount))
         return rid

@@ -558,6 +558,23 @@ class AdlTrade(Msg, tag="adl_trade", kw_only=True):
 PriceRecord = Union[IndexPrice, MarkPrice]
 
 
+# --- wallet.statement (key: account_id) ------------------------------------------------
+
+
+class WalletMovement(Msg, tag="wallet_movement", kw_only=True):
+    """One movement the simulated wallet executed (perpline.wallet): a deposit it received on chain or a
+    withdrawal it sent. The wallet's own record, the third party the reconciler checks the ledger against;
+    `ref_id` is the exchange's reference it answers to (the journal's cause, ids.wallet_cause)."""
+
+    wallet_tx_id: str
+    direction: Literal["DEPOSIT", "WITHDRAWAL"]
+    account_id: int
+    asset: str
+    amount: str  # decimal string, > 0
+    ref_id: str
+    request_id: str
+
+
 # --- recon.breaks (key: rule) ------------------------------------------------------------
 
 
@@ -687,4 +704,5 @@ TOPIC_TYPES: dict[str, object] = {
     "prices.mark": MarkPrice,
     "funding.rounds": FundingRound | AdlTrade,
     "recon.breaks": ReconBreak | ReconRepair,
+    "wallet.statement": WalletMovement,
 }

@@ -25,6 +25,7 @@ from perpline.contracts.instruments import load_catalog
 from perpline.contracts.units import format_amount, parse_amount
 
 RESINK, VOID, COMPENSATE, REDRIVE, HALT, NONE = "resink", "void", "compensate", "redrive", "halt", "none"
+REVERSE = "reverse"  # a movement the processor booked and the wallet never made: undone, balances too
 AUTO, PROPOSE, NEVER = "auto", "propose", "never"
 
 # The default policy per rule (docs/reconciliation.md says why). A rule not named: NEVER.
@@ -35,6 +36,16 @@ POLICIES = {
     "trade_fees": PROPOSE,       # may move a customer's balance (COMPENSATE): an operator decides
     "wallet_legs": PROPOSE,      # money in or out of the hot wallet: an operator checks the wallet
     "matcher_sequence": NEVER,   # the source of truth itself is in doubt: halt the symbol
+    "wallet_amount": PROPOSE,    # the wallet's amount wins, moving a customer's balance: an operator decides
+}
+# Rules against the wallet's own statement: the policy depends on the direction of the movement
+# (docs/reconciliation.md, "The wallet's statement", says why).
+WALLET_RULES = ("wallet_no_statement", "wallet_not_booked", "wallet_amount")
+DIRECTION_POLICIES = {
+    ("wallet_no_statement", "WITHDRAWAL"): AUTO,  # debited, never sent: the wallet sends it (once per reference)
+    ("wallet_no_statement", "DEPOSIT"): PROPOSE,  # credited, never received: taking it back is an operator's call
+    ("wallet_not_booked", "DEPOSIT"): AUTO,       # received, never credited: the Deposit re-driven (idempotent)
+    ("wallet_not_booked", "WITHDRAWAL"): PROPOSE, # sent, never debited: debiting the customer is an operator's call
 }
 JOURNAL_RULES = ("journal_balanced", "duplicate_cause", "trade_fees", "wallet_legs")
 
@@ -46,8 +57,8 @@ def repair_id(key: tuple[object, ...], first_ms: int) -> str:
     return f"r{digest}{first_ms:x}"
 
 
-def policy_of(rule: str) -> str:
-    return POLICIES.get(rule, NEVER)
+def policy_of(rule: str, ref_type: str = "") -> str:
+    return DIRECTION_POLICIES.get((rule, ref_type), POLICIES.get(rule, NEVER))
 
 
 def classify(stored: list[Row], logged: m.Journal | None) -> str:
@@ -102,6 +113,47 @@ def fee_compensation(rows: list[Row], account_id: int, asset: str, fee: int) -> 
     journals = reversal(rows) + ([correct] if fee else [])
     assert all(journal_sum(j) == 0 for j in journals), "unbalanced repair journal"
     return journals
+
+
+def wallet_action(rule: str, direction: str, stored: list[Row], logged: m.Journal | None) -> str:
+    """The repair of a break against the wallet's statement. The wallet's line is the truth of what moved; the
+    ledger.entries log is the truth of what the processor booked:
+    - a line with no journal: REDRIVE, the Deposit / Withdraw command again under its request id (a no-op
+      where the processor applied it; the copy is then restored from the log);
+    - a journal the log never had: NONE here (wallet_legs / duplicate_cause void that copy);
+    - a journal with no line: a withdrawal is sent by the wallet now (REDRIVE), a deposit is REVERSED;
+    - amounts that differ: a copy that differs from the log is restored (RESINK), else the difference is
+      booked (COMPENSATE)."""
+    if rule == "wallet_not_booked":
+        return REDRIVE
+    kind = classify(stored, logged)
+    if kind == VOID:
+        return NONE
+    if rule == "wallet_amount":
+        return kind
+    return REDRIVE if direction == "WITHDRAWAL" else REVERSE
+
+
+def hot_wallet_units(journal: m.Journal) -> int:
+    """What a DEPOSIT / WITHDRAWAL journal moved through the wallet, positive (a deposit debits HOT_WALLET)."""
+    hot = sum(parse_amount(x.amount, allow_negative=True) for x in journal.postings
+              if x.ledger_account == "platform:HOT_WALLET")
+    return hot if journal.ref_type == "DEPOSIT" else -hot
+
+
+def wallet_difference(direction: str, account_id: int, asset: str, wallet_units: int,
+                      ledger_units: int) -> list[m.RepairJournal]:
+    """The journal that makes the ledger's movement equal the wallet's: the difference between HOT_WALLET and
+    the user's SPOT (a deposit the wallet received more of credits the user; a withdrawal it sent more of
+    debits the user)."""
+    diff = wallet_units - ledger_units
+    assert diff != 0, "no difference to book"
+    hot = diff if direction == "DEPOSIT" else -diff
+    out = [m.RepairJournal(label="difference", postings=[
+        m.Posting(ledger_account="platform:HOT_WALLET", asset=asset, amount=format_amount(hot)),
+        m.Posting(ledger_account=f"user:{account_id}:SPOT", asset=asset, amount=format_amount(-hot))])]
+    assert all(journal_sum(j) == 0 for j in out), "unbalanced repair journal"
+    return out
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from perpline.contracts import messages as m
 from perpline.matcher.legs import legs
 from perpline.pipelines.ledger_sink_logic import POSTING_COLUMNS, posting_rows
 from perpline.recon import plans as p
+from perpline.recon import wallet_repairs
 from perpline.recon.rules import Break, Rule, run_rule
 
 log = logging.getLogger("perpline.recon.repairs")
@@ -203,11 +204,13 @@ class Repairer:
     def plan(self, b: Break) -> Repair:
         now_ms = int(time.time() * 1000)
         repair = Repair(p.repair_id(break_key(b), now_ms), b.rule, b.asset, b.account_id, b.symbol, b.journal_id,
-                        b.ref_type, b.detail[:1000], p.NONE, p.policy_of(b.rule), "open", proposed_ms=now_ms)
+                        b.ref_type, b.detail[:1000], p.NONE, p.policy_of(b.rule, b.ref_type), "open", proposed_ms=now_ms)
         if b.rule == "matcher_sequence":
             return replace(repair, action=p.HALT, instructions=p.instructions_for(b.rule, b.symbol, b.detail).text)
         if b.rule == "trade_settlement":
             return replace(repair, action=p.REDRIVE, status="proposed")
+        if b.rule in p.WALLET_RULES and b.journal_id:
+            return wallet_repairs.plan(self, b, repair)
         if b.rule in p.JOURNAL_RULES and b.journal_id:
             action = self._journal_action(b)
             if action is not None:
@@ -242,6 +245,8 @@ class Repairer:
                                  applied_ms=int(time.time() * 1000)))
 
     def _do(self, repair: Repair) -> tuple[list[str], list[str]]:
+        if repair.rule in p.WALLET_RULES:
+            return wallet_repairs.apply(self, repair)
         if repair.action == p.RESINK:
             return self._resink(repair.journal_id.split(",")), []
         if repair.action == p.REDRIVE:

@@ -38,6 +38,7 @@ from perpline.recon.confirm import Confirmer, Progress
 from perpline.recon.progress import BrokerProgress
 from perpline.recon.repairs import LedgerLog, Repairer
 from perpline.recon.rules import Break, Rule, load_rules, run_rule
+from perpline.wallet import StatementImport
 
 log = logging.getLogger("perpline.recon")
 OVERLAP_MS = 10_000
@@ -62,8 +63,10 @@ def export_insurance_fund(client: Any) -> None:
 
 class Reconciler:
     def __init__(self, client: Any, producer: Producer | None, rules: list[Rule] | None = None,
-                 progress: Progress | None = None, repairer: Repairer | None = None) -> None:
+                 progress: Progress | None = None, repairer: Repairer | None = None,
+                 statement: StatementImport | None = None) -> None:
         self.client = client
+        self.statement = statement
         self.repairer = repairer
         self.producer = producer
         self.rules = rules or load_rules()
@@ -85,6 +88,7 @@ class Reconciler:
         since_ms = self.confirmer.since_floor(since_ms)
         self.confirmer.begin_pass()
         run_id = uuid.uuid4().hex[:16]
+        self._import_statement()
         findings: list[Break] = []
         for rule in self.rules:
             t0 = time.perf_counter()
@@ -114,6 +118,15 @@ class Reconciler:
                                                      "account": b.account_id, "symbol": b.symbol,
                                                      "journal": b.journal_id, "detail": b.detail})
         return found
+
+    def _import_statement(self) -> None:
+        """The wallet's statement as of now, so the wallet rules judge it with the ledger (perpline.wallet)."""
+        if self.statement is None:
+            return
+        try:
+            self.statement.pull(self.client)
+        except Exception as exc:  # noqa: BLE001 (broker away: the rules judge the statement imported so far)
+            log.error("wallet statement import failed", extra={"error": repr(exc)[:2000]})
 
     def _record(self, run_id: str, mode: str, started_ms: int, finished_ms: int, since_ms: int,
                 found: list[Break]) -> None:
@@ -156,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     producer = Producer(producer_config(cfg.kafka_bootstrap))
     repairer = None if args.once else Repairer(client, producer, LedgerLog(cfg.kafka_bootstrap), load_rules())
     recon = Reconciler(client, producer, progress=None if args.once else BrokerProgress(cfg.kafka_bootstrap),
-                       repairer=repairer)
+                       repairer=repairer, statement=StatementImport(cfg.kafka_bootstrap))
     recon.publish_instruments()
     if args.once:
         found = recon.run(full=args.full)

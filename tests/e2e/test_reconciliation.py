@@ -27,13 +27,15 @@ import pytest
 from confluent_kafka import Producer
 from stackutil import Stack, running_stack
 
+from perpline import wallet
 from perpline.audit import Audit
 from perpline.ch.client import get_client
-from perpline.config import producer_config
+from perpline.config import producer_config, topic_map
+from perpline.contracts import codec
 from perpline.pipelines.ledger_sink_logic import POSTING_COLUMNS
 from perpline.recon import operator
 from perpline.recon.repairs import LedgerLog, Repairer
-from perpline.recon.rules import load_rules
+from perpline.recon.rules import load_rules, run_rule
 
 pytestmark = pytest.mark.e2e
 SYM = "BTCUSDT-PERP"
@@ -202,8 +204,6 @@ def test_every_break_is_repaired_by_its_policy_and_the_books_hold(stack: Stack) 
                                    "WHERE ref_type = 'RECON_REPAIR'").result_rows
     assert {j for (j,) in repair_journals} >= set(dup["journal_ids"]) | set(done["journal_ids"])
     # the next full pass finds nothing but the halted gap, and the books hold every invariant
-    from perpline.recon.rules import run_rule  # noqa: PLC0415
-
     now_ms = int(time.time() * 1000) + 10_000
     left = {r.name: run_rule(client, r, 0, now_ms) for r in load_rules()}
     assert {name for name, found in left.items() if found} == {"matcher_sequence"}, left
@@ -212,3 +212,89 @@ def test_every_break_is_repaired_by_its_policy_and_the_books_hold(stack: Stack) 
     assert client.query("SELECT sum(amount) FROM ledger_postings FINAL").result_rows[0][0] == 0  # trial balance
     # (wallets == ledger, long == short and fees == fee revenue are the rules ledger_vs_state, open_interest and
     # trade_fees, clean above)
+
+
+CAL = 7_400_003
+
+
+def test_the_wallet_statement_is_the_third_party_and_each_break_against_it_is_repaired(stack: Stack) -> None:
+    """The simulated wallet's own statement (perpline.wallet: written by the API as it moves money, imported
+    by the reconciler) against the ledger. Three faults: a withdrawal's line deleted (the wallet never sent
+    it), a deposit line added that the ledger does not show, a deposit line's amount altered; plus a deposit
+    line deleted (the wallet never received it). Each is found by its rule and repaired per its policy
+    (the first two re-driven automatically, the other two by the operator: the difference booked, the
+    deposit reversed), the next pass is clean and the books hold."""
+    assert INJECTED, "runs after the repair test (same stack)"
+    client = get_client(stack.clickhouse(admin=True))
+    bootstrap = stack.value("kafka")
+    call(stack, "POST", "/api/v1/wallet/deposits", CAL, "dep-cal", json={"asset": "USDT", "amount": "50"})
+    lines = {jid: (tx, amount) for jid, tx, amount in client.query(
+        "SELECT journal_id, wallet_tx_id, amount FROM wallet_statement FINAL").result_rows}
+    wd, dep_ben, dep_cal = (f"wallet:{a}:{r}/{t}" for a, r, t in ((ANN, "wd-1", "WITHDRAWAL"), (BEN, f"dep-{BEN}",
+                                                                  "DEPOSIT"), (CAL, "dep-cal", "DEPOSIT")))
+    until(lambda: client.query("SELECT count() FROM wallet_statement WHERE journal_id = {j:String}",
+                               parameters={"j": dep_cal}).result_rows[0][0])
+    assert lines[wd][1] == 100 and lines[f"wallet:{ANN}:dep-{ANN}/DEPOSIT"][1] == 10000  # the API's movements
+    now_ms = int(time.time() * 1000) + 10_000
+    wallet_rules = [r for r in load_rules() if r.name.startswith("wallet_") and r.name != "wallet_legs"]
+    assert len(wallet_rules) == 3 and not [b for r in wallet_rules for b in run_rule(client, r, 0, now_ms)]
+
+    # 1. the withdrawal's line deleted: the exchange debited ANN, the wallet never sent it
+    client.command(f"ALTER TABLE wallet_statement DELETE WHERE journal_id = '{wd}' SETTINGS mutations_sync = 1")
+    # 2. a deposit line the ledger does not show (the wallet received 42 for BEN; no one told the exchange)
+    extra = wallet.movement(wallet.DEPOSIT, BEN, "USDT", "42", "chain-42", int(time.time() * 1000))
+    producer = Producer(producer_config(bootstrap))
+    producer.produce(topic_map()[wallet.TOPIC], key=str(BEN).encode(), value=codec.encode(extra))
+    producer.flush(10)
+    # 3. a deposit line's amount altered (the wallet received 10001, the ledger credited 10000)
+    client.command(f"INSERT INTO wallet_statement ({', '.join(wallet.COLUMNS)}) SELECT "
+                   f"{', '.join(wallet.COLUMNS).replace('amount', 'amount + 1')} FROM wallet_statement FINAL "
+                   f"WHERE journal_id = '{dep_ben}'")
+    # 4. a deposit line deleted: the exchange credited CAL 50 the wallet never received
+    client.command(f"ALTER TABLE wallet_statement DELETE WHERE journal_id = '{dep_cal}' SETTINGS mutations_sync = 1")
+    ben_before = Audit(client).account(BEN, 2**62)  # before the re-drive: it waits for four passes
+
+    def one(rule: str, status: str, journal_id: str) -> dict[str, Any] | None:
+        return next((r for r in repairs(client) if r["rule"] == rule and r["status"] == status
+                     and r["journal_id"] == journal_id), None)
+
+    # automatic: the withdrawal sent by the wallet now (its line back, the same movement id), the deposit re-driven
+    sent = until(lambda: one("wallet_no_statement", "confirmed", wd), 60)
+    assert (sent["action"], sent["actor"]) == ("redrive", "policy:auto")
+    assert client.query("SELECT wallet_tx_id, amount FROM wallet_statement FINAL WHERE journal_id = {j:String}",
+                        parameters={"j": wd}).result_rows == [(lines[wd][0], 100)]
+    booked = until(lambda: one("wallet_not_booked", "confirmed", f"wallet:{BEN}:chain-42/DEPOSIT"), 60)
+    assert (booked["action"], booked["actor"], booked["journal_ids"]) == ("redrive", "policy:auto",
+                                                                          [f"wallet:{BEN}:chain-42/DEPOSIT"])
+    # proposed: the operator books the difference and reverses the deposit never received
+    rep = Repairer(client, producer, LedgerLog(bootstrap), load_rules())
+    diff = until(lambda: one("wallet_amount", "proposed", dep_ben))
+    rev = until(lambda: one("wallet_no_statement", "proposed", dep_cal))
+    assert (diff["action"], rev["action"]) == ("compensate", "reverse")
+    for proposed in (diff, rev):
+        assert operator.apply(rep, proposed["repair_id"], "ops-test").status == "applied"
+    diff = until(lambda: one("wallet_amount", "confirmed", dep_ben), 60)
+    rev = until(lambda: one("wallet_no_statement", "confirmed", dep_cal), 60)
+    assert rev["voided"] == [] and len(rev["journal_ids"]) == len(diff["journal_ids"]) == 1  # reversed, not voided
+    assert rev["actor"] == diff["actor"] == "operator:ops-test"
+    # BEN was credited the 42 re-driven and the 1 the wallet received more; CAL's 50 taken back
+    ben = Audit(client).account(BEN, 2**62)
+    assert ben["USDT"]["deposits"] == ben_before["USDT"]["deposits"] + 42
+    statement = Audit(client).statement(BEN, 0, 2**62)
+    assert statement["agrees_with_ledger"]
+    assert [x["change"] for x in statement["lines"] if x["journal_id"] in diff["journal_ids"]] == [1]
+    assert client.query("SELECT -sum(amount) FROM ledger_postings FINAL WHERE ledger_account = {a:String}",
+                        parameters={"a": f"user:{CAL}:SPOT"}).result_rows[0][0] == 0
+
+    # the next full pass finds nothing but the halted gap, and the books hold
+    now_ms = int(time.time() * 1000) + 10_000
+    left = {r.name: run_rule(client, r, 0, now_ms) for r in load_rules()}
+    assert {name for name, found in left.items() if found} == {"matcher_sequence"}, left
+    assert client.query("SELECT countIf(s != 0) FROM (SELECT sum(amount) AS s FROM ledger_postings FINAL "
+                        "GROUP BY journal_id, asset)").result_rows[0][0] == 0
+    assert client.query("SELECT sum(amount) FROM ledger_postings FINAL").result_rows[0][0] == 0
+    wallet_total = client.query("SELECT sumIf(amount, direction = 'DEPOSIT') - sumIf(amount, direction = 'WITHDRAWAL') "
+                                "FROM wallet_statement FINAL").result_rows[0][0]
+    hot = client.query("SELECT sum(amount) FROM ledger_postings FINAL WHERE ledger_account = 'platform:HOT_WALLET'"
+                       ).result_rows[0][0]
+    assert hot == wallet_total  # the hot wallet in the ledger is what the wallet holds

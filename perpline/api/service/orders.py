@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from fastapi import Request
 
+from perpline import wallet
 from perpline.accounts.order_status import EXPIRED, OPEN, REJECTED, TERMINAL
 from perpline.api.deps import ApiDeps, command_meta
 from perpline.api.errors import NoDecision
@@ -183,10 +184,25 @@ async def set_leverage(d: ApiDeps, request: Request, acct: int, inst: Instrument
 
 
 async def transfer(d: ApiDeps, request: Request, acct: int, kind: str, asset: str, amount: str, rid: str) -> None:
-    """A deposit or a withdrawal (kind), decided by the accounts processor."""
+    """A deposit or a withdrawal (kind), decided by the accounts processor. The wallet records its side on its
+    own statement (perpline.wallet): a deposit it received before the exchange credits it, a withdrawal it sent
+    once the exchange debited the user."""
     make: Any = m.Deposit if kind == "deposit" else m.Withdraw
+    if kind == "deposit":
+        await wallet_line(d, wallet.DEPOSIT, acct, asset, amount, rid)
     await submit(d, acct, make(**command_meta(request, rid), request_id=rid, account_id=acct, asset=asset,
                                amount=amount), rid)
+    if kind == "withdraw":
+        await wallet_line(d, wallet.WITHDRAWAL, acct, asset, amount, rid)
+
+
+async def wallet_line(d: ApiDeps, direction: str, acct: int, asset: str, amount: str, rid: str) -> None:
+    """One movement on the wallet's statement; nothing for what the processor refuses anyway (bad asset, amount)."""
+    try:
+        line = wallet.movement(direction, acct, asset, amount, rid, int(time.time() * 1000))
+    except wallet.NotAMovement:
+        return
+    await d.send(wallet.TOPIC, str(acct), line)
 
 
 def outcome(d: ApiDeps, acct: int, rid: str) -> m.CommandResult | None:
