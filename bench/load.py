@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from decimal import Decimal
@@ -217,6 +218,16 @@ def check_books(reader_url: str, data_dir: str, quiet_s: float = 3.0, timeout_s:
             "recon_breaks": breaks}
 
 
+def cpu_during(data_dir: str, seconds: float) -> dict[str, float]:
+    """Each stack component's CPU in the middle of the run (the first and last tenth left out), in percent
+    of one core: what the two cores are spent on under this load."""
+    from bench.chaos import _supervisor_pid  # noqa: PLC0415
+    from bench.idle import measure  # noqa: PLC0415
+
+    time.sleep(seconds / 10)
+    return measure(_supervisor_pid(data_dir), seconds * 0.8)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=32)
@@ -229,7 +240,14 @@ def main() -> None:
         users = make_users(2 * args.pairs, kafka, tmp)
         users_s = time.monotonic() - made_at
         before = topic_offsets(kafka)
+        cpu: dict[str, float] = {}
+        sampler = threading.Thread(target=lambda: cpu.update(cpu_during(tmp, args.seconds)), daemon=True)
+        sampler.start()
+        client_cpu = time.process_time()
         report = asyncio.run(drive(api, users, mark_ticks(api), args.qty, args.seconds))
+        sampler.join()
+        cpu["bench-client"] = round(100 * (time.process_time() - client_cpu) / report["seconds"], 1)
+        report["cpu_pct_of_one_core"] = cpu
         report["offsets_per_order"] = offsets_per_order(before, topic_offsets(kafka), report)
         report["users_made_s"] = round(users_s, 1)
         report["books"] = check_books(clickhouse, tmp)

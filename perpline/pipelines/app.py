@@ -86,7 +86,8 @@ def make_app(consumer_group: str, *, state_dir: Path | None = None, processing_g
     kwargs.update(overrides, consumer_extra_config=consumer_extra, producer_extra_config=producer_extra)
     app = Application(**kwargs)
     letters.attach(app)
-    commit_when_caught_up(app)
+    if on_write_path:  # an answer waits for its outputs; elsewhere the interval batches the work
+        commit_when_caught_up(app)
     return app
 
 
