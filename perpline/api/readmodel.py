@@ -9,6 +9,7 @@ and lock. One consumer thread applies messages in topic order; request handlers 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -121,8 +122,7 @@ class ReadModel:
         if manifest is None:
             return {}
         try:
-            self.restore(snapshot.restore(snapshot.decode(checkpoint.load(self._bootstrap, topic, manifest)),
-                                          MAX_FUNDING_ROUNDS))
+            self.restore(rebuilt(checkpoint.load(self._bootstrap, topic, manifest)))
         except (RuntimeError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("checkpoint not loaded; replaying from the start",
                         extra={"checkpoint": manifest.checkpoint_id, "error": str(exc)})
@@ -368,6 +368,23 @@ class ReadModel:
 
     def funding_rounds(self, symbol: str) -> list[m.FundingRound]:
         return self.prices.funding_rounds(symbol)
+
+
+def rebuilt(blob: bytes) -> snapshot.Restored:
+    """A checkpoint's collections, decoded with the cyclic garbage collector paused: the millions of
+    objects it creates hold no cycles to find, and the collections their allocations trigger took
+    two thirds of the decoding time (measured: 0.56 s -> 0.17 s for a 30 MB state). The restored
+    state is then frozen (gc.freeze): it lives as long as the process, and later collections no
+    longer walk it."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        restored = snapshot.restore(snapshot.decode(blob), MAX_FUNDING_ROUNDS)
+    finally:
+        if paused:
+            gc.enable()
+    gc.freeze()
+    return restored
 
 
 def _trade_timed(trade_ms: int, record_ts: tuple[int, int]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from perpline.api import snapshot
+from perpline.api import readmodel, snapshot
 from perpline.api.readmodel import ReadModel
 from perpline.contracts import messages as m
 from perpline.matcher import convert
@@ -80,7 +80,7 @@ def feed(model: ReadModel, events: list[tuple[str, Any]]) -> None:
 def restored_from(model: ReadModel) -> ReadModel:
     blob = snapshot.encode(snapshot.capture(model))
     fresh = ReadModel("unused:1", {})
-    fresh.restore(snapshot.restore(snapshot.decode(blob), 1000))
+    fresh.restore(readmodel.rebuilt(blob))  # as a replica starting from a checkpoint does
     return fresh
 
 
