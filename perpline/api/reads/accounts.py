@@ -14,12 +14,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 from perpline.accounts.order_status import OPEN
 from perpline.api.views import MAX_CLOSED_ORDERS_PER_ACCOUNT, AccountView, fill_key, funding_key
 from perpline.contracts import messages as m
 
+T = TypeVar("T")
 MAX_ACCOUNT_FEED = 100_000  # applied account events kept for the user-data streams (perpline.api.fstream)
 
 
@@ -94,7 +95,7 @@ class AccountViews:
             self._open_positions = index
 
     # --- reading ----------------------------------------------------------------------------------
-    def _read(self, account_id: int, take: Callable[[AccountView], Any], empty: Any) -> Any:
+    def _read(self, account_id: int, take: Callable[[AccountView], T], empty: T) -> T:
         view = self._views.get(account_id)
         if view is None:
             return empty

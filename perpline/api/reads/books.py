@@ -135,7 +135,7 @@ def _apply(book: BookMirror, inst: Instrument, ev: Any) -> None:
     elif isinstance(ev, (m.OrderCancelled, m.OrderExpired)):
         book.set_order(ev.order_id, None, ev.seq)
     elif isinstance(ev, m.OrderAmended) and ev.order_id in book.resting:
-        side, price, _ = book.resting[ev.order_id]
-        in_place = price == ev.price  # smaller at the same price: same level (a re-queued order comes back
+        side, resting_at, _ = book.resting[ev.order_id]
+        in_place = resting_at == ev.price  # smaller at the same price: same level (a re-queued order comes back
         leaves = inst.parse_qty(ev.leaves, allow_zero=True)  # with OrderRested)
-        book.set_order(ev.order_id, (side, price, leaves) if in_place else None, ev.seq)
+        book.set_order(ev.order_id, (side, resting_at, leaves) if in_place else None, ev.seq)
