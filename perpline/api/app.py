@@ -36,6 +36,7 @@ from perpline.api import (
 from perpline.api.deps import ApiDeps, metrics_response
 from perpline.api.publisher import Publisher
 from perpline.api.readmodel import ReadModel
+from perpline.api.service import halts
 from perpline.api.service.listenkeys import ListenKeys
 from perpline.auth.registry import KeyRegistry
 from perpline.config import producer_config, settings
@@ -62,7 +63,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
                                    from_checkpoint=cfg.api_start == "checkpoint")
         deps.readmodel.start()
         app.state.fstream = fstream.Hub(deps, app.state.listen_keys)
-        yield
+        async with halts.watching(deps):  # orders read the halted symbols from memory, refreshed off the loop
+            yield
         await app.state.fstream.stop()
         deps.readmodel.stop()
         deps.publisher.close()

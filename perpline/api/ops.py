@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,12 +41,19 @@ def _broker_ok(d: ApiDeps) -> bool:
         return False
 
 
+@functools.cache
+def _ping_client() -> httpx.Client:
+    """One client for every readiness probe: a new one per probe built an SSL context each time
+    (about 5 ms of CPU, every 50 ms while a replica starts and is probed)."""
+    return httpx.Client(timeout=2)
+
+
 def _clickhouse_ok(d: ApiDeps) -> bool:
     if not d.clickhouse_url:
         return True
     parts = urlsplit(d.clickhouse_url)
     try:
-        return httpx.get(f"{parts.scheme}://{parts.hostname}:{parts.port}/ping", timeout=2).status_code == 200
+        return _ping_client().get(f"{parts.scheme}://{parts.hostname}:{parts.port}/ping").status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -121,17 +121,19 @@ def decode(blob: bytes) -> State:
 
 # --- capture -------------------------------------------------------------------------------------
 def capture(rm: Any) -> State:
-    """The state of read model `rm` (its consumer thread calls this between two batches)."""
+    """The state of read model `rm` (perpline.api.readmodel.ReadModel; its consumer thread, the only
+    writer of every part, calls this between two batches)."""
+    prices = rm.prices
     return State(
         format=FORMAT, applied=rm.applied,
         accounts=[_account(acct, view) for acct, view in rm.accounts.items()],
         books=[_book(symbol, book) for symbol, book in rm.books.items()],
-        marks=list(rm.marks.values()),
-        mark_candles={symbol: _candles(cs) for symbol, cs in rm.mark_candles.items()},
-        rounds={symbol: list(rounds) for symbol, rounds in rm.rounds.items()},
+        marks=list(prices.marks.values()),
+        mark_candles={symbol: _candles(cs) for symbol, cs in prices.mark_candles.items()},
+        rounds={symbol: list(rounds) for symbol, rounds in prices.rounds.items()},
         matcher_orders=[TrackedOrder(oid, o.filled_lots, o.rested, o.done, o.code, list(o.makers), o.amends,
-                                     o.amend_code, o.terms) for oid, o in rm.matcher_orders.items()],
-        results=list(rm._results.values()),
+                                     o.amend_code, o.terms) for oid, o in rm.tracking.items()],
+        results=list(rm.results.values()),
     )
 
 

@@ -5,6 +5,7 @@ Their own module so the read model (perpline.api.readmodel) and its checkpoints
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ class AccountView:
     # what they produced since their last checkpoint after a crash) is applied once
     fill_keys: set[tuple[str, int, int]] = field(default_factory=set)  # (symbol, trade id, order id)
     funding_keys: set[tuple[str, int]] = field(default_factory=set)  # (symbol, funding time)
+    client_ids: dict[str, int] = field(default_factory=dict)  # client order id -> newest order id (open or closed)
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)  # this account's alone
 
 
 @dataclass

@@ -21,6 +21,7 @@ from perpline.api import clientip, fapi, main, ratelimit, v1
 from perpline.api.app import MAX_BODY_BYTES, MAX_QUERY_BYTES, ApiDeps, create_app
 from perpline.api.clientip import trusted_networks
 from perpline.api.ratelimit import RateLimiter
+from perpline.api.reads.accounts import AccountViews
 from perpline.api.service import sessions
 from perpline.auth import crypto, signing
 from perpline.auth.registry import USER_ID_BASE, KeyRegistry
@@ -233,8 +234,7 @@ class NoTrades:
     def trades(self, symbol: str, limit: int) -> list[Any]:
         return []
 
-    def snapshot_account(self, account: int) -> Any:
-        return SimpleNamespace(open_orders={}, closed_orders={}, fills=[])
+    accounts = AccountViews()  # no account holds anything
 
 
 @pytest.mark.parametrize(("method", "path", "query", "binance_code"), [

@@ -78,12 +78,9 @@ class Accounts(Book):
 
     def __init__(self) -> None:
         super().__init__()
-        from perpline.api.readmodel import AccountView  # noqa: PLC0415
+        from perpline.api.reads.accounts import AccountViews  # noqa: PLC0415
 
-        self.view = AccountView()
-
-    def snapshot_account(self, account_id: int) -> Any:
-        return self.view
+        self.accounts = AccountViews()
 
     def mark_ticks(self, symbol: str) -> int:
         return 0
@@ -117,9 +114,9 @@ def test_the_account_stream_pushes_changes_and_ends_with_the_session(monkeypatch
         ws.send_json({"token": "good"})
         first = ws.receive_json()
         assert (first["type"], first["balances"], first["positions"], first["open_orders"]) == ("account", [], [], [])
-        accounts.view.balances["USDT"] = m.BalanceChanged(
+        accounts.accounts.apply(m.BalanceChanged(
             trace_id="", causation_id="", ts_ms=1, account_id=42, asset="USDT", available="10.00000000",
-            order_margin="0.00000000", position_margin="0.00000000", wallet="10.00000000", version=1)
+            order_margin="0.00000000", position_margin="0.00000000", wallet="10.00000000", version=1))
         moved = ws.receive_json()
         assert [(b["asset"], b["available"]) for b in moved["balances"]] == [("USDT", "10.00000000")]
         live["on"] = False  # logout

@@ -58,7 +58,7 @@ def test_snapshot_plus_changes_equals_the_later_snapshot() -> None:
     snapshots = {}
     for i, cmd in enumerate(flow(600, seed=5)):
         for ev in convert.apply(engine, core, cmd):
-            model._apply_market(ev)  # noqa: SLF001 (the read model's own apply, without a broker)
+            model.apply("matcher.events", ev)  # the consumer thread's dispatch, without a broker
         if i in (100, 350):
             snapshots[i] = levels(model)
     final_seq, final = levels(model)

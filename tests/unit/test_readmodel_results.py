@@ -13,9 +13,7 @@ META = {"trace_id": "t", "causation_id": "c", "ts_ms": 1}
 
 def decided(model: ReadModel, account_id: int, request_id: str, ok: bool) -> None:
     result = m.CommandResult(**META, request_id=request_id, account_id=account_id, ok=ok, code=0 if ok else 2002)
-    with model._lock:  # noqa: SLF001 (the read model's own apply, without a broker)
-        model._apply_account(result)  # noqa: SLF001
-    model._resolve(result)  # noqa: SLF001
+    model.apply("account.events", result)  # the consumer thread's dispatch, without a broker
 
 
 def test_the_same_request_id_in_two_accounts_gets_each_its_own_answer() -> None:
@@ -54,9 +52,8 @@ def _order(order_id: int, status: str, filled: str) -> m.OrderView:
 
 
 def _apply(model: ReadModel, *events: object) -> None:
-    with model._lock:  # noqa: SLF001 (the read model's own apply, without a broker)
-        for ev in events:
-            model._apply_account(ev)  # noqa: SLF001
+    for ev in events:  # the consumer thread's dispatch, without a broker
+        model.apply("account.events", ev)
 
 
 def test_redelivered_account_events_are_applied_once_and_never_step_back() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from perpline.api import snapshot
+from perpline.api import readmodel, snapshot
 from perpline.api.readmodel import ReadModel
 from perpline.contracts import messages as m
 from perpline.matcher import convert
@@ -73,22 +73,14 @@ def history(n_commands: int) -> list[tuple[str, Any]]:
 
 
 def feed(model: ReadModel, events: list[tuple[str, Any]]) -> None:
-    for topic, ev in events:  # the consumer thread's dispatch (perpline.api.readmodel.ReadModel._on_message)
-        if topic in ("prices.mark", "funding.rounds"):
-            model._apply_price(ev)  # noqa: SLF001 (the read model's own apply, without a broker)
-            continue
-        with model._lock:  # noqa: SLF001
-            model.applied += 1
-            model._apply_account(ev) if topic == "account.events" else model._apply_market(ev)  # noqa: SLF001
+    for topic, ev in events:  # the consumer thread's dispatch, without a broker
+        model.apply(topic, ev)
 
 
 def restored_from(model: ReadModel) -> ReadModel:
     blob = snapshot.encode(snapshot.capture(model))
     fresh = ReadModel("unused:1", {})
-    found = snapshot.restore(snapshot.decode(blob), 1000)
-    fresh.applied, fresh.accounts, fresh.books = found.applied, found.accounts, found.books
-    fresh.marks, fresh.mark_candles, fresh.rounds = found.marks, found.mark_candles, found.rounds
-    fresh.matcher_orders, fresh._results = found.matcher_orders, found.results  # noqa: SLF001
+    fresh.restore(readmodel.rebuilt(blob))  # as a replica starting from a checkpoint does
     return fresh
 
 
@@ -118,7 +110,8 @@ def test_a_restored_read_model_then_fed_the_rest_equals_the_one_that_replayed_ev
             (theirs.balances, theirs.open_orders, theirs.closed_orders, theirs.positions)
         assert (list(mine.fills), list(mine.funding)) == (list(theirs.fills), list(theirs.funding))
     assert restored.mark(SYM) == replayed.mark(SYM) and restored.funding_rounds(SYM) == replayed.funding_rounds(SYM)
-    oid = next(reversed(replayed.matcher_orders))
+    oid = replayed.tracking.newest()
+    assert oid is not None
     assert restored.settled(1 + oid % 5, oid) == replayed.settled(1 + oid % 5, oid)
     assert restored.amends(oid) == replayed.amends(oid)
 
@@ -138,7 +131,7 @@ def test_results_known_before_the_checkpoint_answer_after_it() -> None:
     model = ReadModel("unused:1", {})
     feed(model, history(50))
     restored = restored_from(model)
-    known = next(iter(model._results.values()))  # noqa: SLF001
+    known = next(iter(model.results.values()))
     found = asyncio.run(restored.wait_result(known.account_id, known.request_id, 0.1))
     assert found == known
 

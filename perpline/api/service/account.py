@@ -1,6 +1,10 @@
 """An account's views for every surface: balances, positions valued with the risk formulas
 (perpline.risk.formulas: the same integers as the audit and the risk process), totals, orders,
-fills, funding payments and income. Integers and messages out; each surface renders them."""
+fills, funding payments and income. Integers and messages out; each surface renders them.
+
+Each reads only the parts of the account's view it needs (perpline.api.reads.accounts): balances,
+positions and open orders are small; the closed orders and fills (up to 10,000 each) are read only
+by the history routes that return them, never by a frame of the account streams."""
 
 from __future__ import annotations
 
@@ -10,19 +14,14 @@ from fractions import Fraction
 from typing import Literal
 
 from perpline.api.deps import ApiDeps, now_ms
-from perpline.api.readmodel import AccountView
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import parse_amount
 from perpline.risk import adl, formulas
 
 
-def view(d: ApiDeps, acct: int) -> AccountView:
-    return d.rm().snapshot_account(acct)
-
-
 def balances(d: ApiDeps, acct: int) -> list[m.BalanceChanged]:
-    return list(view(d, acct).balances.values())
+    return list(d.rm().accounts.balances(acct).values())
 
 
 @dataclass(frozen=True)
@@ -55,13 +54,14 @@ def value(d: ApiDeps, inst: Instrument, pos: m.PositionChanged, order_margin: in
 
 def positions(d: ApiDeps, acct: int, which: Literal["all", "open"] = "open") -> list[PositionValue]:
     """The account's positions, valued; `open` leaves out the closed ones (size 0)."""
-    found = view(d, acct)
+    views = d.rm().accounts
+    open_orders = views.open_orders(acct)
     out = []
-    for pos in found.positions.values():
+    for pos in views.positions(acct).values():
         inst = load_catalog().get(pos.symbol)
         if inst is None or (which == "open" and inst.parse_signed_qty(pos.size) == 0):
             continue
-        order_margin = sum(parse_amount(o.margin) for o in found.open_orders.values() if o.symbol == inst.symbol)
+        order_margin = sum(parse_amount(o.margin) for o in open_orders if o.symbol == inst.symbol)
         out.append(value(d, inst, pos, order_margin))
     return out
 
@@ -103,10 +103,10 @@ class AssetTotals:
 
 def totals(d: ApiDeps, acct: int, valued: list[PositionValue]) -> list[AssetTotals]:
     """Each margin asset of the catalog: balances, and the PnL and maintenance of the positions in it."""
-    found = view(d, acct)
+    held = d.rm().accounts.balances(acct)
     out = []
     for asset in load_catalog().assets:
-        bal = found.balances.get(asset)
+        bal = held.get(asset)
         mine = [p for p in valued if p.inst.margin_asset == asset]
         out.append(AssetTotals(
             asset, parse_amount(bal.wallet) if bal else 0, parse_amount(bal.available) if bal else 0,
@@ -118,8 +118,8 @@ def totals(d: ApiDeps, acct: int, valued: list[PositionValue]) -> list[AssetTota
 def orders(d: ApiDeps, acct: int, which: Literal["open", "all"], inst: Instrument | None = None,
            start_ms: int | None = None, end_ms: int | None = None, from_id: int | None = None) -> list[m.OrderView]:
     """The account's orders (open, or open and closed), by order id, filtered as asked."""
-    found = view(d, acct)
-    every = [*found.open_orders.values(), *(found.closed_orders.values() if which == "all" else ())]
+    views = d.rm().accounts
+    every = [*views.open_orders(acct), *(views.closed_orders(acct) if which == "all" else ())]
     return sorted((o for o in every if (inst is None or o.symbol == inst.symbol)
                    and (start_ms is None or o.created_ms >= start_ms) and (end_ms is None or o.created_ms <= end_ms)
                    and (from_id is None or o.order_id >= from_id)), key=lambda o: o.order_id)
@@ -127,14 +127,14 @@ def orders(d: ApiDeps, acct: int, which: Literal["open", "all"], inst: Instrumen
 
 def fills(d: ApiDeps, acct: int, inst: Instrument | None = None, start_ms: int | None = None,
           end_ms: int | None = None, from_id: int | None = None) -> list[m.FillRecorded]:
-    return [f for f in view(d, acct).fills if (inst is None or f.symbol == inst.symbol)
+    return [f for f in d.rm().accounts.fills(acct) if (inst is None or f.symbol == inst.symbol)
             and (start_ms is None or f.ts_ms >= start_ms) and (end_ms is None or f.ts_ms <= end_ms)
             and (from_id is None or f.trade_id >= from_id)]
 
 
 def funding(d: ApiDeps, acct: int, symbol: str | None = None) -> list[m.FundingApplied]:
     """The account's funding payments (amount: positive paid, negative received), oldest first."""
-    return [f for f in view(d, acct).funding if symbol is None or f.symbol == symbol]
+    return [f for f in d.rm().accounts.funding(acct) if symbol is None or f.symbol == symbol]
 
 
 IncomeType = Literal["COMMISSION", "REALIZED_PNL", "FUNDING_FEE"]
@@ -158,8 +158,8 @@ def income(d: ApiDeps, acct: int, kind: str | None = None, inst: Instrument | No
            start_ms: int | None = None, end_ms: int | None = None) -> list[Income]:
     """COMMISSION and REALIZED_PNL from the account's fills, FUNDING_FEE from its funding payments,
     oldest first; rows of amount 0 are left out."""
-    found = view(d, acct)
-    rows = [*_fill_income(found.fills), *_funding_income(found.funding)]
+    views = d.rm().accounts
+    rows = [*_fill_income(views.fills(acct)), *_funding_income(views.funding(acct))]
     rows = [r for r in rows if (kind is None or r.kind == kind) and (inst is None or r.inst.symbol == inst.symbol)
             and (start_ms is None or r.time_ms >= start_ms) and (end_ms is None or r.time_ms <= end_ms)]
     return sorted(rows, key=lambda r: (r.time_ms, r.tran_id))

@@ -72,7 +72,7 @@ async def place(d: ApiDeps, request: Request, acct: int, rid: str, inst: Instrum
     the matcher is done with it and this account and its makers show the fills; TIMEOUT if that takes
     longer than the API's wait (a processor down). Records where the time went (X-Stage-Ms)."""
     rm = d.rm()
-    halts.check_not_halted(d, inst.symbol)  # the reconciler halted it: refused here, cancels still pass
+    await halts.check_not_halted(d, inst.symbol)  # the reconciler halted it: refused here, cancels still pass
     cmd = m.PlaceOrder(**command_meta(request, rid), request_id=rid, account_id=acct, symbol=inst.symbol,
                        side=terms.side, order_type=terms.order_type, time_in_force=terms.time_in_force,  # type: ignore[arg-type]
                        price=terms.price, quantity=terms.quantity, client_order_id=terms.client_order_id,
