@@ -5,25 +5,19 @@ younger than the grace is not judged; a repair's voided journal and a booked dif
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from conftest_clickhouse import migrated_clickhouse
 
 from perpline import wallet
-from perpline.ch.client import get_client, wait_ready
-from perpline.ch.migrate import apply_migrations
-from perpline.ch.users import ADMIN_USER, USERS_DIR_NAME, ensure_passwords, with_credentials
 from perpline.contracts import ids
 from perpline.pipelines.ledger_sink_logic import POSTING_COLUMNS
 from perpline.recon.repairs import COLUMNS as REPAIR_COLUMNS
 from perpline.recon.rules import load_rules, run_rule
-from perpline.stack.supervisor import free_port
 
 pytestmark = pytest.mark.integration
 ACCT = 9
@@ -33,16 +27,8 @@ OLD_MS = int(time.time() * 1000) - 60_000  # older than the grace
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    port, tmp = free_port(), tmp_path_factory.mktemp("ch")
-    password = ensure_passwords(tmp / USERS_DIR_NAME)[ADMIN_USER]
-    proc = subprocess.Popen([sys.executable, "-m", "perpline.ch.server", "--data-dir", str(tmp / "ch"),
-                             "--users-dir", str(tmp / USERS_DIR_NAME), "--port", str(port)], stderr=subprocess.DEVNULL)
-    wait_ready(f"http://127.0.0.1:{port}", 60)
-    c = get_client(with_credentials(f"http://127.0.0.1:{port}", ADMIN_USER, password))
-    apply_migrations(c)
-    yield c
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    with migrated_clickhouse(tmp_path_factory.mktemp("ch")) as c:
+        yield c
 
 
 def book(client: Any, direction: str, rid: str, amount: str, ts_ms: int = OLD_MS) -> str:
