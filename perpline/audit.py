@@ -23,6 +23,7 @@ from typing import Any
 from perpline.ch.client import get_client
 from perpline.contracts.instruments import load_catalog
 from perpline.contracts.units import format_amount, parse_amount
+from perpline.recon import repair_columns
 from perpline.risk import formulas
 
 ASSET_ACCOUNTS = ("platform:HOT_WALLET",)
@@ -32,9 +33,7 @@ USER_KINDS = ("SPOT", "ORDER_MARGIN", "POSITION_MARGIN")
 FAR_FUTURE_MS = 2**62
 MAX_LINES = 100_000
 REPAIR_REF_TYPE = "RECON_REPAIR"  # perpline.accounts.repairs.REF_TYPE: ref_id "repair:<repair id>:<label>"
-REPAIR_COLUMNS = ("repair_id", "rule", "asset", "account_id", "symbol", "journal_id", "ref_type", "break_detail",
-                  "action", "policy", "status", "actor", "journal_ids", "voided", "instructions", "proposed_ms",
-                  "applied_ms", "confirmed_ms", "recheck")
+REPAIR_COLUMNS = repair_columns.SHOWN
 
 
 def repair_of(ref_id: str) -> str:

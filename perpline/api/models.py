@@ -548,7 +548,7 @@ class Journal(Body):
 
 
 class RepairRecord(Body):
-    """A reconciliation repair (recon_repairs, perpline.audit.REPAIR_COLUMNS)."""
+    """A reconciliation repair (recon_repairs; its fields are perpline.recon.repair_columns.SHOWN)."""
 
     repair_id: str
     rule: str

@@ -25,13 +25,11 @@ from perpline.contracts import messages as m
 from perpline.matcher.legs import legs
 from perpline.pipelines.ledger_sink_logic import POSTING_COLUMNS, posting_rows
 from perpline.recon import plans as p
-from perpline.recon import wallet_repairs
+from perpline.recon import repair_columns, wallet_repairs
 from perpline.recon.rules import Break, Rule, run_rule
 
 log = logging.getLogger("perpline.recon.repairs")
-COLUMNS = ["repair_id", "rule", "asset", "account_id", "symbol", "journal_id", "ref_type", "break_detail", "action",
-           "policy", "status", "actor", "journal_ids", "voided", "instructions", "proposed_ms", "applied_ms",
-           "confirmed_ms", "recheck", "updated_ms"]
+COLUMNS = list(repair_columns.STORED)
 OPEN = ("proposed", "applied", "open", "failed", "halted")
 LOG_READ_S = 20.0  # the longest one read of the ledger.entries log may take
 MAX_LOG_RECORDS = 5_000_000

@@ -72,3 +72,14 @@ def test_every_json_operation_documents_its_success_body() -> None:
         if not set(content.get("application/json", {}).get("schema", {})) - {"title"}:
             undocumented.append(f"{method.upper()} {path}")
     assert len(operations) >= 71 and not undocumented, undocumented
+
+
+def test_a_repair_record_documents_exactly_the_columns_the_audit_shows() -> None:
+    """One list of the repair record's fields (perpline.recon.repair_columns): the reconciler writes it,
+    the audit reads it, the API documents it; a column added to one and not the others fails here."""
+    from perpline.api.models import RepairRecord  # noqa: PLC0415
+    from perpline.audit import REPAIR_COLUMNS  # noqa: PLC0415
+    from perpline.recon.repairs import COLUMNS  # noqa: PLC0415
+
+    assert tuple(RepairRecord.model_fields) == REPAIR_COLUMNS
+    assert tuple(COLUMNS) == (*REPAIR_COLUMNS, "updated_ms")
