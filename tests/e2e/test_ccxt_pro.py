@@ -88,17 +88,24 @@ async def _book_converges(pro: Any, rest: Any) -> None:
             await asyncio.wait_for(pro.watch_order_book(SYM), 0.5)
 
 
+async def _clients(stack: Stack, users: dict[str, dict[str, Any]], pro_user: str,
+                   *rest_users: str) -> tuple[Any, list[Any]]:
+    """A ccxt.pro client of `pro_user` and a ccxt REST client per name in `rest_users`, markets loaded."""
+    pro = pro_client(stack.api, users[pro_user])
+    rests = [rest_client(stack.api, users[name]) for name in rest_users]
+    await pro.load_markets()
+    for rest in rests:
+        await asyncio.to_thread(rest.load_markets)
+    return pro, rests
+
+
 def test_market_watchers_follow_rest(stack: Stack, users: dict[str, dict[str, Any]]) -> None:
     asyncio.run(_market(stack, users))
 
 
 async def _market(stack: Stack, users: dict[str, dict[str, Any]]) -> None:
-    alice, bob = rest_client(stack.api, users["alice"]), rest_client(stack.api, users["bob"])
-    pro = pro_client(stack.api, users["carol"])
+    pro, (alice, bob) = await _clients(stack, users, "carol", "alice", "bob")
     try:
-        await pro.load_markets()
-        await asyncio.to_thread(alice.load_markets)
-        await asyncio.to_thread(bob.load_markets)
         await asyncio.wait_for(pro.watch_order_book(SYM), WAIT_S)
         resting = [await asyncio.to_thread(alice.create_order, SYM, "limit", "sell", 0.01, 50000 + i * 10)
                    for i in range(3)]
@@ -134,12 +141,8 @@ def test_private_watchers_report_what_rest_returns(stack: Stack, users: dict[str
 
 
 async def _private(stack: Stack, users: dict[str, dict[str, Any]]) -> None:
-    rest, bob = rest_client(stack.api, users["carol"]), rest_client(stack.api, users["bob"])
-    pro = pro_client(stack.api, users["carol"])
+    pro, (rest, bob) = await _clients(stack, users, "carol", "carol", "bob")
     try:
-        await pro.load_markets()
-        await asyncio.to_thread(rest.load_markets)
-        await asyncio.to_thread(bob.load_markets)
         for other in ("alice", "bob"):  # an empty book: the fill below is between carol and bob only
             await asyncio.to_thread(rest_client(stack.api, users[other]).cancel_all_orders, SYM)
         orders_task = asyncio.create_task(pro.watch_orders(SYM))
