@@ -78,12 +78,14 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.add_exception_handler(UnitError, errors.on_perpline_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.add_middleware(TraceAndMeasure)
+    # Routes are matched in order, one by one: the Binance routes, which carry the trading load, first
+    # (py-spy, 16 pairs on /fapi: route matching behind the native routes was 16 % of the API's CPU).
+    app.include_router(listenkey.router)  # before fapi's catch-all route
+    app.include_router(fapi.router)
     app.include_router(v1.router)
     app.include_router(sessions.router)
     app.include_router(market.router)
     app.include_router(stream.router)
-    app.include_router(listenkey.router)  # before fapi's catch-all route
-    app.include_router(fapi.router)
     app.include_router(fstream.router)
     app.state.listen_keys = ListenKeys()
     app.include_router(ops.router)

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from perpline.accounts.order_status import EXPIRED, REJECTED
 from perpline.api import auth, binance, errors, models, ratelimit
-from perpline.api.deps import ApiDeps, deps, instrument, now_ms
+from perpline.api.deps import ApiDeps, deps, instrument, now_ms, request_deps
 from perpline.api.models import ok
 from perpline.api.service import account, market, orders
 from perpline.contracts import messages as m
@@ -62,14 +62,14 @@ def _signed(permission: str) -> Callable[..., Any]:
     return dependency
 
 
-def _public(request: Request) -> dict[str, str]:
+async def _public(request: Request) -> dict[str, str]:  # async: no worker-thread hop (deps.request_deps)
     return dict(request.query_params)  # a name given twice was refused by the app's middleware
 
 
 Public = Annotated[dict[str, str], Depends(_public)]
 Read = Annotated[auth.Caller, Depends(_signed(auth.READ))]
 Trade = Annotated[auth.Caller, Depends(_signed(auth.TRADE))]
-Deps = Annotated[ApiDeps, Depends(deps)]
+Deps = Annotated[ApiDeps, Depends(request_deps)]
 
 
 def _symbols(symbol: str | None) -> list[Instrument]:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from perpline.api import errors, models
-from perpline.api.deps import ApiDeps, deps, instrument
+from perpline.api.deps import ApiDeps, instrument, request_deps
 from perpline.api.models import ok
 from perpline.api.params import STRICT_UINT
 from perpline.api.service import market
@@ -18,7 +18,7 @@ from perpline.market.candles import INTERVALS_MS
 
 router = APIRouter(prefix="/api/v1/market", tags=["market"], responses=errors.documented(*errors.COMMON_ERRORS))
 INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
-Deps = Annotated[ApiDeps, Depends(deps)]
+Deps = Annotated[ApiDeps, Depends(request_deps)]
 
 
 @router.get("/candles", responses=ok(list[models.Candle]))

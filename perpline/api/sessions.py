@@ -11,13 +11,13 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, StrictStr
 
 from perpline.api import errors, models
-from perpline.api.deps import ApiDeps, deps
+from perpline.api.deps import ApiDeps, request_deps
 from perpline.api.models import ok
 from perpline.api.service import sessions as service
 from perpline.auth import passwords, sessions
 
 router = APIRouter(prefix="/api/v1/auth", tags=["sessions"], responses=errors.documented(*errors.COMMON_ERRORS))
-Deps = Annotated[ApiDeps, Depends(deps)]
+Deps = Annotated[ApiDeps, Depends(request_deps)]
 
 
 class Credentials(BaseModel):

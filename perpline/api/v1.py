@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, StrictStr
 
 from perpline.accounts.order_status import EXPIRED, REJECTED
 from perpline.api import auth, errors, models, native, ratelimit
-from perpline.api.deps import ApiDeps, deps, instrument
+from perpline.api.deps import ApiDeps, deps, instrument, request_deps
 from perpline.api.models import ok
 from perpline.api.params import STRICT_UINT
 from perpline.api.service import account, history, market, orders
@@ -75,7 +75,7 @@ async def faucet_account(request: Request) -> int:
     return await _identify(request, auth.TRADE)
 
 
-def request_id(idempotency_key: Annotated[str | None, Header()] = None) -> str:
+async def request_id(idempotency_key: Annotated[str | None, Header()] = None) -> str:
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 64:
         raise PerplineError(Code.MALFORMED, "Idempotency-Key must be 1 to 64 characters")
     return idempotency_key or new_request_id()
@@ -85,7 +85,7 @@ Account = Annotated[int, Depends(account_id)]
 WithdrawAccount = Annotated[int, Depends(withdrawing_account)]
 FaucetAccount = Annotated[int, Depends(faucet_account)]
 RequestId = Annotated[str, Depends(request_id)]
-Deps = Annotated[ApiDeps, Depends(deps)]
+Deps = Annotated[ApiDeps, Depends(request_deps)]
 
 
 # --- wallet ---------------------------------------------------------------------------
