@@ -134,3 +134,10 @@ def test_an_input_from_a_partition_the_shard_does_not_own_is_refused_before_the_
     assert matcher.state.engines == {} and matcher.state.next_offsets == {}
     ((symbol, events),) = matcher._apply_record(wal_record(1, 5, order(2, "ETHUSDT-PERP")))
     assert symbol == "ETHUSDT-PERP" and matcher.state.next_offsets == {1: 6}
+
+
+def test_a_shard_assigns_only_its_partitions_and_refuses_a_broker_with_other_partitions(tmp_path: Path) -> None:
+    assert Matcher(tmp_path, "127.0.0.1:1", topic_map(), "never", Shard(1, 2))._owned([0, 1]) == [1]
+    assert Matcher(tmp_path, "127.0.0.1:1", topic_map(), "never")._owned([0, 1, 2]) == [0, 1, 2]  # one shard: all
+    with pytest.raises(ShardError, match="cannot know which symbols are its own"):
+        Matcher(tmp_path, "127.0.0.1:1", topic_map(), "never", Shard(0, 2))._owned([0, 1, 2, 3])
