@@ -64,6 +64,10 @@ class Code(IntEnum):
     MATCHER_NOT_OWNER = 3011
     MATCHER_BAD_INPUT = 3012
     SELF_TRADE_PREVENTED = 3013
+    # 31xx matcher shards (start-up refusals, never an order's answer)
+    MATCHER_SHARD_INVALID = 3101  # shard index/count out of range, or more shards than `orders` partitions
+    MATCHER_SHARD_MISMATCH = 3102  # the data dir or snapshot was written by another shard layout
+    MATCHER_WRONG_PARTITION = 3103  # an input from an `orders` partition this shard does not own
     # 4xxx ledger
     JOURNAL_UNBALANCED = 4001
     # 5xxx infrastructure

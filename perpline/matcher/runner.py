@@ -1,7 +1,10 @@
 """The matcher shell: Kafka in, WAL, engine, Kafka out. One process owns all symbols of its shard.
 
+Shards (perpline.matcher.shards): shard I of N owns the `orders` partitions p with p % N == I, assigned
+statically, with its own WAL and snapshots (<data-dir>/shard-I when N > 1); N == 1 owns every partition.
+
 Loop, read top to bottom:
-  1. poll a batch of inputs from `orders` (manually assigned partitions, no consumer group)
+  1. poll a batch of inputs from `orders` (this shard's partitions, manually assigned, no consumer group)
   2. decode; a malformed input goes to dead.letters and is still logged in the WAL as skipped
   3. append the batch to the WAL (group commit, fsync policy)          -- durable before acting
   4. apply the batch: one engine.execute() call per symbol (compiled) -> events with gap-free seq
@@ -23,6 +26,7 @@ import logging
 import os
 import signal
 import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +40,11 @@ from perpline.config import fetch_config, kafka_config, producer_config, setting
 from perpline.consume import poll_batch
 from perpline.contracts import codec
 from perpline.contracts import messages as m
+from perpline.contracts.codes import Code
 from perpline.contracts.dead_letters import dead_letter
 from perpline.contracts.instruments import load_catalog
 from perpline.contracts.units import UnitError
-from perpline.matcher import convert, snapshot
+from perpline.matcher import convert, shards, snapshot
 from perpline.matcher.legs import legs
 from perpline.matcher.loader import load_core
 from perpline.matcher.segments import SegmentedWal
@@ -78,7 +83,12 @@ class MatcherState:
 
 
 class Matcher:
-    def __init__(self, data_dir: Path, bootstrap: str, topics: dict[str, str], fsync: str) -> None:
+    def __init__(self, data_dir: Path, bootstrap: str, topics: dict[str, str], fsync: str,
+                 shard: shards.Shard | None = None) -> None:
+        """`data_dir` is this shard's own dir (shards.claim checked it); `shard` defaults to the only one."""
+        self.shard = shard or shards.Shard(0, 1)
+        self.partition_count = shards.orders_partitions()
+        self.owned = self.shard.partitions(range(self.partition_count))  # the broker's answer replaces it in run()
         self.core = load_core(pure=os.environ.get("PERPLINE_MATCHER_PURE") == "1")
         self.data_dir = data_dir
         self.topics = topics
@@ -123,6 +133,7 @@ class Matcher:
     def _restore(self, loaded: snapshot.Snapshot) -> int:
         header_line, _, body = loaded.data.partition(b"\n")
         doc = json.loads(header_line)
+        shards.check_snapshot(self.shard, doc, self.partition_count)
         self.state.next_offsets = {int(k): v for k, v in doc["next_offsets"].items()}
         start = 0
         for symbol, size in doc["engines"]:
@@ -139,7 +150,8 @@ class Matcher:
         consumer = self._consumer()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        log.info("matcher ready", extra={"symbols": list(load_catalog().instruments)})
+        log.info("matcher ready", extra={"symbols": list(load_catalog().instruments), "shard": self.shard.shard,
+                                         "shards": self.shard.shards, "partitions": self.owned})
         mark_ready()
         try:
             while not self._stop:
@@ -166,10 +178,20 @@ class Matcher:
                                                             "auto.offset.reset": "earliest", **fetch_config()}))
         name = self.topics["orders"]
         meta = consumer.list_topics(name, timeout=15).topics[name]
-        parts = [TopicPartition(name, p, self.state.next_offsets.get(p, 0)) for p in sorted(meta.partitions)]
+        self.owned = self._owned(sorted(meta.partitions))
+        parts = [TopicPartition(name, p, self.state.next_offsets.get(p, 0)) for p in self.owned]
         consumer.assign(parts)
         self._lag.watch(consumer, parts)
         return consumer
+
+    def _owned(self, on_broker: list[int]) -> list[int]:
+        """This shard's partitions of `orders` as the broker has it. With N > 1 the broker must have exactly the
+        partitions topics.yaml declares: the shard's identity (its data dir, its snapshots) was recorded with them."""
+        if self.shard.shards > 1 and on_broker != list(range(self.partition_count)):
+            raise shards.ShardError(Code.MATCHER_SHARD_MISMATCH,
+                                    f"`orders` has partitions {on_broker} on the broker, topics.yaml declares "
+                                    f"{self.partition_count}: {self.shard} cannot know which symbols are its own")
+        return self.shard.partitions(on_broker)
 
     @staticmethod
     def _keep(msg: Any) -> bool:
@@ -225,6 +247,7 @@ class Matcher:
         partition, offset = RECORD_HEAD.unpack_from(record)
         raw = record[RECORD_HEAD.size:]
         pos = {"p": partition, "o": offset}
+        shards.check_input(self.shard, partition)
         self.state.next_offsets[partition] = offset + 1
         try:
             cmd = codec.decode("orders", raw)
@@ -312,7 +335,7 @@ class Matcher:
             self._flush()
         blobs = {s: e.to_snapshot() for s, e in sorted(self.state.engines.items())}
         header = {"wal_records": self.wal.records, "next_offsets": self.state.next_offsets,
-                  "engines": [[s, len(b)] for s, b in blobs.items()]}
+                  "engines": [[s, len(b)] for s, b in blobs.items()], **self.shard.identity(self.partition_count)}
         data = json.dumps(header).encode() + b"\n" + b"".join(blobs.values())
         snapshot.write(self.snap_dir, self.wal.records, data, keep=KEEP_SNAPSHOTS)
         self.wal.rotate()
@@ -333,11 +356,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=cfg.data_dir / "matcher")
     parser.add_argument("--metrics-port", type=int, default=None)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this core (default: $PERPLINE_MATCHER_CPU)")
+    parser.add_argument("--shard", type=int, default=None,
+                        help=f"this shard's index (default: ${shards.SHARD_ENV}, else the pod's StatefulSet ordinal)")
+    parser.add_argument("--shards", type=int, default=None, help=f"how many shards (default: ${shards.SHARDS_ENV} or 1)")
     args = parser.parse_args(argv)
     setup_logging("matcher")
-    serve_metrics(args.metrics_port)
-    _pin_to_core(args.cpu)
-    Matcher(args.data_dir, cfg.kafka_bootstrap, topic_map(), cfg.fsync).run()
+    try:
+        shard = shards.resolve(args.shard, args.shards)
+        data_dir = shards.claim(args.data_dir, shard, shards.orders_partitions())
+        serve_metrics(args.metrics_port)
+        _pin_to_core(args.cpu)
+        Matcher(data_dir, cfg.kafka_bootstrap, topic_map(), cfg.fsync, shard).run()
+    except shards.ShardError as exc:  # a refusal at start (data dir, snapshot, broker's partitions): say why, exit 2
+        log.error("matcher refuses to run", extra={"code": int(exc.code), "error": exc.msg})
+        print(f"perpline matcher: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def _pin_to_core(flag: int | None) -> None:

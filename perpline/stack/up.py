@@ -42,6 +42,7 @@ from perpline.ch.users import (
     with_credentials,
 )
 from perpline.config import settings
+from perpline.contracts.codes import PerplineError
 from perpline.stack import ports
 from perpline.stack.supervisor import ComponentSpec, Supervisor, file_probe, free_port, http_probe
 
@@ -65,11 +66,17 @@ class Plan:
     embedded_clickhouse: bool
     demo: bool
     free_ports: bool
+    matcher_shards: int = 1  # matcher processes, each owning the `orders` partitions p with p % N == its index
     ch_passwords: dict[str, str] = field(default_factory=dict)  # embedded ClickHouse's users, set by prepare()
 
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def matcher_names(self) -> list[str]:
+        """"matcher" for one shard (what tests, benches and dashboards know), matcher-0.. for more."""
+        return ["matcher"] if self.matcher_shards == 1 else [f"matcher-{i}" for i in range(self.matcher_shards)]
 
     @property
     def users_dir(self) -> Path:
@@ -104,7 +111,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
     clickhouse = external_ch or f"http://{LOCAL_HOST}:{args.clickhouse_port or _port(18123, args.free_ports)}"
     api_port = free_port() if args.free_ports and args.api_port is None else (args.api_port or cfg.api_port)
     return Plan(Path(args.data_dir or cfg.data_dir).resolve(), kafka, clickhouse, args.api_host or cfg.api_host, api_port,
-                not external_kafka, not external_ch, args.demo, args.free_ports)
+                not external_kafka, not external_ch, args.demo, args.free_ports,
+                matcher_shards(getattr(args, "matcher_shards", None)))
+
+
+def matcher_shards(flag: int | None) -> int:
+    """--matcher-shards, else $PERPLINE_MATCHER_SHARDS, else 1; bounded by the partitions of `orders`."""
+    from perpline.matcher.shards import SHARDS_ENV, Shard, check_count, orders_partitions  # noqa: PLC0415
+
+    count = flag if flag is not None else int(os.environ.get(SHARDS_ENV) or 1)
+    check_count(Shard(0, count), orders_partitions())
+    return count
 
 
 def is_loopback(host: str) -> bool:
@@ -167,8 +184,9 @@ def components(plan: Plan) -> list[ComponentSpec]:
         spec("clickhouse", [PY, "-m", "perpline.ch.server", "--data-dir", str(plan.data_dir / "clickhouse"),
                             "--users-dir", str(plan.users_dir), "--host", LOCAL_HOST, "--port", ch_port], [],
              ready_file=False, ready=http_probe(plan.clickhouse + "/ping"), ports=[int(ch_port)])
-    spec("matcher", [PY, "-m", "perpline.matcher.runner", "--data-dir", str(plan.data_dir / "matcher")], deps,
-         ready_timeout_s=120)
+    for index, name in enumerate(plan.matcher_names):
+        spec(name, [PY, "-m", "perpline.matcher.runner", "--data-dir", str(plan.data_dir / "matcher"),
+                    "--shard", str(index), "--shards", str(plan.matcher_shards)], deps, ready_timeout_s=120)
     spec("accounts", [PY, "-m", "perpline.pipelines.accounts", "--state-dir", str(plan.data_dir / "state" / "accounts")],
          deps, ready_timeout_s=120)
     spec("ledger-sink", [PY, "-m", "perpline.pipelines.ledger_sink"],
@@ -180,7 +198,7 @@ def components(plan: Plan) -> list[ComponentSpec]:
     spec("recon", [PY, "-m", "perpline.recon.runner"], deps + (["clickhouse"] if plan.embedded_clickhouse else []),
          ready_timeout_s=120)
     spec("api", [PY, "-m", "perpline.api.main", "--host", plan.api_host, "--port", str(plan.api_port)],
-         ["matcher", "accounts"], ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
+         [*plan.matcher_names, "accounts"], ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
          ready_timeout_s=120, env_extra={"PERPLINE_CLICKHOUSE_URL": plan.clickhouse_reader_url,  # it only reads
                                          "PERPLINE_FUNDING_INTERVAL_S": funding_s},
          ports=[plan.api_port])
@@ -297,9 +315,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="the embedded ClickHouse's port (default 18123)")
     parser.add_argument(OPEN_BROKER_FLAG, dest="broker_open_ok", action="store_true",
                         help="allow a non-loopback --api-host with the embedded broker, which has no authentication")
+    parser.add_argument("--matcher-shards", type=int, default=None,
+                        help="matcher processes, at most the partitions of `orders` (default: $PERPLINE_MATCHER_SHARDS or 1)")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    plan = make_plan(args)
+    try:
+        plan = make_plan(args)
+    except (ValueError, PerplineError) as exc:
+        parser.error(str(exc))
     refusal = exposure_refusal(plan, args.broker_open_ok)
     if refusal:
         parser.error(refusal)

@@ -158,3 +158,22 @@ def test_alert_rules_pass_promtool() -> None:
                     ["test", "rules", str(alerts / "perpline.rules.test.yaml")]):  # each alert fires when it should
         done = subprocess.run([promtool, *command], capture_output=True, text=True, timeout=60, cwd=alerts)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("overlay, shards", [("local", 1), ("production", 2)])
+def test_matcher_shards_are_the_statefulset_ordinals_and_cover_every_orders_partition(overlay: str, shards: int) -> None:
+    """replicas == PERPLINE_MATCHER_SHARDS, and pod matcher-I (its name is PERPLINE_INSTANCE_ID) resolves to
+    shard I of N: together the pods own every `orders` partition exactly once."""
+    from perpline.matcher.shards import Shard, orders_partitions, resolve  # noqa: PLC0415
+
+    (matcher,) = [d for d in render(overlay) if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "matcher"]
+    container = matcher["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]
+           if "value" in e or "fieldRef" in e.get("valueFrom", {})}
+    assert matcher["spec"]["replicas"] == int(env["PERPLINE_MATCHER_SHARDS"]) == shards <= orders_partitions()
+    assert env["PERPLINE_INSTANCE_ID"] == "metadata.name" and "--shard" not in container["command"]
+    pods = [resolve(None, None, {**env, "PERPLINE_INSTANCE_ID": f"matcher-{i}"}) for i in range(shards)]
+    assert pods == [Shard(i, shards) for i in range(shards)]
+    owners = [[p for pod in pods for p in pod.partitions(range(orders_partitions()))].count(p)
+              for p in range(orders_partitions())]
+    assert owners == [1] * orders_partitions()
