@@ -198,7 +198,10 @@ def components(plan: Plan) -> list[ComponentSpec]:
     spec("recon", [PY, "-m", "perpline.recon.runner"], deps + (["clickhouse"] if plan.embedded_clickhouse else []),
          ready_timeout_s=120)
     spec("api", [PY, "-m", "perpline.api.main", "--host", plan.api_host, "--port", str(plan.api_port)],
-         [*plan.matcher_names, "accounts"], ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
+         # in the processors' wave, not after it: its start (imports, read model catch-up, about 3 s) overlaps
+         # theirs (the accounts processor's group join, about 3 s), and `perpline up` still waits for all
+         deps + (["clickhouse"] if plan.embedded_clickhouse else []), ready_file=False,
+         ready=http_probe(plan.api_url + "/readyz"),
          ready_timeout_s=120, env_extra={"PERPLINE_CLICKHOUSE_URL": plan.clickhouse_reader_url,  # it only reads
                                          "PERPLINE_FUNDING_INTERVAL_S": funding_s},
          ports=[plan.api_port])
