@@ -17,6 +17,9 @@ Frames `{"type": "account", "balances", "positions", "open_orders", "ts_ms"}` in
 and as heartbeats. A bad token closes with 4001; the stream closes with 4001 when the session ends
 (logout, refresh) or its token expires: the client refreshes and connects again.
 
+A market frame is built and encoded once per (symbol, levels, trades) per push tick and the same text is
+sent to every connection that asks for it in that tick (`FrameCache`), not once per subscriber.
+
 Bounded: at most MAX_STREAMS open per API process (more are closed with 1013, try again later), at
 most MAX_LEVELS levels and MAX_TRADES trades a frame, and a client that does not take a frame within
 SEND_TIMEOUT_S is dropped. Market streams read nothing from the client; market data needs no session.
@@ -48,7 +51,42 @@ MAX_LEVELS = 100
 MAX_TRADES = 100
 AUTH_TIMEOUT_S = 5.0
 POLICY_VIOLATION, TRY_AGAIN_LATER, UNAUTHORIZED = 1008, 1013, 4001  # websocket close codes (RFC 6455; 4xxx ours)
+MAX_CACHED_FRAMES = 256  # distinct (symbol, levels, trades) frames kept for the current tick
 _open_streams = 0  # per process; the event loop is single-threaded
+Frame = tuple[dict[str, Any], str]  # a frame and its JSON text
+
+
+def encoded(f: dict[str, Any]) -> Frame:
+    return f, json.dumps(f, separators=(",", ":"), ensure_ascii=False)  # as WebSocket.send_json
+
+
+class FrameCache:
+    """One market frame per (symbol, levels, trades) per push tick, shared by every connection asking for
+    it within the tick: built and JSON-encoded once, however many subscribers. At most MAX_CACHED_FRAMES
+    keys; a full cache starts again (the event loop is single-threaded: no lock)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._frames: dict[tuple[str, int, int], tuple[int, Frame]] = {}
+
+    def get(self, key: tuple[str, int, int], build: Callable[[], dict[str, Any]]) -> Frame:
+        tick = int(self._clock() / PUSH_INTERVAL_S)
+        hit = self._frames.get(key)
+        if hit is not None and hit[0] == tick:
+            return hit[1]
+        if len(self._frames) >= MAX_CACHED_FRAMES:
+            self._frames.clear()
+        made = encoded(build())
+        self._frames[key] = (tick, made)
+        return made
+
+
+def _frames_of(ws: WebSocket) -> FrameCache:
+    """The API process's one FrameCache (kept on the app, so each app, a test's included, has its own)."""
+    cache = getattr(ws.app.state, "market_frames", None)
+    if cache is None:
+        cache = ws.app.state.market_frames = FrameCache()
+    return cache
 
 
 def frame(deps: Any, inst: Instrument, levels: int, trades: int) -> dict[str, Any]:
@@ -74,7 +112,9 @@ async def stream(ws: WebSocket, symbol: str = "", levels: int = 10, trades: int 
         return
     async with _slot(ws) as accepted:
         if accepted:
-            await _push(ws, lambda: frame(ws.app.state.deps, inst, levels, trades), _changed_key, lambda: True)
+            deps, frames, key = ws.app.state.deps, _frames_of(ws), (inst.symbol, levels, trades)
+            await _push(ws, lambda: frames.get(key, lambda: frame(deps, inst, levels, trades)), _changed_key,
+                        lambda: True)
 
 
 @contextlib.asynccontextmanager
@@ -119,13 +159,13 @@ async def account_stream(ws: WebSocket) -> None:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                 await ws.close(code=UNAUTHORIZED, reason=str(err)[:100] or "send {\"token\": <access token>} first")
             return
-        await _push(ws, lambda: account_frame(deps, claims.user_id), _account_key,
+        await _push(ws, lambda: encoded(account_frame(deps, claims.user_id)), _account_key,
                     lambda: session_service.session_live(deps, claims))
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             await ws.close(code=UNAUTHORIZED, reason="the session ended")
 
 
-async def _push(ws: WebSocket, build: Callable[[], dict[str, Any]], key_of: Callable[[dict[str, Any]], Any],
+async def _push(ws: WebSocket, build: Callable[[], Frame], key_of: Callable[[dict[str, Any]], Any],
                 alive: Callable[[], bool]) -> None:
     """Send build()'s frame when its key changed or HEARTBEAT_S passed, while alive(); return when the
     client is gone, too slow, or alive() turned false."""
@@ -133,9 +173,9 @@ async def _push(ws: WebSocket, build: Callable[[], dict[str, Any]], key_of: Call
     sent_at = 0.0
     with contextlib.suppress(WebSocketDisconnect, TimeoutError, RuntimeError):  # gone, slow, or closed: done
         while alive():
-            f = build()
+            f, text = build()
             key = key_of(f)
             if key != sent_key or time.monotonic() - sent_at >= HEARTBEAT_S:
-                await asyncio.wait_for(ws.send_json(f), SEND_TIMEOUT_S)
+                await asyncio.wait_for(ws.send_text(text), SEND_TIMEOUT_S)
                 sent_key, sent_at = key, time.monotonic()
             await asyncio.sleep(PUSH_INTERVAL_S)

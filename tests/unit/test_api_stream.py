@@ -124,3 +124,22 @@ def test_the_account_stream_pushes_changes_and_ends_with_the_session(monkeypatch
             while True:
                 ws.receive_json()
         assert ended.value.code == stream.UNAUTHORIZED
+
+
+def test_a_market_frame_is_built_once_per_tick_for_every_subscriber() -> None:
+    """Issue 18: a frame per (symbol, levels, trades) per push tick, shared (the same encoded text) by every
+    connection asking within the tick; the next tick builds a new one; other parameters, their own."""
+    now = [100.0]
+    cache = stream.FrameCache(clock=lambda: now[0])
+    built: list[int] = []
+
+    def build() -> dict[str, Any]:
+        built.append(1)
+        return {"type": "market", "n": len(built)}
+
+    first = [cache.get((SYM, 10, 16), build) for _ in range(1000)]  # a thousand subscribers in one tick
+    assert len(built) == 1 and all(f is first[0] for f in first) and first[0][1] == '{"type":"market","n":1}'
+    cache.get((SYM, 5, 16), build)
+    assert len(built) == 2  # other parameters: another frame
+    now[0] += stream.PUSH_INTERVAL_S
+    assert cache.get((SYM, 10, 16), build)[0]["n"] == 3  # the next tick: built again
