@@ -140,7 +140,12 @@ def add_input(core: Any, batch: Any, cmd: m.Msg) -> None:
     kind, order_id, account_id, side, order_type, tif, price_ticks, qty_lots, stp, reduce_only, ts_ns, iid = \
         fields(core, cmd)
     batch._add(kind, order_id, account_id, side, order_type, tif, price_ticks, qty_lots, stp, reduce_only != 0,
-               getattr(cmd, "client_order_id", ""), ts_ns, iid)
+               client_order_id(cmd), ts_ns, iid)
+
+
+def client_order_id(cmd: m.Msg) -> str:
+    """A NewOrder's client order id; "" for the other inputs (as the core's Batch takes them)."""
+    return cmd.client_order_id if type(cmd) is m.NewOrder else ""  # type: ignore[attr-defined]
 
 
 def run_batch(engine: Any, core: Any, causes: list[m.Msg], batch: Any) -> list[list[m.Msg]]:

@@ -275,8 +275,9 @@ class Matcher:
         consumed, never retried. An input from a partition this shard does not own raises before anything."""
         rows = walrec.Rows()
         letters: list[tuple[bytes, dict[str, int], str]] = []
-        for partition, offset, raw in inputs:
+        for partition in {partition for partition, _, _ in inputs}:
             shards.check_input(self.shard, partition)
+        for partition, offset, raw in inputs:
             error = self._add_row(rows, partition, offset, raw)
             if error is not None:
                 rows.skipped(partition, offset)
@@ -295,9 +296,8 @@ class Matcher:
             fields = convert.fields(self.core, cmd)  # numbers are parsed before the engine is touched
         except UnitError as exc:
             return f"{exc.code.name}: {exc.msg}"
-        order_id = cmd.order_id
-        cause_id = "" if walrec.fit(order_id) == order_id else convert._cause_id(cmd)
-        rows.add(partition, offset, cmd.symbol, fields, getattr(cmd, "client_order_id", ""), cmd.trace_id, cause_id)
+        cause_id = "" if walrec.I64_MIN <= cmd.order_id <= walrec.I64_MAX else convert._cause_id(cmd)
+        rows.add(partition, offset, cmd.symbol, fields, convert.client_order_id(cmd), cmd.trace_id, cause_id)
         return None
 
     def _apply_binary(self, record: bytes) -> list[tuple[str, list[Any]]]:

@@ -5,13 +5,14 @@ strings (~15 us per input with the rest of the replay); the runner has decoded e
 already, so it logs the result. The `orders` topic stays JSON (inspection, schema validation).
 
 Record (version 2), all little-endian:
-    i32 MARKER (-2) | u32 rows | u32 strings_len | strings | COLUMNS x rows x i64
+    i32 MARKER (-2) | u32 rows | u32 strings_len | strings | rows x COLUMNS x i64
 `strings` is msgpack of [symbols, client_order_ids, trace_ids, cause_ids]: the symbol names this
 record uses (the `symbol` column indexes them, so a catalog reordered between runs changes nothing),
 then one string per row. `cause_ids[i]` is "" when the events' causation id is the usual
 "<kind>:<order id>" and the id itself when that cannot be rebuilt from the column (an order id
-outside a signed 64-bit integer, stored as -1 like the core's Batch does). The integer columns are
-one contiguous i64 array each, so a record becomes a core Batch with one copy per column.
+outside a signed 64-bit integer, stored as -1 like the core's Batch does). The integers are one i64
+array, row after row (one struct pack per input when writing); reading takes each column with one
+strided copy and hands it to the core's Batch with one more, so no per-input Python runs.
 A row whose input was malformed (sent to dead.letters) has kind SKIPPED: replay only advances its
 source offset. Version 1 records (source partition i32 >= 0 | offset i64 | the raw JSON input) are
 still read: their first four bytes are a partition, never negative.
@@ -31,6 +32,7 @@ from mypy_extensions import i64
 
 MARKER = -2
 HEAD = struct.Struct("<iII")
+ROW = struct.Struct("<15q")  # one row of COLUMNS
 V1_HEAD = struct.Struct("<iq")  # version 1: source partition, source offset, then the raw input
 COLUMNS = ("partition", "offset", "symbol", "kind", "order_id", "account_id", "side", "order_type", "tif",
            "price_ticks", "qty_lots", "stp", "reduce_only", "ts_ns", "input_id")
@@ -58,7 +60,7 @@ class Rows:
     """Builds one record. `add` takes the core's integers; numbers are fitted as the Batch fits them."""
 
     def __init__(self) -> None:
-        self.columns = [array("q") for _ in COLUMNS]
+        self.ints = bytearray()  # row after row: partition, offset, symbol index, then BATCH_COLUMNS
         self.symbols: dict[str, int] = {}
         self.client_order_ids: list[str] = []
         self.trace_ids: list[str] = []
@@ -70,14 +72,13 @@ class Rows:
     def add(self, partition: int, offset: int, symbol: str, fields: tuple[int, ...], client_order_id: str,
             trace_id: str, cause_id: str) -> None:
         """`fields`: kind .. input_id in BATCH_COLUMNS order; `cause_id` "" unless it cannot be rebuilt."""
-        assert len(self) < MAX_ROWS and len(fields) == len(BATCH_COLUMNS)
-        index = self.symbols.setdefault(symbol, len(self.symbols))
-        cols = self.columns
-        cols[0].append(partition)
-        cols[1].append(offset)
-        cols[2].append(index)
-        for col, value in zip(cols[3:], fields, strict=True):
-            col.append(fit(value))
+        index = self.symbols.get(symbol)
+        if index is None:
+            index = self.symbols[symbol] = len(self.symbols)
+        try:
+            self.ints += ROW.pack(partition, offset, index, *fields)
+        except struct.error:  # a number past a signed 64-bit integer (or a wrong field count: raises again)
+            self.ints += ROW.pack(partition, offset, index, *map(fit, fields))
         self.client_order_ids.append(client_order_id)
         self.trace_ids.append(trace_id)
         self.cause_ids.append(cause_id)
@@ -86,9 +87,9 @@ class Rows:
         self.add(partition, offset, "", (SKIPPED,) + (0,) * (len(BATCH_COLUMNS) - 1), "", "", "")
 
     def encode(self) -> bytes:
-        assert len(self) > 0, "a WAL record holds at least one input"
+        assert 0 < len(self) <= MAX_ROWS, "a WAL record holds 1 .. MAX_ROWS inputs"
         strings = _ENCODE.encode([list(self.symbols), self.client_order_ids, self.trace_ids, self.cause_ids])
-        return b"".join([HEAD.pack(MARKER, len(self), len(strings)), strings, *(c.tobytes() for c in self.columns)])
+        return b"".join([HEAD.pack(MARKER, len(self), len(strings)), strings, self.ints])
 
 
 @dataclass
@@ -130,7 +131,7 @@ def decode(record: bytes) -> Decoded:
         raise ValueError("matcher WAL record: string columns do not match its rows")
     ints = array("q")
     ints.frombytes(memoryview(record)[start:])
-    cols = [ints[i * rows:(i + 1) * rows] for i in range(len(COLUMNS))]
+    cols = [ints[i::len(COLUMNS)] for i in range(len(COLUMNS))]  # one strided copy per column
     symbol_col, kinds = cols[COL["symbol"]], cols[COL["kind"]]
     if len(symbols) == 1 and kinds.count(SKIPPED) == 0:  # the common case: every row, one symbol
         parts = [Part(symbols[0], cols[3:], coids, traces, causes)]
