@@ -15,7 +15,9 @@ Engines and figures (ratios are measured in the same run; nothing here is a test
   from bench/requirements-peers.lock), each checked for the same traded volume and final book.
 - `decode_ns_per_msg`: the runner's cost per input before the engine (msgspec decode of the
   contract message and adding it to the core's columnar Batch).
-- `recovery_s_per_1m`: a real Matcher recovering from a WAL of N inputs (no snapshot), scaled to 1M.
+- `recovery_s_per_1m`: a real Matcher recovering from a binary WAL of N inputs (no snapshot, so every
+  event is rebuilt to be re-emitted), scaled to 1M; `recovery_s_per_1m_state_only` without rebuilding
+  the events; `recovery_s_per_1m_json_wal` from version-1 (JSON) records.
 """
 
 from __future__ import annotations
@@ -162,29 +164,50 @@ def run_decode(data: Flow) -> dict[str, Any]:
 
 
 def run_recovery(inputs: int) -> dict[str, Any]:
-    """Write a WAL of `inputs` encoded orders (as the runner records them), then time a real recovery."""
+    """Write a WAL of `inputs` encoded orders as the runner records them (one binary record per batch of
+    1,000), then time a real recovery; then the same WAL again without building the re-emitted events
+    (state only), and a WAL of version-1 records (raw JSON, what the runner wrote before issue 22)."""
     from perpline.config import topic_map
     from perpline.matcher.runner import Matcher, wal_record
     from perpline.matcher.segments import SegmentedWal
 
+    payloads = encoded_inputs(flow(inputs, FLOW_SEED + 1))
+    report: dict[str, Any] = {"recovery_inputs": inputs}
     with tempfile.TemporaryDirectory(prefix="perpline-bench-") as tmp:
-        wal = SegmentedWal(Path(tmp) / "wal", "never")
+        writer = Matcher(Path(tmp) / "binary", "127.0.0.1:1", topic_map(), "never")
+        wal = SegmentedWal(Path(tmp) / "binary" / "wal", "never")
         wal.open()
-        batch: list[bytes] = []
-        for offset, payload in enumerate(encoded_inputs(flow(inputs, FLOW_SEED + 1))):
-            batch.append(wal_record(0, offset, payload))
-            if len(batch) == 1000:
-                wal.append_batch(batch)
-                batch = []
-        wal.append_batch(batch)
+        for start in range(0, len(payloads), 1000):
+            record, letters = writer._encode([(0, n, payloads[n]) for n in range(start, min(start + 1000, inputs))])
+            assert not letters
+            wal.append_batch([record])
         wal.close()
-        matcher = Matcher(Path(tmp), "127.0.0.1:1", topic_map(), "never")
-        started = time.perf_counter()
-        replayed = matcher.recover()
-        elapsed = time.perf_counter() - started
-        matcher.wal.close()
+        report["recovery_s_per_1m"] = _time_recovery(Path(tmp) / "binary", inputs)
+        real_events = Matcher._events
+        Matcher._events = lambda _self, _engine, part: [[]] * len(part.trace_ids)  # type: ignore[method-assign]
+        report["recovery_s_per_1m_state_only"] = _time_recovery(Path(tmp) / "binary", inputs)
+        Matcher._events = real_events  # type: ignore[method-assign]
+        wal = SegmentedWal(Path(tmp) / "json" / "wal", "never")
+        wal.open()
+        for start in range(0, len(payloads), 1000):
+            wal.append_batch([wal_record(0, n, payloads[n]) for n in range(start, min(start + 1000, inputs))])
+        wal.close()
+        report["recovery_s_per_1m_json_wal"] = _time_recovery(Path(tmp) / "json", inputs)
+    return report
+
+
+def _time_recovery(directory: Path, inputs: int) -> float:
+    """A fresh Matcher's recover() over the WAL in `directory`, in seconds per 1M inputs."""
+    from perpline.config import topic_map
+    from perpline.matcher.runner import Matcher
+
+    matcher = Matcher(directory, "127.0.0.1:1", topic_map(), "never")
+    started = time.perf_counter()
+    replayed = matcher.recover()
+    elapsed = time.perf_counter() - started
+    matcher.wal.close()
     assert len(replayed) == inputs
-    return {"recovery_inputs": inputs, "recovery_s": elapsed, "recovery_s_per_1m": elapsed * 1_000_000 / inputs}
+    return elapsed * 1_000_000 / inputs
 
 
 def _percentiles(samples: list[int]) -> dict[str, int]:
@@ -271,7 +294,8 @@ def main() -> None:
     if args.recovery_inputs > 0:
         recovery = _spawn("recovery", args)
         if recovery is not None:
-            report["recovery_s_per_1m"] = round(recovery["recovery_s_per_1m"], 2)
+            for name in ("recovery_s_per_1m", "recovery_s_per_1m_state_only", "recovery_s_per_1m_json_wal"):
+                report[name] = round(recovery[name], 2)
     print(json.dumps(report))
 
 

@@ -5,8 +5,10 @@ statically, with its own WAL and snapshots (<data-dir>/shard-I when N > 1); N ==
 
 Loop, read top to bottom:
   1. poll a batch of inputs from `orders` (this shard's partitions, manually assigned, no consumer group)
-  2. decode; a malformed input goes to dead.letters and is still logged in the WAL as skipped
-  3. append the batch to the WAL (group commit, fsync policy)          -- durable before acting
+  2. decode into the core's integers; a malformed input goes to dead.letters (produced after step 3) and
+     is still logged in the WAL as skipped
+  3. append the batch to the WAL as ONE binary record (perpline.matcher.walrec: the inputs as the core
+     consumes them, not their JSON), group commit, fsync policy      -- durable before acting
   4. apply the batch: one engine.execute() call per symbol (compiled) -> events with gap-free seq
   5. produce the events to matcher.events keyed by symbol, and their settlement legs to
      account.commands keyed by account (perpline.matcher.legs; acks=all, idempotent), without
@@ -15,20 +17,25 @@ Loop, read top to bottom:
      source offsets atomically. So every event not yet acknowledged comes from an input in the
      WAL tail after the newest snapshot, and recovery re-emits it.
 Recovery: newest good snapshot + WAL tail replayed (events and legs re-emitted; consumers drop seen seq),
-then resume from the offsets the WAL recorded.
+then resume from the offsets the WAL recorded. A binary record goes straight into the core's Batch arrays
+(no JSON, no decimal parsing); a version-1 record (source position + raw JSON input, WALs written before
+the binary records) is still decoded from its JSON. Every event of the tail after the newest snapshot is
+re-emitted, acknowledged or not: which of them were acknowledged is not persisted anywhere (a snapshot is
+the only record of it), so re-emitting fewer could lose events.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import signal
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +46,11 @@ from prometheus_client import Counter, Gauge, Histogram
 from perpline.config import fetch_config, kafka_config, producer_config, settings, topic_map
 from perpline.consume import poll_batch
 from perpline.contracts import codec
-from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
 from perpline.contracts.dead_letters import dead_letter
 from perpline.contracts.instruments import load_catalog
 from perpline.contracts.units import UnitError
-from perpline.matcher import convert, shards, snapshot
+from perpline.matcher import convert, shards, snapshot, walrec
 from perpline.matcher.legs import legs
 from perpline.matcher.loader import load_core
 from perpline.matcher.segments import SegmentedWal
@@ -54,7 +60,6 @@ log = logging.getLogger("perpline.matcher")
 
 MAX_BATCH = 1000
 MAX_UNACKED = 100_000  # events produced but not yet acknowledged; above this we wait for the broker
-RECORD_HEAD = struct.Struct("<iq")  # WAL record: source partition, source offset, then the raw input
 SNAPSHOT_EVERY_INPUTS = int(os.environ.get("PERPLINE_MATCHER_SNAPSHOT_EVERY", "10000"))
 SNAPSHOT_EVERY_S = 30.0
 KEEP_SNAPSHOTS = 3
@@ -105,7 +110,18 @@ class Matcher:
 
     # --- recovery ------------------------------------------------------------------------
     def recover(self) -> list[tuple[str, list[Any]]]:
-        """Restore engines; returns the events of the replayed WAL tail, to re-emit."""
+        """Restore engines; returns the events of the replayed WAL tail, to re-emit. The cyclic garbage
+        collector is off meanwhile: the replay allocates millions of objects that all stay alive (the
+        events to re-emit), so every collection would scan them again for nothing (half a long replay)."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._recover()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _recover(self) -> list[tuple[str, list[Any]]]:
         started = time.monotonic()
         loaded = snapshot.load_latest(self.snap_dir)
         wal_from = 0
@@ -113,21 +129,24 @@ class Matcher:
             wal_from = self._restore(loaded)
         replayed: list[tuple[str, list[Any]]] = []
         index = 0
+        inputs = 0
         tail: list[bytes] = []
         for index, payload in self.wal.recover():
-            if index > wal_from:
-                tail.append(payload)
-            if len(tail) >= MAX_BATCH:
+            if index <= wal_from:
+                continue
+            tail.append(payload)
+            inputs += walrec.rows(payload)
+            if len(tail) >= MAX_BATCH or walrec.is_binary(payload):  # a binary record is a whole batch already
                 replayed.extend(self._apply_records(tail))
                 tail = []
         replayed.extend(self._apply_records(tail))
         index = max(index, wal_from)
-        self.state.inputs_since_snapshot = index - wal_from  # a long replayed tail brings the next snapshot closer
+        self.state.inputs_since_snapshot = inputs  # a long replayed tail brings the next snapshot closer
         self.wal.records = index
         self.wal.open()
         RECOVERY_SECONDS.set(time.monotonic() - started)
         log.info("recovered", extra={"snapshot_wal_records": wal_from, "wal_records": index,
-                                     "replayed_inputs": index - wal_from, "offsets": self.state.next_offsets})
+                                     "replayed_inputs": inputs, "offsets": self.state.next_offsets})
         return replayed
 
     def _restore(self, loaded: snapshot.Snapshot) -> int:
@@ -202,15 +221,17 @@ class Matcher:
 
     def _process(self, batch: list[Any]) -> None:
         started = time.monotonic()
-        records = [self._record(msg) for msg in batch]
+        record, letters = self._encode([(msg.partition(), msg.offset(), msg.value() or b"") for msg in batch])
         t0 = time.monotonic()
-        self.wal.append_batch(records)
+        self.wal.append_batch([record])
         WAL_FSYNC.observe(time.monotonic() - t0)
-        out = self._apply_records(records)
+        for raw, pos, error in letters:  # after the WAL: a crash before it consumes the input again
+            self._dead_letter(raw, pos, error)
+        out = self._apply_records([record])
         self._publish(out)
-        self.state.inputs_since_snapshot += len(records)
+        self.state.inputs_since_snapshot += len(batch)
         BATCH_SECONDS.observe(time.monotonic() - started)
-        BATCH_SIZE.observe(len(records))
+        BATCH_SIZE.observe(len(batch))
         self._book_gauges({symbol for symbol, _ in out})
 
     def _book_gauges(self, symbols: set[str]) -> None:
@@ -221,51 +242,92 @@ class Matcher:
             BOOK_LEVELS.labels(symbol, "bid").set(bid_levels)
             BOOK_LEVELS.labels(symbol, "ask").set(ask_levels)
 
-    @staticmethod
-    def _record(msg: Any) -> bytes:
-        return wal_record(msg.partition(), msg.offset(), msg.value() or b"")
-
     def _apply_record(self, record: bytes) -> list[tuple[str, list[Any]]]:
         return self._apply_records([record])
 
     def _apply_records(self, records: list[bytes]) -> list[tuple[str, list[Any]]]:
-        """Decode WAL records, then apply each symbol's inputs with one batch call (order kept within
-        a symbol; symbols are independent). Returns (symbol, events) per applied input."""
-        per_symbol: dict[str, tuple[list[m.Msg], Any]] = {}
-        for record in records:
-            self._decode(record, per_symbol)
+        """Apply WAL records in order; returns (symbol, events) per applied input (dead letters have none).
+        Consecutive version-1 records (raw JSON) are decoded into one binary record first."""
         out: list[tuple[str, list[Any]]] = []
-        for symbol, (causes, batch) in per_symbol.items():
-            events = convert.run_batch(self.state.engines[symbol], self.core, causes, batch)
-            out.extend((symbol, one) for one in events)
-            INPUTS.labels(symbol).inc(len(causes))
+        legacy: list[tuple[int, int, bytes]] = []
+        for record in records:
+            if walrec.is_binary(record):
+                out.extend(self._apply_legacy(legacy))
+                legacy = []
+                out.extend(self._apply_binary(record))
+            else:
+                partition, offset = walrec.V1_HEAD.unpack_from(record)
+                legacy.append((partition, offset, record[walrec.V1_HEAD.size:]))
+        out.extend(self._apply_legacy(legacy))
         return out
 
-    def _decode(self, record: bytes, per_symbol: dict[str, tuple[list[m.Msg], Any]]) -> None:
-        """Decode one record into its symbol's Batch (and its cause list), or dead-letter a malformed
-        input. Advances the recorded source offset either way: a dead letter is consumed, never retried."""
-        partition, offset = RECORD_HEAD.unpack_from(record)
-        raw = record[RECORD_HEAD.size:]
-        pos = {"p": partition, "o": offset}
-        shards.check_input(self.shard, partition)
-        self.state.next_offsets[partition] = offset + 1
+    def _apply_legacy(self, inputs: list[tuple[int, int, bytes]]) -> list[tuple[str, list[Any]]]:
+        if not inputs:
+            return []
+        record, letters = self._encode(inputs)
+        for raw, pos, error in letters:
+            self._dead_letter(raw, pos, error)
+        return self._apply_binary(record)
+
+    def _encode(self, inputs: list[tuple[int, int, bytes]]) -> tuple[bytes, list[tuple[bytes, dict[str, int], str]]]:
+        """The binary WAL record of consumed inputs (partition, offset, raw JSON), and the dead letters of the
+        malformed ones (raw, position, error), which the record keeps as skipped rows: a dead letter is
+        consumed, never retried. An input from a partition this shard does not own raises before anything."""
+        rows = walrec.Rows()
+        letters: list[tuple[bytes, dict[str, int], str]] = []
+        for partition in {partition for partition, _, _ in inputs}:
+            shards.check_input(self.shard, partition)
+        for partition, offset, raw in inputs:
+            error = self._add_row(rows, partition, offset, raw)
+            if error is not None:
+                rows.skipped(partition, offset)
+                letters.append((raw, {"p": partition, "o": offset}, error))
+        return rows.encode(), letters
+
+    def _add_row(self, rows: walrec.Rows, partition: int, offset: int, raw: bytes) -> str | None:
+        """Add one input as the core consumes it; the error when it is malformed (nothing added then)."""
         try:
             cmd = codec.decode("orders", raw)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            self._dead_letter(raw, pos, str(exc))
-            return
+            return str(exc)
         if self._engine(cmd.symbol) is None:
-            self._dead_letter(raw, pos, f"unknown symbol {cmd.symbol!r}")
-            return
-        into = per_symbol.get(cmd.symbol)
-        if into is None:
-            into = per_symbol[cmd.symbol] = ([], self.core.Batch())
+            return f"unknown symbol {cmd.symbol!r}"
         try:
-            convert.add_input(self.core, into[1], cmd)  # numbers are parsed before the engine is touched
+            fields = convert.fields(self.core, cmd)  # numbers are parsed before the engine is touched
         except UnitError as exc:
-            self._dead_letter(raw, pos, f"{exc.code.name}: {exc.msg}")
-            return
-        into[0].append(cmd)
+            return f"{exc.code.name}: {exc.msg}"
+        cause_id = "" if walrec.I64_MIN <= cmd.order_id <= walrec.I64_MAX else convert._cause_id(cmd)
+        rows.add(partition, offset, cmd.symbol, fields, convert.client_order_id(cmd), cmd.trace_id, cause_id)
+        return None
+
+    def _apply_binary(self, record: bytes) -> list[tuple[str, list[Any]]]:
+        """Apply one binary record: each symbol's rows with one Engine.run, straight from the record's
+        columns; the offsets advance past every row, skipped ones included."""
+        decoded = walrec.decode(record)
+        for partition in set(decoded.partitions):
+            shards.check_input(self.shard, partition)
+        last = dict(zip(decoded.partitions, decoded.offsets, strict=True))  # the last row of each partition wins
+        self.state.next_offsets.update({partition: offset + 1 for partition, offset in last.items()})
+        out: list[tuple[str, list[Any]]] = []
+        for part in decoded.parts:
+            engine = self._engine(part.symbol)
+            if engine is None:  # the catalog lost the symbol since the record was written
+                log.error("WAL inputs of a symbol no longer in the catalog skipped",
+                          extra={"symbol": part.symbol, "inputs": len(part.trace_ids)})
+                continue
+            engine.run(walrec.batch(self.core, part))
+            events = self._events(engine, part)
+            out.extend(zip(repeat(part.symbol), events))
+            INPUTS.labels(part.symbol).inc(len(part.trace_ids))
+        return out
+
+    def _events(self, engine: Any, part: walrec.Part) -> list[list[Any]]:
+        """The contract events of each input of `part`, just applied by `engine`; the causation id of
+        each input's events is rebuilt from its kind and order id unless the record carries it."""
+        names = convert.CAUSE_NAMES
+        causes = [cause or f"{names[kind]}:{order_id}"
+                  for kind, order_id, cause in zip(part.kinds, part.order_ids, part.cause_ids, strict=True)]
+        return convert.events_of(engine, self.core, convert.grid(part.symbol), part.kinds, part.trace_ids, causes)
 
     def _engine(self, symbol: str) -> Any:
         engine = self.state.engines.get(symbol)
@@ -346,8 +408,9 @@ class Matcher:
 
 
 def wal_record(partition: int, offset: int, raw: bytes) -> bytes:
-    """A WAL record: the input's source partition and offset (fixed binary header), then its bytes."""
-    return RECORD_HEAD.pack(partition, offset) + raw
+    """A version-1 WAL record (source partition and offset, then the raw JSON input): what the matcher wrote
+    before the binary records; still read, and the simplest record to build in tests."""
+    return walrec.V1_HEAD.pack(partition, offset) + raw
 
 
 def main(argv: list[str] | None = None) -> None:
