@@ -188,11 +188,32 @@ def offsets_per_order(before: dict[str, int], after: dict[str, int], report: dic
     return per
 
 
+SETTLING_PASSES = 6  # reconciler passes after the quiet point: a break is confirmed after 3 drains, then repaired
+
+
+def _repairs_settled(client: Any, deadline: float) -> float:
+    """Wait for SETTLING_PASSES reconciler passes begun after now, then until no automatic repair is
+    between applied and confirmed (a withdrawal decided after the API stopped waiting has its wallet
+    line sent by the reconciler's repair, for instance); returns the seconds waited. Repairs proposed
+    to an operator stay open and are not waited for."""
+    started, since_ms = time.monotonic(), int(time.time() * 1000)
+    while time.monotonic() < deadline:
+        passes = int(client.query("SELECT count() FROM recon_runs WHERE started_ms >= {s:Int64}",
+                                  parameters={"s": since_ms}).result_rows[0][0])
+        busy = int(client.query("SELECT count() FROM recon_repairs FINAL WHERE status IN ('applied', 'open')")
+                   .result_rows[0][0])
+        if passes >= SETTLING_PASSES and not busy:
+            break
+        time.sleep(1.0)
+    return round(time.monotonic() - started, 1)
+
+
 def check_books(reader_url: str, data_dir: str, quiet_s: float = 3.0, timeout_s: float = 120.0) -> dict[str, Any]:
-    """After the sink has caught up (ledger rows stable for `quiet_s`): every reconciliation rule on a
-    full pass, twice (the eventual rules count only when a second pass finds the same break). As the
-    reconciler, with the admin's password from the data dir (the rules set query settings, which the
-    read-only user may not)."""
+    """After the sink has caught up (ledger rows stable for `quiet_s`) and the reconciler's automatic
+    repairs in progress have been confirmed (`repairs_waited_s`; the repairs made are reported by rule):
+    every reconciliation rule on a full pass, twice (the eventual rules count only when a second pass
+    finds the same break). As the reconciler, with the admin's password from the data dir (the rules set
+    query settings, which the read-only user may not)."""
     from perpline.ch.client import get_client  # noqa: PLC0415 (the bench's own import, after the stack is up)
     from perpline.ch.users import ADMIN_USER, USERS_DIR_NAME, read_password, with_credentials  # noqa: PLC0415
     from perpline.recon.rules import load_rules, run_rule  # noqa: PLC0415
@@ -207,13 +228,16 @@ def check_books(reader_url: str, data_dir: str, quiet_s: float = 3.0, timeout_s:
         elif time.monotonic() - stable_since >= quiet_s:
             break
         time.sleep(0.5)
+    repairs_waited_s = _repairs_settled(client, time.monotonic() + timeout_s)
     passes = []
     for _ in range(2):
         now_ms = int(time.time() * 1000) + 60_000  # past every grace period
         passes.append({rule.name: len(run_rule(client, rule, 0, now_ms)) for rule in load_rules()})
         time.sleep(1.0)
     breaks = {name: n for name, n in passes[-1].items() if n and passes[0][name]}
-    return {"ledger_rows": last, "journals_balanced": passes[-1].get("journal_balanced", 0) == 0,
+    repairs = dict(client.query("SELECT rule, count() FROM recon_repairs FINAL GROUP BY rule").result_rows)
+    return {"ledger_rows": last, "repairs_by_rule": repairs, "repairs_waited_s": repairs_waited_s,
+            "journals_balanced": passes[-1].get("journal_balanced", 0) == 0,
             "wallets_equal_ledger": not breaks.get("ledger_vs_state"), "long_equals_short": not breaks.get("open_interest"),
             "recon_breaks": breaks}
 
