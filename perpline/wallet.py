@@ -19,13 +19,14 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from perpline.config import kafka_config, topic_map
 from perpline.contracts import codec, ids
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
 from perpline.contracts.units import UnitError, format_amount, parse_amount
+from perpline.topics_tool import watermarks
 
 DEPOSIT, WITHDRAWAL = "DEPOSIT", "WITHDRAWAL"
 TOPIC = "wallet.statement"
@@ -90,9 +91,13 @@ class StatementImport:
 
     def pull(self, client: Any) -> int:
         """Import what the wallet wrote since the last pull (up to the log's end when the pull began);
-        returns the number of lines read."""
-        ends = {tp.partition: self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.parts}
+        returns the number of lines read. Every pull reads from the committed offsets: a pull whose
+        insert failed (ClickHouse killed, say) read lines it never stored, and must not go on after them
+        (it did: the consumer's position had moved on, and those lines were missing until a restart)."""
+        # the ends corrected by a fetch: the embedded broker's ListOffsets can be low after multi-record batches
+        ends = {p: high for (_, p), (_, high) in watermarks(self.consumer, self.parts).items()}
         at = {tp.partition: tp.offset for tp in self.consumer.committed(self.parts, timeout=10)}
+        self.consumer.assign([TopicPartition(self.topic, p, o if o >= 0 else OFFSET_BEGINNING) for p, o in at.items()])
         rows: list[list[Any]] = []
         deadline = time.monotonic() + IMPORT_S
         while (any(max(at[p], 0) < ends[p] for p in ends) and len(rows) < MAX_IMPORT_LINES
