@@ -20,7 +20,7 @@ import time
 
 from bench.api import plain_stack
 from bench.chaos import _supervisor_pid, stack_processes
-from bench.soak import COMPONENTS
+from bench.soak import component_of
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -35,10 +35,6 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def component(cmdline: str) -> str:
-    return next((name for needle, name in COMPONENTS.items() if needle in cmdline), "other")
-
-
 def measure(root_pid: int, seconds: float) -> dict[str, float]:
     """Each component's CPU over `seconds`, in percent of one core."""
     processes = {**stack_processes(root_pid), root_pid: "perpline.cli up"}
@@ -47,7 +43,7 @@ def measure(root_pid: int, seconds: float) -> dict[str, float]:
     share: dict[str, float] = {}
     for pid, cmdline in processes.items():
         used = max(0, cpu_ticks(pid) - before[pid])
-        name = component(cmdline)
+        name = component_of(cmdline)
         share[name] = share.get(name, 0.0) + 100.0 * used / TICKS_PER_S / seconds
     return {name: round(value, 1) for name, value in sorted(share.items(), key=lambda kv: -kv[1])}
 

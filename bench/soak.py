@@ -35,11 +35,16 @@ BASELINE_MINUTE = 10
 FUNDING_INTERVAL_S = "60"
 
 
+def component_of(cmdline: str) -> str:
+    """The stack component a process's command line belongs to (COMPONENTS), or "other"."""
+    return next((name for marker, name in COMPONENTS.items() if marker in cmdline), "other")
+
+
 def rss_by_component(root_pid: int) -> dict[str, int]:
     """MB of resident memory per component of the stack."""
     out: dict[str, int] = {}
     for pid, cmdline in {root_pid: "perpline.cli up", **stack_processes(root_pid)}.items():
-        name = next((n for marker, n in COMPONENTS.items() if marker in cmdline), "other")
+        name = component_of(cmdline)
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:

@@ -184,24 +184,23 @@ def components(plan: Plan) -> list[ComponentSpec]:
         spec("clickhouse", [PY, "-m", "perpline.ch.server", "--data-dir", str(plan.data_dir / "clickhouse"),
                             "--users-dir", str(plan.users_dir), "--host", LOCAL_HOST, "--port", ch_port], [],
              ready_file=False, ready=http_probe(plan.clickhouse + "/ping"), ports=[int(ch_port)])
+    with_ch = deps + (["clickhouse"] if plan.embedded_clickhouse else [])  # for what reads or writes ClickHouse
     for index, name in enumerate(plan.matcher_names):
         spec(name, [PY, "-m", "perpline.matcher.runner", "--data-dir", str(plan.data_dir / "matcher"),
                     "--shard", str(index), "--shards", str(plan.matcher_shards)], deps, ready_timeout_s=120)
     spec("accounts", [PY, "-m", "perpline.pipelines.accounts", "--state-dir", str(plan.data_dir / "state" / "accounts")],
          deps, ready_timeout_s=120)
     spec("ledger-sink", [PY, "-m", "perpline.pipelines.ledger_sink"],
-         deps + (["clickhouse"] if plan.embedded_clickhouse else []), ready_timeout_s=120)
+         with_ch, ready_timeout_s=120)
     spec("index-feed", [PY, "-m", "perpline.risk.index_feed"], deps)
     funding_s = os.environ.get("PERPLINE_FUNDING_INTERVAL_S", "60" if plan.demo else str(8 * 3600))
     spec("risk", [PY, "-m", "perpline.risk.runner"], deps, env_extra={"PERPLINE_FUNDING_INTERVAL_S": funding_s},
          ready_timeout_s=120)
-    spec("recon", [PY, "-m", "perpline.recon.runner"], deps + (["clickhouse"] if plan.embedded_clickhouse else []),
-         ready_timeout_s=120)
+    spec("recon", [PY, "-m", "perpline.recon.runner"], with_ch, ready_timeout_s=120)
     spec("api", [PY, "-m", "perpline.api.main", "--host", plan.api_host, "--port", str(plan.api_port)],
          # in the processors' wave, not after it: its start (imports, read model catch-up, about 3 s) overlaps
          # theirs (the accounts processor's group join, about 3 s), and `perpline up` still waits for all
-         deps + (["clickhouse"] if plan.embedded_clickhouse else []), ready_file=False,
-         ready=http_probe(plan.api_url + "/readyz"),
+         with_ch, ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
          ready_timeout_s=120, env_extra={"PERPLINE_CLICKHOUSE_URL": plan.clickhouse_reader_url,  # it only reads
                                          "PERPLINE_FUNDING_INTERVAL_S": funding_s},
          ports=[plan.api_port])
