@@ -9,8 +9,9 @@ engine run (perpline.matcher.convert on the compiled core) and, for each, the ac
 accounts processor would publish (orders, fills, balances, positions), plus marks. Then:
 1. API process A with PERPLINE_API_START=replay: time until /readyz answers 200, its RSS; being caught
    up and PERPLINE_API_CHECKPOINT_EVENTS behind, it writes a checkpoint (the time to publish it is shown);
-2. `--tail` more events (the most a checkpoint can be behind is the interval), then API process B with
-   PERPLINE_API_START=checkpoint: time to ready, its RSS, and what it restored.
+2. `--tail` more events (the most a checkpoint can be behind is the interval); once A has consumed them
+   (its lag is 0: B does not share the two cores with A's catch-up), API process B with
+   PERPLINE_API_START=checkpoint: time to ready (and to its checkpoint restored), its CPU, its RSS.
 Both run with compiled bytecode (a cache in the data directory, filled once before A starts), as in the
 image (Dockerfile: compiled at build); without it a process compiles every module it imports first.
 """
@@ -38,6 +39,7 @@ from perpline.contracts import codec, topics
 from perpline.contracts import messages as m
 from perpline.matcher import convert
 from perpline.matcher.loader import load_core
+from perpline.obs import LAG_INTERVAL_S
 from perpline.stack.supervisor import free_port
 
 SYM = "BTCUSDT-PERP"
@@ -177,7 +179,7 @@ def api_env(tmp: str) -> dict[str, str]:
 
 def compile_api(tmp: str) -> None:
     """Fill the bytecode cache once (the image compiles at build), so neither measured start compiles."""
-    subprocess.run([sys.executable, "-c", "import perpline.api.main"], cwd=REPO_ROOT, env=api_env(tmp), check=True)
+    subprocess.run([sys.executable, "-c", "import perpline.api.main, perpline.api.app"], cwd=REPO_ROOT, env=api_env(tmp), check=True)
 
 
 def rss_mb(pid: int) -> float:
@@ -197,11 +199,28 @@ def metric(url: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def caught_up(url: str, timeout_s: float = 120.0) -> float:
+    """Seconds until the API at `url` reports no consumer lag. The replica that wrote the checkpoint
+    consumes the tail too; B starts only after it is done, so B's figures are its own start, not a
+    start sharing this machine's two cores with another replica's catch-up (in production replicas
+    run on machines of their own)."""
+    started = time.monotonic()
+    time.sleep(2 * LAG_INTERVAL_S)  # a fresh lag reading, taken after the tail was written
+    while True:
+        lags = re.findall(r"^perpline_consumer_lag_messages\{[^}]*\} (\S+)$", httpx.get(url + "/metrics", timeout=10).text,
+                          re.MULTILINE)
+        if lags and sum(float(v) for v in lags) == 0:
+            return round(time.monotonic() - started, 2)
+        assert time.monotonic() - started < timeout_s, "the replayer did not catch up with the tail"
+        time.sleep(0.2)
+
+
 def measure(tmp: str, kafka: str, clickhouse: str, start: str, checkpoint_events: int) -> tuple[dict[str, Any], subprocess.Popen[bytes], str]:
     proc, url, ready_s = start_api(tmp, kafka, clickhouse, start, checkpoint_events)
     cpu = cpu_s(proc.pid)
     time.sleep(1)  # let the allocator settle before reading RSS
     return {"ready_s": round(ready_s, 2), "cpu_s_to_ready": cpu, "readmodel_ready_s": round(metric(url, "perpline_api_readmodel_ready_seconds"), 2),
+            "checkpoint_restored_s": round(metric(url, "perpline_api_checkpoint_restore_seconds"), 2),
             "rss_mb": rss_mb(proc.pid),
             "restored_from_events": int(metric(url, "perpline_api_checkpoint_loaded_events"))}, proc, url
 
@@ -222,6 +241,7 @@ def run(events: int, tail: int, accounts: int, every: int) -> dict[str, Any]:
                 time.sleep(0.1)
             out["checkpoint_written_after_s"] = round(time.monotonic() - started, 2)
             write(kafka, stream, tail)
+            out["replayer_caught_up_s"] = caught_up(url)
             out["from_checkpoint"], fresh, _ = measure(tmp, kafka, clickhouse, "checkpoint", 0)
             fresh.terminate()
             fresh.wait(30)

@@ -35,11 +35,10 @@ from perpline.api import (
 )
 from perpline.api.deps import ApiDeps, metrics_response
 from perpline.api.publisher import Publisher
-from perpline.api.readmodel import ReadModel
+from perpline.api.readmodel import start_read_model
 from perpline.api.service import halts
 from perpline.api.service.listenkeys import ListenKeys
-from perpline.auth.registry import KeyRegistry
-from perpline.config import producer_config, settings
+from perpline.config import producer_config
 from perpline.contracts.codes import Code, PerplineError
 from perpline.contracts.ids import new_trace_id
 from perpline.contracts.units import UnitError, parse_uint
@@ -57,11 +56,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         deps.publisher = Publisher(producer_config(deps.bootstrap))
-        deps.registry = KeyRegistry(deps.secret_key)
-        cfg = settings()  # a new replica starts from the newest read-model checkpoint (perpline.api.checkpoint)
-        deps.readmodel = ReadModel(deps.bootstrap, deps.topics, deps.registry, checkpoint_events=cfg.api_checkpoint_events,
-                                   from_checkpoint=cfg.api_start == "checkpoint")
-        deps.readmodel.start()
+        if deps.readmodel is None:  # `perpline api` starts it before importing this module (perpline.api.main)
+            deps.registry, deps.readmodel = start_read_model(deps.bootstrap, deps.topics, deps.secret_key)
         app.state.fstream = fstream.Hub(deps, app.state.listen_keys)
         async with halts.watching(deps):  # orders read the halted symbols from memory, refreshed off the loop
             yield

@@ -36,7 +36,7 @@ from perpline.api.reads.tracking import MatcherTracking
 from perpline.api.reads.wakeups import Wakeups
 from perpline.api.views import AccountView, MatcherOrder
 from perpline.auth.registry import KeyRegistry
-from perpline.config import fetch_config, kafka_config
+from perpline.config import fetch_config, kafka_config, settings
 from perpline.consume import poll_batch
 from perpline.contracts import codec
 from perpline.contracts import messages as m
@@ -51,6 +51,7 @@ log = logging.getLogger("perpline.api.readmodel")
 POLL_BATCH = 500
 CHECKPOINT_LOADED = Gauge("perpline_api_checkpoint_loaded_events",
                           "source records behind the checkpoint the read model started from (0: replayed all)")
+RESTORE_SECONDS = Gauge("perpline_api_checkpoint_restore_seconds", "from the read model's start to its checkpoint restored")
 READY_SECONDS = Gauge("perpline_api_readmodel_ready_seconds", "from the read model's start to caught up")
 CHECKPOINTS_WRITTEN = Counter("perpline_api_checkpoints_written_total", "read-model checkpoints published")
 
@@ -129,6 +130,7 @@ class ReadModel:
             return {}
         self._checkpoint_at = manifest.events()
         CHECKPOINT_LOADED.set(manifest.events())
+        RESTORE_SECONDS.set(time.monotonic() - self._started)
         log.info("read model restored from a checkpoint", extra={
             "checkpoint": manifest.checkpoint_id, "events": manifest.events(), "bytes": manifest.state_bytes,
             "ms": round((time.monotonic() - self._started) * 1000)})
@@ -368,6 +370,17 @@ class ReadModel:
 
     def funding_rounds(self, symbol: str) -> list[m.FundingRound]:
         return self.prices.funding_rounds(symbol)
+
+
+def start_read_model(bootstrap: str, topics: dict[str, str], secret_key: str) -> tuple[KeyRegistry, ReadModel]:
+    """The key registry and the read model of an API process, its consumer thread started: from the newest
+    read-model checkpoint (perpline.api.checkpoint) unless PERPLINE_API_START=replay."""
+    cfg = settings()
+    registry = KeyRegistry(secret_key)
+    readmodel = ReadModel(bootstrap, topics, registry, checkpoint_events=cfg.api_checkpoint_events,
+                          from_checkpoint=cfg.api_start == "checkpoint")
+    readmodel.start()
+    return registry, readmodel
 
 
 def rebuilt(blob: bytes) -> snapshot.Restored:

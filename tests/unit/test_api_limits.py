@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import uvicorn
 from fastapi.routing import iter_route_contexts
 from starlette.requests import HTTPConnection
 from starlette.testclient import TestClient, WebSocketDenialResponse
@@ -202,7 +203,8 @@ def test_trusted_proxies_are_parsed_strictly_and_uvicorn_does_not_rewrite_the_pe
     with pytest.raises(ValueError, match="PERPLINE_TRUSTED_PROXIES"):
         trusted_networks(["10.0.0.0/8", "proxy.local"])
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(main.uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    monkeypatch.setattr(main, "start_read_model", lambda *args: (None, None))  # no broker here
     monkeypatch.setenv("PERPLINE_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1")
     main.main(["--port", "1"])
     assert seen["proxy_headers"] is False

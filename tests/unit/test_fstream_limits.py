@@ -177,9 +177,12 @@ def test_keepalive_is_binances(monkeypatch: pytest.MonkeyPatch) -> None:
     closed after 24 hours; the API process hands the keepalive to uvicorn."""
     assert fstream.uvicorn_ws_options() == {"ws_ping_interval": 180.0, "ws_ping_timeout": 600.0}
     assert fstream.MAX_CONNECTION_S == 24 * 3600
+    import uvicorn  # noqa: PLC0415
+
     from perpline.api import main  # noqa: PLC0415
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(main.uvicorn, "run", lambda app, **kw: seen.update(kw))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    monkeypatch.setattr(main, "start_read_model", lambda *args: (None, None))  # no broker here
     main.main(["--port", "0"])
     assert (seen["ws_ping_interval"], seen["ws_ping_timeout"]) == (180.0, 600.0)

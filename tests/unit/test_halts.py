@@ -62,7 +62,7 @@ class GatedClickHouse:
 def ch(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, GatedClickHouse]]:
     monkeypatch.setattr(halts, "_state", {"at": -1e9, "halted": {}})
     client = GatedClickHouse()
-    yield SimpleNamespace(clickhouse=lambda: client), client
+    yield SimpleNamespace(clickhouse=lambda: client, readmodel=None), client
     client.gate.set()  # never leave a worker thread (and the refresh lock) held
 
 
@@ -128,3 +128,21 @@ def test_without_a_watch_a_stale_set_is_refreshed_off_the_loop(ch: tuple[Any, Ga
     client.rows = [(SYM, 1, "seq gap")]
     assert asyncio.run(refused(d))  # no watch (a unit-test app): the first order refreshes, in a worker thread
     assert client.threads and threading.get_ident() not in client.threads  # asyncio.run's loop is this thread's
+
+
+def test_a_starting_replica_queries_only_once_its_read_model_caught_up(ch: tuple[Any, GatedClickHouse]) -> None:
+    """The watch's first query waits for the read model (a replica is not ready before: the query and its
+    ClickHouse client would only slow its start); an order meanwhile still gets its own refresh."""
+    d, client = ch
+    d.readmodel = SimpleNamespace(caught_up=threading.Event())
+
+    async def scenario() -> None:
+        async with halts.watching(d):
+            await asyncio.sleep(halts.REFRESH_S * 2)
+            assert client.threads == []  # still catching up: the watch did not query
+            assert not await refused(d)  # an order (the set is stale) waits for a refresh of its own
+            assert len(client.threads) == 1
+            d.readmodel.caught_up.set()
+            assert await asyncio.to_thread(client.wait_answered, 2)  # now the watch refreshes
+
+    asyncio.run(scenario())
