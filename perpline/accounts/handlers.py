@@ -41,8 +41,9 @@ log = logging.getLogger("perpline.accounts")
 def handle(state: AccountState, cmd: m.Msg, store: Store | None = None) -> list[Out]:
     """Apply one command to one account's state; returns the messages to publish.
 
-    `store` holds the account's idempotency memory (the processor's state store); without one
-    it lives in `state.local`. A settlement leg that cannot be applied raises (Reject, UnitError,
+    `store` holds the entries of the account's idempotency memory (the processor's state store;
+    the digests that decide a resend are in `state`: perpline.accounts.memory); without one they
+    live in `state.local`. A settlement leg that cannot be applied raises (Reject, UnitError,
     IllegalTransition) and has changed nothing.
     """
     cause = getattr(cmd, "request_id", None) or _leg_cause(cmd)

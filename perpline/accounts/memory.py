@@ -1,27 +1,44 @@
 """Idempotency memory of one account: request outcomes, closed orders' client ids, and the nonces of
 signed commands (the one-use rule for signatures, exchange-wide: see `Memory.use_nonce`).
 
-Kept apart from the account's core state (balances, open orders, positions) so that the
-core stays small: the core is read and written on every command, these entries only when
-a request arrives or an order closes. Each kind is a bounded ring: slot n % capacity names
-the entry to forget when it is reused, so an account never holds more than `capacity`.
+Requests and closed client ids are bounded rings: the n-th entry goes to slot n % capacity, so an
+account never holds more than `capacity` of each. Each ring is split in two:
 
-The store is anything with get_bytes / set_bytes / delete. The accounts processor keeps it in
-the account's own state (`AccountState.local`), so an account's balances and its memory are one
-state key and one changelog record: restored together or not at all. (Stored under separate keys,
-a crash in the middle of writing a checkpoint could restore the balances without the memory on a
-broker that exposes an aborted transaction's records -- the embedded one does -- and a resent
-request would then be applied twice; the crash session test caught exactly that.) The rings bound
-the cost: a full memory is about 265 KB, 0.4 ms to encode; decoding is skipped while the processor's
-decoded-state cache holds the account.
+- in the account's state (one key, one changelog record per command): an 8-byte digest of each
+  entry's id, by slot (`request_digests`, `client_id_digests`): 32 KiB per full ring;
+- in the store, a key per slot ("q:<slot>", "k:<slot>"): the entry itself (the id and its outcome or
+  order id), written once when the entry is made.
+
+The account's state used to carry the entries themselves (one key, restored atomically: with the
+entries under keys of their own, the crash session once restored balances without the matching
+memory on a broker that shows aborted records). It then wrote up to about 1 MB per command for a
+busy account, 94 % of the bytes the embedded broker held (README, "Chaos and soak"). The split keeps
+the guarantee whatever a restore brings back, because the state alone decides whether an id is known:
+
+- a digest in the state and its entry in the store: a resend, answered with the first outcome;
+- a digest in the state, its entry missing or another id's (the entry's write was not restored):
+  still a resend, never applied again; answered REPLAYED_REQUEST ("outcome no longer known"), or for
+  a client id DUPLICATE_CLIENT_ORDER_ID;
+- an entry in the store whose digest is not in the state (the state's write was not restored, or the
+  slot was reused): not remembered, exactly as if the entry had never been written.
+
+Two different ids share a digest with a probability of about 2^-64 per pair (4,096 entries: about
+4.5e-13 per lookup): such a new request would be refused as a resend, never applied twice.
+
+The store is anything with get_bytes / set_bytes / delete: the processor's state store, or a dict
+inside the state (`AccountState.local`) when none is given. States written in the old format (the
+entries inside `local` as "rs:<slot>" -> id, "r:<id>" -> outcome, "cs:<slot>" -> id, "c:<id>" ->
+order id) are moved into the new one the first time their account is used.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 import msgspec
 
+from perpline.accounts.reject import Reject
 from perpline.accounts.state import AccountState, RequestOutcome
 from perpline.auth.signing import MAX_RECV_WINDOW_MS
 from perpline.contracts.codes import Code
@@ -34,6 +51,8 @@ NONCE_KEEP_MS = 2 * MAX_RECV_WINDOW_MS
 # Per account: 1200 orders/min per key is 2,400 per key in NONCE_KEEP_MS; this allows 3+ keys at full rate.
 MAX_NONCES = 8192
 MAX_NONCE_CHARS = 64
+DIGEST_BYTES = 8
+OUTCOME_UNKNOWN = "this request was already applied; its outcome is no longer known here: check its order or balance"
 
 _outcome_encoder = msgspec.msgpack.Encoder()
 _outcome_decoder = msgspec.msgpack.Decoder(RequestOutcome)
@@ -64,36 +83,53 @@ class DictMemory:
 
 
 class Memory:
-    """The two rings of one account over a Store."""
+    """The two rings of one account: digests in the state, entries in a Store."""
 
     def __init__(self, state: AccountState, store: Store) -> None:
         self.state = state
         self.store = store
+        if "rs:0" in state.local or "cs:0" in state.local:  # the old format: its rings start at slot 0
+            _upgrade(state, store)
 
     def request(self, request_id: str) -> RequestOutcome | None:
-        raw = self.store.get_bytes("r:" + request_id)
-        return None if raw is None else _outcome_decoder.decode(raw)
+        slot = _find(self.state.request_digests, _digest(request_id))
+        if slot is None:
+            return None
+        raw = self.store.get_bytes(f"q:{slot}")
+        entry = None if raw is None else _request_decoder.decode(raw)
+        if entry is None or entry.request_id != request_id:
+            return RequestOutcome(False, int(Code.REPLAYED_REQUEST), OUTCOME_UNKNOWN, None, None)
+        return entry.outcome
 
     def remember_request(self, request_id: str, outcome: RequestOutcome) -> None:
         slot = self.state.requests_remembered % MAX_REMEMBERED_REQUESTS
-        self._reuse_slot(f"rs:{slot}", "r:", request_id)
-        self.store.set_bytes("r:" + request_id, _outcome_encoder.encode(outcome))
+        self.state.request_digests = _put(self.state.request_digests, slot, _digest(request_id))
+        self.store.set_bytes(f"q:{slot}", _request_encoder.encode(RequestEntry(request_id, outcome)))
         self.state.requests_remembered += 1
 
     def order_id_of(self, client_order_id: str) -> int | None:
-        """The order with this client id: an open one, else a recently closed one."""
+        """The order with this client id: an open one, else a recently closed one. Reject
+        (DUPLICATE_CLIENT_ORDER_ID) when the id is known to be a closed order's but the entry naming
+        the order was not restored: a resent order is never placed twice."""
         for order in self.state.orders.values():
             if order.client_order_id == client_order_id:
                 return order.order_id
-        raw = self.store.get_bytes("c:" + client_order_id)
-        return None if raw is None else int(raw)
+        slot = _find(self.state.client_id_digests, _digest(client_order_id))
+        if slot is None:
+            return None
+        raw = self.store.get_bytes(f"k:{slot}")
+        entry = None if raw is None else _client_decoder.decode(raw)
+        if entry is None or entry.client_order_id != client_order_id:
+            raise Reject(Code.DUPLICATE_CLIENT_ORDER_ID, "this client order id was used by an order that is "
+                         "no longer known here")
+        return entry.order_id
 
     def remember_closed(self, client_order_id: str, order_id: int) -> None:
         if not client_order_id:
             return
         slot = self.state.client_ids_remembered % MAX_REMEMBERED_CLIENT_IDS
-        self._reuse_slot(f"cs:{slot}", "c:", client_order_id)
-        self.store.set_bytes("c:" + client_order_id, str(order_id).encode())
+        self.state.client_id_digests = _put(self.state.client_id_digests, slot, _digest(client_order_id))
+        self.store.set_bytes(f"k:{slot}", _client_encoder.encode(ClientEntry(client_order_id, order_id)))
         self.state.client_ids_remembered += 1
 
     def use_nonce(self, nonce: str, signed_ms: int, now_ms: int) -> tuple[Code, str] | None:
@@ -138,8 +174,63 @@ class Memory:
                 return
             del nonces[oldest]
 
-    def _reuse_slot(self, slot_key: str, prefix: str, new_id: str) -> None:
-        old = self.store.get_bytes(slot_key)
-        if old is not None:
-            self.store.delete(prefix + old.decode())
-        self.store.set_bytes(slot_key, new_id.encode())
+
+
+class RequestEntry(msgspec.Struct, array_like=True):
+    request_id: str
+    outcome: RequestOutcome
+
+
+class ClientEntry(msgspec.Struct, array_like=True):
+    client_order_id: str
+    order_id: int
+
+
+_request_encoder, _request_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(RequestEntry)
+_client_encoder, _client_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(ClientEntry)
+
+
+def _digest(an_id: str) -> bytes:
+    return hashlib.blake2b(an_id.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+def _find(ring: bytes, digest: bytes) -> int | None:
+    """The slot holding `digest` (aligned on DIGEST_BYTES), or None."""
+    at = ring.find(digest)
+    while at != -1 and at % DIGEST_BYTES:
+        at = ring.find(digest, at + 1)
+    return None if at == -1 else at // DIGEST_BYTES
+
+
+def _put(ring: bytes, slot: int, digest: bytes) -> bytes:
+    ring = _pad(ring, slot)
+    at = slot * DIGEST_BYTES
+    return ring[:at] + digest + ring[at + DIGEST_BYTES:]
+
+
+def _upgrade(state: AccountState, store: Store) -> None:
+    """Move an old-format memory (entries inside `state.local`) into digests and per-slot entries."""
+    old = state.local
+    for key in sorted((k for k in old if k.startswith("rs:")), key=lambda k: int(k[3:])):
+        request_id = old[key].decode()
+        raw = old.get("r:" + request_id)
+        if raw is not None:
+            slot = int(key[3:])
+            state.request_digests = _put(state.request_digests, slot, _digest(request_id))
+            store.set_bytes(f"q:{slot}", _request_encoder.encode(RequestEntry(request_id, _outcome_decoder.decode(raw))))
+    for key in sorted((k for k in old if k.startswith("cs:")), key=lambda k: int(k[3:])):
+        client_id = old[key].decode()
+        raw = old.get("c:" + client_id)
+        if raw is not None:
+            slot = int(key[3:])
+            state.client_id_digests = _put(state.client_id_digests, slot, _digest(client_id))
+            store.set_bytes(f"k:{slot}", _client_encoder.encode(ClientEntry(client_id, int(raw))))
+    for key in [k for k in old if k.startswith(("rs:", "r:", "cs:", "c:"))]:
+        del old[key]  # in place: without a store of its own the new entries live in this dict too
+
+
+def _pad(ring: bytes, slot: int) -> bytes:
+    """`ring` long enough to hold `slot`'s predecessors; a slot no entry reached (an old-format ring with
+    an entry missing) holds zeros, a digest no id is expected to have."""
+    missing = slot * DIGEST_BYTES - len(ring)
+    return ring + bytes(missing) if missing > 0 else ring

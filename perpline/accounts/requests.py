@@ -9,9 +9,11 @@ and the outputs exactly as they were.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from perpline.accounts import margin as mg
-from perpline.accounts.memory import Memory
 from perpline.accounts.positions import exposure, reduce_only_room
+from perpline.accounts.reject import Reject
 from perpline.accounts.state import AccountState, OrderState, RequestOutcome
 from perpline.contracts import ids
 from perpline.contracts import messages as m
@@ -19,15 +21,11 @@ from perpline.contracts.codes import Code
 from perpline.contracts.instruments import Instrument, load_catalog
 from perpline.contracts.units import format_amount, parse_amount
 
+if TYPE_CHECKING:
+    from perpline.accounts.memory import Memory
+
 SUPPORTED_ORDER_TYPES = ("LIMIT", "MARKET")
 MARKET_TIFS = {"GTC": "IOC", "IOC": "IOC", "FOK": "FOK"}  # a MARKET order reaches the matcher as this limit TIF
-
-
-class Reject(Exception):
-    def __init__(self, code: Code, msg: str) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
 
 
 def accepted(order_id: int | None = None, client_order_id: str | None = None) -> RequestOutcome:

@@ -2,8 +2,10 @@
 
 Stored in the processor's state store as MessagePack (one key per account), so it round-trips
 exactly through the changelog; every number is an int. The idempotency memory (request outcomes,
-closed orders' client ids) is a bounded ring inside it (`local`; perpline.accounts.memory), so the
-state is one key, restored atomically, and bounded however long an account trades.
+closed orders' client ids) is two bounded rings: what decides a resend (an 8-byte digest per entry)
+inside this state, the entries themselves under keys of their own (perpline.accounts.memory), so the
+state stays small however long an account trades, and a resend is never applied twice whatever was
+restored.
 """
 
 from __future__ import annotations
@@ -77,7 +79,9 @@ class AccountState(msgspec.Struct, kw_only=True, omit_defaults=True):
     applied: dict[str, int] = {}  # symbol -> last applied matcher position (seq * 2 + leg)
     requests_remembered: int = 0  # request outcomes ever remembered (ring position, accounts.memory)
     client_ids_remembered: int = 0  # closed client order ids ever remembered (ring position)
-    local: dict[str, bytes] = {}  # the idempotency memory rings (perpline.accounts.memory)
+    request_digests: bytes = b""  # 8-byte digest of each remembered request id, by ring slot (accounts.memory)
+    client_id_digests: bytes = b""  # 8-byte digest of each remembered closed client order id, by ring slot
+    local: dict[str, bytes] = {}  # the memory's entries when no store is given (and the old format's rings)
     nonces: dict[str, int] = {}  # signed commands' nonces -> signed_ms, oldest first (accounts.memory.use_nonce)
     nonce_floor_ms: int = 0  # a signed command signed before this is refused: its nonce may be forgotten
 

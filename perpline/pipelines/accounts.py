@@ -75,7 +75,7 @@ def step(raw: bytes, key: str, state: State) -> list[dict[str, Any]]:
         return [io.dead_letter(SOURCE, "account.commands", raw, f"key {key!r} is not account {cmd.account_id}")]
     account = _decoded.load(key, state.get_bytes(STATE_KEY), cmd.account_id)
     try:
-        outs = handle(account, cmd)  # the request memory travels inside the account's one state key
+        outs = handle(account, cmd, state)  # the memory's digests are in the account's key, its entries in keys of their own
     except IllegalTransition as exc:  # a bug upstream: alarm, apply nothing
         _decoded.drop(key)  # a refused leg changed nothing (checks come before applies); dropped anyway, it is cheap
         ALARMS.inc()

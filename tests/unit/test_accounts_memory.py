@@ -1,12 +1,16 @@
 """The accounts processor's idempotency memory: request outcomes and closed client ids, in bounded rings
-beside the account's core state (so the core does not grow with the account's history)."""
+whose 8-byte digests are in the account's state and whose entries are in keys of their own (so the
+state stays small, and no restore, however partial, can make a resend apply twice)."""
 
 from __future__ import annotations
 
+import msgspec
+
 from perpline.accounts.handlers import handle
-from perpline.accounts.memory import MAX_REMEMBERED_REQUESTS, DictMemory
-from perpline.accounts.state import AccountState, to_store
+from perpline.accounts.memory import DIGEST_BYTES, MAX_REMEMBERED_REQUESTS, DictMemory
+from perpline.accounts.state import AccountState, Balance, RequestOutcome, to_store
 from perpline.contracts import messages as m
+from perpline.contracts.codes import Code
 from perpline.contracts.units import parse_amount
 
 META = {"trace_id": "t1", "causation_id": "c1", "ts_ms": 1}
@@ -30,8 +34,9 @@ def test_request_memory_is_a_bounded_ring_and_the_core_does_not_grow() -> None:
     core_bytes = len(to_store(st))
     for n in range(MAX_REMEMBERED_REQUESTS + 10):
         deposit(st, store, f"d{n}")
-    assert len(to_store(st)) <= core_bytes + 16  # only integer widths grew (counters, balance)
-    assert sum(k.startswith("r:") for k in store.data) == MAX_REMEMBERED_REQUESTS
+    # the state grew by the ring's digests only (and integer widths): 8 bytes per remembered request
+    assert len(to_store(st)) <= core_bytes + DIGEST_BYTES * MAX_REMEMBERED_REQUESTS + 16
+    assert sum(k.startswith("q:") for k in store.data) == MAX_REMEMBERED_REQUESTS
     total = st.balances["USDT"].available
     assert total == parse_amount(str(MAX_REMEMBERED_REQUESTS + 11))
     assert deposit(st, store, f"d{MAX_REMEMBERED_REQUESTS + 9}").ok  # a recent resend: answered, not applied
@@ -48,7 +53,7 @@ def test_a_closed_orders_client_id_still_finds_it() -> None:
     order_id = first.order_id
     handle(st, m.OrderDone(**META, account_id=4, symbol=SYM, seq=1, order_id=order_id, status="CANCELED",
                            leaves="0.010", code=0), store)
-    assert st.orders == {} and store.data["c:mine"] == str(order_id).encode()
+    assert st.orders == {} and sum(k.startswith("k:") for k in store.data) == 1
     again = place(st, store, "mine", "p2")  # a new request id, the same client id: the existing order
     assert again.ok and again.order_id == order_id and st.orders == {}
     other = place(st, store, "other", "p3")
@@ -59,4 +64,47 @@ def test_without_a_store_the_memory_travels_with_the_state() -> None:
     st = AccountState(account_id=5)
     handle(st, m.Deposit(**META, request_id="x", account_id=5, asset="USDT", amount="2"))
     handle(st, m.Deposit(**META, request_id="x", account_id=5, asset="USDT", amount="2"))
-    assert st.balances["USDT"].available == parse_amount("2") and "r:x" in st.local
+    assert st.balances["USDT"].available == parse_amount("2") and "q:0" in st.local
+
+
+def test_a_resend_is_never_applied_twice_whatever_a_restore_brought_back() -> None:
+    """The state decides whether an id is known; the entries only hold the first answers. A restore
+    that brought back the state without an entry answers the resend REPLAYED_REQUEST and changes
+    nothing; one that brought back an entry without the state's digest applies the request once."""
+    st, store = AccountState(account_id=6), DictMemory({})
+    first = deposit(st, store, "a")
+    assert first.ok
+    balance = st.balances["USDT"].available
+    lost = DictMemory({})  # the entries' keys as if their write was not restored
+    again = deposit(st, lost, "a")
+    assert (again.ok, again.code) == (False, int(Code.REPLAYED_REQUEST)) and st.balances["USDT"].available == balance
+    older = AccountState(account_id=6)  # the state as if its write was not restored; the entry was
+    assert deposit(older, store, "a").ok and older.balances["USDT"].available == parse_amount("1")
+    assert deposit(older, store, "a").ok and older.balances["USDT"].available == parse_amount("1")  # now once
+
+
+def test_a_closed_orders_client_id_whose_entry_was_not_restored_is_refused_not_placed_again() -> None:
+    st, store = AccountState(account_id=7), DictMemory({})
+    deposit(st, store, "d")
+    st.balances["USDT"].available = parse_amount("100000")
+    order_id = place(st, store, "mine", "p1").order_id
+    handle(st, m.OrderDone(**META, account_id=7, symbol=SYM, seq=1, order_id=order_id, status="CANCELED",
+                           leaves="0.010", code=0), store)
+    resend = place(st, DictMemory({}), "mine", "p2")  # re-signed: a new request id, the same client id
+    assert (resend.ok, resend.code) == (False, int(Code.DUPLICATE_CLIENT_ORDER_ID)) and st.orders == {}
+
+
+def test_an_old_format_memory_is_moved_and_answers_the_same() -> None:
+    """States written before the split carry their entries inside `local`; the first command moves them."""
+    st, store = AccountState(account_id=8), DictMemory({})
+    st.balances["USDT"] = Balance(available=parse_amount("5"))
+    st.requests_remembered, st.client_ids_remembered = 2, 1
+    st.local = {"rs:0": b"x", "r:x": msgspec.msgpack.encode(RequestOutcome(True, 0, "", None, None)),
+                "rs:1": b"y", "r:y": msgspec.msgpack.encode(RequestOutcome(False, 1004, "no", None, None)),
+                "cs:0": b"mine", "c:mine": b"42"}
+    assert deposit(st, store, "x").ok and st.balances["USDT"].available == parse_amount("5")  # a resend
+    assert st.local == {} and {"q:0", "q:1", "k:0"} <= set(store.data)
+    assert deposit(st, store, "y").code == 1004
+    assert place(st, store, "mine", "p9").order_id == 42  # the closed order, found again
+    assert deposit(st, store, "z").ok and st.balances["USDT"].available == parse_amount("6")
+    assert st.requests_remembered == 4 and "q:2" in store.data  # the ring goes on after the moved entries
