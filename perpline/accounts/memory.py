@@ -34,7 +34,7 @@ order id) are moved into the new one the first time their account is used.
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -92,12 +92,10 @@ class Memory:
             _upgrade(state, store)
 
     def request(self, request_id: str) -> RequestOutcome | None:
-        slot = _find(self.state.request_digests, _digest(request_id))
-        if slot is None:
+        known, entry = self._entry(self.state.request_digests, "q:", request_id, _request_decoder)
+        if not known:
             return None
-        raw = self.store.get_bytes(f"q:{slot}")
-        entry = None if raw is None else _request_decoder.decode(raw)
-        if entry is None or entry.request_id != request_id:
+        if entry is None:
             return RequestOutcome(False, int(Code.REPLAYED_REQUEST), OUTCOME_UNKNOWN, None, None)
         return entry.outcome
 
@@ -114,15 +112,22 @@ class Memory:
         for order in self.state.orders.values():
             if order.client_order_id == client_order_id:
                 return order.order_id
-        slot = _find(self.state.client_id_digests, _digest(client_order_id))
-        if slot is None:
+        known, entry = self._entry(self.state.client_id_digests, "k:", client_order_id, _client_decoder)
+        if not known:
             return None
-        raw = self.store.get_bytes(f"k:{slot}")
-        entry = None if raw is None else _client_decoder.decode(raw)
-        if entry is None or entry.client_order_id != client_order_id:
+        if entry is None:
             raise Reject(Code.DUPLICATE_CLIENT_ORDER_ID, "this client order id was used by an order that is "
                          "no longer known here")
         return entry.order_id
+
+    def _entry(self, ring: bytes, prefix: str, an_id: str, decoder: msgspec.msgpack.Decoder[Any]) -> tuple[bool, Any]:
+        """(whether the state knows `an_id`, its entry if one was restored for it, else None)."""
+        slot = _find(ring, _digest(an_id))
+        if slot is None:
+            return False, None
+        raw = self.store.get_bytes(f"{prefix}{slot}")
+        entry = None if raw is None else decoder.decode(raw)
+        return True, entry if entry is not None and entry.an_id == an_id else None
 
     def remember_closed(self, client_order_id: str, order_id: int) -> None:
         if not client_order_id:
@@ -177,12 +182,12 @@ class Memory:
 
 
 class RequestEntry(msgspec.Struct, array_like=True):
-    request_id: str
+    an_id: str  # the request id
     outcome: RequestOutcome
 
 
 class ClientEntry(msgspec.Struct, array_like=True):
-    client_order_id: str
+    an_id: str  # the closed order's client order id
     order_id: int
 
 
