@@ -32,7 +32,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from perpline import REPO_ROOT
+from perpline import REPO_ROOT, wallet
 from perpline.accounts import margin as mg
 from perpline.accounts.ledger import JournalBuilder, platform_account, user_account
 from perpline.ch.client import get_client, wait_ready
@@ -204,6 +204,13 @@ def timed_pass(recon: runner.Reconciler, full: bool) -> tuple[float, list[Any], 
     return seconds, found, per_rule
 
 
+def statement_rows(books: Books) -> list[list[Any]]:
+    """The wallet's own statement line for each seed deposit (what perpline.wallet writes for a real
+    one): without them every deposit is a `wallet_no_statement` break, which no real stack has."""
+    return [wallet.row(wallet.movement(wallet.DEPOSIT, account_id(n), ASSET, format_amount(DEPOSIT_UNITS),
+                                       f"seed-{account_id(n)}", books.start_ms)) for n in range(books.accounts)]
+
+
 def measure(client: Any, args: argparse.Namespace) -> dict[str, Any]:
     apply_migrations(client)
     recon = runner.Reconciler(client, None)
@@ -214,6 +221,7 @@ def measure(client: Any, args: argparse.Namespace) -> dict[str, Any]:
     books = Books(args.accounts, start_ms, max(1, (args.days * 86_400_000 - 60_000) // trades))
     t0 = time.perf_counter()
     insert(client, "ledger_postings", deposits(books), POSTING_COLUMNS, start_ms)
+    insert(client, "wallet_statement", statement_rows(books), wallet.COLUMNS, start_ms)
     written = 2 * args.accounts + load(client, books, trades, args.batch_rows, historical=True)
     accounts = [account_id(n) for n in range(args.accounts)]
     insert(client, "account_events", balance_rows(books, accounts, now_ms - 60_000, 0), ACCOUNT_EVENT_COLUMNS,
