@@ -54,7 +54,6 @@ MAX_NONCE_CHARS = 64
 DIGEST_BYTES = 8
 OUTCOME_UNKNOWN = "this request was already applied; its outcome is no longer known here: check its order or balance"
 
-_outcome_encoder = msgspec.msgpack.Encoder()
 _outcome_decoder = msgspec.msgpack.Decoder(RequestOutcome)
 
 
