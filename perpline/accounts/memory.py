@@ -101,7 +101,7 @@ class Memory:
     def remember_request(self, request_id: str, outcome: RequestOutcome) -> None:
         slot = self.state.requests_remembered % MAX_REMEMBERED_REQUESTS
         self.state.request_digests = _put(self.state.request_digests, slot, _digest(request_id))
-        self.store.set_bytes(f"q:{slot}", _request_encoder.encode(RequestEntry(request_id, outcome)))
+        self.store.set_bytes(f"q:{slot}", _entry_encoder.encode(RequestEntry(request_id, outcome)))
         self.state.requests_remembered += 1
 
     def order_id_of(self, client_order_id: str) -> int | None:
@@ -133,7 +133,7 @@ class Memory:
             return
         slot = self.state.client_ids_remembered % MAX_REMEMBERED_CLIENT_IDS
         self.state.client_id_digests = _put(self.state.client_id_digests, slot, _digest(client_order_id))
-        self.store.set_bytes(f"k:{slot}", _client_encoder.encode(ClientEntry(client_order_id, order_id)))
+        self.store.set_bytes(f"k:{slot}", _entry_encoder.encode(ClientEntry(client_order_id, order_id)))
         self.state.client_ids_remembered += 1
 
     def use_nonce(self, nonce: str, signed_ms: int, now_ms: int) -> tuple[Code, str] | None:
@@ -190,8 +190,8 @@ class ClientEntry(msgspec.Struct, array_like=True):
     order_id: int
 
 
-_request_encoder, _request_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(RequestEntry)
-_client_encoder, _client_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(ClientEntry)
+_entry_encoder = msgspec.msgpack.Encoder()
+_request_decoder, _client_decoder = msgspec.msgpack.Decoder(RequestEntry), msgspec.msgpack.Decoder(ClientEntry)
 
 
 def _digest(an_id: str) -> bytes:
@@ -215,22 +215,25 @@ def _put(ring: bytes, slot: int, digest: bytes) -> bytes:
 def _upgrade(state: AccountState, store: Store) -> None:
     """Move an old-format memory (entries inside `state.local`) into digests and per-slot entries."""
     old = state.local
-    for key in sorted((k for k in old if k.startswith("rs:")), key=lambda k: int(k[3:])):
-        request_id = old[key].decode()
-        raw = old.get("r:" + request_id)
-        if raw is not None:
-            slot = int(key[3:])
-            state.request_digests = _put(state.request_digests, slot, _digest(request_id))
-            store.set_bytes(f"q:{slot}", _request_encoder.encode(RequestEntry(request_id, _outcome_decoder.decode(raw))))
-    for key in sorted((k for k in old if k.startswith("cs:")), key=lambda k: int(k[3:])):
-        client_id = old[key].decode()
-        raw = old.get("c:" + client_id)
-        if raw is not None:
-            slot = int(key[3:])
-            state.client_id_digests = _put(state.client_id_digests, slot, _digest(client_id))
-            store.set_bytes(f"k:{slot}", _client_encoder.encode(ClientEntry(client_id, int(raw))))
+    for slot, request_id, raw in _old_ring(old, "rs:", "r:"):
+        state.request_digests = _put(state.request_digests, slot, _digest(request_id))
+        store.set_bytes(f"q:{slot}", _entry_encoder.encode(RequestEntry(request_id, _outcome_decoder.decode(raw))))
+    for slot, client_id, raw in _old_ring(old, "cs:", "c:"):
+        state.client_id_digests = _put(state.client_id_digests, slot, _digest(client_id))
+        store.set_bytes(f"k:{slot}", _entry_encoder.encode(ClientEntry(client_id, int(raw))))
     for key in [k for k in old if k.startswith(("rs:", "r:", "cs:", "c:"))]:
         del old[key]  # in place: without a store of its own the new entries live in this dict too
+
+
+def _old_ring(old: dict[str, bytes], slots: str, entries: str) -> list[tuple[int, str, bytes]]:
+    """(slot, id, entry) of an old-format ring: "<slots><n>" named the id, "<entries><id>" held its entry."""
+    found = []
+    for key, an_id in old.items():
+        if key.startswith(slots):
+            raw = old.get(entries + an_id.decode())
+            if raw is not None:
+                found.append((int(key[len(slots):]), an_id.decode(), raw))
+    return found
 
 
 def _pad(ring: bytes, slot: int) -> bytes:

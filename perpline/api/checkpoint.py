@@ -60,8 +60,8 @@ def events_at(positions: dict[str, dict[int, int]]) -> int:
 
 def _consumer(bootstrap: str) -> Consumer:
     """A reader of checkpoints, in bulk: a checkpoint is read once, as fast as the broker answers.
-    The embedded broker answers a fetch only when its wait has passed (docs/architecture.md), so the
-    wait is 1 ms (at 0 the embedded broker answers nothing at all); each fetch may bring up to
+    A waiting fetch on the embedded broker may take up to its wait to be answered (docs/architecture.md),
+    so the wait is 1 ms (at 0 the embedded broker answers nothing at all); each fetch may bring up to
     FETCH_BYTES (the embedded broker caps one at 5 MiB).
     With librdkafka's defaults (500 ms, 1 MiB per partition) an 82 MB state took 1.2 s to read."""
     return Consumer(kafka_config(bootstrap, **{

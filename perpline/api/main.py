@@ -16,7 +16,7 @@ import gc
 from perpline.api.readmodel import ReadModel, start_read_model
 from perpline.auth.crypto import load_secret_key
 from perpline.auth.registry import KeyRegistry
-from perpline.config import settings, topic_map
+from perpline.config import Settings, settings, topic_map
 from perpline.obs import setup_logging
 
 
@@ -29,11 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging("api")
     secret_key = load_secret_key(cfg.data_dir, cfg.secret_key)
-    registry, readmodel = start_read_model(cfg.kafka_bootstrap, topic_map(), secret_key)
-    serve(args.host, args.port, secret_key, registry, readmodel)
+    topics = topic_map()
+    registry, readmodel = start_read_model(cfg.kafka_bootstrap, topics, secret_key)
+    serve(cfg, args.host, args.port, topics, secret_key, registry, readmodel)
 
 
-def serve(host: str, port: int, secret_key: str, registry: KeyRegistry, readmodel: ReadModel) -> None:
+def serve(cfg: Settings, host: str, port: int, topics: dict[str, str], secret_key: str, registry: KeyRegistry,
+          readmodel: ReadModel) -> None:
     """Import the web framework and the routes (while the read model catches up), then serve."""
     import uvicorn  # noqa: PLC0415 (imported after the read model started: see the module's docstring)
 
@@ -43,8 +45,7 @@ def serve(host: str, port: int, secret_key: str, registry: KeyRegistry, readmode
     from perpline.api.ratelimit import RateLimiter  # noqa: PLC0415
     from perpline.auth.throttle import LoginLimiter  # noqa: PLC0415
 
-    cfg = settings()
-    deps = ApiDeps(bootstrap=cfg.kafka_bootstrap, topics=topic_map(), wait_s=cfg.api_wait_ms / 1000,
+    deps = ApiDeps(bootstrap=cfg.kafka_bootstrap, topics=topics, wait_s=cfg.api_wait_ms / 1000,
                    clickhouse_url=cfg.clickhouse_url, secret_key=secret_key,
                    trust_account_header=cfg.trust_account_header, faucet=cfg.faucet,
                    limiter=RateLimiter(*cfg.rate_limits), logins=LoginLimiter(max_lockout_s=cfg.login_lockout_max_s),
