@@ -6,14 +6,21 @@ checks that it declares exactly the topics named here, so a rename fails at star
 not at the first message.
 
 Environment: PERPLINE_TOPICS_FILE (another topics.yaml), PERPLINE_TOPIC_PREFIX (default
-""), PERPLINE_REPLICATION_FACTOR (overrides every topic's replication factor).
+""), PERPLINE_REPLICATION_FACTOR (overrides every topic's replication factor),
+PERPLINE_MAX_PARTITIONS (caps every topic's partitions but those marked `fixed_partitions`).
+
+Partitions are the unit of parallelism: production runs one accounts processor (or matcher
+shard) per partition. On one node with one process of each, extra partitions buy nothing and
+cost the broker: librdkafka sends one produce request per partition, so an accounts transaction
+that touches four partitions of each of five topics is about sixteen produce requests instead of
+five. The embedded stack caps them (perpline.stack.up); see docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -44,6 +51,7 @@ ALL: Final[tuple[str, ...]] = (
 TOPICS_FILE_ENV: Final = "PERPLINE_TOPICS_FILE"
 PREFIX_ENV: Final = "PERPLINE_TOPIC_PREFIX"
 REPLICATION_ENV: Final = "PERPLINE_REPLICATION_FACTOR"
+MAX_PARTITIONS_ENV: Final = "PERPLINE_MAX_PARTITIONS"
 MAX_PARTITIONS: Final = 1024
 
 
@@ -60,6 +68,7 @@ class TopicSpec:
     key: str  # what the message key is: account_id, symbol, rule, source
     writers: tuple[str, ...] = ()
     readers: tuple[str, ...] = ()
+    fixed_partitions: bool = False  # each partition has its own role: never capped
 
     def physical(self, prefix: str | None = None) -> str:
         return physical(self.name, prefix)
@@ -85,7 +94,8 @@ def physical(name: str, topic_prefix: str | None = None) -> str:
 
 def specs() -> dict[str, TopicSpec]:
     """Every topic spec by logical name, from PERPLINE_TOPICS_FILE or the repo's topics.yaml."""
-    return dict(_load_cached(str(default_topics_file()), os.environ.get(REPLICATION_ENV, "")))
+    return dict(_load_cached(str(default_topics_file()), os.environ.get(REPLICATION_ENV, ""),
+                             os.environ.get(MAX_PARTITIONS_ENV, "")))
 
 
 def spec(name: str) -> TopicSpec:
@@ -96,16 +106,20 @@ def spec(name: str) -> TopicSpec:
 
 
 @lru_cache(maxsize=8)
-def _load_cached(path: str, replication_override: str) -> Mapping[str, TopicSpec]:
+def _load_cached(path: str, replication_override: str, partition_cap: str) -> Mapping[str, TopicSpec]:
     loaded = load(Path(path))
     if replication_override:
         rf = _positive_int(replication_override, REPLICATION_ENV)
-        loaded = {n: _with_rf(s, rf) for n, s in loaded.items()}
+        loaded = {n: replace(s, replication_factor=rf) for n, s in loaded.items()}
+    if partition_cap:
+        cap = _positive_int(partition_cap, MAX_PARTITIONS_ENV)
+        loaded = {n: capped(s, cap) for n, s in loaded.items()}
     return MappingProxyType(loaded)
 
 
-def _with_rf(s: TopicSpec, rf: int) -> TopicSpec:
-    return TopicSpec(s.name, s.partitions, rf, s.configs, s.key, s.writers, s.readers)
+def capped(s: TopicSpec, cap: int) -> TopicSpec:
+    """`s` with at most `cap` partitions, unless its partitions each have a role."""
+    return s if s.fixed_partitions or s.partitions <= cap else replace(s, partitions=cap)
 
 
 def load(path: Path) -> dict[str, TopicSpec]:
@@ -142,7 +156,8 @@ def _parse_topic(name: str, raw: Any, defaults: dict[str, Any]) -> TopicSpec:
         raise TopicsFileError(f"{name}.key: a non-empty string is required")
     return TopicSpec(name=name, partitions=partitions, replication_factor=rf,
                      configs=MappingProxyType(configs), key=key,
-                     writers=_str_tuple(raw.get("writers"), name), readers=_str_tuple(raw.get("readers"), name))
+                     writers=_str_tuple(raw.get("writers"), name), readers=_str_tuple(raw.get("readers"), name),
+                     fixed_partitions=_bool(raw.get("fixed_partitions", False), f"{name}.fixed_partitions"))
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -155,6 +170,12 @@ def _positive_int(value: Any, what: str) -> int:
     if number < 1 or str(number) != str(value).strip():
         raise TopicsFileError(f"{what}: expected a positive integer, got {value!r}")
     return number
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TopicsFileError(f"{what}: expected true or false, got {value!r}")
+    return value
 
 
 def _str_map(value: Any, name: str) -> dict[str, str]:

@@ -43,6 +43,7 @@ from perpline.ch.users import (
 )
 from perpline.config import settings
 from perpline.contracts.codes import PerplineError
+from perpline.contracts.topics import MAX_PARTITIONS_ENV
 from perpline.stack import ports
 from perpline.stack.supervisor import ComponentSpec, Supervisor, file_probe, free_port, http_probe
 
@@ -149,10 +150,20 @@ def _base_env(plan: Plan) -> dict[str, str]:
     """What every component gets. The embedded (demo) stack also trusts X-Account-Id and opens the
     faucet unless the caller's environment says otherwise; a stack on an external broker never does."""
     demo_default = "1" if plan.embedded_broker else "0"
-    return {"PERPLINE_KAFKA_BOOTSTRAP": plan.kafka, "PERPLINE_CLICKHOUSE_URL": plan.clickhouse_url,
-            "PERPLINE_DATA_DIR": str(plan.data_dir), "PYTHONUNBUFFERED": "1",
-            "PERPLINE_TRUST_ACCOUNT_HEADER": os.environ.get("PERPLINE_TRUST_ACCOUNT_HEADER", demo_default),
-            "PERPLINE_FAUCET": os.environ.get("PERPLINE_FAUCET", demo_default)}
+    env = {"PERPLINE_KAFKA_BOOTSTRAP": plan.kafka, "PERPLINE_CLICKHOUSE_URL": plan.clickhouse_url,
+           "PERPLINE_DATA_DIR": str(plan.data_dir), "PYTHONUNBUFFERED": "1",
+           "PERPLINE_TRUST_ACCOUNT_HEADER": os.environ.get("PERPLINE_TRUST_ACCOUNT_HEADER", demo_default),
+           "PERPLINE_FAUCET": os.environ.get("PERPLINE_FAUCET", demo_default)}
+    if plan.embedded_broker:
+        env[MAX_PARTITIONS_ENV] = embedded_partitions(plan)
+    return env
+
+
+def embedded_partitions(plan: Plan) -> str:
+    """The embedded stack's partition cap: one partition per matcher shard (one process of each kind
+    consumes them all; every extra partition is one more produce request per transaction on the one
+    broker), unless $PERPLINE_MAX_PARTITIONS says otherwise."""
+    return os.environ.get(MAX_PARTITIONS_ENV) or str(plan.matcher_shards)
 
 
 def components(plan: Plan) -> list[ComponentSpec]:
