@@ -87,7 +87,6 @@ class StatementImport:
             "fetch.wait.max.ms": 10}))
         meta = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic]
         self.parts = [TopicPartition(self.topic, pid) for pid in sorted(meta.partitions)]
-        self.consumer.assign(self.parts)
 
     def pull(self, client: Any) -> int:
         """Import what the wallet wrote since the last pull (up to the log's end when the pull began);
@@ -97,21 +96,30 @@ class StatementImport:
         # the ends corrected by a fetch: the embedded broker's ListOffsets can be low after multi-record batches
         ends = {p: high for (_, p), (_, high) in watermarks(self.consumer, self.parts).items()}
         at = {tp.partition: tp.offset for tp in self.consumer.committed(self.parts, timeout=10)}
-        self.consumer.assign([TopicPartition(self.topic, p, o if o >= 0 else OFFSET_BEGINNING) for p, o in at.items()])
-        rows: list[list[Any]] = []
-        deadline = time.monotonic() + IMPORT_S
-        while (any(max(at[p], 0) < ends[p] for p in ends) and len(rows) < MAX_IMPORT_LINES
-               and time.monotonic() < deadline):
-            msg = self.consumer.poll(0.1)
-            if msg is None or msg.error() is not None:
-                continue
-            rows.append(row(codec.decode(TOPIC, msg.value())))
-            at[msg.partition()] = msg.offset() + 1
+        rows = self._read(at, ends)
         if rows:
             client.insert("wallet_statement", rows, column_names=COLUMNS)
             self.consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in at.items() if o >= 0],
                                  asynchronous=False)
         return len(rows)
+
+    def _read(self, at: dict[int, int], ends: dict[int, int]) -> list[list[Any]]:
+        """The lines from `at` (moved along) up to `ends`. Assigned only while reading: an assigned consumer
+        fetches all the time (at idle, 100 empty fetches a second to the broker)."""
+        self.consumer.assign([TopicPartition(self.topic, p, o if o >= 0 else OFFSET_BEGINNING) for p, o in at.items()])
+        rows: list[list[Any]] = []
+        deadline = time.monotonic() + IMPORT_S
+        try:
+            while (any(max(at[p], 0) < ends[p] for p in ends) and len(rows) < MAX_IMPORT_LINES
+                   and time.monotonic() < deadline):
+                msg = self.consumer.poll(0.1)
+                if msg is None or msg.error() is not None:
+                    continue
+                rows.append(row(codec.decode(TOPIC, msg.value())))
+                at[msg.partition()] = msg.offset() + 1
+        finally:
+            self.consumer.unassign()
+        return rows
 
     def close(self) -> None:
         self.consumer.close()

@@ -45,6 +45,7 @@ def test_lines_read_by_a_failed_pull_are_imported_by_the_next(monkeypatch: pytes
         try:
             lines(producer, 0, 3)
             assert importer.pull(table) == 3
+            assert importer.consumer.assignment() == []  # between pulls it fetches nothing
             lines(producer, 3, 4)
             table.down = True
             with pytest.raises(ConnectionError):
@@ -52,6 +53,7 @@ def test_lines_read_by_a_failed_pull_are_imported_by_the_next(monkeypatch: pytes
             table.down = False
             lines(producer, 7, 1)
             importer.pull(table)
+            assert importer.consumer.assignment() == []
             assert sorted(int(r[COLUMN_REQUEST][1:]) for r in table.rows) == list(range(8))
         finally:
             importer.close()
