@@ -19,7 +19,6 @@ from perpline.accounts.handlers import handle
 from perpline.accounts.order_status import IllegalTransition
 from perpline.accounts.requests import Reject
 from perpline.accounts.state import AccountState, from_store, to_store
-from perpline.config import settings
 from perpline.contracts.units import UnitError
 from perpline.pipelines import gaps, io
 from perpline.pipelines.runtime import run_stateful
@@ -95,7 +94,7 @@ def step(raw: bytes, key: str, state: State) -> list[dict[str, Any]]:
 def build(app: Application) -> StreamingDataFrame:
     commands = io.input_topic(app, "account.commands")
     # many writers share account.commands: a command the broker stored late is re-read, never stepped over
-    gaps.guard_inputs(app, [commands.name], gaps.HoleReader(settings().kafka_bootstrap))
+    gaps.guard_inputs(app, [commands.name], gaps.HoleReader(io.bootstrap_of(app)))
     sdf = app.dataframe(commands)
     sdf = sdf.apply(lambda value, key, ts, headers, state: step(value, key, state),  # type: ignore[misc]
                     stateful=True, expand=True, metadata=True)
