@@ -79,6 +79,37 @@ def watermarks(consumer: Consumer, partitions: list[TopicPartition]) -> dict[tup
     return {key: (low, max(high, fetched.get(key, -1))) for key, (low, high) in listed.items()}
 
 
+NO_DATA = 1 << 62  # first_data_offsets: no data record up to the partition's end
+
+
+def first_data_offsets(consumer: Consumer, starts: dict[tuple[str, int], int],
+                       timeout_s: float) -> dict[tuple[str, int], int]:
+    """Per partition, the offset of the first data record at or after its start, as `consumer` reads
+    (read_committed and enable.partition.eof for transaction markers and aborted records to count as
+    no data), or NO_DATA when there is none up to the end. Unknown after `timeout_s`: the start itself."""
+    if not starts:
+        return {}
+    found: dict[tuple[str, int], int] = {}
+    consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in starts.items()])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(found) < len(starts) and time.monotonic() < deadline:
+            msg = consumer.poll(0.05)
+            if msg is None:
+                continue
+            key = (msg.topic(), msg.partition())
+            if key in found or key not in starts:
+                continue
+            err = msg.error()
+            if err is None:
+                found[key] = msg.offset()
+            elif err.code() == KafkaError._PARTITION_EOF:
+                found[key] = NO_DATA
+    finally:
+        consumer.unassign()
+    return {key: found.get(key, start) for key, start in starts.items()}
+
+
 def committed_offsets(admin: AdminClient, topic_names: set[str]) -> dict[str, dict[tuple[str, int], int]]:
     """{group: {(topic, partition): committed offset}} for every consumer group with offsets on these topics."""
     listing = admin.list_consumer_groups(request_timeout=TIMEOUT_S).result(TIMEOUT_S)

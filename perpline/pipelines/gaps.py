@@ -22,14 +22,14 @@ transactions does not happen; the guard costs a comparison per message there.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import Counter
 
 from perpline.config import kafka_config
+from perpline.topics_tool import first_data_offsets
 
 log = logging.getLogger("perpline.pipelines.gaps")
 PROBE_S = 2.0  # how long the hole's read may take before the hole is taken as holding data
@@ -78,21 +78,8 @@ class HoleReader:
 
     def __call__(self, topic: str, partition: int, first: int, seen: int) -> bool:
         consumer = self._consumer or self._make()
-        consumer.assign([TopicPartition(topic, partition, first)])
-        deadline = time.monotonic() + PROBE_S
-        try:
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.1)
-                if msg is None:
-                    continue
-                if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        return False
-                    continue
-                return bool(msg.offset() < seen)
-        finally:
-            consumer.unassign()
-        return True  # not read in time: re-read rather than risk stepping over data
+        # not read within PROBE_S: the start itself, so the hole is re-read rather than stepped over
+        return first_data_offsets(consumer, {(topic, partition): first}, PROBE_S)[(topic, partition)] < seen
 
     def _make(self) -> Consumer:
         self._consumer = Consumer(kafka_config(self.bootstrap, **{

@@ -10,15 +10,14 @@ everything commits one below the end. That is checked by reading from the commit
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from perpline.config import kafka_config, settings
 from perpline.contracts import topics
-from perpline.topics_tool import watermarks
+from perpline.topics_tool import first_data_offsets, watermarks
 
 log = logging.getLogger("perpline.recon")
 # (consumer group, the topics it reads) of every stage a rule's data goes through
@@ -60,7 +59,7 @@ class BrokerProgress:
                     at = committed.get((topic, partition), 0)
                     if topic in group_topics and at < end:
                         behind[(topic, partition)] = min(at, behind.get((topic, partition), at))
-            return all(offset >= mark[key] for key, offset in self._first_records(behind).items())
+            return all(offset >= mark[key] for key, offset in first_data_offsets(self.consumer, behind, PROBE_S).items())
         except Exception as exc:  # noqa: BLE001 (broker away: not drained, try again next pass)
             self._warn(exc)
             return False
@@ -69,31 +68,6 @@ class BrokerProgress:
         request = [ConsumerGroupTopicPartitions(group)]
         answer = self.admin.list_consumer_group_offsets(request, request_timeout=TIMEOUT_S)[group].result(TIMEOUT_S)
         return {(tp.topic, tp.partition): tp.offset for tp in answer.topic_partitions or [] if tp.offset >= 0}
-
-    def _first_records(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
-        """Per partition, the offset of the first data record at or after the start (read_committed), or a
-        very large number when there is none up to the end. Unknown after PROBE_S: the start itself."""
-        if not starts:
-            return {}
-        found: dict[tuple[str, int], int] = {}
-        self.consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in starts.items()])
-        deadline = time.monotonic() + PROBE_S
-        try:
-            while len(found) < len(starts) and time.monotonic() < deadline:
-                msg = self.consumer.poll(0.05)
-                if msg is None:
-                    continue
-                key = (msg.topic(), msg.partition())
-                if key in found or key not in starts:
-                    continue
-                err = msg.error()
-                if err is None:
-                    found[key] = msg.offset()
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    found[key] = 1 << 62
-        finally:
-            self.consumer.unassign()
-        return {key: found.get(key, start) for key, start in starts.items()}
 
     def _warn(self, exc: Exception) -> None:
         if not self._warned:
