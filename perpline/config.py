@@ -78,6 +78,18 @@ def funding_interval_ms() -> int:
     return int(float(_env("PERPLINE_FUNDING_INTERVAL_S", str(FUNDING_INTERVAL_S))) * 1000)
 
 
+def push_listen() -> str:
+    """Where a writer (accounts processor, matcher shard) pushes its final records to API processes
+    (PERPLINE_PUSH_LISTEN, host:port; "" = it pushes nothing): perpline.push."""
+    return os.environ.get("PERPLINE_PUSH_LISTEN", "").strip()
+
+
+def push_feeds() -> list[str]:
+    """The writers an API process takes pushed records from (PERPLINE_PUSH_FEEDS, comma-separated
+    host:port; none = the topics alone, as before): perpline.push."""
+    return [a.strip() for a in os.environ.get("PERPLINE_PUSH_FEEDS", "").split(",") if a.strip()]
+
+
 LOGICAL_TOPICS = topics.ALL  # the names live in perpline.contracts.topics (from redpanda/topics.yaml)
 
 

@@ -26,8 +26,9 @@ from confluent_kafka import (
 )
 from prometheus_client import Counter, Gauge
 
+from perpline import push
 from perpline.accounts.order_status import OPEN
-from perpline.api import checkpoint, snapshot, streamdelay
+from perpline.api import checkpoint, pushed, snapshot, streamdelay
 from perpline.api.reads.accounts import AccountViews
 from perpline.api.reads.books import BookMirrors
 from perpline.api.reads.prices import MAX_FUNDING_ROUNDS, Prices
@@ -36,7 +37,7 @@ from perpline.api.reads.tracking import MatcherTracking
 from perpline.api.reads.wakeups import Wakeups
 from perpline.api.views import AccountView, MatcherOrder
 from perpline.auth.registry import KeyRegistry
-from perpline.config import fetch_config, kafka_config, settings
+from perpline.config import fetch_config, kafka_config, push_feeds, settings
 from perpline.consume import poll_batch
 from perpline.contracts import codec
 from perpline.contracts import messages as m
@@ -83,13 +84,22 @@ class ReadModel:
         # next offset of every partition of the source topics: the point the views are at
         self._positions: dict[str, dict[int, int]] = {}
         self._started = time.monotonic()
+        # the consumer thread and the pushed records (perpline.api.pushed) apply under this lock
+        self.apply_lock = threading.Lock()
+        self.verified = pushed.Verified()
+        feeds = push_feeds()
+        self._push = push.PushClient(feeds, self._on_frame) if feeds else None
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
+        if self._push is not None:
+            self._push.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._push is not None:
+            self._push.stop()
         self._thread.join(timeout=10)
 
     def _consumer(self) -> Consumer:
@@ -151,8 +161,9 @@ class ReadModel:
         try:
             while not self._stop.is_set():
                 batch = poll_batch(consumer, POLL_BATCH, 0.2)
-                for msg in batch:
-                    self._on_message(msg, names)
+                with self.apply_lock:
+                    for msg in batch:
+                        self._on_message(msg, names)
                 if batch:
                     self.wakeups.wake_all()
                     self._maybe_checkpoint()
@@ -173,7 +184,11 @@ class ReadModel:
             return
         logical = names.get(msg.topic(), "")
         if logical != "auth.keys":
-            self._positions.setdefault(msg.topic(), {})[msg.partition()] = msg.offset() + 1
+            parts = self._positions.setdefault(msg.topic(), {})
+            if msg.offset() < parts.get(msg.partition(), 0) and self.verified.already_applied(
+                    msg.topic(), msg.partition(), msg.offset(), msg.value()):
+                return  # pushed and applied before the topic brought it
+            parts[msg.partition()] = max(parts.get(msg.partition(), 0), msg.offset() + 1)
         try:
             value = codec.decode(logical, msg.value())
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError) as exc:
@@ -203,6 +218,29 @@ class ReadModel:
         if inst is not None:
             self.tracking.apply(inst, value)
 
+    def apply_next_matcher_event(self, ev: Any) -> bool:
+        """Apply a pushed matcher event if it is its symbol's next seq (perpline.api.pushed)."""
+        inst = self.books.apply(ev, only_next=True)
+        if inst is None:
+            return False
+        self.tracking.apply(inst, ev)
+        self.applied += 1
+        return True
+
+    def _on_frame(self, frame: push.Frame) -> None:
+        """A pushed frame (a push-feed thread): applied under the apply lock, then the waiters woken."""
+        with self.apply_lock:
+            applied = pushed.apply_frame(self, frame)
+        if applied:
+            self.wakeups.wake_all()
+
+    def physical(self, logical: str) -> str:
+        return self._topics[logical]
+
+    def positions(self) -> dict[str, dict[int, int]]:
+        """Next offset per partition of the source topics (read and moved under the apply lock)."""
+        return self._positions
+
     # --- checkpoints ---------------------------------------------------------------------
     def _maybe_checkpoint(self) -> None:
         """Between two batches (the views then match the positions exactly), capture a checkpoint when
@@ -217,8 +255,9 @@ class ReadModel:
             self._checkpoint_at = max(self._checkpoint_at, newest.events())
         if checkpoint.events_at(self._positions) - self._checkpoint_at < self._checkpoint_every:
             return
-        positions = {topic: dict(parts) for topic, parts in self._positions.items()}
-        blob = snapshot.encode(snapshot.capture(self))  # this thread alone changes the views: no lock
+        with self.apply_lock:  # pushed frames apply from other threads
+            positions = {topic: dict(parts) for topic, parts in self._positions.items()}
+            blob = snapshot.encode(snapshot.capture(self))
         self._checkpoint_at = checkpoint.events_at(positions)
         self._writing.set()
         threading.Thread(target=self._publish, args=(positions, blob), name="readmodel-checkpoint",

@@ -43,7 +43,15 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from perpline.config import fetch_config, kafka_config, producer_config, settings, topic_map
+from perpline import push
+from perpline.config import (
+    fetch_config,
+    kafka_config,
+    producer_config,
+    push_listen,
+    settings,
+    topic_map,
+)
 from perpline.consume import poll_batch
 from perpline.contracts import codec
 from perpline.contracts.codes import Code
@@ -89,8 +97,12 @@ class MatcherState:
 
 class Matcher:
     def __init__(self, data_dir: Path, bootstrap: str, topics: dict[str, str], fsync: str,
-                 shard: shards.Shard | None = None) -> None:
-        """`data_dir` is this shard's own dir (shards.claim checked it); `shard` defaults to the only one."""
+                 shard: shards.Shard | None = None, pusher: push.PushServer | None = None) -> None:
+        """`data_dir` is this shard's own dir (shards.claim checked it); `shard` defaults to the only one.
+        `pusher`: where the events are also pushed to API processes once produced (perpline.push); only
+        with the `batch` fsync policy, under which every event pushed is re-emitted alike after a crash."""
+        assert pusher is None or fsync == "batch", "events are pushed only when the WAL is durable before acting"
+        self.pusher = pusher
         self.shard = shard or shards.Shard(0, 1)
         self.partition_count = shards.orders_partitions()
         self.owned = self.shard.partitions(range(self.partition_count))  # the broker's answer replaces it in run()
@@ -350,10 +362,14 @@ class Matcher:
         counts: dict[tuple[str, str], int] = {}
         last_seq: dict[str, int] = {}
         produce, delivered = self.producer.produce, self._delivered
+        pushed: list[bytes] | None = [] if self.pusher is not None else None
         for symbol, events in out:
             key = symbol.encode()
             for event in events:
-                produce(topic, key=key, value=codec.encode(event), on_delivery=delivered)
+                value = codec.encode(event)
+                produce(topic, key=key, value=value, on_delivery=delivered)
+                if pushed is not None:
+                    pushed.append(value)
                 for leg in legs(event):
                     produce(legs_topic, key=str(leg.account_id).encode(), value=codec.encode(leg), on_delivery=delivered)
                     LEGS.labels(type(leg).__name__).inc()
@@ -362,6 +378,8 @@ class Matcher:
             if events:
                 last_seq[symbol] = events[-1].seq
         self.producer.poll(0)
+        if self.pusher is not None and pushed:
+            self.pusher.publish(push.Frame("matcher.events", push.NO_OFFSET, push.NO_OFFSET, [], pushed))
         for (symbol, name), count in counts.items():
             EVENTS.labels(symbol, name).inc(count)
         for symbol, seq in last_seq.items():
@@ -429,7 +447,8 @@ def main(argv: list[str] | None = None) -> None:
         data_dir = shards.claim(args.data_dir, shard, shards.orders_partitions())
         serve_metrics(args.metrics_port)
         _pin_to_core(args.cpu)
-        Matcher(data_dir, cfg.kafka_bootstrap, topic_map(), cfg.fsync, shard).run()
+        pusher = push.server_from_env(push_listen()) if cfg.fsync == "batch" else None
+        Matcher(data_dir, cfg.kafka_bootstrap, topic_map(), cfg.fsync, shard, pusher).run()
     except shards.ShardError as exc:  # a refusal at start (data dir, snapshot, broker's partitions): say why, exit 2
         log.error("matcher refuses to run", extra={"code": int(exc.code), "error": exc.msg})
         print(f"perpline matcher: {exc}", file=sys.stderr, flush=True)

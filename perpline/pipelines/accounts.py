@@ -15,12 +15,15 @@ from quixstreams import Application
 from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.state import State
 
+from perpline import push
 from perpline.accounts.handlers import handle
 from perpline.accounts.order_status import IllegalTransition
 from perpline.accounts.requests import Reject
 from perpline.accounts.state import AccountState, from_store, to_store
+from perpline.config import push_listen, topic_map
 from perpline.contracts.units import UnitError
 from perpline.pipelines import gaps, io
+from perpline.pipelines.push_commits import push_on_commit
 from perpline.pipelines.runtime import run_stateful
 
 log = logging.getLogger("perpline.accounts")
@@ -101,8 +104,18 @@ def build(app: Application) -> StreamingDataFrame:
     return io.to_topics(sdf, io.output_topics(app, OUTPUTS))
 
 
+def build_pushing(app: Application) -> StreamingDataFrame:
+    """build(), and account events pushed to API processes as each transaction commits (perpline.push;
+    only under exactly-once, where a commit is the moment they become final)."""
+    sdf = build(app)
+    server = push.server_from_env(push_listen())
+    if server is not None and app.config.processing_guarantee == "exactly-once":
+        push_on_commit(app, server, {topic_map()["account.events"]: "account.events"})
+    return sdf
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_stateful("accounts", "perpline-accounts", build, argv)
+    run_stateful("accounts", "perpline-accounts", build_pushing, argv)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from perpline.stack.supervisor import ComponentSpec, Supervisor, file_probe, fre
 
 PY = sys.executable
 METRICS_BASE_PORT = 19100
+PUSH_BASE_PORT = 19170  # the writers' push ports (perpline.push): the matcher shards', then the accounts processor's
 LOCAL_HOST = "127.0.0.1"  # where the embedded broker and ClickHouse listen, always
 OPEN_BROKER_FLAG = "--i-know-the-broker-is-open"
 LOCK_FILE = "up.lock"  # in the data dir: held (flock) by the running `perpline up`
@@ -196,11 +197,14 @@ def components(plan: Plan) -> list[ComponentSpec]:
                             "--users-dir", str(plan.users_dir), "--host", LOCAL_HOST, "--port", ch_port], [],
              ready_file=False, ready=http_probe(plan.clickhouse + "/ping"), ports=[int(ch_port)])
     with_ch = deps + (["clickhouse"] if plan.embedded_clickhouse else [])  # for what reads or writes ClickHouse
+    pushes = push_ports(plan)
+    listen = {name: {"PERPLINE_PUSH_LISTEN": f"{LOCAL_HOST}:{port}"} for name, port in pushes.items()}
     for index, name in enumerate(plan.matcher_names):
         spec(name, [PY, "-m", "perpline.matcher.runner", "--data-dir", str(plan.data_dir / "matcher"),
-                    "--shard", str(index), "--shards", str(plan.matcher_shards)], deps, ready_timeout_s=120)
+                    "--shard", str(index), "--shards", str(plan.matcher_shards)], deps, ready_timeout_s=120,
+             env_extra=listen.get(name, {}))
     spec("accounts", [PY, "-m", "perpline.pipelines.accounts", "--state-dir", str(plan.data_dir / "state" / "accounts")],
-         deps, ready_timeout_s=120)
+         deps, ready_timeout_s=120, env_extra=listen.get("accounts", {}))
     spec("ledger-sink", [PY, "-m", "perpline.pipelines.ledger_sink"],
          with_ch, ready_timeout_s=120)
     spec("index-feed", [PY, "-m", "perpline.risk.index_feed"], deps)
@@ -213,7 +217,8 @@ def components(plan: Plan) -> list[ComponentSpec]:
          # theirs (the accounts processor's group join, about 3 s), and `perpline up` still waits for all
          with_ch, ready_file=False, ready=http_probe(plan.api_url + "/readyz"),
          ready_timeout_s=120, env_extra={"PERPLINE_CLICKHOUSE_URL": plan.clickhouse_reader_url,  # it only reads
-                                         "PERPLINE_FUNDING_INTERVAL_S": funding_s},
+                                         "PERPLINE_FUNDING_INTERVAL_S": funding_s,
+                                         "PERPLINE_PUSH_FEEDS": ",".join(f"{LOCAL_HOST}:{p}" for p in pushes.values())},
          ports=[plan.api_port])
     if plan.demo:
         spec("demo", [PY, "-m", "perpline.demo.traders", "--api", plan.api_url], ["api", "ledger-sink"],
@@ -223,6 +228,19 @@ def components(plan: Plan) -> list[ComponentSpec]:
 
 
 plan_metrics: dict[str, int] = {}
+plan_pushes: dict[str, int] = {}
+
+
+def push_ports(plan: Plan) -> dict[str, int]:
+    """The port each writer pushes its final records on (perpline.push), by component; none when
+    $PERPLINE_PUSH is 0 (the API then waits for the topics alone, as an external deployment without
+    push feeds does)."""
+    plan_pushes.clear()
+    if os.environ.get("PERPLINE_PUSH", "1") == "0":
+        return {}
+    names = [*plan.matcher_names, "accounts"]
+    plan_pushes.update({name: free_port() if plan.free_ports else PUSH_BASE_PORT + i for i, name in enumerate(names)})
+    return dict(plan_pushes)
 
 
 def _topics_probe(bootstrap: str):  # type: ignore[no-untyped-def]
@@ -239,6 +257,7 @@ def taken_ports(plan: Plan) -> list[str]:
     wanted = {f"metrics of {name}": port for name, port in plan_metrics.items()
               if name not in ("clickhouse", "api")}  # these serve /metrics on their own port
     wanted["api"] = plan.api_port
+    wanted.update({f"push of {name}": port for name, port in plan_pushes.items()})
     if plan.embedded_broker:
         wanted["broker"] = int(plan.kafka.rsplit(":", 1)[1])
     if plan.embedded_clickhouse:

@@ -329,6 +329,11 @@ def test_every_metric_of_the_dashboards_and_alerts_is_scraped(stack: Stack) -> N
     breaks = [labels for labels, v in samples.get("perpline_recon_breaks", []) if v]
     assert breaks == [] and ms.value(samples, "perpline_dead_letters_total") == 0, breaks
     assert time.time() - ms.value(samples, "perpline_recon_last_run_timestamp_seconds") < 30
+    # the writers pushed their final records to the API (perpline.push) and it applied them; none differed from
+    # the topic's record at its offset
+    assert ms.value(samples, "perpline_api_pushed_applied_total", topic="account.events") > 0
+    assert ms.value(samples, "perpline_api_pushed_applied_total", topic="matcher.events") > 0
+    assert ms.value(samples, "perpline_api_pushed_mismatch_total") == 0
 
     env = {**os.environ, "PERPLINE_KAFKA_BOOTSTRAP": stack.value("kafka")}
     done = subprocess.run([sys.executable, "-m", "perpline.cli", "topics", "--json"], env=env, capture_output=True,

@@ -74,6 +74,10 @@ if os.environ["FANOUT_MODE"] == "branch":
         routed.filter(lambda v, name=name: v["t"] == name).to_topic(topic, key=lambda v: v["k"])
 else:
     io.to_topics(routed, outs)
+if os.environ.get("FANOUT_PUSH"):  # ledger.entries pushed as each transaction commits (perpline.push)
+    from perpline.push import PushServer
+    from perpline.pipelines.push_commits import push_on_commit
+    push_on_commit(app, PushServer(os.environ["FANOUT_PUSH"]), {t.physical(t.LEDGER_ENTRIES): t.LEDGER_ENTRIES})
 app.run()
 '''
 
@@ -219,3 +223,37 @@ def test_dead_letters_and_routed_fanout(broker: BrokerProcess, processor: Proces
         assert value["topic"] == topics.physical(topics.ACCOUNT_COMMANDS) and value["offset"] >= 0
         assert value["causation_id"] == f"{value['topic']}:{value['partition']}:{value['offset']}"
     assert {v["payload"] for _k, v, _p, _o in letters} >= {"{not json"}
+
+
+def test_pushed_records_are_the_committed_records_at_their_offsets(processor: Processor, broker: BrokerProcess) -> None:
+    """perpline.pipelines.push_commits on a real exactly-once app: every record pushed after a commit is the
+    record the topic holds at that offset (the read model moves its positions by them), and where a frame
+    says nothing committed lies before its first record (`clear_from`), the topic agrees."""
+    from perpline.push import NO_OFFSET, Frame, PushClient, wait_connected  # noqa: PLC0415
+    from perpline.stack.supervisor import free_port  # noqa: PLC0415
+
+    address = f"127.0.0.1:{free_port()}"
+    processor.env["FANOUT_PUSH"] = address
+    frames: list[Frame] = []
+    client = PushClient([address], frames.append)
+    client.start()
+    try:
+        processor.start()
+        assert wait_connected(client, 1, 60), processor.tail()
+        produce(broker.bootstrap, range(1, 21))
+        time.sleep(1.0)  # a second burst: later commits follow earlier ones of the same writer
+        produce(broker.bootstrap, range(21, 41))
+        ledger = read(broker.bootstrap, topics.LEDGER_ENTRIES, all_pairs(40), timeout_s=90)
+        deadline = time.monotonic() + 10
+        while sum(len(f.offsets) for f in frames) < len(ledger) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.stop()
+    held = {(p, o): value for _key, value, p, o in ledger}
+    pushed = [(f.partition, o, json.loads(v)) for f in frames for o, v in zip(f.offsets, f.values, strict=True)]
+    assert len(pushed) == len(held), "every committed record was pushed once"
+    assert all(held[(p, o)] == value for p, o, value in pushed), "a pushed record differs from the topic's at its offset"
+    claims = [f for f in frames if f.clear_from != NO_OFFSET]
+    assert claims, "no frame followed the same writer's previous commit"
+    for f in claims:
+        assert not [o for o in range(f.clear_from, f.offsets[0]) if (f.partition, o) in held], f

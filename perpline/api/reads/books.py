@@ -29,15 +29,16 @@ class BookMirrors:
         self._sorted: dict[str, tuple[int, Levels, Levels]] = {}  # symbol -> (seq, bids, asks): built once per seq
 
     # --- applying (the consumer thread) ----------------------------------------------------------
-    def apply(self, ev: Any) -> Instrument | None:
+    def apply(self, ev: Any, only_next: bool = False) -> Instrument | None:
         """Apply a matcher event; its instrument when it was applied (None: a re-emitted event after a
-        matcher restart, or an unknown symbol), so the order tracking follows exactly the same events."""
+        matcher restart, or an unknown symbol), so the order tracking follows exactly the same events.
+        `only_next`: apply it only when it is the symbol's next seq (a pushed event: perpline.api.pushed)."""
         with self._lock:
             book = self._books.get(ev.symbol)
             if book is None:
                 book = self._books[ev.symbol] = BookMirror()
             verdict = sequence.accept(book.last_seq, ev.seq)
-            if not verdict.apply:
+            if not verdict.apply or (only_next and verdict.kind != sequence.ACCEPT):
                 return None
             book.last_seq = verdict.last_seq
             inst = load_catalog().get(ev.symbol)
