@@ -106,7 +106,8 @@ class ReadModel:
         consumer = Consumer(kafka_config(self._bootstrap, **{
             "group.id": "perpline-api-readmodel", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed", "enable.partition.eof": True,
-            **fetch_config(),
+            # with push feeds the records an answer waits for arrive pushed; the topics only back them up
+            **fetch_config(on_write_path=self._push is None),
         }))
         start = self._start_positions()
         parts = []
@@ -198,25 +199,27 @@ class ReadModel:
             if self.registry is not None:
                 self.registry.apply(value, msg.offset())
             return
-        self.apply(logical, value)
+        applied = self.apply(logical, value)
         if isinstance(value, m.Trade):
-            _trade_timed(value.ts_ms, msg.timestamp())
+            _trade_timed(value.ts_ms, msg.timestamp(), applied)
 
-    def apply(self, logical: str, value: Any) -> None:
-        """Apply one decoded message of topic `logical` to the part whose job it is (the consumer thread)."""
+    def apply(self, logical: str, value: Any) -> bool:
+        """Apply one decoded message of topic `logical` to the part whose job it is (the consumer thread);
+        False for a matcher event the book mirrors already had (re-emitted, or pushed before)."""
         if logical in ("prices.mark", "funding.rounds"):
             self.prices.apply(value)
-            return
+            return True
         self.applied += 1
         if logical == "account.events":
             if isinstance(value, m.CommandResult):
                 self.results.record(value)
             else:
                 self.accounts.apply(value)
-            return
+            return True
         inst = self.books.apply(value)
         if inst is not None:
             self.tracking.apply(inst, value)
+        return inst is not None
 
     def apply_next_matcher_event(self, ev: Any) -> bool:
         """Apply a pushed matcher event if it is its symbol's next seq (perpline.api.pushed)."""
@@ -225,6 +228,8 @@ class ReadModel:
             return False
         self.tracking.apply(inst, ev)
         self.applied += 1
+        if isinstance(ev, m.Trade):
+            streamdelay.trade_at("applied", ev.ts_ms, time.time() * 1000)
         return True
 
     def _on_frame(self, frame: push.Frame) -> None:
@@ -439,9 +444,11 @@ def rebuilt(blob: bytes) -> snapshot.Restored:
     return restored
 
 
-def _trade_timed(trade_ms: int, record_ts: tuple[int, int]) -> None:
-    """The trade's delay to the matcher's record (its produce time) and to this read model (bench.streams)."""
+def _trade_timed(trade_ms: int, record_ts: tuple[int, int], applied: bool) -> None:
+    """The trade's delay to the matcher's record (its produce time) and, when the topic's copy is the one
+    applied (not pushed before), to this read model (bench.streams)."""
     kind, produced_ms = record_ts
     if kind == TIMESTAMP_CREATE_TIME:
         streamdelay.trade_at("matcher", trade_ms, produced_ms)
-    streamdelay.trade_at("applied", trade_ms, time.time() * 1000)
+    if applied:
+        streamdelay.trade_at("applied", trade_ms, time.time() * 1000)
