@@ -39,6 +39,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(component: str, level: str | None = None) -> logging.Logger:
+    # JsonFormatter writes none of a record's caller, thread or process fields: skip collecting them (the
+    # logging module's documented optimisations; the caller's frame walk ran on every request's log line)
+    logging._srcfile = None  # type: ignore[attr-defined]  # noqa: SLF001
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(component))
     root = logging.getLogger()
