@@ -107,14 +107,19 @@ def _by_offset(rm: Views, frame: Frame) -> int:
 
 
 def _by_seq(rm: Views, frame: Frame) -> int:
-    applied = 0
+    """Each symbol's events in order, up to its first one that is not its next seq (the rest of that
+    symbol's are left to the topic; the other symbols' go on)."""
+    applied, left, stopped = 0, 0, set()
     for value in frame.values:
         ev = _decode(frame.topic, value)
-        if ev is None or not rm.apply_next_matcher_event(ev):
-            LEFT.labels(frame.topic).inc(len(frame.values) - applied)
-            break
+        if ev is None or ev.symbol in stopped or not rm.apply_next_matcher_event(ev):
+            left += 1
+            if ev is not None:
+                stopped.add(ev.symbol)
+            continue
         applied += 1
     APPLIED.labels(frame.topic).inc(applied)
+    LEFT.labels(frame.topic).inc(left)
     return applied
 
 

@@ -231,3 +231,17 @@ def test_an_oversized_frame_is_not_pushed(monkeypatch: pytest.MonkeyPatch) -> No
     finally:
         client.stop()
         server.close()
+
+
+def test_a_symbol_whose_next_seq_is_missing_does_not_hold_up_another_symbols_events() -> None:
+    core = load_core(pure=True)
+    btc, eth = core.Engine(SYM, core.EngineConfig()), core.Engine("ETHUSDT-PERP", core.EngineConfig())
+    flow_btc = [ev for cmd in flow(10, seed=4) for ev in convert.apply(btc, core, cmd)]
+    eth_cmds = [m.NewOrder(**{**META}, order_id=1000 + i, account_id=1, symbol="ETHUSDT-PERP", side="BUY",
+                           order_type="LIMIT", time_in_force="GTC", price="3000.00", quantity="0.10",
+                           client_order_id=f"e{i}") for i in range(3)]  # type: ignore[arg-type]
+    flow_eth = [ev for cmd in eth_cmds for ev in convert.apply(eth, core, cmd)]
+    rm = ReadModel("unused:1", TOPICS)
+    mixed = [codec.encode(ev) for ev in (flow_btc[1], flow_eth[0], flow_btc[2], *flow_eth[1:])]  # BTC's seq 1 missing
+    assert pushed.apply_frame(rm, push.Frame("matcher.events", push.NO_OFFSET, push.NO_OFFSET, [], mixed)) == len(flow_eth)
+    assert rm.book_seq("ETHUSDT-PERP") == flow_eth[-1].seq and rm.book_seq(SYM) == 0
