@@ -104,10 +104,10 @@ def fetch_config(on_write_path: bool = True) -> dict[str, object]:
     On the embedded broker (Tansu) a record reaches a waiting consumer about a quarter of the wait
     after it was produced, never much later than the wait (a plain produce-consume loop: 2.0 ms mean
     at 5 ms, 5.0 ms at 20, 16.8 ms at 100; docs/architecture.md). A short wait costs idle fetch
-    requests, so only the consumers an answer waits for on a topic (matcher, accounts; the API's read
-    model too when it has no push feeds: perpline.push) use PERPLINE_FETCH_WAIT_MS (15 ms: an idle
-    stack 18-20 % of a core, against 17-18 % at 20 ms and 25 % at 10); the others (ledger sink, risk
-    process, a read model fed by pushes) use PERPLINE_BACKGROUND_FETCH_WAIT_MS."""
+    requests, so only the consumers an answer waits for (matcher, accounts, the API's read model) use
+    PERPLINE_FETCH_WAIT_MS (20 ms: an idle stack about 20 % of a core; 15 ms 24 %, at the 25 % bound);
+    the others (ledger sink, risk process) use PERPLINE_BACKGROUND_FETCH_WAIT_MS. The read model stays
+    on the short wait with push feeds (perpline.push): marks, funding rounds and keys are not pushed."""
     if on_write_path:
         return {"fetch.wait.max.ms": int(_env("PERPLINE_FETCH_WAIT_MS", str(WRITE_PATH_FETCH_WAIT_MS)))}
     return {"fetch.wait.max.ms": int(_env("PERPLINE_BACKGROUND_FETCH_WAIT_MS", str(BACKGROUND_FETCH_WAIT_MS)))}
@@ -132,7 +132,7 @@ def processing_guarantee() -> Guarantee:
     return value  # type: ignore[return-value]
 
 
-WRITE_PATH_FETCH_WAIT_MS = 15
+WRITE_PATH_FETCH_WAIT_MS = 20
 BACKGROUND_FETCH_WAIT_MS = 200
 
 

@@ -106,8 +106,9 @@ class ReadModel:
         consumer = Consumer(kafka_config(self._bootstrap, **{
             "group.id": "perpline-api-readmodel", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed", "enable.partition.eof": True,
-            # with push feeds the records an answer waits for arrive pushed; the topics only back them up
-            **fetch_config(on_write_path=self._push is None),
+            # on the write-path wait even with push feeds: marks, funding rounds and keys are not pushed, and a
+            # funding payment (pushed) must not be shown long before its round (a 200 ms wait did that)
+            **fetch_config(),
         }))
         start = self._start_positions()
         parts = []
