@@ -8,6 +8,9 @@ change what it ends with: the topics stay the source, a push only brings a recor
   it checks each skipped record against what was pushed (`Verified`), and applies it if they differ.
 - matcher.events, by seq: an event is applied only when it is the next seq of its symbol; the topic's
   copy is then a duplicate the book mirrors already drop.
+- funding.rounds, by funding time: the risk process pushes a round once the broker acknowledged it, so
+  an API never shows the round's payments (account events, pushed later) before the round; the
+  topic's copy is dropped as a repeat.
 
 Whatever cannot be applied is left to the topic. Every frame is applied under the read model's apply
 lock, the same one its consumer thread holds per batch, so the views see one order of records.
@@ -78,6 +81,12 @@ def apply_frame(rm: Views, frame: Frame) -> int:
         return _by_offset(rm, frame)
     if frame.topic == "matcher.events":
         return _by_seq(rm, frame)
+    if frame.topic == "funding.rounds":  # a round is applied once by its funding time (Prices.apply)
+        rounds = [ev for ev in (_decode(frame.topic, v) for v in frame.values) if ev is not None]
+        for ev in rounds:
+            rm.apply(frame.topic, ev)
+        APPLIED.labels(frame.topic).inc(len(rounds))
+        return len(rounds)
     return 0
 
 

@@ -33,11 +33,13 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client import Counter, Gauge
 
+from perpline import push
 from perpline.config import (
     fetch_config,
     funding_interval_ms,
     kafka_config,
     producer_config,
+    push_listen,
     settings,
     topic_map,
 )
@@ -74,7 +76,10 @@ def index_stale_ms() -> int:
 
 
 class Risk:
-    def __init__(self, bootstrap: str, tick_ms: int) -> None:
+    def __init__(self, bootstrap: str, tick_ms: int, pusher: push.PushServer | None = None) -> None:
+        """`pusher`: where each funding round is also pushed to API processes once acknowledged
+        (perpline.push), so no API shows a round's payments before the round itself."""
+        self.pusher = pusher
         self.topics = topic_map()
         self.logical = {physical: logical for logical, physical in self.topics.items()}
         self.state = RiskState()
@@ -335,12 +340,15 @@ class Risk:
                 size=("-" if size < 0 else "") + inst.format_qty(abs(size)), amount=format_amount(amount)))
         if self.producer.flush(30) > 0:
             raise RuntimeError("funding charges not acknowledged; stopping before recording the round")
-        self._produce("funding.rounds", inst.symbol, m.FundingRound(
+        round_ = m.FundingRound(
             trace_id="", causation_id=f"funding:{inst.symbol}:{funding_ms}", ts_ms=funding_ms, symbol=inst.symbol,
             funding_time_ms=funding_ms, rate=format_rate(rate), mark_price=inst.format_price(mark),
-            positions=len(s.sizes), paid=format_amount(paid), received=format_amount(received)))
+            positions=len(s.sizes), paid=format_amount(paid), received=format_amount(received))
+        self._produce("funding.rounds", inst.symbol, round_)
         if self.producer.flush(30) > 0:
             raise RuntimeError("funding round record not acknowledged")
+        if self.pusher is not None:  # acknowledged: final; it reaches the API before the payments can
+            self.pusher.publish(push.Frame("funding.rounds", push.NO_OFFSET, push.NO_OFFSET, [], [codec.encode(round_)]))
         s.last_round_ms = funding_ms
         s.premiums.clear()
         ROUNDS.labels(inst.symbol).inc()
@@ -358,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging("risk")
     serve_metrics(None)
     clear_ready()
-    Risk(settings().kafka_bootstrap, args.tick_ms).run()
+    Risk(settings().kafka_bootstrap, args.tick_ms, push.server_from_env(push_listen())).run()
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from perpline.stack.supervisor import ComponentSpec, Supervisor, file_probe, fre
 
 PY = sys.executable
 METRICS_BASE_PORT = 19100
-PUSH_BASE_PORT = 19170  # the writers' push ports (perpline.push): the matcher shards', then the accounts processor's
+PUSH_BASE_PORT = 19170  # the writers' push ports (perpline.push): the matcher shards', the accounts processor's, the risk process's
 LOCAL_HOST = "127.0.0.1"  # where the embedded broker and ClickHouse listen, always
 OPEN_BROKER_FLAG = "--i-know-the-broker-is-open"
 LOCK_FILE = "up.lock"  # in the data dir: held (flock) by the running `perpline up`
@@ -209,8 +209,8 @@ def components(plan: Plan) -> list[ComponentSpec]:
          with_ch, ready_timeout_s=120)
     spec("index-feed", [PY, "-m", "perpline.risk.index_feed"], deps)
     funding_s = os.environ.get("PERPLINE_FUNDING_INTERVAL_S", "60" if plan.demo else str(8 * 3600))
-    spec("risk", [PY, "-m", "perpline.risk.runner"], deps, env_extra={"PERPLINE_FUNDING_INTERVAL_S": funding_s},
-         ready_timeout_s=120)
+    spec("risk", [PY, "-m", "perpline.risk.runner"], deps,
+         env_extra={"PERPLINE_FUNDING_INTERVAL_S": funding_s, **listen.get("risk", {})}, ready_timeout_s=120)
     spec("recon", [PY, "-m", "perpline.recon.runner"], with_ch, ready_timeout_s=120)
     spec("api", [PY, "-m", "perpline.api.main", "--host", plan.api_host, "--port", str(plan.api_port)],
          # in the processors' wave, not after it: its start (imports, read model catch-up, about 3 s) overlaps
@@ -238,7 +238,7 @@ def push_ports(plan: Plan) -> dict[str, int]:
     plan_pushes.clear()
     if os.environ.get("PERPLINE_PUSH", "1") == "0":
         return {}
-    names = [*plan.matcher_names, "accounts"]
+    names = [*plan.matcher_names, "accounts", "risk"]
     plan_pushes.update({name: free_port() if plan.free_ports else PUSH_BASE_PORT + i for i, name in enumerate(names)})
     return dict(plan_pushes)
 

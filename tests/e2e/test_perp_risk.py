@@ -333,6 +333,7 @@ def test_every_metric_of_the_dashboards_and_alerts_is_scraped(stack: Stack) -> N
     # the topic's record at its offset
     assert ms.value(samples, "perpline_api_pushed_applied_total", topic="account.events") > 0
     assert ms.value(samples, "perpline_api_pushed_applied_total", topic="matcher.events") > 0
+    assert ms.value(samples, "perpline_api_pushed_applied_total", topic="funding.rounds") > 0
     assert ms.value(samples, "perpline_api_pushed_mismatch_total") == 0
 
     env = {**os.environ, "PERPLINE_KAFKA_BOOTSTRAP": stack.value("kafka")}

@@ -245,3 +245,14 @@ def test_a_symbol_whose_next_seq_is_missing_does_not_hold_up_another_symbols_eve
     mixed = [codec.encode(ev) for ev in (flow_btc[1], flow_eth[0], flow_btc[2], *flow_eth[1:])]  # BTC's seq 1 missing
     assert pushed.apply_frame(rm, push.Frame("matcher.events", push.NO_OFFSET, push.NO_OFFSET, [], mixed)) == len(flow_eth)
     assert rm.book_seq("ETHUSDT-PERP") == flow_eth[-1].seq and rm.book_seq(SYM) == 0
+
+
+def test_a_pushed_funding_round_is_shown_once_when_the_topic_brings_it_again() -> None:
+    rm = ReadModel("unused:1", TOPICS)
+    rounds = [m.FundingRound(**META, symbol=SYM, funding_time_ms=t, rate="0.00010000", mark_price="50000.00",
+                             positions=2, paid="0.5", received="0.5") for t in (8_000, 16_000)]
+    assert pushed.apply_frame(rm, push.Frame("funding.rounds", push.NO_OFFSET, push.NO_OFFSET, [],
+                                             [codec.encode(rounds[0])])) == 1
+    for r in rounds:  # the topic: the pushed round again, then the next one
+        rm.apply("funding.rounds", r)
+    assert [r.funding_time_ms for r in rm.prices.funding_rounds(SYM)] == [8_000, 16_000]

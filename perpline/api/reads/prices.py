@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from copy import copy
+from itertools import islice
 from typing import Any
 
 from perpline.contracts import messages as m
@@ -12,6 +13,7 @@ from perpline.contracts.instruments import load_catalog
 from perpline.market.candles import Candle, CandleSet
 
 MAX_FUNDING_ROUNDS = 1000  # per symbol
+RECENT_ROUNDS = 16  # a repeated round (pushed, then from the topic; or recorded twice) is among the newest
 
 
 class Prices:
@@ -30,7 +32,9 @@ class Prices:
                     self.mark_candles.setdefault(ev.symbol, CandleSet()).add(ev.ts_ms, inst.parse_price(ev.mark_price),
                                                                              0, 0)
             elif isinstance(ev, m.FundingRound):
-                self.rounds.setdefault(ev.symbol, deque(maxlen=MAX_FUNDING_ROUNDS)).append(ev)
+                rounds = self.rounds.setdefault(ev.symbol, deque(maxlen=MAX_FUNDING_ROUNDS))
+                if not any(r.funding_time_ms == ev.funding_time_ms for r in islice(reversed(rounds), RECENT_ROUNDS)):
+                    rounds.append(ev)  # a round pushed before the topic brought it is there once
 
     def restore(self, marks: dict[str, m.MarkPrice], mark_candles: dict[str, CandleSet],
                 rounds: dict[str, deque[m.FundingRound]]) -> None:
