@@ -79,7 +79,7 @@ def funding_interval_ms() -> int:
 
 
 def push_listen() -> str:
-    """Where a writer (accounts processor, matcher shard) pushes its final records to API processes
+    """Where a writer (accounts processor, matcher shard, risk process) pushes its final records to API processes
     (PERPLINE_PUSH_LISTEN, host:port; "" = it pushes nothing): perpline.push."""
     return os.environ.get("PERPLINE_PUSH_LISTEN", "").strip()
 

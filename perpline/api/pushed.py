@@ -82,7 +82,7 @@ def apply_frame(rm: Views, frame: Frame) -> int:
     if frame.topic == "matcher.events":
         return _by_seq(rm, frame)
     if frame.topic == "funding.rounds":  # a round is applied once by its funding time (Prices.apply)
-        rounds = [ev for ev in (_decode(frame.topic, v) for v in frame.values) if ev is not None]
+        rounds = [ev for ev in (decode_or_none(frame.topic, v, pushed=True) for v in frame.values) if ev is not None]
         for ev in rounds:
             rm.apply(frame.topic, ev)
         APPLIED.labels(frame.topic).inc(len(rounds))
@@ -105,7 +105,7 @@ def _by_offset(rm: Views, frame: Frame) -> int:
         if not continues:
             LEFT.labels(frame.topic).inc(len(frame.offsets) - frame.offsets.index(offset))
             break
-        decoded = _decode(frame.topic, value)
+        decoded = decode_or_none(frame.topic, value, pushed=True)
         position = parts[frame.partition] = offset + 1
         rm.verified.remember(topic, frame.partition, offset, value)
         if decoded is not None:
@@ -120,7 +120,7 @@ def _by_seq(rm: Views, frame: Frame) -> int:
     symbol's are left to the topic; the other symbols' go on)."""
     applied, left, stopped = 0, 0, set()
     for value in frame.values:
-        ev = _decode(frame.topic, value)
+        ev = decode_or_none(frame.topic, value, pushed=True)
         if ev is None or ev.symbol in stopped or not rm.apply_next_matcher_event(ev):
             left += 1
             if ev is not None:
@@ -132,9 +132,11 @@ def _by_seq(rm: Views, frame: Frame) -> int:
     return applied
 
 
-def _decode(topic: str, value: bytes) -> Any:
+def decode_or_none(logical: str, value: bytes, **where: Any) -> Any:
+    """A read-model record of topic `logical` decoded, or None (logged with `where` and skipped): the one
+    rule for records the topic brings and records pushed."""
     try:
-        return codec.decode(topic, value)
+        return codec.decode(logical, value)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError) as exc:
-        log.error("undecodable pushed record skipped", extra={"topic": topic, "error": str(exc)})
+        log.error("undecodable message skipped", extra={"topic": logical, **where, "error": str(exc)})
         return None

@@ -39,7 +39,6 @@ from perpline.api.views import AccountView, MatcherOrder
 from perpline.auth.registry import KeyRegistry
 from perpline.config import fetch_config, kafka_config, push_feeds, settings
 from perpline.consume import poll_batch
-from perpline.contracts import codec
 from perpline.contracts import messages as m
 from perpline.contracts.instruments import load_catalog
 from perpline.market.candles import Candle, DayStats
@@ -191,10 +190,8 @@ class ReadModel:
                     msg.topic(), msg.partition(), msg.offset(), msg.value()):
                 return  # pushed and applied before the topic brought it
             parts[msg.partition()] = max(parts.get(msg.partition(), 0), msg.offset() + 1)
-        try:
-            value = codec.decode(logical, msg.value())
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError) as exc:
-            log.error("undecodable message skipped", extra={"topic": msg.topic(), "offset": msg.offset(), "error": str(exc)})
+        value = pushed.decode_or_none(logical, msg.value(), offset=msg.offset(), partition=msg.partition())
+        if value is None:
             return
         if logical == "auth.keys":
             if self.registry is not None:

@@ -48,7 +48,6 @@ from perpline.config import (
     fetch_config,
     kafka_config,
     producer_config,
-    push_listen,
     settings,
     topic_map,
 )
@@ -447,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
         data_dir = shards.claim(args.data_dir, shard, shards.orders_partitions())
         serve_metrics(args.metrics_port)
         _pin_to_core(args.cpu)
-        pusher = push.server_from_env(push_listen()) if cfg.fsync == "batch" else None
+        pusher = push.server_from_env() if cfg.fsync == "batch" else None
         Matcher(data_dir, cfg.kafka_bootstrap, topic_map(), cfg.fsync, shard, pusher).run()
     except shards.ShardError as exc:  # a refusal at start (data dir, snapshot, broker's partitions): say why, exit 2
         log.error("matcher refuses to run", extra={"code": int(exc.code), "error": exc.msg})

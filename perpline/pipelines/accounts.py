@@ -20,7 +20,7 @@ from perpline.accounts.handlers import handle
 from perpline.accounts.order_status import IllegalTransition
 from perpline.accounts.requests import Reject
 from perpline.accounts.state import AccountState, from_store, to_store
-from perpline.config import push_listen, topic_map
+from perpline.config import topic_map
 from perpline.contracts.units import UnitError
 from perpline.pipelines import gaps, io
 from perpline.pipelines.push_commits import push_on_commit
@@ -108,8 +108,8 @@ def build_pushing(app: Application) -> StreamingDataFrame:
     """build(), and account events pushed to API processes as each transaction commits (perpline.push;
     only under exactly-once, where a commit is the moment they become final)."""
     sdf = build(app)
-    server = push.server_from_env(push_listen())
-    if server is not None and app.config.processing_guarantee == "exactly-once":
+    server = push.server_from_env() if app.config.processing_guarantee == "exactly-once" else None
+    if server is not None:
         push_on_commit(app, server, {topic_map()["account.events"]: "account.events"})
     return sdf
 

@@ -39,7 +39,6 @@ from perpline.config import (
     funding_interval_ms,
     kafka_config,
     producer_config,
-    push_listen,
     settings,
     topic_map,
 )
@@ -366,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging("risk")
     serve_metrics(None)
     clear_ready()
-    Risk(settings().kafka_bootstrap, args.tick_ms, push.server_from_env(push_listen())).run()
+    Risk(settings().kafka_bootstrap, args.tick_ms, push.server_from_env()).run()
 
 
 if __name__ == "__main__":
