@@ -56,7 +56,7 @@ def serve(cfg: Settings, host: str, port: int, topics: dict[str, str], secret_ke
     app = create_app(deps)
     gc.enable()
     gc.freeze()  # what the start built lives as long as the process: later collections need not walk it
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
+    uvicorn.run(app, host=host, port=port, http="httptools", log_config=None, access_log=False,
                 timeout_graceful_shutdown=5, proxy_headers=False, **fstream.uvicorn_ws_options())
 
 
