@@ -104,8 +104,7 @@ class Subscriber(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment] (uvloop's transports do not subclass asyncio's)
         key = base64.b64encode(os.urandom(16)).decode()
         transport.write(f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -237,7 +236,8 @@ def _client_report(stats: Stats, count: int, cpu_s: float, elapsed: float) -> di
 
 
 def subscribers_process(api: str, pipe: Pipe) -> None:
-    asyncio.run(_subscribe_all(api, pipe))
+    import uvloop  # noqa: PLC0415 (the subscribers' process only)
+    uvloop.run(_subscribe_all(api, pipe))
 
 
 class MatcherTimes:
