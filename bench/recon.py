@@ -21,7 +21,9 @@ Targets: incremental <= 1 s, full <= 60 s; ratio = time / target (<= 1 meets it)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -211,15 +213,12 @@ def statement_rows(books: Books) -> list[list[Any]]:
                                        f"seed-{account_id(n)}", books.start_ms)) for n in range(books.accounts)]
 
 
-def measure(client: Any, args: argparse.Namespace) -> dict[str, Any]:
-    apply_migrations(client)
-    recon = runner.Reconciler(client, None)
-    recon.publish_instruments()
+def seed(client: Any, args: argparse.Namespace) -> tuple[Books, int]:
+    """The historical ledger: deposits, their wallet statement, `--postings` worth of trades, balances."""
     trades = max(1, (args.postings - 2 * args.accounts) // POSTINGS_PER_TRADE)
     now_ms = int(time.time() * 1000)
     start_ms = now_ms - args.days * 86_400_000
     books = Books(args.accounts, start_ms, max(1, (args.days * 86_400_000 - 60_000) // trades))
-    t0 = time.perf_counter()
     insert(client, "ledger_postings", deposits(books), POSTING_COLUMNS, start_ms)
     insert(client, "wallet_statement", statement_rows(books), wallet.COLUMNS, start_ms)
     written = 2 * args.accounts + load(client, books, trades, args.batch_rows, historical=True)
@@ -227,6 +226,20 @@ def measure(client: Any, args: argparse.Namespace) -> dict[str, Any]:
     insert(client, "account_events", balance_rows(books, accounts, now_ms - 60_000, 0), ACCOUNT_EVENT_COLUMNS,
            now_ms - 60_000)
     books.touched.clear()
+    return books, written
+
+
+def measure(client: Any, args: argparse.Namespace, kept: Path | None) -> dict[str, Any]:
+    apply_migrations(client)
+    recon = runner.Reconciler(client, None)
+    recon.publish_instruments()
+    t0 = time.perf_counter()
+    if kept is not None and kept.exists():  # --keep: the ledger of an earlier run, and where its generator was
+        books, written = pickle.loads(kept.read_bytes()), 0  # noqa: S301 (a file this bench wrote itself)
+    else:
+        books, written = seed(client, args)
+        if kept is not None:
+            kept.write_bytes(pickle.dumps(books))
     load_s = time.perf_counter() - t0
     if args.optimize:
         client.command("OPTIMIZE TABLE ledger_postings FINAL")
@@ -241,6 +254,8 @@ def measure(client: Any, args: argparse.Namespace) -> dict[str, Any]:
            ACCOUNT_EVENT_COLUMNS, None)
     time.sleep(SETTLE_GRACE_MS / 1000 + 0.5)
     inc_s, inc_found, inc_rules = timed_pass(recon, full=False)
+    if kept is not None:
+        kept.write_bytes(pickle.dumps(books))
     total = client.query("SELECT count() FROM ledger_postings").result_rows[0][0]
     return {"postings": int(total), "generated_postings": written, "new_postings": added, "trades": books.trades,
             "accounts": args.accounts, "load_s": round(load_s, 1),
@@ -261,16 +276,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--batch-rows", type=int, default=400_000)
     parser.add_argument("--optimize", action="store_true", help="merge the table before the passes")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="a directory that keeps the ledger: the first run fills it, later runs reuse it")
     args = parser.parse_args(argv)
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="perpline-bench-recon-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="perpline-bench-recon-"))
+        else:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.keep)
         password = ensure_passwords(Path(tmp) / USERS_DIR_NAME)[ADMIN_USER]
         server = subprocess.Popen([sys.executable, "-m", "perpline.ch.server", "--data-dir", f"{tmp}/ch", "--port",
                                    str(port)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = with_credentials(f"http://127.0.0.1:{port}", ADMIN_USER, password)
             wait_ready(url, timeout_s=60)
-            report = measure(get_client(url, send_receive_timeout=600), args)
+            kept = Path(tmp) / "books.pickle" if args.keep is not None else None
+            report = measure(get_client(url, send_receive_timeout=600), args, kept)
         finally:
             server.terminate()
             server.wait(30)
