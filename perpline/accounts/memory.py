@@ -89,6 +89,8 @@ class Memory:
         self.store = store
         if "rs:0" in state.local or "cs:0" in state.local:  # the old format: its rings start at slot 0
             _upgrade(state, store)
+        if state.nonces:  # the old format: nonces kept whole
+            _upgrade_nonces(state)
 
     def request(self, request_id: str) -> RequestOutcome | None:
         known, entry = self._entry(self.state.request_digests, "q:", request_id, _request_decoder)
@@ -147,8 +149,8 @@ class Memory:
         """
         if not 0 < len(nonce) <= MAX_NONCE_CHARS or signed_ms <= 0:
             return Code.MALFORMED, "a signed command needs a nonce of 1 to 64 characters and its signed time"
-        nonces = self.state.nonces
-        if nonce in nonces:
+        nonces, key = self.state.nonce_digests, nonce_key(nonce)
+        if key in nonces:
             return Code.REPLAYED_REQUEST, "this signed request was already applied"
         self._raise_nonce_floor(now_ms - NONCE_KEEP_MS)
         if signed_ms < self.state.nonce_floor_ms:
@@ -157,7 +159,7 @@ class Memory:
             self._forget_nonces(every=True)  # exact at the cap: entries signed out of order included
         if len(nonces) >= MAX_NONCES:
             return Code.RATE_LIMITED, f"more than {MAX_NONCES} signed requests in {NONCE_KEEP_MS // 1000} s"
-        nonces[nonce] = signed_ms
+        nonces[key] = signed_ms
         return None
 
     def _raise_nonce_floor(self, floor_ms: int) -> None:
@@ -167,7 +169,7 @@ class Memory:
 
     def _forget_nonces(self, every: bool) -> None:
         """Drop nonces signed before the floor: the oldest-first run of them, or (`every`) all of them."""
-        nonces, floor = self.state.nonces, self.state.nonce_floor_ms
+        nonces, floor = self.state.nonce_digests, self.state.nonce_floor_ms
         if every:
             for old in [n for n, signed_ms in nonces.items() if signed_ms < floor]:
                 del nonces[old]
@@ -196,6 +198,20 @@ _request_decoder, _client_decoder = msgspec.msgpack.Decoder(RequestEntry), msgsp
 
 def _digest(an_id: str) -> bytes:
     return hashlib.blake2b(an_id.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+def nonce_key(nonce: str) -> bytes:
+    """What the account's state keeps of a used nonce: its 8-byte digest. Two nonces share one with a
+    probability of about 2^-64 per pair; the newer command would be refused as a replay, never applied
+    twice."""
+    return _digest(nonce)
+
+
+def _upgrade_nonces(state: AccountState) -> None:
+    """Move nonces kept whole (the old format) into their digests, oldest first as they were."""
+    moved = {nonce_key(nonce): signed_ms for nonce, signed_ms in state.nonces.items()}
+    moved.update(state.nonce_digests)
+    state.nonce_digests, state.nonces = moved, {}
 
 
 def _find(ring: bytes, digest: bytes) -> int | None:

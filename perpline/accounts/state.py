@@ -82,7 +82,9 @@ class AccountState(msgspec.Struct, kw_only=True, omit_defaults=True):
     request_digests: bytes = b""  # 8-byte digest of each remembered request id, by ring slot (accounts.memory)
     client_id_digests: bytes = b""  # 8-byte digest of each remembered closed client order id, by ring slot
     local: dict[str, bytes] = {}  # the memory's entries when no store is given (and the old format's rings)
-    nonces: dict[str, int] = {}  # signed commands' nonces -> signed_ms, oldest first (accounts.memory.use_nonce)
+    nonce_digests: dict[bytes, int] = {}  # 8-byte digest of each signed command's nonce -> signed_ms, oldest
+    # first (accounts.memory.use_nonce): 19 bytes an entry in the stored state instead of 42 for the nonce itself
+    nonces: dict[str, int] = {}  # the old format (nonce -> signed_ms), moved into nonce_digests on first use
     nonce_floor_ms: int = 0  # a signed command signed before this is refused: its nonce may be forgotten
 
     def balance(self, asset: str) -> Balance:

@@ -38,6 +38,10 @@ def journals(outs: list) -> list:
     return [o for o in outs if isinstance(o.msg, m.Journal)]
 
 
+def keys(*nonces: str) -> list[bytes]:
+    return [mem.nonce_key(n) for n in nonces]
+
+
 def available(state: AccountState) -> int:
     return state.balances["USDT"].available
 
@@ -52,7 +56,7 @@ def test_a_used_nonce_is_refused_under_a_new_request_id_and_changes_nothing() ->
     assert journals(outs) == [] and available(state) == parse_amount("99")
     refused = from_store(to_store(state))
     kept = from_store(before)
-    assert (refused.balances, refused.nonces) == (kept.balances, kept.nonces)  # only r2's decision is new
+    assert (refused.balances, refused.nonce_digests) == (kept.balances, kept.nonce_digests)  # only r2's decision is new
 
 
 def test_a_known_request_id_gets_its_first_decision_whatever_the_signature() -> None:
@@ -78,7 +82,7 @@ def test_unsigned_commands_carry_no_nonce_and_are_not_limited() -> None:
     state = funded()
     for i in range(3):
         assert result(withdraw(state, f"r{i}", "", signed_ms=0)).ok
-    assert state.nonces == {} and available(state) == parse_amount("97")
+    assert state.nonce_digests == {} and available(state) == parse_amount("97")
 
 
 def test_a_nonce_is_forgotten_only_once_any_command_it_could_ride_on_is_refused_as_stale() -> None:
@@ -87,7 +91,7 @@ def test_a_nonce_is_forgotten_only_once_any_command_it_could_ride_on_is_refused_
     assert result(withdraw(state, "r1", old)).ok
     later = T0 + mem.NONCE_KEEP_MS + 1
     assert result(withdraw(state, "r2", signing.nonce_of("e" * 64), ts_ms=later, signed_ms=later)).ok
-    assert old not in state.nonces and state.nonce_floor_ms == later - mem.NONCE_KEEP_MS
+    assert mem.nonce_key(old) not in state.nonce_digests and state.nonce_floor_ms == later - mem.NONCE_KEEP_MS
     outs = withdraw(state, "r3", old, ts_ms=later)  # the forgotten one again: signed before the floor
     assert result(outs).code == Code.STALE_REQUEST and journals(outs) == []
     assert available(state) == parse_amount("98")
@@ -100,11 +104,11 @@ def test_a_young_nonce_survives_any_volume_the_cap_refuses_instead(monkeypatch: 
         assert result(withdraw(state, f"r{i}", f"n{i}", ts_ms=T0 + i, signed_ms=T0 + i)).ok
     outs = withdraw(state, "r5", "n5", ts_ms=T0 + 10, signed_ms=T0 + 10)
     assert result(outs).code == Code.RATE_LIMITED and journals(outs) == []
-    assert list(state.nonces) == [f"n{i}" for i in range(5)]  # nothing young forgotten
+    assert list(state.nonce_digests) == keys(*(f"n{i}" for i in range(5)))  # nothing young forgotten
     assert result(withdraw(state, "r6", "n0", ts_ms=T0 + 20)).code == Code.REPLAYED_REQUEST
     later = T0 + mem.NONCE_KEEP_MS + 3  # n0..n2 aged out: room again
     assert result(withdraw(state, "r7", "n7", ts_ms=later, signed_ms=later)).ok
-    assert list(state.nonces) == ["n3", "n4", "n7"]
+    assert list(state.nonce_digests) == keys("n3", "n4", "n7")
 
 
 def test_the_cap_sweeps_nonces_that_arrived_out_of_order(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,14 +119,14 @@ def test_the_cap_sweeps_nonces_that_arrived_out_of_order(monkeypatch: pytest.Mon
         assert result(withdraw(state, f"r{i}", f"n{i}", ts_ms=T0 + 50_000, signed_ms=at)).ok
     now = T0 + mem.NONCE_KEEP_MS + 10
     assert result(withdraw(state, "r3", "n3", ts_ms=now, signed_ms=now)).ok
-    assert list(state.nonces) == ["n0", "n3"]
+    assert list(state.nonce_digests) == keys("n0", "n3")
 
 
 def test_the_nonce_memory_is_part_of_the_stored_account() -> None:
     state = funded()
     withdraw(state, "r1", "n1")
     restored = from_store(to_store(state))
-    assert restored.nonces == {"n1": T0}
+    assert restored.nonce_digests == {mem.nonce_key("n1"): T0} and restored.nonces == {}
     assert result(withdraw(restored, "r2", "n1")).code == Code.REPLAYED_REQUEST
 
 
@@ -154,3 +158,26 @@ def test_default_client_order_ids_never_merge_two_keys() -> None:
     assert ids.default_client_order_id("k" * 33) == "pl-" + "k" * 33
     assert ids.default_client_order_id("k" * 34).startswith("ph-")
     assert ids.default_client_order_id("k" * 64) != ids.default_client_order_id("k" * 63)
+
+
+def test_nonces_kept_whole_by_an_older_version_are_moved_to_digests_and_still_refused() -> None:
+    state = funded()
+    state.nonces = {"old-a": T0 - 2, "old-b": T0 - 1}  # the old format, as a stored account may hold it
+    state.nonce_digests = {}
+    assert result(withdraw(state, "r1", "old-b")).code == Code.REPLAYED_REQUEST
+    assert state.nonces == {} and list(state.nonce_digests) == keys("old-a", "old-b")  # order kept
+    assert result(withdraw(state, "r2", "new", ts_ms=T0 + 1, signed_ms=T0 + 1)).ok
+    assert list(from_store(to_store(state)).nonce_digests) == keys("old-a", "old-b", "new")
+
+
+def test_a_used_nonce_costs_the_stored_account_under_20_bytes() -> None:
+    state, signed = funded(), 400
+    before = len(to_store(state))
+    for i in range(signed):
+        nonce = signing.nonce_of(f"{i:064x}")
+        assert result(withdraw(state, f"r{i}", nonce, amount="0.001", ts_ms=T0 + i, signed_ms=T0 + i)).ok
+    # apart from nonces each request adds its 8-byte digest to the ring, and (with no processor store, as
+    # here) its entry to `local`: the processor keeps those under keys of their own
+    request_memory = len(state.request_digests) + len(to_store(AccountState(account_id=7, local=state.local)))
+    per_nonce = (len(to_store(state)) - before - request_memory) / signed
+    assert per_nonce < 20, per_nonce  # 42 bytes when the 32-character nonce itself was kept
