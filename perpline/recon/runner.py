@@ -37,16 +37,26 @@ from perpline.obs import StopFlag, clear_ready, mark_ready, serve_metrics, setup
 from perpline.recon.confirm import Confirmer, Progress
 from perpline.recon.progress import BrokerProgress
 from perpline.recon.repairs import LedgerLog, Repairer
-from perpline.recon.rules import Break, Rule, load_rules, run_rule
+from perpline.recon.rules import SETTLE_GRACE_MS, Break, Rule, load_rules, run_rule
 from perpline.wallet import StatementImport
 
 log = logging.getLogger("perpline.recon")
 OVERLAP_MS = 10_000
+# The tables the rules read. A pass whose fingerprint of them (rows and newest part per table) equals the
+# previous pass's, after that pass found nothing and judged everything past its grace, would judge the
+# same rows the same way: it is skipped (recorded as mode "unchanged"), at most MAX_UNCHANGED_S in a row.
+RULE_TABLES = ("ledger_postings", "account_events", "matcher_events", "wallet_statement", "recon_repairs",
+               "recon_halts", "instruments")
+FINGERPRINT_SQL = ("SELECT table, sum(rows), toUnixTimestamp(max(modification_time)), count() FROM system.parts "
+                   "WHERE database = currentDatabase() AND active AND table IN {tables:Array(String)} "
+                   "GROUP BY table ORDER BY table")
+MAX_UNCHANGED_S = 60.0
 BREAKS = Gauge("perpline_recon_breaks", "breaks found by the last run, per rule", ["rule"])
 LAST_RUN = Gauge("perpline_recon_last_run_timestamp_seconds", "when the last run finished")
 RUN_SECONDS = Gauge("perpline_recon_run_seconds", "how long the last run took")
 RULE_ERRORS = Counter("perpline_recon_rule_errors_total", "rule runs that failed (bad SQL, ClickHouse away)", ["rule"])
 RULE_SECONDS = Gauge("perpline_recon_rule_seconds", "how long each rule took in the last run", ["rule"])
+UNCHANGED = Counter("perpline_recon_unchanged_total", "passes skipped: nothing the rules read had changed")
 INSURANCE_FUND = Gauge("perpline_insurance_fund_balance", "the insurance fund's balance per asset in the ledger "
                        "(ClickHouse), read after each run", ["asset"])
 FUND_SQL = ("SELECT asset, -sum(amount) FROM ledger_postings FINAL WHERE ledger_account = 'platform:INSURANCE_FUND' "
@@ -71,6 +81,10 @@ class Reconciler:
         self.producer = producer
         self.rules = rules or load_rules()
         self.last_start_ms = 0
+        self.last_fingerprint: list[tuple[Any, ...]] | None = None  # of the last pass that ran its rules
+        self.last_found: list[Break] = []
+        self.last_ran_s = 0.0  # monotonic time of that pass
+        self.quiet_ms = SETTLE_GRACE_MS + 1_000  # newest change this much older than a pass: it judged it all
         self.confirmer = Confirmer(progress)
         for rule in self.rules:  # every rule's series exported from the start (at 0)
             RULE_ERRORS.labels(rule.name)
@@ -82,13 +96,45 @@ class Reconciler:
                 for i in load_catalog().instruments.values()]
         self.client.insert("instruments", rows, column_names=["symbol", "maker_fee_rate", "taker_fee_rate", "updated_ms"])
 
-    def run(self, full: bool = False) -> list[Break]:
+    def fingerprint(self) -> list[tuple[Any, ...]]:
+        """What the rules read, in brief: per table its rows, newest part (seconds) and parts. Any insert
+        changes it; a merge may too (then a pass runs that need not have: harmless)."""
+        return [tuple(r) for r in self.client.query(FINGERPRINT_SQL, parameters={"tables": list(RULE_TABLES)})
+                .result_rows]
+
+    def unchanged(self, fingerprint: list[tuple[Any, ...]]) -> bool:
+        """Whether a pass now would judge exactly what the last one did: the same rows, no finding
+        awaiting confirmation or repair, every row older than the last pass's start by more than the
+        settlement grace (so no rule's grace expired since), and a full run less than MAX_UNCHANGED_S ago."""
+        if self.last_fingerprint is None or fingerprint != self.last_fingerprint:
+            return False
+        if self.last_found or self.confirmer.pending or time.monotonic() - self.last_ran_s >= MAX_UNCHANGED_S:
+            return False
+        newest_ms = max((int(r[2]) for r in fingerprint), default=0) * 1000 + 999  # the part's second, rounded up
+        return newest_ms + self.quiet_ms < self.last_start_ms
+
+    def run_if_changed(self) -> list[Break]:
+        """The continuous reconciler's pass: the rules only when something they read changed (an idle
+        stack's ClickHouse spent about 5 % of a core re-running them on the same rows)."""
+        self._import_statement()
+        fingerprint = self.fingerprint()
+        if not self.unchanged(fingerprint):
+            return self.run(fingerprint=fingerprint)
+        now_ms = int(time.time() * 1000)
+        UNCHANGED.inc()
+        self._record(uuid.uuid4().hex[:16], "unchanged", now_ms, now_ms, self.last_start_ms, [])
+        LAST_RUN.set(now_ms / 1000)  # the books are known to be as the last pass judged them, up to now
+        return []
+
+    def run(self, full: bool = False, fingerprint: list[tuple[Any, ...]] | None = None) -> list[Break]:
         started_ms = int(time.time() * 1000)
         since_ms = 0 if full or not self.last_start_ms else self.last_start_ms - OVERLAP_MS
         since_ms = self.confirmer.since_floor(since_ms)
         self.confirmer.begin_pass()
         run_id = uuid.uuid4().hex[:16]
-        self._import_statement()
+        if fingerprint is None:  # taken before the rules: a row written while they run makes the next pass run
+            self._import_statement()
+            fingerprint = self.fingerprint()
         findings: list[Break] = []
         for rule in self.rules:
             t0 = time.perf_counter()
@@ -104,6 +150,7 @@ class Reconciler:
         for rule in self.rules:
             BREAKS.labels(rule.name).set(sum(1 for b in found if b.rule == rule.name))
         self.last_start_ms = started_ms
+        self.last_fingerprint, self.last_found, self.last_ran_s = fingerprint, found, time.monotonic()
         finished_ms = int(time.time() * 1000)
         self._record(run_id, "full" if full else "incremental", started_ms, finished_ms, since_ms, found)
         if self.repairer is not None:
@@ -189,7 +236,10 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.1)
         if not stopping:
             try:
-                recon.run(full=args.full or first)  # a full pass first, then incremental
+                if args.full or first:
+                    recon.run(full=True)  # a full pass first, then incremental ones when anything changed
+                else:
+                    recon.run_if_changed()
                 first = False
                 export_insurance_fund(client)
             except Exception as exc:  # noqa: BLE001 (ClickHouse away for a moment: report, try again next time)

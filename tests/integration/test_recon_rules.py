@@ -163,3 +163,31 @@ def test_lag_is_not_a_break_and_a_persistent_break_is_reported(client: Any) -> N
     assert all(r == [] for r in runs[:-1])
     assert {(b.rule, b.severity) for b in runs[-1]} == {("trade_settlement", "critical"), ("trade_fees", "critical")}
     assert any("fee charged 0" in b.detail for b in runs[-1])
+
+
+def test_a_pass_over_unchanged_tables_is_skipped_and_any_change_runs_the_rules(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    def modes(c: Any) -> list[str]:
+        return [r[0] for r in c.query("SELECT mode FROM recon_runs ORDER BY started_ms, mode").result_rows]
+
+    with migrated_clickhouse(tmp_path_factory.mktemp("ch-unchanged")) as c:
+        recon = Reconciler(c, None)
+        recon.publish_instruments()
+        c.insert("ledger_postings", [posting("d9/DEPOSIT", 0, "DEPOSIT", 9, "platform:HOT_WALLET", "5", 1),
+                                     posting("d9/DEPOSIT", 1, "DEPOSIT", 9, "user:9:SPOT", "-5", 1)],
+                 column_names=POSTING_COLUMNS)
+        assert recon.run_if_changed() == [] and recon.run_if_changed() == []
+        assert modes(c) == ["incremental", "incremental"]  # rows younger than the grace: judged again
+        recon.quiet_ms = 0  # as if the grace had passed for every row
+        time.sleep(1.1)  # the parts' times have a one-second resolution
+        recon.run_if_changed()
+        assert recon.run_if_changed() == [] and modes(c)[-2:] == ["incremental", "unchanged"]
+        before = c.query("SELECT count() FROM recon_runs WHERE mode = 'unchanged'").result_rows[0][0]
+        c.insert("ledger_postings", [posting("x9/TRADE_FEE", 0, "TRADE_FEE", 9, "user:9:SPOT", "1", 2)],
+                 column_names=POSTING_COLUMNS)
+        time.sleep(1.1)
+        found = recon.run_if_changed()  # a new row: the rules run and find it
+        assert [b.journal_id for b in found if b.rule == "journal_balanced"] == ["x9/TRADE_FEE"]
+        recon.run_if_changed()  # a pass that found something is never skipped: it must be confirmed or repaired
+        after = c.query("SELECT count() FROM recon_runs WHERE mode = 'unchanged'").result_rows[0][0]
+        assert after == before and modes(c)[-1] == "incremental"
