@@ -51,6 +51,7 @@ FINGERPRINT_SQL = ("SELECT table, sum(rows), toUnixTimestamp(max(modification_ti
                    "WHERE database = currentDatabase() AND active AND table IN {tables:Array(String)} "
                    "GROUP BY table ORDER BY table")
 MAX_UNCHANGED_S = 60.0
+IN_FLIGHT_SQL = "SELECT count() FROM recon_repairs FINAL WHERE status IN ('applied', 'open')"
 BREAKS = Gauge("perpline_recon_breaks", "breaks found by the last run, per rule", ["rule"])
 LAST_RUN = Gauge("perpline_recon_last_run_timestamp_seconds", "when the last run finished")
 RUN_SECONDS = Gauge("perpline_recon_run_seconds", "how long the last run took")
@@ -109,14 +110,19 @@ class Reconciler:
 
     def unchanged(self, fingerprint: list[tuple[Any, ...]] | None) -> bool:
         """Whether a pass now would judge exactly what the last one did: the same rows, no finding
-        awaiting confirmation or repair, every row older than the last pass's start by more than the
-        settlement grace (so no rule's grace expired since), and a full run less than MAX_UNCHANGED_S ago."""
+        awaiting confirmation, no repair applied and not yet confirmed, every row older than the last pass's
+        start by more than the settlement grace (so no rule's grace expired since), and a pass that ran its
+        rules less than MAX_UNCHANGED_S ago."""
         if fingerprint is None or fingerprint != self.last_fingerprint:
             return False
         if self.last_found or self.confirmer.pending or time.monotonic() - self.last_ran_s >= MAX_UNCHANGED_S:
             return False
         newest_ms = max((int(r[2]) for r in fingerprint), default=0) * 1000 + 999  # the part's second, rounded up
-        return newest_ms + self.quiet_ms < self.last_start_ms
+        return newest_ms + self.quiet_ms < self.last_start_ms and not self._repairs_in_flight()
+
+    def _repairs_in_flight(self) -> bool:
+        """A repair applied (or about to be) is re-checked by every pass until confirmed."""
+        return bool(self.client.query(IN_FLIGHT_SQL).result_rows[0][0])
 
     def run_if_changed(self) -> list[Break]:
         """The continuous reconciler's pass: the rules only when something they read changed (an idle

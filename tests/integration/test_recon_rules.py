@@ -173,8 +173,9 @@ def test_a_pass_over_unchanged_tables_is_skipped_and_any_change_runs_the_rules(
     with migrated_clickhouse(tmp_path_factory.mktemp("ch-unchanged")) as c:
         recon = Reconciler(c, None)
         recon.publish_instruments()
-        c.insert("ledger_postings", [posting("d9/DEPOSIT", 0, "DEPOSIT", 9, "platform:HOT_WALLET", "5", 1),
-                                     posting("d9/DEPOSIT", 1, "DEPOSIT", 9, "user:9:SPOT", "-5", 1)],
+        c.insert("ledger_postings", [posting("t9/TRADE_SETTLED", 0, "TRADE_SETTLED", 9, "user:9:SPOT", "5", 1),
+                                     posting("t9/TRADE_SETTLED", 1, "TRADE_SETTLED", 9, "user:9:POSITION_MARGIN",
+                                             "-5", 1)],
                  column_names=POSTING_COLUMNS)
         assert recon.run_if_changed() == [] and recon.run_if_changed() == []
         assert modes(c) == ["incremental", "incremental"]  # rows younger than the grace: judged again
@@ -182,6 +183,16 @@ def test_a_pass_over_unchanged_tables_is_skipped_and_any_change_runs_the_rules(
         time.sleep(1.1)  # the parts' times have a one-second resolution
         recon.run_if_changed()
         assert recon.run_if_changed() == [] and modes(c)[-2:] == ["incremental", "unchanged"]
+        c.insert("recon_repairs", [["rep-1", "journal_balanced", "applied", 1]],
+                 column_names=["repair_id", "rule", "status", "updated_ms"])  # a repair being re-checked: every pass runs
+        time.sleep(1.1)
+        recon.run_if_changed()
+        assert recon.run_if_changed() == [] and modes(c)[-1] == "incremental"
+        c.insert("recon_repairs", [["rep-1", "journal_balanced", "confirmed", 2]],
+                 column_names=["repair_id", "rule", "status", "updated_ms"])
+        time.sleep(1.1)
+        recon.run_if_changed()
+        assert recon.run_if_changed() == [] and modes(c)[-1] == "unchanged"
         before = c.query("SELECT count() FROM recon_runs WHERE mode = 'unchanged'").result_rows[0][0]
         c.insert("ledger_postings", [posting("x9/TRADE_FEE", 0, "TRADE_FEE", 9, "user:9:SPOT", "1", 2)],
                  column_names=POSTING_COLUMNS)
