@@ -5,9 +5,10 @@ On the embedded broker a consumer sees a record about a quarter of its fetch wai
 written (docs/architecture.md, "The latency floor of each hop"): 5 ms a hop at 20 ms, and an order's
 answer waits for two or three such hops into the API. A writer whose records are final (the accounts
 processor after its transaction committed; the matcher after its WAL made its events durable and it
-produced them; the risk process after the broker acknowledged a funding round) also sends them, as bytes, to every API process connected to it. The read model applies
-a pushed record only where that cannot change what it ends with (perpline.api.pushed): account events in
-offset order, matcher events in seq order, funding rounds by their time, each at most once; whatever a push misses (a slow or broken
+produced them; the risk process after the broker acknowledged a funding round) also sends them, as bytes,
+to every API process connected to it. The read model applies a pushed record only where that cannot
+change what it ends with (perpline.api.pushed): account events in offset order, matcher events in seq
+order, funding rounds by their time, each at most once; whatever a push misses (a slow or broken
 connection, a restarted writer, a gap) arrives through the topic as before.
 
 Wire: TCP, each frame a 4-byte big-endian length then one msgpack `Frame`. The writer listens

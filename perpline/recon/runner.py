@@ -42,13 +42,13 @@ from perpline.wallet import StatementImport
 
 log = logging.getLogger("perpline.recon")
 OVERLAP_MS = 10_000
-# The tables the rules read. A pass whose fingerprint of them (rows and newest part per table) equals the
-# previous pass's, after that pass found nothing and judged everything past its grace, would judge the
-# same rows the same way: it is skipped (recorded as mode "unchanged"), at most MAX_UNCHANGED_S in a row.
-RULE_TABLES = ("ledger_postings", "account_events", "matcher_events", "wallet_statement", "recon_repairs",
-               "recon_halts", "instruments")
+# A pass whose fingerprint of the database (rows and newest part per table) equals the previous pass's,
+# after that pass found nothing and judged everything past its grace, would judge the same rows the same
+# way: it is skipped (recorded as mode "unchanged"), at most MAX_UNCHANGED_S in a row. Every table counts
+# but the two each pass writes itself, so a rule that reads a new table is covered without a list here.
+PASS_OUTPUT_TABLES = ("recon_runs", "recon_breaks")
 FINGERPRINT_SQL = ("SELECT table, sum(rows), toUnixTimestamp(max(modification_time)), count() FROM system.parts "
-                   "WHERE database = currentDatabase() AND active AND table IN {tables:Array(String)} "
+                   "WHERE database = currentDatabase() AND active AND table NOT IN {own:Array(String)} "
                    "GROUP BY table ORDER BY table")
 MAX_UNCHANGED_S = 60.0
 IN_FLIGHT_SQL = "SELECT count() FROM recon_repairs FINAL WHERE status IN ('applied', 'open')"
@@ -84,7 +84,6 @@ class Reconciler:
         self.last_start_ms = 0
         self.last_fingerprint: list[tuple[Any, ...]] | None = None  # of the last pass that ran its rules
         self.last_found: list[Break] = []
-        self.last_ran_s = 0.0  # monotonic time of that pass
         self.quiet_ms = SETTLE_GRACE_MS + 1_000  # newest change this much older than a pass: it judged it all
         self.confirmer = Confirmer(progress)
         for rule in self.rules:  # every rule's series exported from the start (at 0)
@@ -98,11 +97,11 @@ class Reconciler:
         self.client.insert("instruments", rows, column_names=["symbol", "maker_fee_rate", "taker_fee_rate", "updated_ms"])
 
     def fingerprint(self) -> list[tuple[Any, ...]] | None:
-        """What the rules read, in brief: per table its rows, newest part (seconds) and parts. Any insert
+        """What the rules may read, in brief: per table its rows, newest part (seconds) and parts. Any insert
         changes it; a merge may too (then a pass runs that need not have: harmless). None when it cannot
         be read (a ClickHouse user without access to system.parts): then every pass runs its rules."""
         try:
-            rows = self.client.query(FINGERPRINT_SQL, parameters={"tables": list(RULE_TABLES)}).result_rows
+            rows = self.client.query(FINGERPRINT_SQL, parameters={"own": list(PASS_OUTPUT_TABLES)}).result_rows
         except Exception as exc:  # noqa: BLE001 (a skipped optimisation, never a skipped check)
             log.warning("no fingerprint of the rule tables: every pass runs", extra={"error": repr(exc)[:500]})
             return None
@@ -115,7 +114,8 @@ class Reconciler:
         rules less than MAX_UNCHANGED_S ago."""
         if fingerprint is None or fingerprint != self.last_fingerprint:
             return False
-        if self.last_found or self.confirmer.pending or time.monotonic() - self.last_ran_s >= MAX_UNCHANGED_S:
+        since_last_ms = time.time() * 1000 - self.last_start_ms
+        if self.last_found or self.confirmer.pending or since_last_ms >= MAX_UNCHANGED_S * 1000:
             return False
         newest_ms = max((int(r[2]) for r in fingerprint), default=0) * 1000 + 999  # the part's second, rounded up
         return newest_ms + self.quiet_ms < self.last_start_ms and not self._repairs_in_flight()
@@ -165,7 +165,7 @@ class Reconciler:
         for rule in self.rules:
             BREAKS.labels(rule.name).set(sum(1 for b in found if b.rule == rule.name))
         self.last_start_ms = started_ms
-        self.last_fingerprint, self.last_found, self.last_ran_s = fingerprint, found, time.monotonic()
+        self.last_fingerprint, self.last_found = fingerprint, found
         finished_ms = int(time.time() * 1000)
         self._record(run_id, "full" if full else "incremental", started_ms, finished_ms, since_ms, found)
         if self.repairer is not None:
