@@ -24,7 +24,7 @@ COMMANDS = {
     "index-feed": "perpline.risk.index_feed",
     "recon": "perpline.recon.runner",
     "demo": "perpline.demo.traders",
-    "broker": "perpline.broker.tansu",
+    "broker": "perpline.broker.launch",
     "clickhouse": "perpline.ch.server",
     "schemas": "perpline.contracts.schemas",
     "admin": "perpline.auth.admin",

@@ -60,7 +60,7 @@ def read_json_line(proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str,
 def start_broker(*extra: str, metrics: bool = False, env: dict[str, str] | None = None) -> BrokerProcess:
     port = free_port()
     metrics_port = free_port() if metrics else None
-    argv = [PY, "-m", "perpline.broker.tansu", "--host", "127.0.0.1", "--port", str(port), *extra]
+    argv = [PY, "-m", "perpline.broker.launch", "--host", "127.0.0.1", "--port", str(port), *extra]
     if metrics_port:
         argv += ["--metrics-port", str(metrics_port)]
     proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -1,0 +1,114 @@
+"""The embedded broker's whole state: topics and their partition logs, groups, transactions.
+
+One process, one node, one replica of everything, memory only: what the embedded stack needs and
+no more. It is the only writer of its state and runs on one asyncio loop, so nothing here locks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from perpline.broker import errors as e
+from perpline.broker.groups import Groups
+from perpline.broker.partition import PartitionLog
+from perpline.broker.txns import Offsets, Transactions
+
+MAX_TOPICS = 1_000
+MAX_PARTITIONS_PER_TOPIC = 256
+NODE_ID = 1
+CLUSTER_ID = "perpline-embedded"
+DEFAULT_CONFIGS = {"cleanup.policy": "delete", "retention.ms": "604800000", "retention.bytes": "-1",
+                   "max.message.bytes": "10485760", "message.timestamp.type": "CreateTime"}
+
+
+@dataclass(slots=True)
+class Topic:
+    name: str
+    configs: dict[str, str]
+    partitions: list[PartitionLog] = field(default_factory=list)
+
+    def retention(self) -> tuple[int, int]:
+        """(ms, bytes) limits of a deleting topic; (-1, -1) when nothing is ever deleted."""
+        if "delete" not in self.configs.get("cleanup.policy", "delete"):
+            return -1, -1
+        return int(self.configs.get("retention.ms", "-1")), int(self.configs.get("retention.bytes", "-1"))
+
+
+def valid_topic_name(name: str) -> bool:
+    return 0 < len(name) <= 249 and name not in (".", "..") and all(c.isalnum() or c in "._-" for c in name)
+
+
+class Cluster:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.topics: dict[str, Topic] = {}
+        self.groups = Groups()
+        self.txns = Transactions(self._write_marker, self._store_offsets)
+
+    def log(self, topic: str, partition: int) -> PartitionLog | None:
+        found = self.topics.get(topic)
+        if found is None or not 0 <= partition < len(found.partitions):
+            return None
+        return found.partitions[partition]
+
+    def create_topic(self, name: str, partitions: int, configs: dict[str, str]) -> int:
+        if name in self.topics:
+            return e.TOPIC_ALREADY_EXISTS
+        if not valid_topic_name(name):
+            return e.INVALID_TOPIC_EXCEPTION
+        if not 0 < partitions <= MAX_PARTITIONS_PER_TOPIC:
+            return e.INVALID_PARTITIONS
+        if len(self.topics) >= MAX_TOPICS:
+            return e.INVALID_REQUEST
+        self.topics[name] = Topic(name, {**DEFAULT_CONFIGS, **configs}, [PartitionLog() for _ in range(partitions)])
+        return e.NONE
+
+    def delete_topic(self, name: str) -> int:
+        topic = self.topics.pop(name, None)
+        if topic is None:
+            return e.UNKNOWN_TOPIC_OR_PARTITION
+        for log in topic.partitions:
+            log.wake()
+        return e.NONE
+
+    def _write_marker(self, topic: str, partition: int, producer_id: int, epoch: int, commit: bool) -> None:
+        log = self.log(topic, partition)
+        if log is not None:
+            log.end_txn(producer_id, epoch, commit)
+
+    def _store_offsets(self, group_id: str, offsets: Offsets) -> None:
+        self.groups.store(group_id, offsets)
+
+    def housekeeping(self) -> None:
+        """Once a second: expire group members and transactions, apply retention."""
+        self.groups.expire()
+        self.txns.expire()
+        now_ms = int(time.time() * 1000)
+        for topic in self.topics.values():
+            retention_ms, retention_bytes = topic.retention()
+            if retention_ms <= 0 and retention_bytes <= 0:
+                continue
+            for log in topic.partitions:
+                _apply_retention(log, now_ms, retention_ms, retention_bytes)
+
+    def bytes_stored(self) -> int:
+        return sum(log.bytes_stored for topic in self.topics.values() for log in topic.partitions)
+
+
+def _apply_retention(log: PartitionLog, now_ms: int, retention_ms: int, retention_bytes: int) -> None:
+    """Delete whole batches from the head: older than retention_ms, or beyond retention_bytes. Never
+    past the last stable offset (an open transaction's records stay)."""
+    keep_from = log.log_start
+    index, stored = 0, log.bytes_stored
+    stable = log.last_stable
+    while index < len(log.starts) and log.ends[index] <= stable:
+        too_old = retention_ms > 0 and log.max_ts[index] < now_ms - retention_ms
+        too_big = retention_bytes > 0 and stored > retention_bytes
+        if not (too_old or too_big):
+            break
+        stored -= log.sizes[index]
+        keep_from = log.ends[index]
+        index += 1
+    if keep_from > log.log_start:
+        log.trim_to(keep_from)
