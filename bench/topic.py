@@ -46,7 +46,7 @@ TIMEOUT_S = 600.0
 
 def start_broker() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "perpline.broker.tansu", "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "perpline.broker.launch", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     line = proc.stdout.readline()

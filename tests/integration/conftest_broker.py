@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 from perpline import REPO_ROOT
 
 PY = sys.executable
+TANSU = {"PERPLINE_BROKER": "tansu"}  # the tests of Tansu's own launcher and quirks
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
@@ -84,8 +85,8 @@ def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
 
 
 @contextmanager
-def running_broker(*extra: str, metrics: bool = False) -> Iterator[BrokerProcess]:
-    broker = start_broker(*extra, metrics=metrics)
+def running_broker(*extra: str, metrics: bool = False, env: dict[str, str] | None = None) -> Iterator[BrokerProcess]:
+    broker = start_broker(*extra, metrics=metrics, env=env)
     try:
         yield broker
     finally:

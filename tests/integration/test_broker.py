@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
-from conftest_broker import PY, child_pids, kill, pid_alive, running_broker, start_broker
+from conftest_broker import PY, TANSU, child_pids, kill, pid_alive, running_broker, start_broker
 
 from perpline import REPO_ROOT
 from perpline.broker.tansu import BrokerError, ensure_topics, partition_counts, wait_broker
@@ -65,14 +65,14 @@ def test_prefix_isolates_and_partition_mismatch_is_refused() -> None:
 
 @pytest.mark.integration
 def test_exit_code_when_tansu_dies_and_no_orphan_after_sigkill() -> None:
-    broker = start_broker()
+    broker = start_broker(env=TANSU)
     try:
         (tansu,) = child_pids(broker.proc.pid)
         subprocess.run(["kill", "-KILL", str(tansu)], check=True)
         assert broker.proc.wait(10) == 1  # died on its own: non-zero
     finally:
         kill(broker.proc)
-    broker = start_broker()
+    broker = start_broker(env=TANSU)
     try:
         (tansu,) = child_pids(broker.proc.pid)
         broker.proc.kill()  # the launcher dies hard: Tansu must not outlive it
@@ -111,7 +111,7 @@ def test_schema_validation_refuses_invalid_records(tmp_path: Path) -> None:
                     "properties": {"rule": {"type": "string"}, "count": {"type": "integer"}}}
     checked, free = topics.physical(topics.RECON_BREAKS), topics.physical(topics.DEAD_LETTERS)
     (schema_dir / f"{checked}.json").write_text(json.dumps({"type": "object", "properties": {"value": value_schema}}))
-    with running_broker("--schema-dir", str(schema_dir)) as broker:
+    with running_broker("--schema-dir", str(schema_dir), env=TANSU) as broker:
         assert _produce(broker.bootstrap, checked, b'{"rule": "zero_sum", "count": 2}') == "ok"
         assert _produce(broker.bootstrap, checked, b'{"rule": "zero_sum", "count": "2"}') == "INVALID_RECORD"
         assert _produce(broker.bootstrap, checked, b'{"rule": "zero_sum"}') == "INVALID_RECORD"
