@@ -332,16 +332,17 @@ async def fetch(s: Session, v: int, r: Reader) -> bytes:
 async def _wait_for_data(s: Session, topics: list[tuple[str, list[FetchPartition]]], wait_s: float) -> None:
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
-    for name, parts in topics:
-        for p in parts:
-            log = s.cluster.log(name, p.index)
-            if log is not None:
-                log.waiters.append(waiter)
+    logs = [log for name, parts in topics for p in parts if (log := s.cluster.log(name, p.index)) is not None]
+    for log in logs:
+        log.waiters.append(waiter)
     handle = loop.call_later(wait_s, lambda: waiter.done() or waiter.set_result(None))
     try:
         await waiter
     finally:
         handle.cancel()
+        for log in logs:  # partitions that stayed quiet must not collect expired waiters
+            if waiter in log.waiters:
+                log.waiters.remove(waiter)
 
 
 async def list_offsets(s: Session, v: int, r: Reader) -> bytes:

@@ -60,7 +60,8 @@ def test_a_second_stack_on_the_same_ports_refuses_to_start(stack: Stack, tmp_pat
         pytest.fail(f"the second stack did not refuse to start:\n{out[-3000:]}\n{err[-3000:]}")
     assert second.returncode != 0, out + err
     lines = err.splitlines()
-    assert any(f"port {kafka} (broker) is in use by pid" in line and "tansu" in line for line in lines), out + err
+    assert any(f"port {kafka} (broker) is in use by pid" in line and "perpline.broker" in line
+               for line in lines), out + err
     assert any(f"port {clickhouse} (clickhouse) is in use by pid" in line and "perpline.ch.server" in line
                for line in lines), err
     assert any(f"port {api} (api) is in use by pid" in line and "perpline.api.main" in line for line in lines), err
@@ -69,11 +70,11 @@ def test_a_second_stack_on_the_same_ports_refuses_to_start(stack: Stack, tmp_pat
 
 
 def test_the_embedded_broker_dying_stops_the_whole_stack_at_once(stack: Stack) -> None:
-    tansu = [pid for pid in stack_pids(stack.marker)
-             if b"--listener-url" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    assert len(tansu) == 1
+    broker = [pid for pid in stack_pids(stack.marker)
+              if b"perpline.broker.launch" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(broker) == 1
     killed = time.monotonic()
-    os.kill(tansu[0], signal.SIGKILL)
+    os.kill(broker[0], signal.SIGKILL)
     code = stack.proc.wait(timeout=60)
     stopped_s = time.monotonic() - killed
     text = "\n".join(stack.lines)
