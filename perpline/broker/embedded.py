@@ -21,8 +21,8 @@ from collections.abc import Iterable
 
 from prometheus_client import Gauge
 
+from perpline.broker.admin import BROKER_TOPICS, BROKER_UP, announce_ready, ensure_topics
 from perpline.broker.server import BrokerServer
-from perpline.broker.tansu import BROKER_TOPICS, BROKER_UP, _announce, ensure_topics
 from perpline.obs import serve_metrics, setup_logging
 from perpline.stack import ports
 
@@ -62,7 +62,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await server.stop()
         return 0 if stopping.is_set() else 1
     BROKER_UP.set(1)
-    _announce(bootstrap, created, time.monotonic() - started)
+    announce_ready(bootstrap, created, time.monotonic() - started)
     while not stopping.is_set():
         BYTES_STORED.set(server.cluster.bytes_stored())
         BROKER_TOPICS.set(len(server.cluster.topics))

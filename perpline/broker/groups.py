@@ -11,9 +11,11 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from perpline.broker import errors as e
 
+T = TypeVar("T")
 MAX_GROUPS = 10_000
 MAX_MEMBERS = 1_000  # per group
 
@@ -67,7 +69,7 @@ class Group:
             self.rebalance_started = time.monotonic()
 
 
-def _answer(future: asyncio.Future[object] | None, value: object) -> None:  # type: ignore[type-arg]
+def _answer(future: asyncio.Future[T] | None, value: T) -> None:
     if future is not None and not future.done():
         future.set_result(value)
 
@@ -114,7 +116,8 @@ class Groups:
         group.members[member_id] = member
         group.protocol_type = protocol_type
         _answer(member.joining, JoinAnswer(e.REBALANCE_IN_PROGRESS))  # a join sent twice: the older one yields
-        joining = member.joining = asyncio.get_running_loop().create_future()
+        joining: asyncio.Future[JoinAnswer] = asyncio.get_running_loop().create_future()
+        member.joining = joining
         group.rebalance()
         self._maybe_complete(group)
         return await joining
@@ -170,7 +173,8 @@ class Groups:
                 other.syncing = None
             group.state = "Stable"
             return e.NONE, member.assignment
-        syncing = member.syncing = asyncio.get_running_loop().create_future()
+        syncing: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        member.syncing = syncing
         return await syncing
 
     def heartbeat(self, group_id: str, generation: int, member_id: str) -> int:

@@ -335,7 +335,7 @@ async def _wait_for_data(s: Session, topics: list[tuple[str, list[FetchPartition
     logs = [log for name, parts in topics for p in parts if (log := s.cluster.log(name, p.index)) is not None]
     for log in logs:
         log.waiters.append(waiter)
-    handle = loop.call_later(wait_s, lambda: waiter.done() or waiter.set_result(None))
+    handle = loop.call_later(wait_s, _expire, waiter)
     try:
         await waiter
     finally:
@@ -343,6 +343,11 @@ async def _wait_for_data(s: Session, topics: list[tuple[str, list[FetchPartition
         for log in logs:  # partitions that stayed quiet must not collect expired waiters
             if waiter in log.waiters:
                 log.waiters.remove(waiter)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def list_offsets(s: Session, v: int, r: Reader) -> bytes:

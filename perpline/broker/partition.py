@@ -169,7 +169,8 @@ class PartitionLog:
         """Whole batches holding offsets from `offset` below `limit`, at least one, about max_bytes."""
         index = bisect.bisect_right(self.starts, offset) - 1
         index = max(index, 0)
-        parts, total = [], 0
+        parts: list[bytes] = []
+        total = 0
         while index < len(self.starts) and self.starts[index] < limit:
             if self.ends[index] > offset:
                 if parts and total + self.sizes[index] > max_bytes:

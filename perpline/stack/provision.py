@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = settings()
     if args.what == "topics":
-        from perpline.broker.tansu import ensure_topics  # noqa: PLC0415 (imports confluent_kafka)
+        from perpline.broker.admin import ensure_topics  # noqa: PLC0415 (imports confluent_kafka)
 
         ensure_topics(cfg.kafka_bootstrap)
         if args.schema_registry:

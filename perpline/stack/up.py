@@ -244,7 +244,7 @@ def push_ports(plan: Plan) -> dict[str, int]:
 
 
 def _topics_probe(bootstrap: str):  # type: ignore[no-untyped-def]
-    from perpline.broker.tansu import topics_ready  # noqa: PLC0415 (imports confluent_kafka)
+    from perpline.broker.admin import topics_ready  # noqa: PLC0415 (imports confluent_kafka)
 
     return lambda: topics_ready(bootstrap)
 
@@ -294,7 +294,7 @@ def prepare(plan: Plan) -> None:
         for sub in ("matcher", "state", "run", "clickhouse"):  # not USERS_DIR_NAME: notebooks keep their URL
             shutil.rmtree(plan.data_dir / sub, ignore_errors=True)
     else:
-        from perpline.broker.tansu import ensure_topics  # noqa: PLC0415
+        from perpline.broker.admin import ensure_topics  # noqa: PLC0415
 
         ensure_topics(plan.kafka)
         shutil.rmtree(plan.data_dir / "run", ignore_errors=True)

@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from conftest_broker import PY, TANSU, child_pids, kill, pid_alive, running_broker, start_broker
 
 from perpline import REPO_ROOT
-from perpline.broker.tansu import BrokerError, ensure_topics, partition_counts, wait_broker
+from perpline.broker.admin import BrokerError, ensure_topics, partition_counts, wait_broker
 from perpline.contracts import topics
 
 

@@ -24,7 +24,7 @@ from confluent_kafka import Producer
 from conftest_broker import PY, BrokerProcess, Record, at_least, kill, read_all, running_broker
 
 from perpline import REPO_ROOT
-from perpline.broker.tansu import ensure_topics, existing_topics
+from perpline.broker.admin import ensure_topics, existing_topics
 from perpline.config import producer_config
 from perpline.contracts import topics
 

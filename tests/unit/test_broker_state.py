@@ -10,8 +10,15 @@ import pytest
 from perpline.broker import errors as e
 from perpline.broker.cluster import Cluster, _apply_retention
 from perpline.broker.groups import Groups
-from perpline.broker.partition import (ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER, BatchError, PartitionLog,
-                                       control_batch, split_batches)
+from perpline.broker.partition import (
+    ATTR_CONTROL,
+    ATTR_TRANSACTIONAL,
+    HEADER,
+    BatchError,
+    PartitionLog,
+    control_batch,
+    split_batches,
+)
 from perpline.broker.wire import Reader, Writer, crc32c
 
 
