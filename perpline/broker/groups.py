@@ -2,7 +2,9 @@
 
 States as in Kafka: Empty -> PreparingRebalance -> CompletingRebalance -> Stable. A join completes
 when every member has sent JoinGroup (or its rebalance timeout passed); the leader's SyncGroup hands
-out the assignments. A member that sends no heartbeat for its session timeout is removed.
+out the assignments. A member that sends no heartbeat for its session timeout is removed. A static
+member (group.instance.id, KIP-345) that joins again replaces its previous incarnation at once: a
+processor restarted after a crash does not wait for the dead one's session to time out.
 """
 
 from __future__ import annotations
@@ -97,7 +99,11 @@ class Groups:
         group = self.get(group_id)
         if group.protocol_type and group.members and protocol_type != group.protocol_type:
             return JoinAnswer(e.INCONSISTENT_GROUP_PROTOCOL)
-        if not member_id:
+        if instance_id is not None and member_id not in group.members:
+            if member_id:
+                return JoinAnswer(e.FENCED_INSTANCE_ID, member_id=member_id)  # replaced by a newer instance
+            member_id = self._replace_static(group, instance_id, client_id)
+        elif not member_id:
             member_id = f"{client_id or 'member'}-{next(self._ids)}-{time.monotonic_ns()}"
             if require_known_id:
                 if len(group.pending) >= MAX_MEMBERS:
@@ -121,6 +127,15 @@ class Groups:
         group.rebalance()
         self._maybe_complete(group)
         return await joining
+
+    def _replace_static(self, group: Group, instance_id: str, client_id: str) -> str:
+        """A new member id for a static member (group.instance.id) joining again: the instance it replaces
+        (a restarted process) leaves at once instead of after its session timeout."""
+        for old in [m for m in group.members.values() if m.instance_id == instance_id]:
+            del group.members[old.member_id]
+            _answer(old.joining, JoinAnswer(e.FENCED_INSTANCE_ID))
+            _answer(old.syncing, (e.FENCED_INSTANCE_ID, b""))
+        return f"{instance_id}-{client_id or 'member'}-{next(self._ids)}"
 
     def _maybe_complete(self, group: Group, force: bool = False) -> None:
         if group.state != "PreparingRebalance":

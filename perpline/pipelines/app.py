@@ -3,12 +3,12 @@
     app = make_app("perpline-accounts", state_dir=...)        # broker from PERPLINE_KAFKA_BOOTSTRAP
     sdf = app.dataframe(io.input_topic(app, "account.commands"))  # topic handles: perpline.pipelines.io
 
-What the embedded broker (Tansu) needs, kept here in one place (docs/broker-notes.md):
+What the brokers need, kept here in one place (docs/broker-notes.md):
 - our topics exist before a processor starts: perpline.pipelines.io refuses a missing one;
-- session.timeout.ms 6000: a group join takes about half of it;
+- session.timeout.ms 6000: a dead member is noticed after it (on Tansu a join took about half);
 - a short commit interval: with exactly-once, outputs become visible downstream only when
   the checkpoint commits their transaction, so the interval is the latency floor;
-- at-least-once producers need batch.num.messages=1 on Tansu.
+- at-least-once producers need batch.num.messages=1 on Tansu (PERPLINE_BROKER=tansu) only.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import Row
 from quixstreams.models.serializers.exceptions import SerializationError
 
+from perpline.broker.launch import engine as broker_engine
 from perpline.config import Guarantee, fetch_config, kafka_config, settings
 from perpline.contracts import codec, topics
 from perpline.contracts.dead_letters import dead_letter
@@ -83,6 +84,8 @@ def make_app(consumer_group: str, *, state_dir: Path | None = None, processing_g
     producer_extra = {**_producer_config(processing_guarantee), **overrides.pop("producer_extra_config", {})}
     if processing_guarantee == "exactly-once":
         producer_extra.setdefault("transactional.id", transactional_id(kwargs["consumer_group"]))
+    if broker_engine() != "tansu":  # static membership: a restarted instance takes its partitions back at once
+        consumer_extra.setdefault("group.instance.id", transactional_id(kwargs["consumer_group"]))
     kwargs.update(overrides, consumer_extra_config=consumer_extra, producer_extra_config=producer_extra)
     app = Application(**kwargs)
     letters.attach(app)
@@ -102,11 +105,12 @@ def _producer_config(guarantee: Guarantee) -> dict[str, Any]:
     extra: dict[str, Any] = {"linger.ms": 1}  # Quix already uses murmur2, as perpline.config.producer_config
     if guarantee == "exactly-once":
         extra["transaction.timeout.ms"] = TRANSACTION_TIMEOUT_MS
-    else:  # one record per batch (DESIGN.md's Tansu quirk; tried without: after a kill the accounts processor
-        # stopped consuming and the crash session ended with a tenth of its orders); idempotent, so a retried
-        # batch is never written twice
-        extra["batch.num.messages"] = 1
+    else:  # idempotent, so a retried batch is never written twice
         extra["enable.idempotence"] = True
+        if broker_engine() == "tansu":  # one record per batch (DESIGN.md's Tansu quirk; tried
+            # without: after a kill the accounts processor stopped consuming and the crash session ended with a
+            # tenth of its orders)
+            extra["batch.num.messages"] = 1
     return extra
 
 

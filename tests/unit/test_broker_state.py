@@ -193,3 +193,20 @@ def test_a_new_member_must_come_back_with_its_id_and_unknown_ids_are_refused() -
         assert stranger.error == e.UNKNOWN_MEMBER_ID
 
     asyncio.run(scenario())
+
+
+def test_a_static_member_that_joins_again_replaces_its_dead_incarnation_at_once() -> None:
+    async def scenario() -> None:
+        groups = Groups()
+        first = await groups.join("g", "", "accounts-0", "c", "h", 60_000, 60_000, "consumer", [("range", b"")], True)
+        assert first.error == e.NONE and first.generation == 1  # no MEMBER_ID_REQUIRED round trip
+        await groups.sync("g", 1, first.member_id, {first.member_id: b"all"})
+        again = await groups.join("g", "", "accounts-0", "c", "h", 60_000, 60_000, "consumer", [("range", b"")],
+                                  True)  # the restarted process, long before the old session would time out
+        assert again.error == e.NONE and again.generation == 2 and again.leader == again.member_id
+        assert list(groups.groups["g"].members) == [again.member_id]
+        old = await groups.join("g", first.member_id, "accounts-0", "c", "h", 60_000, 60_000, "consumer",
+                                [("range", b"")], True)
+        assert old.error == e.FENCED_INSTANCE_ID
+
+    asyncio.run(scenario())
