@@ -314,7 +314,7 @@ class RandomSession:
             rows = user.read("/fapi/v3/positionRisk", {})
             sizes[user.user_id] = sum(Decimal(r["positionAmt"]) for r in rows)
             assert sizes[user.user_id] == self.model.position_lots.get(user.user_id, 0) * LOT, user.user_id
-            trades = user.read("/fapi/v1/userTrades", {"symbol": SYMBOL, "limit": 1000})
+            trades = self.all_trades(user)
             charged = sum(Decimal(t["commission"]) for t in trades)
             wallet = self.moved[user.user_id] - charged + sum(Decimal(t["realizedPnl"]) for t in trades)
             account = user.read("/fapi/v3/account", {})["assets"][0]
@@ -322,6 +322,17 @@ class RandomSession:
             fees += charged
         assert sum(sizes.values()) == 0  # long open interest == short open interest
         return fees
+
+    @staticmethod
+    def all_trades(user: Any) -> list[dict[str, Any]]:
+        """Every trade of the user, paged forward by id as Binance clients do (a page holds 1,000)."""
+        trades: list[dict[str, Any]] = []
+        while True:
+            page = user.read("/fapi/v1/userTrades", {"symbol": SYMBOL, "limit": 1000,
+                                                     "fromId": trades[-1]["id"] + 1 if trades else 0})
+            trades += page
+            if len(page) < 1000:
+                return trades
 
     def check_ledger(self, clickhouse_url: str, fees: Decimal, timeout_s: float = 120) -> None:
         """In ClickHouse: every journal sums to zero per asset, FEE_REVENUE equals the fees charged."""

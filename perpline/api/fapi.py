@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -31,6 +31,7 @@ from perpline.contracts.ids import new_request_id
 from perpline.contracts.instruments import Instrument
 from perpline.contracts.units import format_amount, format_rate, parse_uint
 
+T = TypeVar("T")
 router = APIRouter(prefix="/fapi", tags=["binance usd-m"], responses=errors.documented(*errors.COMMON_ERRORS))
 CLIENT_ORDER_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")  # fullmatch: `$` would take a final newline
 MAX_LIMIT = 1000
@@ -369,15 +370,24 @@ def open_orders(d: Deps, caller: Read) -> Any:
 @router.get("/v1/allOrders", responses=ok(list[models.BinanceOrder]))
 def all_orders(d: Deps, caller: Read) -> Any:
     inst = instrument(caller.params.get("symbol"))
-    found = account.orders(d, caller.user_id, "all", inst, *_window(caller.params), _int_param(caller.params, "orderId"))
-    return [binance.order(inst, o) for o in found[-_limit(caller.params.get("limit"), 500):]]
+    from_id = _int_param(caller.params, "orderId")
+    found = account.orders(d, caller.user_id, "all", inst, *_window(caller.params), from_id)
+    return [binance.order(inst, o) for o in _page(found, from_id, caller.params)]
 
 
 @router.get("/v1/userTrades", responses=ok(list[models.BinanceUserTrade]))
 def user_trades(d: Deps, caller: Read) -> Any:
     inst = instrument(caller.params.get("symbol"))
-    fills = account.fills(d, caller.user_id, inst, *_window(caller.params), _int_param(caller.params, "fromId"))
-    return [binance.user_trade(inst, f) for f in fills[-_limit(caller.params.get("limit"), 500):]]
+    from_id = _int_param(caller.params, "fromId")
+    fills = account.fills(d, caller.user_id, inst, *_window(caller.params), from_id)
+    return [binance.user_trade(inst, f) for f in _page(fills, from_id, caller.params)]
+
+
+def _page(items: list[T], from_id: int | None, params: dict[str, str]) -> list[T]:
+    """Binance's paging of a history: from an id, the oldest `limit` at or after it (so a client pages
+    forward with the last id + 1); without one, the newest `limit`."""
+    limit = _limit(params.get("limit"), 500)
+    return items[:limit] if from_id is not None else items[-limit:]
 
 
 @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
