@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from perpline.broker import errors as e
+from perpline.broker.compaction import COMPACT_MIN_GROWTH_BYTES, compact
 from perpline.broker.groups import Groups
 from perpline.broker.partition import PartitionLog
 from perpline.broker.txns import Offsets, Transactions
@@ -27,6 +28,9 @@ class Topic:
     name: str
     configs: dict[str, str]
     partitions: list[PartitionLog] = field(default_factory=list)
+
+    def compacted(self) -> bool:
+        return "compact" in self.configs.get("cleanup.policy", "delete")
 
     def retention(self) -> tuple[int, int]:
         """(ms, bytes) limits of a deleting topic; (-1, -1) when nothing is ever deleted."""
@@ -81,11 +85,16 @@ class Cluster:
         self.groups.store(group_id, offsets)
 
     def housekeeping(self) -> None:
-        """Once a second: expire group members and transactions, apply retention."""
+        """Every tick: expire group members and transactions, compact changelogs that grew, apply retention."""
         self.groups.expire()
         self.txns.expire()
         now_ms = int(time.time() * 1000)
         for topic in self.topics.values():
+            if topic.compacted():
+                for log in topic.partitions:
+                    if log.bytes_stored - log.compacted_bytes > max(COMPACT_MIN_GROWTH_BYTES, log.compacted_bytes):
+                        compact(log)
+                        log.compacted_bytes = log.bytes_stored
             retention_ms, retention_bytes = topic.retention()
             if retention_ms <= 0 and retention_bytes <= 0:
                 continue

@@ -91,7 +91,7 @@ class PartitionLog:
     """Batches of one topic-partition, with the offsets and transaction state a fetch needs."""
 
     __slots__ = ("starts", "batches", "ends", "sizes", "max_ts", "log_start", "end", "open_txns", "aborted",
-                 "aborted_ends", "producers", "waiters", "bytes_stored")
+                 "aborted_ends", "producers", "waiters", "bytes_stored", "compacted_bytes")
 
     def __init__(self) -> None:
         self.starts: list[int] = []  # base offset of each stored batch (bisect key)
@@ -107,6 +107,7 @@ class PartitionLog:
         self.producers: dict[int, ProducerSeqs] = {}
         self.waiters: list[asyncio.Future[None]] = []
         self.bytes_stored = 0
+        self.compacted_bytes = 0  # bytes_stored right after the last compaction
 
     # --- writing -------------------------------------------------------------------------------
 

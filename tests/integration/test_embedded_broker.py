@@ -10,7 +10,7 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 from conftest_broker import PY, running_broker
 
 from perpline.contracts import topics
@@ -116,3 +116,34 @@ def test_a_taken_port_is_refused_with_its_holder() -> None:
     assert proc.returncode == 1 and proc.stdout == b""
     failures = [json.loads(line) for line in proc.stderr.splitlines() if b"broker start failed" in line]
     assert failures and str(port) in json.dumps(failures[0])
+
+
+def test_a_compacted_changelog_reads_back_the_newest_value_of_each_key_to_the_end() -> None:
+    with running_broker(env={"PERPLINE_BROKER_COMPACT_BYTES": "2000"}) as broker:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.create_topics([NewTopic("changelog-t", 1, 1, config={"cleanup.policy": "compact"})])["changelog-t"].result(10)
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "c-0", "linger.ms": 0})
+        producer.init_transactions(10)
+        for round_ in range(40):
+            producer.begin_transaction()
+            for key in ("a", "b", "c"):
+                producer.produce("changelog-t", key=key.encode(), value=f"{key}{round_}".encode() * 20)
+            producer.commit_transaction(10)
+        time.sleep(1.0)  # the broker compacts on its housekeeping tick
+        consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "restore", "enable.auto.commit": False,
+                             "isolation.level": "read_committed", "enable.partition.eof": True})
+        consumer.assign([TopicPartition("changelog-t", 0, 0)])
+        latest: dict[bytes, bytes] = {}
+        read, deadline = 0, time.monotonic() + 15
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error():
+                break  # partition EOF: the position reached the end of the log
+            latest[msg.key() or b""] = msg.value() or b""
+            read += 1
+        consumer.close()
+        assert latest == {k.encode(): f"{k}39".encode() * 20 for k in "abc"}
+        assert read < 120 / 2, read  # most of the 120 records were compacted away
+        del admin

@@ -210,3 +210,67 @@ def test_a_static_member_that_joins_again_replaces_its_dead_incarnation_at_once(
         assert old.error == e.FENCED_INSTANCE_ID
 
     asyncio.run(scenario())
+
+
+def keyed_batch(pairs: list[tuple[bytes | None, bytes | None]], pid: int = -1, transactional: bool = False) -> bytes:
+    """A real uncompressed v2 batch with one record per (key, value); a None value is a tombstone."""
+    from perpline.broker.wire import varint  # noqa: PLC0415
+    import crc32c  # noqa: PLC0415
+
+    records = b""
+    for delta, (key, value) in enumerate(pairs):
+        body = b"\x00" + varint(0) + varint(delta)
+        body += varint(-1) if key is None else varint(len(key)) + key
+        body += varint(-1) if value is None else varint(len(value)) + value
+        body += varint(0)
+        records += varint(len(body)) + body
+    attributes = ATTR_TRANSACTIONAL if transactional else 0
+    after_crc = struct.pack(">hiqqqhii", attributes, len(pairs) - 1, 1, 1, pid, 0, 0 if pid >= 0 else -1,
+                            len(pairs)) + records
+    return struct.pack(">qiib", 0, 9 + len(after_crc), -1, 2) + struct.pack(">I", crc32c.crc32c(after_crc)) + after_crc
+
+
+def _keys_and_values(log: PartitionLog) -> list[tuple[int, bytes | None]]:
+    from perpline.broker.compaction import records_of  # noqa: PLC0415
+
+    out = []
+    for base, raw in zip(log.starts, log.batches):
+        assert struct.unpack_from(">I", raw, 17)[0] == crc32c(raw[21:])  # every rewritten batch has a valid CRC
+        if not HEADER.unpack_from(raw, 0)[5] & ATTR_CONTROL:
+            out += [(base + r.offset_delta, r.key) for r in records_of(raw)]
+    return out
+
+
+def test_compaction_keeps_the_newest_record_of_each_key_and_every_offset() -> None:
+    from perpline.broker.compaction import compact  # noqa: PLC0415
+
+    log = PartitionLog()
+    for pairs in ([(b"a", b"1"), (b"b", b"1")], [(b"a", b"2")], [(b"c", b"1"), (b"b", None)], [(b"a", b"3")]):
+        ((head, raw),) = split_batches(keyed_batch(pairs))
+        log.append(head, raw)
+    before_end = log.end
+    freed = compact(log)
+    assert freed > 0 and log.end == before_end
+    assert _keys_and_values(log) == [(3, b"c"), (4, b"b"), (5, b"a")]  # b's tombstone stays, as its newest
+    assert log.read(0, log.end, 1 << 20)  # a reader from offset 0 steps over the gap to offset 3
+    assert base_offset(log.read(0, log.end, 1 << 20)) == 3
+
+
+def test_compaction_drops_aborted_records_and_markers_but_never_the_last_batch_or_an_open_transaction() -> None:
+    from perpline.broker.compaction import compact  # noqa: PLC0415
+
+    log = PartitionLog()
+    ((aborted, raw_a),) = split_batches(keyed_batch([(b"k", b"aborted")], pid=5, transactional=True))
+    log.append(aborted, raw_a)
+    log.end_txn(5, 0, commit=False)
+    ((kept, raw_k),) = split_batches(keyed_batch([(b"k", b"committed")], pid=6, transactional=True))
+    log.append(kept, raw_k)
+    log.end_txn(6, 0, commit=True)
+    ((open_, raw_o),) = split_batches(keyed_batch([(b"k", b"open")], pid=7, transactional=True))
+    log.append(open_, raw_o)
+    compact(log)
+    assert _keys_and_values(log) == [(2, b"k"), (4, b"k")]  # committed kept (the open one may abort), the rest gone
+    assert log.aborted == [] and log.last_stable == 4
+    log.end_txn(7, 0, commit=True)
+    compact(log)
+    assert log.starts[-1] == 5 and log.ends[-1] == log.end  # the final marker stays: readers reach the end
