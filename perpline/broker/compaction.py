@@ -82,12 +82,12 @@ def compact(log: PartitionLog) -> int:
         raw = log.batches[index]
         attributes = HEADER.unpack_from(raw, 0)[5]
         if log.ends[index] <= log.last_stable and not attributes & (ATTR_CONTROL | COMPRESSION_MASK):
-            seen.update(r.key for r in records_of(raw) if r.key is not None)
+            seen.update(k for k in _keys(raw, log.starts[index], log.batch_keys) if k is not None)
     freed = 0
     keep_index: list[int] = []
     for index in range(stop - 1, -1, -1):
         raw = log.batches[index]
-        new = _clean_batch(raw, log.starts[index], aborted, seen)
+        new = _clean_batch(raw, log.starts[index], aborted, seen, log.batch_keys)
         if new is raw:
             keep_index.append(index)
             continue
@@ -103,6 +103,8 @@ def compact(log: PartitionLog) -> int:
         log.ends = [log.ends[i] for i in order]
         log.sizes = [log.sizes[i] for i in order]
         log.max_ts = [log.max_ts[i] for i in order]
+    if len(log.batch_keys) > len(log.starts):
+        log.batch_keys = {base: log.batch_keys[base] for base in log.starts if base in log.batch_keys}
     cut = bisect.bisect_left(log.aborted_ends, clean_below)
     del log.aborted[:cut]
     del log.aborted_ends[:cut]
@@ -110,7 +112,16 @@ def compact(log: PartitionLog) -> int:
     return freed
 
 
-def _clean_batch(raw: bytes, base: int, aborted: dict[int, list[tuple[int, int]]], seen: set[bytes]) -> bytes | None:
+def _keys(raw: bytes, base: int, cache: dict[int, tuple[bytes | None, ...]]) -> tuple[bytes | None, ...]:
+    """The record keys of a batch, parsed once (a batch compaction left alone is not parsed again)."""
+    keys = cache.get(base)
+    if keys is None:
+        keys = cache[base] = tuple(r.key for r in records_of(raw))
+    return keys
+
+
+def _clean_batch(raw: bytes, base: int, aborted: dict[int, list[tuple[int, int]]], seen: set[bytes],
+                 cache: dict[int, tuple[bytes | None, ...]]) -> bytes | None:
     """The batch with what compaction removes taken out: `raw` itself if nothing, None if everything."""
     (_, _, _, _, _, attributes, _, _, _, pid, _, _, _) = HEADER.unpack_from(raw, 0)
     if attributes & ATTR_CONTROL:
@@ -119,6 +130,10 @@ def _clean_batch(raw: bytes, base: int, aborted: dict[int, list[tuple[int, int]]
         return None
     if attributes & COMPRESSION_MASK:
         return raw  # not ours to rewrite: kept whole
+    named = [k for k in _keys(raw, base, cache) if k is not None]
+    if len(set(named)) == len(named) and seen.isdisjoint(named):
+        seen.update(named)
+        return raw
     records = records_of(raw)
     kept: list[Record] = []
     for record in reversed(records):
@@ -126,9 +141,8 @@ def _clean_batch(raw: bytes, base: int, aborted: dict[int, list[tuple[int, int]]
             kept.append(record)
             if record.key is not None:
                 seen.add(record.key)
-    if len(kept) == len(records):
-        return raw
     if not kept:
         return None
     kept.reverse()
+    cache[base] = tuple(r.key for r in kept)
     return rebuild(raw, kept)

@@ -91,7 +91,7 @@ class PartitionLog:
     """Batches of one topic-partition, with the offsets and transaction state a fetch needs."""
 
     __slots__ = ("starts", "batches", "ends", "sizes", "max_ts", "log_start", "end", "open_txns", "aborted",
-                 "aborted_ends", "producers", "waiters", "bytes_stored", "compacted_bytes")
+                 "aborted_ends", "producers", "waiters", "bytes_stored", "compacted_bytes", "batch_keys")
 
     def __init__(self) -> None:
         self.starts: list[int] = []  # base offset of each stored batch (bisect key)
@@ -108,6 +108,7 @@ class PartitionLog:
         self.waiters: list[asyncio.Future[None]] = []
         self.bytes_stored = 0
         self.compacted_bytes = 0  # bytes_stored right after the last compaction
+        self.batch_keys: dict[int, tuple[bytes | None, ...]] = {}  # compaction: record keys by batch base offset
 
     # --- writing -------------------------------------------------------------------------------
 
