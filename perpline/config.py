@@ -101,13 +101,12 @@ def topic_map(prefix: str | None = None) -> dict[str, str]:
 def fetch_config(on_write_path: bool = True) -> dict[str, object]:
     """A consumer's fetch settings, by whether an order's answer waits for it.
 
-    On the embedded broker (Tansu) a record reaches a waiting consumer about a quarter of the wait
-    after it was produced, never much later than the wait (a plain produce-consume loop: 2.0 ms mean
-    at 5 ms, 5.0 ms at 20, 16.8 ms at 100; docs/architecture.md). A short wait costs idle fetch
-    requests, so only the consumers an answer waits for (matcher, accounts, the API's read model) use
-    PERPLINE_FETCH_WAIT_MS (20 ms: an idle stack about 20 % of a core; 15 ms 24 %, at the 25 % bound);
-    the others (ledger sink, risk process) use PERPLINE_BACKGROUND_FETCH_WAIT_MS. The read model stays
-    on the short wait with push feeds (perpline.push): marks, funding rounds and keys are not pushed."""
+    perpline's embedded broker, like Redpanda, answers a waiting fetch as soon as a record arrives, so
+    the wait sets only how often an idle consumer asks (an idle stack 7.7 % of a core at these values).
+    On Tansu (PERPLINE_BROKER=tansu) a record reached a waiting consumer about a quarter of the wait
+    after it was produced (docs/architecture.md), which is why the consumers an answer waits for
+    (matcher, accounts, the API's read model) use the shorter PERPLINE_FETCH_WAIT_MS (20 ms) and the
+    others (ledger sink, risk process) PERPLINE_BACKGROUND_FETCH_WAIT_MS (200 ms)."""
     if on_write_path:
         return {"fetch.wait.max.ms": int(_env("PERPLINE_FETCH_WAIT_MS", str(WRITE_PATH_FETCH_WAIT_MS)))}
     return {"fetch.wait.max.ms": int(_env("PERPLINE_BACKGROUND_FETCH_WAIT_MS", str(BACKGROUND_FETCH_WAIT_MS)))}

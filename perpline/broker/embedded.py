@@ -29,6 +29,7 @@ from perpline.stack import ports
 log = logging.getLogger("perpline.broker")
 
 BYTES_STORED = Gauge("perpline_broker_bytes_stored", "record batch bytes the embedded broker holds")
+TOPIC_BYTES = Gauge("perpline_broker_topic_bytes", "record batch bytes the embedded broker holds, per topic", ["topic"])
 
 
 def _parse(argv: Iterable[str] | None) -> argparse.Namespace:
@@ -64,7 +65,7 @@ async def _serve(args: argparse.Namespace) -> int:
     BROKER_UP.set(1)
     announce_ready(bootstrap, created, time.monotonic() - started)
     while not stopping.is_set():
-        BYTES_STORED.set(server.cluster.bytes_stored())
+        _export_sizes(server)
         BROKER_TOPICS.set(len(server.cluster.topics))
         try:
             await asyncio.wait_for(stopping.wait(), 1.0)
@@ -74,6 +75,15 @@ async def _serve(args: argparse.Namespace) -> int:
     await server.stop()
     log.info("broker stopped")
     return 0
+
+
+def _export_sizes(server: BrokerServer) -> None:
+    total = 0
+    for name, topic in list(server.cluster.topics.items()):
+        held = sum(log.bytes_stored for log in topic.partitions)
+        TOPIC_BYTES.labels(name).set(held)
+        total += held
+    BYTES_STORED.set(total)
 
 
 def run(argv: Iterable[str] | None = None) -> int:
