@@ -9,6 +9,7 @@ import pytest
 
 from perpline.broker import errors as e
 from perpline.broker.cluster import Cluster, _apply_retention
+from perpline.broker.compaction import compact, records_of
 from perpline.broker.groups import Groups
 from perpline.broker.partition import (
     ATTR_CONTROL,
@@ -19,7 +20,7 @@ from perpline.broker.partition import (
     control_batch,
     split_batches,
 )
-from perpline.broker.wire import Reader, Writer, crc32c
+from perpline.broker.wire import Reader, Writer, crc32c, varint
 
 
 def batch(records: int, pid: int = -1, epoch: int = 0, seq: int = -1, transactional: bool = False,
@@ -214,9 +215,6 @@ def test_a_static_member_that_joins_again_replaces_its_dead_incarnation_at_once(
 
 def keyed_batch(pairs: list[tuple[bytes | None, bytes | None]], pid: int = -1, transactional: bool = False) -> bytes:
     """A real uncompressed v2 batch with one record per (key, value); a None value is a tombstone."""
-    from perpline.broker.wire import varint  # noqa: PLC0415
-    import crc32c  # noqa: PLC0415
-
     records = b""
     for delta, (key, value) in enumerate(pairs):
         body = b"\x00" + varint(0) + varint(delta)
@@ -227,14 +225,12 @@ def keyed_batch(pairs: list[tuple[bytes | None, bytes | None]], pid: int = -1, t
     attributes = ATTR_TRANSACTIONAL if transactional else 0
     after_crc = struct.pack(">hiqqqhii", attributes, len(pairs) - 1, 1, 1, pid, 0, 0 if pid >= 0 else -1,
                             len(pairs)) + records
-    return struct.pack(">qiib", 0, 9 + len(after_crc), -1, 2) + struct.pack(">I", crc32c.crc32c(after_crc)) + after_crc
+    return struct.pack(">qiib", 0, 9 + len(after_crc), -1, 2) + struct.pack(">I", crc32c(after_crc)) + after_crc
 
 
 def _keys_and_values(log: PartitionLog) -> list[tuple[int, bytes | None]]:
-    from perpline.broker.compaction import records_of  # noqa: PLC0415
-
     out = []
-    for base, raw in zip(log.starts, log.batches):
+    for base, raw in zip(log.starts, log.batches, strict=True):
         assert struct.unpack_from(">I", raw, 17)[0] == crc32c(raw[21:])  # every rewritten batch has a valid CRC
         if not HEADER.unpack_from(raw, 0)[5] & ATTR_CONTROL:
             out += [(base + r.offset_delta, r.key) for r in records_of(raw)]
@@ -242,8 +238,6 @@ def _keys_and_values(log: PartitionLog) -> list[tuple[int, bytes | None]]:
 
 
 def test_compaction_keeps_the_newest_record_of_each_key_and_every_offset() -> None:
-    from perpline.broker.compaction import compact  # noqa: PLC0415
-
     log = PartitionLog()
     for pairs in ([(b"a", b"1"), (b"b", b"1")], [(b"a", b"2")], [(b"c", b"1"), (b"b", None)], [(b"a", b"3")]):
         ((head, raw),) = split_batches(keyed_batch(pairs))
@@ -257,8 +251,6 @@ def test_compaction_keeps_the_newest_record_of_each_key_and_every_offset() -> No
 
 
 def test_compaction_drops_aborted_records_and_markers_but_never_the_last_batch_or_an_open_transaction() -> None:
-    from perpline.broker.compaction import compact  # noqa: PLC0415
-
     log = PartitionLog()
     ((aborted, raw_a),) = split_batches(keyed_batch([(b"k", b"aborted")], pid=5, transactional=True))
     log.append(aborted, raw_a)
