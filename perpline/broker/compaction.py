@@ -15,9 +15,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-from crc32c import crc32c
-
 from perpline.broker.partition import ATTR_CONTROL, HEADER, HEADER_SIZE, PartitionLog
+from perpline.broker.wire import crc32c
 
 COMPRESSION_MASK = 0x07
 # compact once the log grew this much (and at least doubled) since the last time

@@ -8,7 +8,6 @@ protocol wants no answer (a produce with acks=0).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -612,7 +611,3 @@ VERSIONS: dict[int, tuple[int, int, Handler]] = {
 }
 
 API_VERSIONS_KEY = 18
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

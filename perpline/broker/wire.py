@@ -1,6 +1,6 @@
 """Kafka protocol primitives for the embedded broker: a reader and a writer of the classic encodings.
 
-Only non-flexible request versions are advertised (perpline/broker/versions.py), so compact encodings
+Only non-flexible request versions are advertised (VERSIONS in perpline/broker/handlers.py), so compact encodings
 and tagged fields appear in one place only: ApiVersions v3 (its request header and body).
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from typing import TypeVar
+
+from crc32c import crc32c as _crc32c
 
 T = TypeVar("T")
 
@@ -192,27 +194,9 @@ def varint(v: int) -> bytes:
     return bytes(out)
 
 
-def _crc32c_table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
 def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), as record batches carry it. Pure Python: the broker computes it only for
-    the small control batches it writes itself, never for produced batches."""
-    crc = 0xFFFFFFFF
-    table = _CRC_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+    """CRC-32C (Castagnoli), as record batches carry it (the C implementation of the crc32c package)."""
+    return int(_crc32c(data))
 
 
 def u32(v: int) -> bytes:
