@@ -29,6 +29,9 @@ class Topic:
     configs: dict[str, str]
     partitions: list[PartitionLog] = field(default_factory=list)
 
+    def bytes_stored(self) -> int:
+        return sum(log.bytes_stored for log in self.partitions)
+
     def compacted(self) -> bool:
         return "compact" in self.configs.get("cleanup.policy", "delete")
 
@@ -101,9 +104,6 @@ class Cluster:
             for log in topic.partitions:
                 _apply_retention(log, now_ms, retention_ms, retention_bytes)
 
-    def bytes_stored(self) -> int:
-        return sum(log.bytes_stored for topic in self.topics.values() for log in topic.partitions)
-
 
 def _apply_retention(log: PartitionLog, now_ms: int, retention_ms: int, retention_bytes: int) -> None:
     """Delete whole batches from the head: older than retention_ms, or beyond retention_bytes. Never
@@ -116,7 +116,7 @@ def _apply_retention(log: PartitionLog, now_ms: int, retention_ms: int, retentio
         too_big = retention_bytes > 0 and stored > retention_bytes
         if not (too_old or too_big):
             break
-        stored -= log.sizes[index]
+        stored -= len(log.batches[index])
         keep_from = log.ends[index]
         index += 1
     if keep_from > log.log_start:

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from perpline.broker.partition import ATTR_CONTROL, HEADER, HEADER_SIZE, PartitionLog
-from perpline.broker.wire import crc32c
+from perpline.broker.wire import crc32c, varint_at
 
 COMPRESSION_MASK = 0x07
 # compact once the log grew this much (and at least doubled) since the last time
@@ -30,28 +30,17 @@ class Record:
     raw: bytes  # the whole record, its length prefix included
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (value >> 1) ^ -(value & 1), pos
-        shift += 7
-
-
 def records_of(batch: bytes) -> list[Record]:
     """The records of an uncompressed v2 batch (key and offset delta parsed, the rest kept raw)."""
     out, pos = [], HEADER_SIZE
     count = HEADER.unpack_from(batch, 0)[12]
     for _ in range(count):
         start = pos
-        length, body = _varint(batch, pos)
+        length, body = varint_at(batch, pos)
         end = body + length
-        _, pos = _varint(batch, body + 1)  # after the attributes byte: the timestamp delta
-        offset_delta, pos = _varint(batch, pos)
-        key_length, pos = _varint(batch, pos)
+        _, pos = varint_at(batch, body + 1)  # after the attributes byte: the timestamp delta
+        offset_delta, pos = varint_at(batch, pos)
+        key_length, pos = varint_at(batch, pos)
         key = None if key_length < 0 else batch[pos:pos + key_length]
         out.append(Record(offset_delta, key, batch[start:end]))
         pos = end
@@ -93,14 +82,12 @@ def compact(log: PartitionLog) -> int:
         freed += len(raw) - (len(new) if new else 0)
         if new:
             log.batches[index] = new
-            log.sizes[index] = len(new)
             keep_index.append(index)
     if len(keep_index) < stop:
         order = sorted(keep_index) + list(range(stop, len(log.starts)))
         log.starts = [log.starts[i] for i in order]
         log.batches = [log.batches[i] for i in order]
         log.ends = [log.ends[i] for i in order]
-        log.sizes = [log.sizes[i] for i in order]
         log.max_ts = [log.max_ts[i] for i in order]
     if len(log.batch_keys) > len(log.starts):
         log.batch_keys = {base: log.batch_keys[base] for base in log.starts if base in log.batch_keys}

@@ -80,7 +80,7 @@ async def _serve(args: argparse.Namespace) -> int:
 def _export_sizes(server: BrokerServer) -> None:
     total = 0
     for name, topic in list(server.cluster.topics.items()):
-        held = sum(log.bytes_stored for log in topic.partitions)
+        held = topic.bytes_stored()
         TOPIC_BYTES.labels(name).set(held)
         total += held
     BYTES_STORED.set(total)

@@ -250,11 +250,17 @@ def _fetch_limit(log: PartitionLog, committed: bool) -> int:
     return log.last_stable if committed else log.end
 
 
+def _fetch_error(log: PartitionLog | None, offset: int) -> int:
+    if log is None:
+        return e.UNKNOWN_TOPIC_OR_PARTITION
+    return e.OFFSET_OUT_OF_RANGE if offset < log.log_start or offset > log.end else e.NONE
+
+
 def _has_data(s: Session, topics: list[tuple[str, list[FetchPartition]]], committed: bool) -> bool:
     for name, parts in topics:
         for p in parts:
             log = s.cluster.log(name, p.index)
-            if log is None or p.offset < log.log_start or p.offset > log.end or p.offset < _fetch_limit(log, committed):
+            if log is None or _fetch_error(log, p.offset) or p.offset < _fetch_limit(log, committed):
                 return True  # data, or an error to report: answer now
     return False
 
@@ -272,12 +278,8 @@ def _fetch_answer(s: Session, v: int, topics: list[tuple[str, list[FetchPartitio
         w.nstring(name).i32(len(parts))
         for p in parts:
             log = s.cluster.log(name, p.index)
-            records, error, aborted = b"", e.NONE, None
-            if log is None:
-                error = e.UNKNOWN_TOPIC_OR_PARTITION
-            elif p.offset < log.log_start or p.offset > log.end:
-                error = e.OFFSET_OUT_OF_RANGE
-            else:
+            records, error, aborted = b"", _fetch_error(log, p.offset), None
+            if log is not None and error == e.NONE:
                 limit = _fetch_limit(log, committed)
                 if p.offset < limit and budget > 0:
                     records = log.read(p.offset, limit, min(p.max_bytes, budget))

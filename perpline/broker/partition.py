@@ -90,14 +90,13 @@ class ProducerSeqs:
 class PartitionLog:
     """Batches of one topic-partition, with the offsets and transaction state a fetch needs."""
 
-    __slots__ = ("starts", "batches", "ends", "sizes", "max_ts", "log_start", "end", "open_txns", "aborted",
+    __slots__ = ("starts", "batches", "ends", "max_ts", "log_start", "end", "open_txns", "aborted",
                  "aborted_ends", "producers", "waiters", "bytes_stored", "compacted_bytes", "batch_keys")
 
     def __init__(self) -> None:
         self.starts: list[int] = []  # base offset of each stored batch (bisect key)
         self.batches: list[bytes] = []
         self.ends: list[int] = []  # one past each batch's last offset
-        self.sizes: list[int] = []
         self.max_ts: list[int] = []
         self.log_start = 0
         self.end = 0  # the high watermark: the next offset to assign (one replica: log end = watermark)
@@ -156,7 +155,6 @@ class PartitionLog:
         self.starts.append(base)
         self.batches.append(batch)
         self.ends.append(end)
-        self.sizes.append(len(batch))
         self.max_ts.append(max_ts)
         self.end = end
         self.bytes_stored += len(batch)
@@ -175,10 +173,11 @@ class PartitionLog:
         total = 0
         while index < len(self.starts) and self.starts[index] < limit:
             if self.ends[index] > offset:
-                if parts and total + self.sizes[index] > max_bytes:
+                batch = self.batches[index]
+                if parts and total + len(batch) > max_bytes:
                     break
-                parts.append(self.batches[index])
-                total += self.sizes[index]
+                parts.append(batch)
+                total += len(batch)
             index += 1
         return b"".join(parts)
 
@@ -207,8 +206,8 @@ class PartitionLog:
         offset = min(max(offset, self.log_start), self.end)
         drop = bisect.bisect_right(self.ends, offset)
         if drop:
-            self.bytes_stored -= sum(self.sizes[:drop])
-            for column in (self.starts, self.batches, self.ends, self.sizes, self.max_ts):
+            self.bytes_stored -= sum(len(b) for b in self.batches[:drop])
+            for column in (self.starts, self.batches, self.ends, self.max_ts):
                 del column[:drop]
         self.log_start = offset
         cut = bisect.bisect_left(self.aborted_ends, offset)

@@ -167,31 +167,37 @@ class Writer:
         return self
 
     def uvarint(self, v: int) -> Writer:
-        out = bytearray()
-        while v >= 0x80:
-            out.append((v & 0x7F) | 0x80)
-            v >>= 7
-        out.append(v)
-        self.parts.append(bytes(out))
+        self.parts.append(_unsigned_varint(v))
         return self
 
     def __bytes__(self) -> bytes:
         return b"".join(self.parts)
 
 
-def zigzag(v: int) -> int:
-    return (v << 1) ^ (v >> 63)
-
-
-def varint(v: int) -> bytes:
-    """A signed varint (zig-zag), as record fields are encoded."""
-    u = zigzag(v) & 0xFFFFFFFFFFFFFFFF
+def _unsigned_varint(u: int) -> bytes:
     out = bytearray()
     while u >= 0x80:
         out.append((u & 0x7F) | 0x80)
         u >>= 7
     out.append(u)
     return bytes(out)
+
+
+def varint(v: int) -> bytes:
+    """A signed varint (zig-zag), as record fields are encoded."""
+    return _unsigned_varint(((v << 1) ^ (v >> 63)) & 0xFFFFFFFFFFFFFFFF)
+
+
+def varint_at(buf: bytes, pos: int) -> tuple[int, int]:
+    """The signed varint (zig-zag) at `pos` of a record, and the position after it."""
+    shift = value = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (value >> 1) ^ -(value & 1), pos
+        shift += 7
 
 
 def crc32c(data: bytes) -> int:
