@@ -13,10 +13,10 @@ a complete checkpoint. A writer that dies half-way leaves chunks no manifest nam
 
 Why a topic and not ClickHouse: the API reads ClickHouse as a read-only user, the sink's tables hold
 neither the book mirror, the matcher's per-order tracking, the marks nor the command results, and a
-replica rebuilt from them would not be the same as one that replayed (docs/architecture.md). Once a
-checkpoint is complete, every checkpoint older than the one before it is deleted (DeleteRecords:
-`forget_before`), so the topic holds about two states, on the embedded broker and on Redpanda alike
-(Tansu cannot delete: there every checkpoint stays).
+replica rebuilt from them would not be the same as one that replayed (docs/architecture.md). The
+embedded broker keeps every record (no compaction, no deletion), so checkpoints cost one state per
+PERPLINE_API_CHECKPOINT_EVENTS source events of broker memory; on Redpanda the topic may be compacted
+(keys are unique per checkpoint and index, so only retention by time or size applies to it).
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
-from perpline.broker.launch import engine as broker_engine
 from perpline.config import kafka_config, producer_config
 
 log = logging.getLogger("perpline.api.checkpoint")
@@ -75,12 +73,6 @@ def _consumer(bootstrap: str) -> Consumer:
 
 def latest_manifest(bootstrap: str, topic: str, timeout_s: float = 10.0) -> Manifest | None:
     """The newest checkpoint's manifest, or None when there is none (or the topic cannot be read)."""
-    found = newest(bootstrap, topic, timeout_s)
-    return found[0] if found else None
-
-
-def newest(bootstrap: str, topic: str, timeout_s: float = 10.0) -> tuple[Manifest, int] | None:
-    """The newest checkpoint's manifest and its offset in partition 0, or None."""
     consumer = _consumer(bootstrap)
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, MANIFEST_PARTITION), timeout=timeout_s)
@@ -88,9 +80,7 @@ def newest(bootstrap: str, topic: str, timeout_s: float = 10.0) -> tuple[Manifes
             return None
         consumer.assign([TopicPartition(topic, MANIFEST_PARTITION, high - 1)])
         records = _read(consumer, 1, timeout_s)
-        if not records:
-            return None
-        return msgspec.msgpack.decode(records[0].value(), type=Manifest), records[0].offset()
+        return msgspec.msgpack.decode(records[0].value(), type=Manifest) if records else None
     except (KafkaError, msgspec.DecodeError, msgspec.ValidationError, RuntimeError) as exc:
         log.warning("no checkpoint readable", extra={"error": str(exc)})
         return None
@@ -136,21 +126,6 @@ def _read(consumer: Consumer, n: int, timeout_s: float, stop_at_eof: bool = True
             else:
                 raise RuntimeError(str(err))
     return out
-
-
-def forget_before(bootstrap: str, topic: str, kept: tuple[Manifest, int]) -> None:
-    """Delete every checkpoint older than `kept` (its manifest and chunks stay, and all that came after):
-    called once a newer checkpoint is complete, so the newest and the one before it always remain. A
-    replica that still finds a deleted chunk falls back to replaying from the start (readmodel), so a
-    writer racing another is slow to start from, never wrong. Not on Tansu, which cannot delete."""
-    if broker_engine() == "tansu":
-        return
-    manifest, manifest_offset = kept
-    admin = AdminClient(kafka_config(bootstrap))
-    cuts = [TopicPartition(topic, MANIFEST_PARTITION, manifest_offset),
-            TopicPartition(topic, CHUNK_PARTITION, manifest.first_chunk_offset)]
-    for future in admin.delete_records(cuts, request_timeout=10).values():
-        future.result(10)
 
 
 class Writer:

@@ -253,9 +253,9 @@ class ReadModel:
             return
         if checkpoint.events_at(self._positions) - self._checkpoint_at < self._checkpoint_every:
             return
-        newest = checkpoint.newest(self._bootstrap, self._topics["api.checkpoints"])
+        newest = checkpoint.latest_manifest(self._bootstrap, self._topics["api.checkpoints"])
         if newest is not None:
-            self._checkpoint_at = max(self._checkpoint_at, newest[0].events())
+            self._checkpoint_at = max(self._checkpoint_at, newest.events())
         if checkpoint.events_at(self._positions) - self._checkpoint_at < self._checkpoint_every:
             return
         with self.apply_lock:  # pushed frames apply from other threads
@@ -263,16 +263,13 @@ class ReadModel:
             blob = snapshot.encode(snapshot.capture(self))
         self._checkpoint_at = checkpoint.events_at(positions)
         self._writing.set()
-        threading.Thread(target=self._publish, args=(positions, blob, newest), name="readmodel-checkpoint",
+        threading.Thread(target=self._publish, args=(positions, blob), name="readmodel-checkpoint",
                          daemon=True).start()
 
-    def _publish(self, positions: dict[str, dict[int, int]], blob: bytes,
-                 previous: tuple[checkpoint.Manifest, int] | None) -> None:
-        """Publish a captured checkpoint off the consumer thread (a failure only delays the next one), then
-        delete the checkpoints older than the one it follows."""
-        topic = self._topics["api.checkpoints"]
+    def _publish(self, positions: dict[str, dict[int, int]], blob: bytes) -> None:
+        """Publish a captured checkpoint off the consumer thread (a failure only delays the next one)."""
         try:
-            writer = checkpoint.Writer(self._bootstrap, topic)
+            writer = checkpoint.Writer(self._bootstrap, self._topics["api.checkpoints"])
             try:
                 manifest = writer.write(positions, blob)
             finally:
@@ -280,10 +277,8 @@ class ReadModel:
             CHECKPOINTS_WRITTEN.inc()
             log.info("checkpoint written", extra={"checkpoint": manifest.checkpoint_id,
                                                   "events": manifest.events(), "bytes": len(blob)})
-            if previous is not None:
-                checkpoint.forget_before(self._bootstrap, topic, previous)
         except (RuntimeError, KafkaException) as exc:
-            log.warning("checkpoint not written, or older ones not deleted", extra={"error": str(exc)})
+            log.warning("checkpoint not written", extra={"error": str(exc)})
         finally:
             self._writing.clear()
 

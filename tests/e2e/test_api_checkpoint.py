@@ -15,7 +15,6 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from stackutil import Stack, api_replica, running_stack
 from test_security_replay import native_post, send, signed_get, user
 
@@ -105,26 +104,3 @@ def test_a_replica_started_from_a_checkpoint_serves_what_the_replica_that_replay
         mine, theirs = settled_views(api, replica, [maker, taker])
         assert mine == theirs
         assert theirs["0.open"] and theirs["1.fills"] and theirs["/api/v1/market/depth"]["asks"]
-
-
-def test_checkpoints_older_than_the_one_before_the_newest_are_deleted(stack: Stack) -> None:
-    api = stack.api
-    bootstrap = re.sub(r"^\w+://", "", stack.value("kafka"))
-    maker, taker = user(stack, "100000"), user(stack, "100000")
-    written = metric(api, "perpline_api_checkpoints_written_total")
-    deadline = time.monotonic() + 90
-    price = 50_200
-    while metric(api, "perpline_api_checkpoints_written_total") < written + 3:
-        assert time.monotonic() < deadline, "fewer than three more checkpoints written"
-        trade_round(api, maker, taker, price)
-        price += 10
-    time.sleep(2)  # the deletion follows the write, off the read model's thread
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "checkpoint-low-watermark"})
-    topic = "api.checkpoints"
-    manifests = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
-    chunks = consumer.get_watermark_offsets(TopicPartition(topic, 1), timeout=10, cached=False)
-    consumer.close()
-    assert manifests[0] > 0 and chunks[0] > 0, (manifests, chunks)  # the oldest checkpoints are gone
-    assert manifests[1] - manifests[0] <= 3, manifests  # about two remain (a third may be in flight)
-    with api_replica(stack, {"PERPLINE_API_CHECKPOINT_EVENTS": "0"}) as replica:
-        assert metric(replica, "perpline_api_checkpoint_loaded_events") > 0, "the newest checkpoint was not whole"
