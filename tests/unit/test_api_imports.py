@@ -14,7 +14,7 @@ import perpline.api
 API_DIR = Path(perpline.api.__file__).parent
 PACKAGE = "perpline.api"
 # each wire adapter, with the modules that are its own parts
-ADAPTERS = {"v1": {"v1"}, "fapi": {"fapi"}, "market": {"market"}, "stream": {"stream"}, "ops": {"ops"},
+ADAPTERS = {"v1": {"v1"}, "fapi": {"fapi", "fastpath"}, "market": {"market"}, "stream": {"stream"}, "ops": {"ops"},
             "sessions": {"sessions"}, "listenkey": {"listenkey"}, "fstream": {"fstream", "fstream_frames"}}
 COMPOSITION_ROOTS = {"app", "main"}
 
