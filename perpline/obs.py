@@ -9,12 +9,29 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def counter_by_label(counter: Counter, *fixed: str) -> Callable[[str], None]:
+    """inc() of `counter`'s child labelled (*fixed, label), the child looked up once per label.
+
+    prometheus_client's labels() validates and joins its labels on every call: per message in a
+    processor's loop it was 18 % of the ledger sink's CPU under load (py-spy, bench.load 32 pairs)."""
+    children: dict[str, Any] = {}
+
+    def inc(label: str) -> None:
+        child = children.get(label)
+        if child is None:
+            child = children[label] = counter.labels(*fixed, label)
+        child.inc()
+
+    return inc
 
 
 class JsonFormatter(logging.Formatter):

@@ -22,6 +22,7 @@ from perpline.accounts.requests import Reject
 from perpline.accounts.state import AccountState, from_store, to_store
 from perpline.config import topic_map
 from perpline.contracts.units import UnitError
+from perpline.obs import counter_by_label
 from perpline.pipelines import gaps, io
 from perpline.pipelines.push_commits import push_on_commit
 from perpline.pipelines.runtime import run_stateful
@@ -33,6 +34,7 @@ STATE_KEY = "account"
 MAX_CACHED_ACCOUNTS = 100_000
 
 PROCESSED = Counter("perpline_accounts_commands_total", "commands processed", ["type"])
+_processed = counter_by_label(PROCESSED)
 ALARMS = Counter("perpline_accounts_alarms_total", "invariant violations refused (never applied)")
 
 
@@ -90,7 +92,7 @@ def step(raw: bytes, key: str, state: State) -> list[dict[str, Any]]:
     stored = to_store(account)
     state.set_bytes(STATE_KEY, stored)  # only a fully applied command changes state
     _decoded.keep(key, stored, account)
-    PROCESSED.labels(type(cmd).__name__).inc()
+    _processed(type(cmd).__name__)
     return [io.routed(o.topic, o.key, o.msg) for o in outs]  # type: ignore[arg-type]
 
 

@@ -28,6 +28,7 @@ from perpline.broker.launch import engine as broker_engine
 from perpline.config import Guarantee, fetch_config, kafka_config, settings
 from perpline.contracts import codec, topics
 from perpline.contracts.dead_letters import dead_letter
+from perpline.obs import counter_by_label
 from perpline.pipelines.checkpoints import commit_when_caught_up
 from perpline.pipelines.io import DEAD_LETTERS, PROCESSED, noted
 
@@ -64,6 +65,7 @@ def make_app(consumer_group: str, *, state_dir: Path | None = None, processing_g
     cfg = settings()
     group = f"{cfg.topic_prefix}{consumer_group}"
     letters = DeadLetters(dead_letter_source or consumer_group, group)
+    processed = counter_by_label(PROCESSED, group)
     kwargs: dict[str, Any] = {
         # with the security settings: Quix's consumer, producer and admin client all connect through it
         "broker_address": ConnectionConfig.from_librdkafka_dict(kafka_config(cfg.kafka_bootstrap)),
@@ -75,7 +77,7 @@ def make_app(consumer_group: str, *, state_dir: Path | None = None, processing_g
         "state_dir": str(state_dir or cfg.data_dir / "state" / consumer_group),
         "on_consumer_error": letters.on_consumer_error,
         "on_processing_error": letters.on_processing_error,
-        "on_message_processed": lambda topic_name, _partition, _offset: PROCESSED.labels(group, topic_name).inc(),
+        "on_message_processed": lambda topic_name, _partition, _offset: processed(topic_name),
         "loglevel": "WARNING",
         "request_timeout": REQUEST_TIMEOUT_S,
         "topic_create_timeout": REQUEST_TIMEOUT_S,
