@@ -2,33 +2,40 @@
 signed commands (the one-use rule for signatures, exchange-wide: see `Memory.use_nonce`).
 
 Requests and closed client ids are bounded rings: the n-th entry goes to slot n % capacity, so an
-account never holds more than `capacity` of each. Each ring is split in two:
+account never holds more than `capacity` of each. All of it is in the store, beside the account's
+state key, and none of it in that key:
 
-- in the account's state (one key, one changelog record per command): an 8-byte digest of each
-  entry's id, by slot (`request_digests`, `client_id_digests`): 32 KiB per full ring;
-- in the store, a key per slot ("q:<slot>", "k:<slot>"): the entry itself (the id and its outcome or
-  order id), written once when the entry is made.
+- a key per slot ("q:<slot>", "k:<slot>"): the entry itself (the id and its outcome or order id);
+- DIGEST_BUCKETS keys per ring ("qd:<b>", "kd:<b>"): the 8-byte digest and the slot of each id,
+  in the bucket its digest names, so a lookup reads one bucket (and the entry when found);
+- a key per NONCE_BUCKET_MS of signed time ("n:<bucket>"): the digests of the nonces used, with
+  their signed times; the state counts them per bucket (`nonce_buckets`).
 
-The account's state used to carry the entries themselves (one key, restored atomically: with the
-entries under keys of their own, the crash session once restored balances without the matching
-memory on a broker that shows aborted records). It then wrote up to about 1 MB per command for a
-busy account, 94 % of the bytes the embedded broker held (README, "Chaos and soak"). The split keeps
-the guarantee whatever a restore brings back, because the state alone decides whether an id is known:
+A command therefore writes its state key (balances, orders, positions, counters: a few hundred bytes)
+and a few small memory keys. Until this layout the digests and the nonces were inside the state key,
+so every command rewrote all of them: 30-70 KB per command for an account trading a few orders a
+second, re-encoded, stored and sent to the changelog each time (bench.load 32 pairs: 724 against
+650 orders/s in 40 s with the rings and nonce window shrunk, and runs that slowed down the longer they
+went: 446 orders/s over 120 s, 376 over 300 s).
 
-- a digest in the state and its entry in the store: a resend, answered with the first outcome;
-- a digest in the state, its entry missing or another id's (the entry's write was not restored):
-  still a resend, never applied again; answered REPLAYED_REQUEST ("outcome no longer known"), or for
-  a client id DUPLICATE_CLIENT_ORDER_ID;
-- an entry in the store whose digest is not in the state (the state's write was not restored, or the
-  slot was reused): not remembered, exactly as if the entry had never been written.
+The state key and the memory's keys of one command are written in one Quix checkpoint: one Kafka
+transaction for the changelog and one RocksDB write batch locally, so a restore brings back both or
+neither (the changelog is read read_committed; perpline's broker and Redpanda never show aborted
+records. Tansu does, and is not for crash tests). Within that, a lookup errs on the safe side:
+
+- a digest and its entry: a resend, answered with the first outcome;
+- a digest whose entry is missing or another id's: still a resend, never applied again; answered
+  REPLAYED_REQUEST ("outcome no longer known"), or for a client id DUPLICATE_CLIENT_ORDER_ID;
+- an entry whose digest is in no bucket (its slot was reused): not remembered.
 
 Two different ids share a digest with a probability of about 2^-64 per pair (4,096 entries: about
 4.5e-13 per lookup): such a new request would be refused as a resend, never applied twice.
 
 The store is anything with get_bytes / set_bytes / delete: the processor's state store, or a dict
-inside the state (`AccountState.local`) when none is given. States written in the old format (the
-entries inside `local` as "rs:<slot>" -> id, "r:<id>" -> outcome, "cs:<slot>" -> id, "c:<id>" ->
-order id) are moved into the new one the first time their account is used.
+inside the state (`AccountState.local`) when none is given. States written in older formats (digests
+and nonces inside the state; before that the entries inside `local` as "rs:<slot>" -> id, "r:<id>" ->
+outcome, "cs:<slot>" -> id, "c:<id>" -> order id) are moved into this one the first time their
+account is used.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ NONCE_KEEP_MS = 2 * MAX_RECV_WINDOW_MS
 MAX_NONCES = 8192
 MAX_NONCE_CHARS = 64
 DIGEST_BYTES = 8
+SLOT_BYTES = 2  # a ring slot in a digest bucket (capacities below 65,536)
+DIGEST_BUCKETS = 64  # per ring: ~64 records of 10 bytes each at 4,096 entries
+NONCE_BUCKET_MS = 10_000  # used nonces are kept in buckets of their signed time this wide
+assert max(MAX_REMEMBERED_REQUESTS, MAX_REMEMBERED_CLIENT_IDS) < 1 << (8 * SLOT_BYTES)
 OUTCOME_UNKNOWN = "this request was already applied; its outcome is no longer known here: check its order or balance"
 
 _outcome_decoder = msgspec.msgpack.Decoder(RequestOutcome)
@@ -82,60 +93,54 @@ class DictMemory:
 
 
 class Memory:
-    """The two rings of one account: digests in the state, entries in a Store."""
+    """The two rings and the used nonces of one account, in a Store (see the module docstring)."""
 
     def __init__(self, state: AccountState, store: Store) -> None:
         self.state = state
         self.store = store
-        if "rs:0" in state.local or "cs:0" in state.local:  # the old format: its rings start at slot 0
+        self.requests = _Ring(store, "q:", "qd:", MAX_REMEMBERED_REQUESTS, _request_decoder)
+        self.client_ids = _Ring(store, "k:", "kd:", MAX_REMEMBERED_CLIENT_IDS, _client_decoder)
+        if "rs:0" in state.local or "cs:0" in state.local:  # the oldest format: its rings start at slot 0
             _upgrade(state, store)
-        if state.nonces:  # the old format: nonces kept whole
-            _upgrade_nonces(state)
+        if state.request_digests or state.client_id_digests:  # digests kept in the state: move them out
+            self.requests.move_in(state.request_digests)
+            self.client_ids.move_in(state.client_id_digests)
+            state.request_digests = state.client_id_digests = b""
+        if state.nonces or state.nonce_digests:  # nonces kept in the state: move them into their buckets
+            self._move_nonces_in()
 
     def request(self, request_id: str) -> RequestOutcome | None:
-        known, entry = self._entry(self.state.request_digests, "q:", request_id, _request_decoder)
+        known, entry = self.requests.find(request_id)
         if not known:
             return None
         if entry is None:
             return RequestOutcome(False, int(Code.REPLAYED_REQUEST), OUTCOME_UNKNOWN, None, None)
-        return entry.outcome
+        return entry.outcome  # type: ignore[no-any-return]
 
     def remember_request(self, request_id: str, outcome: RequestOutcome) -> None:
-        slot = self.state.requests_remembered % MAX_REMEMBERED_REQUESTS
-        self.state.request_digests = _put(self.state.request_digests, slot, _digest(request_id))
-        self.store.set_bytes(f"q:{slot}", _entry_encoder.encode(RequestEntry(request_id, outcome)))
+        self.requests.put(self.state.requests_remembered, request_id, _entry_encoder.encode(RequestEntry(request_id, outcome)))
         self.state.requests_remembered += 1
 
     def order_id_of(self, client_order_id: str) -> int | None:
         """The order with this client id: an open one, else a recently closed one. Reject
         (DUPLICATE_CLIENT_ORDER_ID) when the id is known to be a closed order's but the entry naming
-        the order was not restored: a resent order is never placed twice."""
+        the order is missing: a resent order is never placed twice."""
         for order in self.state.orders.values():
             if order.client_order_id == client_order_id:
                 return order.order_id
-        known, entry = self._entry(self.state.client_id_digests, "k:", client_order_id, _client_decoder)
+        known, entry = self.client_ids.find(client_order_id)
         if not known:
             return None
         if entry is None:
             raise Reject(Code.DUPLICATE_CLIENT_ORDER_ID, "this client order id was used by an order that is "
                          "no longer known here")
-        return entry.order_id
-
-    def _entry(self, ring: bytes, prefix: str, an_id: str, decoder: msgspec.msgpack.Decoder[Any]) -> tuple[bool, Any]:
-        """(whether the state knows `an_id`, its entry if one was restored for it, else None)."""
-        slot = _find(ring, _digest(an_id))
-        if slot is None:
-            return False, None
-        raw = self.store.get_bytes(f"{prefix}{slot}")
-        entry = None if raw is None else decoder.decode(raw)
-        return True, entry if entry is not None and entry.an_id == an_id else None
+        return entry.order_id  # type: ignore[no-any-return]
 
     def remember_closed(self, client_order_id: str, order_id: int) -> None:
         if not client_order_id:
             return
-        slot = self.state.client_ids_remembered % MAX_REMEMBERED_CLIENT_IDS
-        self.state.client_id_digests = _put(self.state.client_id_digests, slot, _digest(client_order_id))
-        self.store.set_bytes(f"k:{slot}", _entry_encoder.encode(ClientEntry(client_order_id, order_id)))
+        entry = _entry_encoder.encode(ClientEntry(client_order_id, order_id))
+        self.client_ids.put(self.state.client_ids_remembered, client_order_id, entry)
         self.state.client_ids_remembered += 1
 
     def use_nonce(self, nonce: str, signed_ms: int, now_ms: int) -> tuple[Code, str] | None:
@@ -146,21 +151,39 @@ class Memory:
         dropped, and any command signed before it is refused as STALE_REQUEST -- so a forgotten nonce
         can never be applied again, whatever the clocks say. When MAX_NONCES young nonces are held the
         new command is refused (RATE_LIMITED): memory is never made by forgetting a young nonce.
+
+        A nonce is kept in the bucket of its signed time (NONCE_BUCKET_MS wide): a replay carries the
+        same signature, so the same signed time (the nonce is a hash of the signature, which covers the
+        timestamp), and is looked for in that one bucket.
         """
         if not 0 < len(nonce) <= MAX_NONCE_CHARS or signed_ms <= 0:
             return Code.MALFORMED, "a signed command needs a nonce of 1 to 64 characters and its signed time"
-        nonces, key = self.state.nonce_digests, nonce_key(nonce)
-        if key in nonces:
-            return Code.REPLAYED_REQUEST, "this signed request was already applied"
         self._raise_nonce_floor(now_ms - NONCE_KEEP_MS)
         if signed_ms < self.state.nonce_floor_ms:
             return Code.STALE_REQUEST, "Timestamp for this request is outside of the recvWindow."
-        if len(nonces) >= MAX_NONCES:
+        digest, bucket = nonce_key(nonce), signed_ms // NONCE_BUCKET_MS
+        if _nonce_at(self._nonce_bucket(bucket), digest) is not None:
+            return Code.REPLAYED_REQUEST, "this signed request was already applied"
+        if self.nonce_count() >= MAX_NONCES:
             self._forget_nonces(every=True)  # exact at the cap: entries signed out of order included
-        if len(nonces) >= MAX_NONCES:
+        if self.nonce_count() >= MAX_NONCES:
             return Code.RATE_LIMITED, f"more than {MAX_NONCES} signed requests in {NONCE_KEEP_MS // 1000} s"
-        nonces[key] = signed_ms
+        self._add_nonce(bucket, digest, signed_ms)
         return None
+
+    def nonce_count(self) -> int:
+        return sum(self.state.nonce_buckets.values())
+
+    def used_nonces(self) -> list[tuple[bytes, int]]:
+        """(digest, signed_ms) of every nonce held, by bucket, each bucket in the order of use."""
+        return [record for bucket in sorted(self.state.nonce_buckets) for record in _nonce_records(self._nonce_bucket(bucket))]
+
+    def _nonce_bucket(self, bucket: int) -> bytes:
+        return self.store.get_bytes(f"n:{bucket}") or b""
+
+    def _add_nonce(self, bucket: int, digest: bytes, signed_ms: int) -> None:
+        self.store.set_bytes(f"n:{bucket}", self._nonce_bucket(bucket) + digest + signed_ms.to_bytes(8, "big"))
+        self.state.nonce_buckets[bucket] = self.state.nonce_buckets.get(bucket, 0) + 1
 
     def _raise_nonce_floor(self, floor_ms: int) -> None:
         if floor_ms > self.state.nonce_floor_ms:
@@ -168,18 +191,123 @@ class Memory:
             self._forget_nonces(every=False)
 
     def _forget_nonces(self, every: bool) -> None:
-        """Drop nonces signed before the floor: the oldest-first run of them, or (`every`) all of them."""
-        nonces, floor = self.state.nonce_digests, self.state.nonce_floor_ms
-        if every:
-            for old in [n for n, signed_ms in nonces.items() if signed_ms < floor]:
-                del nonces[old]
-            return
-        while nonces:
-            oldest = next(iter(nonces))
-            if nonces[oldest] >= floor:
-                return
-            del nonces[oldest]
+        """Drop the buckets wholly signed before the floor; with `every`, also the nonces signed before
+        it in the bucket the floor falls in (a nonce's bucket is its signed time, so none is elsewhere)."""
+        floor, buckets = self.state.nonce_floor_ms, self.state.nonce_buckets
+        for bucket in [b for b in buckets if (b + 1) * NONCE_BUCKET_MS <= floor]:
+            self.store.delete(f"n:{bucket}")
+            del buckets[bucket]
+        straddling = floor // NONCE_BUCKET_MS
+        if every and straddling in buckets:
+            kept = [r for r in _nonce_records(self._nonce_bucket(straddling)) if r[1] >= floor]
+            self._write_nonce_bucket(straddling, kept)
 
+    def _write_nonce_bucket(self, bucket: int, records: list[tuple[bytes, int]]) -> None:
+        if not records:
+            self.store.delete(f"n:{bucket}")
+            self.state.nonce_buckets.pop(bucket, None)
+            return
+        self.store.set_bytes(f"n:{bucket}", b"".join(d + ms.to_bytes(8, "big") for d, ms in records))
+        self.state.nonce_buckets[bucket] = len(records)
+
+    def _move_nonces_in(self) -> None:
+        """Nonces of the older formats (whole, or digests inside the state) into their buckets."""
+        held = {nonce_key(nonce): signed_ms for nonce, signed_ms in self.state.nonces.items()}
+        held.update(self.state.nonce_digests)
+        self.state.nonces, self.state.nonce_digests = {}, {}
+        by_bucket: dict[int, list[tuple[bytes, int]]] = {}
+        for digest, signed_ms in held.items():
+            by_bucket.setdefault(signed_ms // NONCE_BUCKET_MS, []).append((digest, signed_ms))
+        for bucket, records in by_bucket.items():
+            self._write_nonce_bucket(bucket, _nonce_records(self._nonce_bucket(bucket)) + records)
+
+
+class _Ring:
+    """A bounded ring of remembered ids: the n-th id goes to slot n % capacity. Its entry (the id and
+    what is remembered of it) is under "<entries><slot>"; the id's digest and slot are in one of
+    DIGEST_BUCKETS buckets "<digests><b>" (b from the digest), so a lookup reads one bucket and one
+    entry, and an id is remembered by writing its entry and one or two small buckets."""
+
+    def __init__(self, store: Store, entries: str, digests: str, capacity: int,
+                 decoder: msgspec.msgpack.Decoder[Any]) -> None:
+        self.store, self.entries, self.digests, self.capacity, self.decoder = store, entries, digests, capacity, decoder
+
+    def find(self, an_id: str) -> tuple[bool, Any]:
+        """(whether `an_id` is remembered, its entry, or None if that is missing or not its own)."""
+        digest = _digest(an_id)
+        slot = _slot_of(self._bucket(digest), digest)
+        if slot is None:
+            return False, None
+        raw = self.store.get_bytes(f"{self.entries}{slot}")
+        entry = None if raw is None else self.decoder.decode(raw)
+        return True, entry if entry is not None and entry.an_id == an_id else None
+
+    def put(self, position: int, an_id: str, entry: bytes) -> None:
+        slot = position % self.capacity
+        if position >= self.capacity:
+            self._evict(slot)
+        self._add(_digest(an_id), slot)
+        self.store.set_bytes(f"{self.entries}{slot}", entry)
+
+    def move_in(self, digests: bytes) -> None:
+        """A ring whose digests were kept by slot in one blob (the previous format)."""
+        for slot in range(len(digests) // DIGEST_BYTES):
+            digest = digests[slot * DIGEST_BYTES:(slot + 1) * DIGEST_BYTES]
+            if digest != bytes(DIGEST_BYTES):  # zeros: a slot no entry reached
+                self._add(digest, slot)
+
+    def _bucket(self, digest: bytes) -> bytes:
+        return self.store.get_bytes(f"{self.digests}{digest[0] % DIGEST_BUCKETS}") or b""
+
+    def _add(self, digest: bytes, slot: int) -> None:
+        records = [r for r in _slot_records(self._bucket(digest)) if r[1] != slot] + [(digest, slot)]
+        self._write(digest[0] % DIGEST_BUCKETS, records)
+
+    def _evict(self, slot: int) -> None:
+        """Forget the id in `slot`: its digest is found from its entry (or, with the entry missing, by
+        looking through every bucket)."""
+        raw = self.store.get_bytes(f"{self.entries}{slot}")
+        buckets = range(DIGEST_BUCKETS) if raw is None else [_digest(self.decoder.decode(raw).an_id)[0] % DIGEST_BUCKETS]
+        for b in buckets:
+            held = _slot_records(self.store.get_bytes(f"{self.digests}{b}") or b"")
+            kept = [r for r in held if r[1] != slot]
+            if len(kept) != len(held):
+                self._write(b, kept)
+
+    def _write(self, b: int, records: list[tuple[bytes, int]]) -> None:
+        if records:
+            self.store.set_bytes(f"{self.digests}{b}", b"".join(d + s.to_bytes(SLOT_BYTES, "big") for d, s in records))
+        else:
+            self.store.delete(f"{self.digests}{b}")
+
+
+def _slot_records(bucket: bytes) -> list[tuple[bytes, int]]:
+    step = DIGEST_BYTES + SLOT_BYTES
+    return [(bucket[i:i + DIGEST_BYTES], int.from_bytes(bucket[i + DIGEST_BYTES:i + step], "big"))
+            for i in range(0, len(bucket), step)]
+
+
+def _slot_of(bucket: bytes, digest: bytes) -> int | None:
+    """The slot recorded with `digest` in a bucket (records aligned on DIGEST_BYTES + SLOT_BYTES), or None."""
+    step = DIGEST_BYTES + SLOT_BYTES
+    at = bucket.find(digest)
+    while at != -1 and at % step:
+        at = bucket.find(digest, at + 1)
+    return None if at == -1 else int.from_bytes(bucket[at + DIGEST_BYTES:at + step], "big")
+
+
+def _nonce_records(bucket: bytes) -> list[tuple[bytes, int]]:
+    step = DIGEST_BYTES + 8
+    return [(bucket[i:i + DIGEST_BYTES], int.from_bytes(bucket[i + DIGEST_BYTES:i + step], "big"))
+            for i in range(0, len(bucket), step)]
+
+
+def _nonce_at(bucket: bytes, digest: bytes) -> int | None:
+    step = DIGEST_BYTES + 8
+    at = bucket.find(digest)
+    while at != -1 and at % step:
+        at = bucket.find(digest, at + 1)
+    return None if at == -1 else at // step
 
 
 class RequestEntry(msgspec.Struct, array_like=True):
@@ -205,21 +333,6 @@ def nonce_key(nonce: str) -> bytes:
     probability of about 2^-64 per pair; the newer command would be refused as a replay, never applied
     twice."""
     return _digest(nonce)
-
-
-def _upgrade_nonces(state: AccountState) -> None:
-    """Move nonces kept whole (the old format) into their digests, oldest first as they were."""
-    moved = {nonce_key(nonce): signed_ms for nonce, signed_ms in state.nonces.items()}
-    moved.update(state.nonce_digests)
-    state.nonce_digests, state.nonces = moved, {}
-
-
-def _find(ring: bytes, digest: bytes) -> int | None:
-    """The slot holding `digest` (aligned on DIGEST_BYTES), or None."""
-    at = ring.find(digest)
-    while at != -1 and at % DIGEST_BYTES:
-        at = ring.find(digest, at + 1)
-    return None if at == -1 else at // DIGEST_BYTES
 
 
 def _put(ring: bytes, slot: int, digest: bytes) -> bytes:

@@ -2,10 +2,9 @@
 
 Stored in the processor's state store as MessagePack (one key per account), so it round-trips
 exactly through the changelog; every number is an int. The idempotency memory (request outcomes,
-closed orders' client ids) is two bounded rings: what decides a resend (an 8-byte digest per entry)
-inside this state, the entries themselves under keys of their own (perpline.accounts.memory), so the
-state stays small however long an account trades, and a resend is never applied twice whatever was
-restored.
+closed orders' client ids, used nonces) is under keys of its own (perpline.accounts.memory), written
+in the same transaction: this state keeps only its counters, so what a command writes stays small
+however long an account trades.
 """
 
 from __future__ import annotations
@@ -79,12 +78,13 @@ class AccountState(msgspec.Struct, kw_only=True, omit_defaults=True):
     applied: dict[str, int] = {}  # symbol -> last applied matcher position (seq * 2 + leg)
     requests_remembered: int = 0  # request outcomes ever remembered (ring position, accounts.memory)
     client_ids_remembered: int = 0  # closed client order ids ever remembered (ring position)
-    request_digests: bytes = b""  # 8-byte digest of each remembered request id, by ring slot (accounts.memory)
-    client_id_digests: bytes = b""  # 8-byte digest of each remembered closed client order id, by ring slot
-    local: dict[str, bytes] = {}  # the memory's entries when no store is given (and the old format's rings)
-    nonce_digests: dict[bytes, int] = {}  # 8-byte digest of each signed command's nonce -> signed_ms, oldest
-    # first (accounts.memory.use_nonce): 19 bytes an entry in the stored state instead of 42 for the nonce itself
-    nonces: dict[str, int] = {}  # the old format (nonce -> signed_ms), moved into nonce_digests on first use
+    nonce_buckets: dict[int, int] = {}  # signed-time bucket -> how many used nonces it holds (accounts.memory)
+    local: dict[str, bytes] = {}  # the memory's keys when no store is given (and the oldest format's rings)
+    # Older formats, moved into the memory's own keys the first time their account is used:
+    request_digests: bytes = b""  # 8-byte digest of each remembered request id, by ring slot
+    client_id_digests: bytes = b""  # the same for closed client order ids
+    nonce_digests: dict[bytes, int] = {}  # 8-byte digest of each used nonce -> signed_ms
+    nonces: dict[str, int] = {}  # nonce -> signed_ms
     nonce_floor_ms: int = 0  # a signed command signed before this is refused: its nonce may be forgotten
 
     def balance(self, asset: str) -> Balance:

@@ -27,7 +27,8 @@ from perpline.contracts.units import UnitError
 ACCT = 7
 SYM = "BTCUSDT-PERP"
 BTC = instrument(SYM)
-MEMORY_FIELDS = ("local", "requests_remembered", "request_digests", "nonce_digests", "nonces", "nonce_floor_ms")
+MEMORY_FIELDS = ("local", "requests_remembered", "request_digests", "nonce_digests", "nonces", "nonce_buckets",
+                 "nonce_floor_ms")
 # How a settlement leg is refused (dead-lettered by the processor); a leg that breaks an invariant the
 # handler asserts (a fill beyond the open quantity) must be stopped before anything changes too.
 REFUSED_LEG = (Reject, UnitError, IllegalTransition, AssertionError)

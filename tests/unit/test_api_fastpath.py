@@ -16,19 +16,22 @@ from perpline.api import fapi, fastpath
 from perpline.api.app import LATENCY
 from tests.unit.test_api_limits import NoTrades, calls, limited_app, signed
 
-REQUESTS = [
-    signed("POST", "/fapi/v1/order", "", "symbol=BTCUSDT&side=UP&type=LIMIT&quantity=1&price=50000"),
-    signed("POST", "/fapi/v1/order", "", "side=BUY&type=LIMIT&quantity=1&price=50000"),
-    signed("POST", "/fapi/v1/order", "", "symbol=NOPEUSDT&side=BUY&type=LIMIT&quantity=1&price=50000"),
-    signed("POST", "/fapi/v1/order", "", "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1"),
-    signed("POST", "/fapi/v1/order", "", "symbol=BTCUSDT&side=BUY&type=STOP&quantity=1&price=5"),
-    signed("POST", "/fapi/v1/order", "", "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=50000&newClientOrderId=a%0A"),
-    ("POST", "/fapi/v1/order?symbol=BTCUSDT&timestamp=1&signature=" + "0" * 64, {"headers": {"X-MBX-APIKEY": "k" * 64}}),
-    ("POST", "/fapi/v1/order?symbol=BTCUSDT", {}),
-    signed("DELETE", "/fapi/v1/order", "symbol=BTCUSDT&orderId=42"),
-    signed("DELETE", "/fapi/v1/order", "symbol=BTCUSDT"),
-    signed("PUT", "/fapi/v1/order", "", "symbol=BTCUSDT&orderId=42&side=BUY&quantity=1"),
-]
+
+def requests() -> list[tuple[str, str, dict[str, Any]]]:
+    """Signed now: a signature's timestamp must be within the receive window when the request arrives."""
+    return [
+        signed("POST", "/fapi/v1/order", "", "symbol=BTCUSDT&side=UP&type=LIMIT&quantity=1&price=50000"),
+        signed("POST", "/fapi/v1/order", "", "side=BUY&type=LIMIT&quantity=1&price=50000"),
+        signed("POST", "/fapi/v1/order", "", "symbol=NOPEUSDT&side=BUY&type=LIMIT&quantity=1&price=50000"),
+        signed("POST", "/fapi/v1/order", "", "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1"),
+        signed("POST", "/fapi/v1/order", "", "symbol=BTCUSDT&side=BUY&type=STOP&quantity=1&price=5"),
+        signed("POST", "/fapi/v1/order", "", "symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=1&price=50000&newClientOrderId=a%0A"),
+        ("POST", "/fapi/v1/order?symbol=BTCUSDT&timestamp=1&signature=" + "0" * 64, {"headers": {"X-MBX-APIKEY": "k" * 64}}),
+        ("POST", "/fapi/v1/order?symbol=BTCUSDT", {}),
+        signed("DELETE", "/fapi/v1/order", "symbol=BTCUSDT&orderId=42"),
+        signed("DELETE", "/fapi/v1/order", "symbol=BTCUSDT"),
+        signed("PUT", "/fapi/v1/order", "", "symbol=BTCUSDT&orderId=42&side=BUY&quantity=1"),
+    ]
 
 
 class NoOrders(NoTrades):
@@ -58,8 +61,9 @@ def _both(monkeypatch: pytest.MonkeyPatch, requests: list[tuple[str, str, dict[s
 
 
 def test_refusals_on_the_fast_path_equal_the_routers_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
-    fast, routed = _both(monkeypatch, REQUESTS)
-    for request, a, b in zip(REQUESTS, fast, routed, strict=True):
+    sent = requests()
+    fast, routed = _both(monkeypatch, sent)
+    for request, a, b in zip(sent, fast, routed, strict=True):
         assert _shape(a) == _shape(b), (request[:2], a.text, b.text)
         assert a.status_code >= 400 and a.json()["code"] < 0 and a.headers["X-Trace-Id"], a.text
     codes = [a.json()["code"] for a in fast]
@@ -91,6 +95,6 @@ def test_the_fast_routes_are_the_registered_endpoints_and_are_measured_under_the
     assert set(table) == set(fastpath.ROUTES)
     assert table[("POST", "/fapi/v1/order")].route.endpoint is fapi.new_order
     before = LATENCY.labels("/fapi/v1/order")._sum.get()  # noqa: SLF001
-    calls(app, REQUESTS[0], signed("GET", "/fapi/v1/order", "symbol=BTCUSDT&orderId=1"))
+    calls(app, requests()[0], signed("GET", "/fapi/v1/order", "symbol=BTCUSDT&orderId=1"))
     assert served == ["/fapi/v1/order"]  # the POST; the GET keeps the router
     assert LATENCY.labels("/fapi/v1/order")._sum.get() > before  # noqa: SLF001

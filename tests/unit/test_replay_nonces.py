@@ -42,6 +42,11 @@ def keys(*nonces: str) -> list[bytes]:
     return [mem.nonce_key(n) for n in nonces]
 
 
+def used(state: AccountState) -> list[bytes]:
+    """The digests of the nonces the account holds (its memory's keys are in `local`: no store here)."""
+    return [digest for digest, _ in mem.Memory(state, mem.DictMemory(state.local)).used_nonces()]
+
+
 def available(state: AccountState) -> int:
     return state.balances["USDT"].available
 
@@ -56,7 +61,7 @@ def test_a_used_nonce_is_refused_under_a_new_request_id_and_changes_nothing() ->
     assert journals(outs) == [] and available(state) == parse_amount("99")
     refused = from_store(to_store(state))
     kept = from_store(before)
-    assert (refused.balances, refused.nonce_digests) == (kept.balances, kept.nonce_digests)  # only r2's decision is new
+    assert (refused.balances, used(refused)) == (kept.balances, used(kept))  # only r2's decision is new
 
 
 def test_a_known_request_id_gets_its_first_decision_whatever_the_signature() -> None:
@@ -82,7 +87,7 @@ def test_unsigned_commands_carry_no_nonce_and_are_not_limited() -> None:
     state = funded()
     for i in range(3):
         assert result(withdraw(state, f"r{i}", "", signed_ms=0)).ok
-    assert state.nonce_digests == {} and available(state) == parse_amount("97")
+    assert used(state) == [] and available(state) == parse_amount("97")
 
 
 def test_a_nonce_is_forgotten_only_once_any_command_it_could_ride_on_is_refused_as_stale() -> None:
@@ -91,7 +96,7 @@ def test_a_nonce_is_forgotten_only_once_any_command_it_could_ride_on_is_refused_
     assert result(withdraw(state, "r1", old)).ok
     later = T0 + mem.NONCE_KEEP_MS + 1
     assert result(withdraw(state, "r2", signing.nonce_of("e" * 64), ts_ms=later, signed_ms=later)).ok
-    assert mem.nonce_key(old) not in state.nonce_digests and state.nonce_floor_ms == later - mem.NONCE_KEEP_MS
+    assert state.nonce_floor_ms == later - mem.NONCE_KEEP_MS
     outs = withdraw(state, "r3", old, ts_ms=later)  # the forgotten one again: signed before the floor
     assert result(outs).code == Code.STALE_REQUEST and journals(outs) == []
     assert available(state) == parse_amount("98")
@@ -104,11 +109,11 @@ def test_a_young_nonce_survives_any_volume_the_cap_refuses_instead(monkeypatch: 
         assert result(withdraw(state, f"r{i}", f"n{i}", ts_ms=T0 + i, signed_ms=T0 + i)).ok
     outs = withdraw(state, "r5", "n5", ts_ms=T0 + 10, signed_ms=T0 + 10)
     assert result(outs).code == Code.RATE_LIMITED and journals(outs) == []
-    assert list(state.nonce_digests) == keys(*(f"n{i}" for i in range(5)))  # nothing young forgotten
-    assert result(withdraw(state, "r6", "n0", ts_ms=T0 + 20)).code == Code.REPLAYED_REQUEST
+    assert used(state) == keys(*(f"n{i}" for i in range(5)))  # nothing young forgotten
+    assert result(withdraw(state, "r6", "n0", ts_ms=T0 + 20, signed_ms=T0)).code == Code.REPLAYED_REQUEST
     later = T0 + mem.NONCE_KEEP_MS + 3  # n0..n2 aged out: room again
     assert result(withdraw(state, "r7", "n7", ts_ms=later, signed_ms=later)).ok
-    assert list(state.nonce_digests) == keys("n3", "n4", "n7")
+    assert used(state) == keys("n3", "n4", "n7")
 
 
 def test_the_cap_sweeps_nonces_that_arrived_out_of_order(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,14 +124,14 @@ def test_the_cap_sweeps_nonces_that_arrived_out_of_order(monkeypatch: pytest.Mon
         assert result(withdraw(state, f"r{i}", f"n{i}", ts_ms=T0 + 50_000, signed_ms=at)).ok
     now = T0 + mem.NONCE_KEEP_MS + 10
     assert result(withdraw(state, "r3", "n3", ts_ms=now, signed_ms=now)).ok
-    assert list(state.nonce_digests) == keys("n0", "n3")
+    assert used(state) == keys("n0", "n3")
 
 
 def test_the_nonce_memory_is_part_of_the_stored_account() -> None:
     state = funded()
     withdraw(state, "r1", "n1")
     restored = from_store(to_store(state))
-    assert restored.nonce_digests == {mem.nonce_key("n1"): T0} and restored.nonces == {}
+    assert mem.Memory(restored, mem.DictMemory(restored.local)).used_nonces() == [(mem.nonce_key("n1"), T0)]
     assert result(withdraw(restored, "r2", "n1")).code == Code.REPLAYED_REQUEST
 
 
@@ -164,10 +169,17 @@ def test_nonces_kept_whole_by_an_older_version_are_moved_to_digests_and_still_re
     state = funded()
     state.nonces = {"old-a": T0 - 2, "old-b": T0 - 1}  # the old format, as a stored account may hold it
     state.nonce_digests = {}
-    assert result(withdraw(state, "r1", "old-b")).code == Code.REPLAYED_REQUEST
-    assert state.nonces == {} and list(state.nonce_digests) == keys("old-a", "old-b")  # order kept
+    assert result(withdraw(state, "r1", "old-b", signed_ms=T0 - 1)).code == Code.REPLAYED_REQUEST
+    assert state.nonces == {} == state.nonce_digests and used(state) == keys("old-a", "old-b")  # order kept
     assert result(withdraw(state, "r2", "new", ts_ms=T0 + 1, signed_ms=T0 + 1)).ok
-    assert list(from_store(to_store(state)).nonce_digests) == keys("old-a", "old-b", "new")
+    assert used(from_store(to_store(state))) == keys("old-a", "old-b", "new")
+
+
+def test_nonce_digests_kept_in_the_state_by_the_previous_version_are_moved_to_buckets() -> None:
+    state = funded()
+    state.nonce_digests = {mem.nonce_key("prev"): T0 - 5}
+    assert result(withdraw(state, "r1", "prev", signed_ms=T0 - 5)).code == Code.REPLAYED_REQUEST
+    assert state.nonce_digests == {} and used(state) == keys("prev") and state.nonce_buckets
 
 
 def test_a_used_nonce_costs_the_stored_account_under_20_bytes() -> None:
