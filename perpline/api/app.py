@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -209,11 +210,16 @@ def _our_headers(request: Request, headers: MutableHeaders) -> None:
 
 def _measure(request: Request, trace_id: str, status: int, elapsed_s: float) -> None:
     path = getattr(request.scope.get("route"), "path", "unmatched")
-    REQUESTS.labels(path, str(status)).inc()
-    LATENCY.labels(path).observe(elapsed_s)
+    _metrics_of(path, status)[0].inc()
+    _metrics_of(path, status)[1].observe(elapsed_s)
     if path not in ("/metrics", "/healthz", "/readyz"):
         log.info("request", extra={"trace_id": trace_id, "method": request.method, "route": path,
                                    "status": status, "ms": round(elapsed_s * 1000, 2)})
+
+
+@lru_cache(maxsize=4096)  # routes x statuses: labels() validates and joins its labels on every call
+def _metrics_of(path: str, status: int) -> tuple[Any, Any]:
+    return REQUESTS.labels(path, str(status)), LATENCY.labels(path)
 
 
 def _size_refusal(request: Request) -> str | None:

@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
@@ -77,6 +78,15 @@ def table(routes: list[BaseRoute]) -> dict[tuple[str, str], FastRoute]:
     return found
 
 
+def _json(content: Any) -> Response:
+    """A returned dict as FastAPI sends it (JSONResponse: compact, UTF-8), encoded by msgspec: the same
+    bytes for the str / int / bool / None values the endpoints return, in a third of json.dumps' time."""
+    return Response(_ENCODER.encode(content), media_type="application/json")
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
 async def serve(fast: FastRoute, scope: Scope, receive: Receive, send: Send) -> None:
     """One request on a fast route: the signed caller, the endpoint, its answer or its error."""
     scope["route"] = fast.route
@@ -87,7 +97,7 @@ async def serve(fast: FastRoute, scope: Scope, receive: Receive, send: Send) -> 
         caller = await auth.signed_caller(request, d.registry, d.guard, fast.permission)
         ratelimit.charge_caller(request, caller.api_key, caller.user_id)
         result = await fast.endpoint(request, d, caller)
-        response = result if isinstance(result, Response) else JSONResponse(result)
+        response = result if isinstance(result, Response) else _json(result)
     except (PerplineError, UnitError) as exc:
         response = await errors.on_perpline_error(request, exc)
     except errors.NoDecision as exc:

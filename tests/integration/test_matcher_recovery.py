@@ -141,8 +141,8 @@ def test_twenty_random_kills_under_steady_flow(tmp_path: Path) -> None:
     assert stream == expected
     trades = [v for v in stream if b'"type":"trade"' in v]
     assert len({t for t in trades}) == len(trades), "no trade twice in the de-duplicated stream"
-    recoveries = [json.loads(line) for line in (tmp_path.parent / f"{tmp_path.name}.log").read_text().splitlines()
-                  if '"msg": "recovered"' in line]
+    lines = (tmp_path.parent / f"{tmp_path.name}.log").read_text().splitlines()
+    recoveries = [r for r in (json.loads(line) for line in lines if '"recovered"' in line) if r.get("msg") == "recovered"]
     replayed = [r["replayed_inputs"] for r in recoveries]
     print(f"MATCHER_KILLS 20 events={len(expected)} re-emitted={duplicates} replayed_per_restart={replayed}")
     assert len(segments(tmp_path / "wal")) <= 5, "WAL segments covered by snapshots are pruned"

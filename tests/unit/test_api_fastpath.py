@@ -98,3 +98,14 @@ def test_the_fast_routes_are_the_registered_endpoints_and_are_measured_under_the
     calls(app, requests()[0], signed("GET", "/fapi/v1/order", "symbol=BTCUSDT&orderId=1"))
     assert served == ["/fapi/v1/order"]  # the POST; the GET keeps the router
     assert LATENCY.labels("/fapi/v1/order")._sum.get() > before  # noqa: SLF001
+
+
+def test_an_answer_is_encoded_as_fastapis_json_response_encodes_it() -> None:
+    from starlette.responses import JSONResponse
+
+    answer = {"orderId": 12, "symbol": "BTCUSDT", "status": "NEW", "clientOrderId": "pl-a/b:c.d_e-f", "price": "50000.0",
+              "reduceOnly": False, "closePosition": True, "goodTillDate": 0, "note": "é ü 中 \u2028 <&> \"q\" \\ \n\t",
+              "none": None, "list": [1, "2"]}
+    fast = fastpath._json(answer)  # noqa: SLF001
+    routed = JSONResponse(answer)
+    assert fast.body == routed.body and fast.headers["content-type"] == routed.headers["content-type"]
