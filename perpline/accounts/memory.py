@@ -1,19 +1,20 @@
 """Idempotency memory of one account: request outcomes, closed orders' client ids, and the nonces of
 signed commands (the one-use rule for signatures, exchange-wide: see `Memory.use_nonce`).
 
-Requests and closed client ids are bounded rings: the n-th entry goes to slot n % capacity, so an
-account never holds more than `capacity` of each. All of it is in the store, beside the account's
-state key, and none of it in that key:
+Requests and closed client ids are bounded rings: an id stays remembered while fewer than `capacity`
+ids were remembered after it, so an account never holds more than `capacity` of each. All of it is in
+the store, beside the account's state key, and none of it in that key:
 
-- a key per slot ("q:<slot>", "k:<slot>"): the entry itself (the id and its outcome or order id);
-- DIGEST_BUCKETS keys per ring ("qd:<b>", "kd:<b>"): the 8-byte digest and the slot of each id,
-  in the bucket its digest names, so a lookup reads one bucket (and the entry when found);
+- DIGEST_BUCKETS keys per ring ("qd:<b>", "kd:<b>"): each remembered id as a record (its 8-byte digest,
+  its position in the ring, its entry: the id and its outcome or order id) in the bucket its digest
+  names, so a lookup reads one key and remembering an id rewrites one (about 64 records);
 - a key per NONCE_BUCKET_MS of signed time ("n:<bucket>"): the digests of the nonces used, with
   their signed times; the state counts them per bucket (`nonce_buckets`).
 
-A command therefore writes its state key (balances, orders, positions, counters: a few hundred bytes)
-and a few small memory keys. Until this layout the digests and the nonces were inside the state key,
-so every command rewrote all of them: 30-70 KB per command for an account trading a few orders a
+A command therefore writes its state key (balances, orders, positions, counters: a few hundred bytes),
+one ring bucket if it is a request or closes an order, and one nonce bucket if it is signed. Until this
+layout the digests (entries under a key per slot) and the nonces were inside the state key, so every
+command rewrote all of them: 30-70 KB per command for an account trading a few orders a
 second, re-encoded, stored and sent to the changelog each time (bench.load 32 pairs: 724 against
 650 orders/s in 40 s with the rings and nonce window shrunk, and runs that slowed down the longer they
 went: 446 orders/s over 120 s, 376 over 300 s).
@@ -23,10 +24,10 @@ transaction for the changelog and one RocksDB write batch locally, so a restore 
 neither (the changelog is read read_committed; perpline's broker and Redpanda never show aborted
 records. Tansu does, and is not for crash tests). Within that, a lookup errs on the safe side:
 
-- a digest and its entry: a resend, answered with the first outcome;
-- a digest whose entry is missing or another id's: still a resend, never applied again; answered
-  REPLAYED_REQUEST ("outcome no longer known"), or for a client id DUPLICATE_CLIENT_ORDER_ID;
-- an entry whose digest is in no bucket (its slot was reused): not remembered.
+- a digest with its entry: a resend, answered with the first outcome;
+- a digest whose entry is missing (moved in from the previous format without it) or another id's: still
+  a resend, never applied again; answered REPLAYED_REQUEST ("outcome no longer known"), or for a client
+  id DUPLICATE_CLIENT_ORDER_ID.
 
 Two different ids share a digest with a probability of about 2^-64 per pair (4,096 entries: about
 4.5e-13 per lookup): such a new request would be refused as a resend, never applied twice.
@@ -59,10 +60,8 @@ NONCE_KEEP_MS = 2 * MAX_RECV_WINDOW_MS
 MAX_NONCES = 8192
 MAX_NONCE_CHARS = 64
 DIGEST_BYTES = 8
-SLOT_BYTES = 2  # a ring slot in a digest bucket (capacities below 65,536)
-DIGEST_BUCKETS = 64  # per ring: ~64 records of 10 bytes each at 4,096 entries
+DIGEST_BUCKETS = 64  # per ring: about 64 records (an id and its outcome: ~60-100 bytes each) at 4,096 entries
 NONCE_BUCKET_MS = 10_000  # used nonces are kept in buckets of their signed time this wide
-assert max(MAX_REMEMBERED_REQUESTS, MAX_REMEMBERED_CLIENT_IDS) < 1 << (8 * SLOT_BYTES)
 OUTCOME_UNKNOWN = "this request was already applied; its outcome is no longer known here: check its order or balance"
 
 _outcome_decoder = msgspec.msgpack.Decoder(RequestOutcome)
@@ -98,19 +97,19 @@ class Memory:
     def __init__(self, state: AccountState, store: Store) -> None:
         self.state = state
         self.store = store
-        self.requests = _Ring(store, "q:", "qd:", MAX_REMEMBERED_REQUESTS, _request_decoder)
-        self.client_ids = _Ring(store, "k:", "kd:", MAX_REMEMBERED_CLIENT_IDS, _client_decoder)
+        self.requests = _Ring(store, "qd:", MAX_REMEMBERED_REQUESTS, _request_decoder)
+        self.client_ids = _Ring(store, "kd:", MAX_REMEMBERED_CLIENT_IDS, _client_decoder)
         if "rs:0" in state.local or "cs:0" in state.local:  # the oldest format: its rings start at slot 0
             _upgrade(state, store)
         if state.request_digests or state.client_id_digests:  # digests kept in the state: move them out
-            self.requests.move_in(state.request_digests)
-            self.client_ids.move_in(state.client_id_digests)
+            self.requests.move_in(state.request_digests, state.requests_remembered, "q:")
+            self.client_ids.move_in(state.client_id_digests, state.client_ids_remembered, "k:")
             state.request_digests = state.client_id_digests = b""
         if state.nonces or state.nonce_digests:  # nonces kept in the state: move them into their buckets
             self._move_nonces_in()
 
     def request(self, request_id: str) -> RequestOutcome | None:
-        known, entry = self.requests.find(request_id)
+        known, entry = self.requests.find(request_id, self.state.requests_remembered)
         if not known:
             return None
         if entry is None:
@@ -128,7 +127,7 @@ class Memory:
         for order in self.state.orders.values():
             if order.client_order_id == client_order_id:
                 return order.order_id
-        known, entry = self.client_ids.find(client_order_id)
+        known, entry = self.client_ids.find(client_order_id, self.state.client_ids_remembered)
         if not known:
             return None
         if entry is None:
@@ -223,77 +222,62 @@ class Memory:
 
 
 class _Ring:
-    """A bounded ring of remembered ids: the n-th id goes to slot n % capacity. Its entry (the id and
-    what is remembered of it) is under "<entries><slot>"; the id's digest and slot are in one of
-    DIGEST_BUCKETS buckets "<digests><b>" (b from the digest), so a lookup reads one bucket and one
-    entry, and an id is remembered by writing its entry and one or two small buckets."""
+    """A bounded ring of remembered ids: the n-th id remembered has position n and stays remembered
+    while fewer than `capacity` ids came after it. Each id is a record (its 8-byte digest, its position,
+    its entry: the id and what is remembered of it) in one of DIGEST_BUCKETS bucket keys
+    "<prefix><b>" (b from the digest). A lookup reads one bucket; remembering an id rewrites one bucket,
+    dropping the bucket's records that have left the ring, so a bucket holds about capacity /
+    DIGEST_BUCKETS records and never more than `capacity`."""
 
-    def __init__(self, store: Store, entries: str, digests: str, capacity: int,
-                 decoder: msgspec.msgpack.Decoder[Any]) -> None:
-        self.store, self.entries, self.digests, self.capacity, self.decoder = store, entries, digests, capacity, decoder
+    def __init__(self, store: Store, prefix: str, capacity: int, decoder: msgspec.msgpack.Decoder[Any]) -> None:
+        self.store, self.prefix, self.capacity, self.decoder = store, prefix, capacity, decoder
+        self._read: dict[int, list[_Record]] = {}  # buckets read during this command: a lookup, then the write
 
-    def find(self, an_id: str) -> tuple[bool, Any]:
-        """(whether `an_id` is remembered, its entry, or None if that is missing or not its own)."""
+    def find(self, an_id: str, remembered: int) -> tuple[bool, Any]:
+        """(whether `an_id` is remembered, its entry; None if the entry is missing or not its own)."""
         digest = _digest(an_id)
-        slot = _slot_of(self._bucket(digest), digest)
-        if slot is None:
-            return False, None
-        raw = self.store.get_bytes(f"{self.entries}{slot}")
-        entry = None if raw is None else self.decoder.decode(raw)
-        return True, entry if entry is not None and entry.an_id == an_id else None
+        for held, position, raw in self._records(digest[0] % DIGEST_BUCKETS):
+            if held == digest and position >= remembered - self.capacity:
+                entry = None if raw is None else self.decoder.decode(raw)
+                return True, entry if entry is not None and entry.an_id == an_id else None
+        return False, None
 
     def put(self, position: int, an_id: str, entry: bytes) -> None:
-        slot = position % self.capacity
-        if position >= self.capacity:
-            self._evict(slot)
-        self._add(_digest(an_id), slot)
-        self.store.set_bytes(f"{self.entries}{slot}", entry)
+        """Remember `an_id` at `position` (the number of ids remembered before it)."""
+        digest = _digest(an_id)
+        self._add(digest[0] % DIGEST_BUCKETS, [(digest, position, entry)], position + 1)
 
-    def move_in(self, digests: bytes) -> None:
-        """A ring whose digests were kept by slot in one blob (the previous format)."""
+    def move_in(self, digests: bytes, remembered: int, entries: str) -> None:
+        """A ring of the previous format: digests by slot in one blob, each entry under "<entries><slot>"."""
+        by_bucket: dict[int, list[_Record]] = {}
         for slot in range(len(digests) // DIGEST_BYTES):
             digest = digests[slot * DIGEST_BYTES:(slot + 1) * DIGEST_BYTES]
-            if digest != bytes(DIGEST_BYTES):  # zeros: a slot no entry reached
-                self._add(digest, slot)
+            position = remembered - 1 - (remembered - 1 - slot) % self.capacity
+            if digest != bytes(DIGEST_BYTES) and position >= 0:  # zeros: a slot no entry reached
+                raw = self.store.get_bytes(f"{entries}{slot}")
+                by_bucket.setdefault(digest[0] % DIGEST_BUCKETS, []).append((digest, position, raw))
+            self.store.delete(f"{entries}{slot}")
+        for b, records in by_bucket.items():
+            self._add(b, records, remembered)
 
-    def _bucket(self, digest: bytes) -> bytes:
-        return self.store.get_bytes(f"{self.digests}{digest[0] % DIGEST_BUCKETS}") or b""
+    def _records(self, b: int) -> list[_Record]:
+        found = self._read.get(b)
+        if found is None:
+            raw = self.store.get_bytes(f"{self.prefix}{b}")
+            found = self._read[b] = [] if raw is None else _bucket_decoder.decode(raw)
+        return found
 
-    def _add(self, digest: bytes, slot: int) -> None:
-        records = [r for r in _slot_records(self._bucket(digest)) if r[1] != slot] + [(digest, slot)]
-        self._write(digest[0] % DIGEST_BUCKETS, records)
-
-    def _evict(self, slot: int) -> None:
-        """Forget the id in `slot`: its digest is found from its entry (or, with the entry missing, by
-        looking through every bucket)."""
-        raw = self.store.get_bytes(f"{self.entries}{slot}")
-        buckets = range(DIGEST_BUCKETS) if raw is None else [_digest(self.decoder.decode(raw).an_id)[0] % DIGEST_BUCKETS]
-        for b in buckets:
-            held = _slot_records(self.store.get_bytes(f"{self.digests}{b}") or b"")
-            kept = [r for r in held if r[1] != slot]
-            if len(kept) != len(held):
-                self._write(b, kept)
-
-    def _write(self, b: int, records: list[tuple[bytes, int]]) -> None:
-        if records:
-            self.store.set_bytes(f"{self.digests}{b}", b"".join(d + s.to_bytes(SLOT_BYTES, "big") for d, s in records))
-        else:
-            self.store.delete(f"{self.digests}{b}")
+    def _add(self, b: int, records: list[_Record], remembered: int) -> None:
+        """Write bucket b with `records` added and the records that have left the ring dropped."""
+        floor = remembered - self.capacity
+        kept = [r for r in self._records(b) if r[1] >= floor] + records
+        assert len(kept) <= self.capacity, "a bucket holds live records only"
+        self.store.set_bytes(f"{self.prefix}{b}", _entry_encoder.encode(kept))
+        self._read[b] = kept
 
 
-def _slot_records(bucket: bytes) -> list[tuple[bytes, int]]:
-    step = DIGEST_BYTES + SLOT_BYTES
-    return [(bucket[i:i + DIGEST_BYTES], int.from_bytes(bucket[i + DIGEST_BYTES:i + step], "big"))
-            for i in range(0, len(bucket), step)]
-
-
-def _slot_of(bucket: bytes, digest: bytes) -> int | None:
-    """The slot recorded with `digest` in a bucket (records aligned on DIGEST_BYTES + SLOT_BYTES), or None."""
-    step = DIGEST_BYTES + SLOT_BYTES
-    at = bucket.find(digest)
-    while at != -1 and at % step:
-        at = bucket.find(digest, at + 1)
-    return None if at == -1 else int.from_bytes(bucket[at + DIGEST_BYTES:at + step], "big")
+_Record = tuple[bytes, int, "bytes | None"]  # digest, position, the encoded entry (None: not moved in whole)
+_bucket_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, int, bytes | None]])
 
 
 def _nonce_records(bucket: bytes) -> list[tuple[bytes, int]]:

@@ -1,6 +1,6 @@
 """The accounts processor's idempotency memory: request outcomes and closed client ids, in bounded rings
-whose entries and 8-byte digests are in keys of their own beside the account's state key (so what a
-command writes stays small however long the account trades), and a lookup that errs on the safe side."""
+kept in bucket keys beside the account's state key (so what a command writes stays small however long
+the account trades), and a lookup that errs on the safe side."""
 
 from __future__ import annotations
 
@@ -9,12 +9,7 @@ import pytest
 
 from perpline.accounts import memory as mem
 from perpline.accounts.handlers import handle
-from perpline.accounts.memory import (
-    DIGEST_BUCKETS,
-    DIGEST_BYTES,
-    MAX_REMEMBERED_REQUESTS,
-    DictMemory,
-)
+from perpline.accounts.memory import DIGEST_BUCKETS, MAX_REMEMBERED_REQUESTS, DictMemory
 from perpline.accounts.state import AccountState, Balance, RequestOutcome, to_store
 from perpline.contracts import messages as m
 from perpline.contracts.codes import Code
@@ -35,6 +30,15 @@ def place(state: AccountState, store: DictMemory, cid: str, rid: str) -> m.Comma
     return next(o.msg for o in outs if isinstance(o.msg, m.CommandResult))
 
 
+def records(data: dict[str, bytes], prefix: str) -> list[tuple[bytes, int, bytes | None]]:
+    """Every record of a ring's buckets ("qd:" or "kd:")."""
+    return [r for k, v in data.items() if k.startswith(prefix) for r in mem._bucket_decoder.decode(v)]  # noqa: SLF001
+
+
+def live_positions(data: dict[str, bytes], prefix: str, remembered: int, capacity: int) -> list[int]:
+    return sorted(p for _, p, _ in records(data, prefix) if p >= remembered - capacity)
+
+
 def test_request_memory_is_a_bounded_ring_and_the_core_does_not_grow() -> None:
     st, store = AccountState(account_id=3), DictMemory({})
     deposit(st, store, "first")
@@ -42,16 +46,27 @@ def test_request_memory_is_a_bounded_ring_and_the_core_does_not_grow() -> None:
     for n in range(MAX_REMEMBERED_REQUESTS + 10):
         deposit(st, store, f"d{n}")
     assert len(to_store(st)) <= core_bytes + 16  # counters and integer widths: no ring inside the state
-    assert sum(k.startswith("q:") for k in store.data) == MAX_REMEMBERED_REQUESTS
-    buckets = {k: v for k, v in store.data.items() if k.startswith("qd:")}
-    assert len(buckets) <= DIGEST_BUCKETS and sum(map(len, buckets.values())) == MAX_REMEMBERED_REQUESTS * (
-        DIGEST_BYTES + mem.SLOT_BYTES)  # one record per remembered id: evicted ones are gone
+    remembered = MAX_REMEMBERED_REQUESTS + 11
+    assert live_positions(store.data, "qd:", remembered, MAX_REMEMBERED_REQUESTS) == list(range(11, remembered))
+    buckets = [mem._bucket_decoder.decode(v) for k, v in store.data.items() if k.startswith("qd:")]  # noqa: SLF001
+    assert len(buckets) <= DIGEST_BUCKETS and max(map(len, buckets)) < 2 * MAX_REMEMBERED_REQUESTS / DIGEST_BUCKETS
     total = st.balances["USDT"].available
     assert total == parse_amount(str(MAX_REMEMBERED_REQUESTS + 11))
     assert deposit(st, store, f"d{MAX_REMEMBERED_REQUESTS + 9}").ok  # a recent resend: answered, not applied
     assert st.balances["USDT"].available == total
     deposit(st, store, "first")  # older than the window: a new request (the documented limit)
     assert st.balances["USDT"].available == total + parse_amount("1")
+
+
+def test_an_id_leaves_the_ring_after_capacity_more_and_buckets_drop_what_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mem, "MAX_REMEMBERED_REQUESTS", 8)
+    st, store = AccountState(account_id=9), DictMemory({})
+    for n in range(40):
+        deposit(st, store, f"d{n}")
+    assert live_positions(store.data, "qd:", 40, 8) == list(range(32, 40))
+    assert len(records(store.data, "qd:")) < 40  # a record that left the ring is dropped when its bucket is rewritten
+    assert deposit(st, store, "d39").ok and st.balances["USDT"].available == parse_amount("40")  # remembered
+    assert deposit(st, store, "d3").ok and st.balances["USDT"].available == parse_amount("41")  # forgotten: new
 
 
 def test_a_closed_orders_client_id_still_finds_it() -> None:
@@ -62,7 +77,7 @@ def test_a_closed_orders_client_id_still_finds_it() -> None:
     order_id = first.order_id
     handle(st, m.OrderDone(**META, account_id=4, symbol=SYM, seq=1, order_id=order_id, status="CANCELED",
                            leaves="0.010", code=0), store)
-    assert st.orders == {} and sum(k.startswith("k:") for k in store.data) == 1
+    assert st.orders == {} and len(records(store.data, "kd:")) == 1
     again = place(st, store, "mine", "p2")  # a new request id, the same client id: the existing order
     assert again.ok and again.order_id == order_id and st.orders == {}
     other = place(st, store, "other", "p3")
@@ -73,61 +88,42 @@ def test_without_a_store_the_memory_travels_with_the_state() -> None:
     st = AccountState(account_id=5)
     handle(st, m.Deposit(**META, request_id="x", account_id=5, asset="USDT", amount="2"))
     handle(st, m.Deposit(**META, request_id="x", account_id=5, asset="USDT", amount="2"))
-    assert st.balances["USDT"].available == parse_amount("2") and "q:0" in st.local
+    assert st.balances["USDT"].available == parse_amount("2") and live_positions(st.local, "qd:", 1, 4096) == [0]
 
 
-def test_a_resend_whose_entry_is_missing_is_refused_never_applied_twice() -> None:
+def previous_format(st: AccountState, requests: list[str], client_ids: list[str]) -> DictMemory:
+    """`st` as the previous format kept its memory: each id's digest by slot inside the state (the entries
+    were under a key per slot: none here, as if they were lost); returns the empty store."""
+    st.request_digests = b"".join(mem._digest(r) for r in requests)  # noqa: SLF001
+    st.client_id_digests = b"".join(mem._digest(c) for c in client_ids)  # noqa: SLF001
+    st.requests_remembered, st.client_ids_remembered = len(requests), len(client_ids)
+    return DictMemory({})
+
+
+def test_a_known_id_whose_entry_is_missing_is_refused_never_applied_twice() -> None:
     """The digest decides whether an id is known; the entry only holds the first answer. With the digest
-    found and the entry gone, the resend is answered REPLAYED_REQUEST and changes nothing."""
-    st, store = AccountState(account_id=6), DictMemory({})
-    first = deposit(st, store, "a")
-    assert first.ok
-    balance = st.balances["USDT"].available
-    digests_only = DictMemory({k: v for k, v in store.data.items() if not k.startswith("q:")})
-    again = deposit(st, digests_only, "a")
-    assert (again.ok, again.code) == (False, int(Code.REPLAYED_REQUEST)) and st.balances["USDT"].available == balance
-    assert deposit(st, store, "a").ok and st.balances["USDT"].available == balance  # the first answer, once
-
-
-def test_an_evicted_id_whose_entry_is_missing_leaves_no_stale_digest(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mem, "MAX_REMEMBERED_REQUESTS", 8)
-    st, store = AccountState(account_id=9), DictMemory({})
-    for n in range(8):
-        deposit(st, store, f"d{n}")
-    del store.data["q:3"]  # the entry naming slot 3's id is gone: its digest is found by looking everywhere
-    for n in range(8, 16):
-        deposit(st, store, f"d{n}")
-    records = [r for k, v in store.data.items() if k.startswith("qd:") for r in mem._slot_records(v)]  # noqa: SLF001
-    assert sorted(slot for _, slot in records) == list(range(8))
-    assert deposit(st, store, "d3").ok and st.balances["USDT"].available == parse_amount("17")  # forgotten: new
-
-
-def test_a_previous_format_state_with_digests_inside_is_moved_out_and_answers_the_same() -> None:
-    st, store = AccountState(account_id=10), DictMemory({})
-    for n in range(5):
-        deposit(st, store, f"d{n}")
-    ring = bytearray(5 * DIGEST_BYTES)
-    for k, v in store.data.items():  # the digests back into the state, by slot, as the previous format kept them
-        if k.startswith("qd:"):
-            for digest, slot in mem._slot_records(v):  # noqa: SLF001
-                ring[slot * DIGEST_BYTES:(slot + 1) * DIGEST_BYTES] = digest
-    old_store = DictMemory({k: v for k, v in store.data.items() if not k.startswith("qd:")})
-    st.request_digests = bytes(ring)
-    assert deposit(st, old_store, "d2").ok and st.balances["USDT"].available == parse_amount("5")  # a resend
-    assert st.request_digests == b"" and any(k.startswith("qd:") for k in old_store.data)
-    assert deposit(st, old_store, "new").ok and st.balances["USDT"].available == parse_amount("6")
-
-
-def test_a_closed_orders_client_id_whose_entry_was_not_restored_is_refused_not_placed_again() -> None:
-    st, store = AccountState(account_id=7), DictMemory({})
-    deposit(st, store, "d")
-    st.balances["USDT"].available = parse_amount("100000")
-    order_id = place(st, store, "mine", "p1").order_id
-    handle(st, m.OrderDone(**META, account_id=7, symbol=SYM, seq=1, order_id=order_id, status="CANCELED",
-                           leaves="0.010", code=0), store)
-    entry_missing = DictMemory({k: v for k, v in store.data.items() if not k.startswith("k:")})
-    resend = place(st, entry_missing, "mine", "p2")  # re-signed: a new request id, the same client id
+    and no entry, the resend is answered REPLAYED_REQUEST, a resent order DUPLICATE_CLIENT_ORDER_ID, and
+    nothing changes."""
+    st = AccountState(account_id=6)
+    st.balances["USDT"] = Balance(available=parse_amount("100000"))
+    store = previous_format(st, ["a"], ["mine"])
+    again = deposit(st, store, "a")
+    assert (again.ok, again.code) == (False, int(Code.REPLAYED_REQUEST))
+    resend = place(st, store, "mine", "p2")  # re-signed: a new request id, the same client id
     assert (resend.ok, resend.code) == (False, int(Code.DUPLICATE_CLIENT_ORDER_ID)) and st.orders == {}
+    assert st.balances["USDT"].available == parse_amount("100000") and st.request_digests == b""
+
+
+def test_a_previous_format_memory_is_moved_out_of_the_state_and_answers_the_same() -> None:
+    st = AccountState(account_id=10)
+    st.balances["USDT"] = Balance(available=parse_amount("5"))
+    store = previous_format(st, [f"d{n}" for n in range(5)], [])
+    ok = RequestOutcome(True, 0, "", None, None)
+    store.data.update({f"q:{n}": msgspec.msgpack.encode(mem.RequestEntry(f"d{n}", ok)) for n in range(5)})
+    assert deposit(st, store, "d2").ok and st.balances["USDT"].available == parse_amount("5")  # a resend
+    assert st.request_digests == b"" and not any(k.startswith("q:") for k in store.data)
+    assert live_positions(store.data, "qd:", 5, MAX_REMEMBERED_REQUESTS) == [0, 1, 2, 3, 4]
+    assert deposit(st, store, "new").ok and st.balances["USDT"].available == parse_amount("6")
 
 
 def test_an_old_format_memory_is_moved_and_answers_the_same() -> None:
@@ -139,8 +135,9 @@ def test_an_old_format_memory_is_moved_and_answers_the_same() -> None:
                 "rs:1": b"y", "r:y": msgspec.msgpack.encode(RequestOutcome(False, 1004, "no", None, None)),
                 "cs:0": b"mine", "c:mine": b"42"}
     assert deposit(st, store, "x").ok and st.balances["USDT"].available == parse_amount("5")  # a resend
-    assert st.local == {} and {"q:0", "q:1", "k:0"} <= set(store.data)
+    assert st.local == {} and live_positions(store.data, "qd:", 2, MAX_REMEMBERED_REQUESTS) == [0, 1]
+    assert len(records(store.data, "kd:")) == 1 and not any(k.startswith(("q:", "k:")) for k in store.data)
     assert deposit(st, store, "y").code == 1004
     assert place(st, store, "mine", "p9").order_id == 42  # the closed order, found again
     assert deposit(st, store, "z").ok and st.balances["USDT"].available == parse_amount("6")
-    assert st.requests_remembered == 4 and "q:2" in store.data  # the ring goes on after the moved entries
+    assert st.requests_remembered == 4 and live_positions(store.data, "qd:", 4, MAX_REMEMBERED_REQUESTS) == [0, 1, 2, 3]
