@@ -1,20 +1,27 @@
 """The embedded broker's whole state: topics and their partition logs, groups, transactions.
 
-One process, one node, one replica of everything, memory only: what the embedded stack needs and
-no more. It is the only writer of its state and runs on one asyncio loop, so nothing here locks.
+One process, one node, one replica of everything, memory only (the oldest batches of deleting topics
+may sit in spill files, which live as long as the process): what the embedded stack needs and no
+more. It is the only writer of its state and runs on one asyncio loop, so nothing here locks.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from perpline.broker import errors as e
 from perpline.broker.compaction import COMPACT_MIN_GROWTH_BYTES, compact
 from perpline.broker.groups import Groups
 from perpline.broker.partition import PartitionLog
+from perpline.broker.spill import SpillFile
 from perpline.broker.txns import Offsets, Transactions
 
+# A deleting topic's partition holding more than this in memory moves its oldest batches to its spill
+# file, down to half of it (perpline.broker.spill; with a spill directory only).
+SPILL_BYTES = int(os.environ.get("PERPLINE_BROKER_SPILL_BYTES", str(4 * 1024 * 1024)))
 MAX_TOPICS = 1_000
 MAX_PARTITIONS_PER_TOPIC = 256
 NODE_ID = 1
@@ -47,8 +54,11 @@ def valid_topic_name(name: str) -> bool:
 
 
 class Cluster:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, spill_dir: Path | None = None) -> None:
+        """`spill_dir`: where deleting topics' partitions keep their oldest batches (perpline.broker.spill);
+        None keeps everything in memory."""
         self.host, self.port = host, port
+        self.spill_dir = spill_dir
         self.topics: dict[str, Topic] = {}
         self.groups = Groups()
         self.txns = Transactions(self._write_marker, self._store_offsets)
@@ -68,8 +78,15 @@ class Cluster:
             return e.INVALID_PARTITIONS
         if len(self.topics) >= MAX_TOPICS:
             return e.INVALID_REQUEST
-        self.topics[name] = Topic(name, {**DEFAULT_CONFIGS, **configs}, [PartitionLog() for _ in range(partitions)])
+        topic = Topic(name, {**DEFAULT_CONFIGS, **configs})
+        topic.partitions = [PartitionLog(self._spill_file(topic, p)) for p in range(partitions)]
+        self.topics[name] = topic
         return e.NONE
+
+    def _spill_file(self, topic: Topic, partition: int) -> SpillFile | None:
+        if self.spill_dir is None or topic.compacted():
+            return None
+        return SpillFile(self.spill_dir / f"{topic.name}-{partition}.batches")
 
     def delete_topic(self, name: str) -> int:
         topic = self.topics.pop(name, None)
@@ -77,6 +94,8 @@ class Cluster:
             return e.UNKNOWN_TOPIC_OR_PARTITION
         for log in topic.partitions:
             log.wake()
+            if log.spill is not None:
+                log.spill.close()
         return e.NONE
 
     def _write_marker(self, topic: str, partition: int, producer_id: int, epoch: int, commit: bool) -> None:
@@ -93,6 +112,9 @@ class Cluster:
         self.txns.expire()
         now_ms = int(time.time() * 1000)
         for topic in self.topics.values():
+            for log in topic.partitions:
+                if log.spill is not None and log.memory_bytes > SPILL_BYTES:
+                    log.spill_oldest(SPILL_BYTES // 2)
             if topic.compacted():
                 for log in topic.partitions:
                     if log.bytes_stored - log.compacted_bytes > max(COMPACT_MIN_GROWTH_BYTES, log.compacted_bytes):
@@ -116,7 +138,7 @@ def _apply_retention(log: PartitionLog, now_ms: int, retention_ms: int, retentio
         too_big = retention_bytes > 0 and stored > retention_bytes
         if not (too_old or too_big):
             break
-        stored -= len(log.batches[index])
+        stored -= log.size_of(index)
         keep_from = log.ends[index]
         index += 1
     if keep_from > log.log_start:

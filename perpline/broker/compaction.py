@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import os
 import struct
+from array import array
 from dataclasses import dataclass
 
 from perpline.broker.partition import ATTR_CONTROL, HEADER, HEADER_SIZE, PartitionLog
@@ -59,6 +60,7 @@ def rebuild(batch: bytes, kept: list[Record]) -> bytes:
 
 def compact(log: PartitionLog) -> int:
     """Compact `log` below its last stable offset, never its last batch; returns the bytes freed."""
+    assert log.spilled == 0, "a compacted topic never spills"
     clean_below = min(log.last_stable, log.starts[-1] if log.starts else 0)
     stop = bisect.bisect_right(log.ends, clean_below)
     done = [(pid, first, marker) for marker, pid, first in log.aborted if marker < clean_below]
@@ -85,10 +87,10 @@ def compact(log: PartitionLog) -> int:
             keep_index.append(index)
     if len(keep_index) < stop:
         order = sorted(keep_index) + list(range(stop, len(log.starts)))
-        log.starts = [log.starts[i] for i in order]
+        log.starts = array("q", (log.starts[i] for i in order))
         log.batches = [log.batches[i] for i in order]
-        log.ends = [log.ends[i] for i in order]
-        log.max_ts = [log.max_ts[i] for i in order]
+        log.ends = array("q", (log.ends[i] for i in order))
+        log.max_ts = array("q", (log.max_ts[i] for i in order))
     if len(log.batch_keys) > len(log.starts):
         log.batch_keys = {base: log.batch_keys[base] for base in log.starts if base in log.batch_keys}
     cut = bisect.bisect_left(log.aborted_ends, clean_below)

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import Gauge
 
@@ -29,6 +30,7 @@ from perpline.stack import ports
 log = logging.getLogger("perpline.broker")
 
 BYTES_STORED = Gauge("perpline_broker_bytes_stored", "record batch bytes the embedded broker holds")
+BYTES_SPILLED = Gauge("perpline_broker_bytes_spilled", "of perpline_broker_bytes_stored, the bytes held in spill files")
 TOPIC_BYTES = Gauge("perpline_broker_topic_bytes", "record batch bytes the embedded broker holds, per topic", ["topic"])
 
 
@@ -38,13 +40,15 @@ def _parse(argv: Iterable[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=19092)
     parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0 = off)")
     parser.add_argument("--start-timeout", type=float, default=30.0)
+    parser.add_argument("--spill-dir", default=None,
+                        help="keep the oldest batches of deleting topics here, not in memory (emptied at start)")
     parser.add_argument("--schema-dir", default=None, help=argparse.SUPPRESS)  # Tansu's; refused below
     return parser.parse_args(None if argv is None else list(argv))
 
 
 async def _serve(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    server = BrokerServer(args.host, args.port)
+    server = BrokerServer(args.host, args.port, _spill_dir(args.spill_dir))
     try:
         await server.start()
     except OSError as exc:
@@ -77,13 +81,26 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spill_dir(given: str | None) -> Path | None:
+    """The spill directory, emptied of a previous run's files (they live as long as one broker process)."""
+    if given is None:
+        return None
+    path = Path(given)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.batches"):
+        stale.unlink()
+    return path
+
+
 def _export_sizes(server: BrokerServer) -> None:
-    total = 0
+    total = spilled = 0
     for name, topic in list(server.cluster.topics.items()):
         held = topic.bytes_stored()
         TOPIC_BYTES.labels(name).set(held)
         total += held
+        spilled += sum(log.spill.bytes for log in topic.partitions if log.spill is not None)
     BYTES_STORED.set(total)
+    BYTES_SPILLED.set(spilled)
 
 
 def run(argv: Iterable[str] | None = None) -> int:

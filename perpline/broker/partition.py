@@ -5,6 +5,9 @@ covers only what follows the attributes, so it stays valid). Offsets are dense: 
 `last_offset_delta + 1` of them, control batches (transaction markers) one. Reads find their first
 batch by bisection; nothing here walks the whole log.
 
+A deleting topic's partition may keep its oldest batches in a spill file (perpline.broker.spill):
+`size_of` and `read` look there for the first `spilled` batches.
+
 Transactions: `open_txns` holds each producer's first offset of its open transaction; the last stable
 offset (LSO) is the lowest of them, or the end of the log. `aborted` lists every aborted transaction
 (first offset, marker offset) so a read_committed fetch can tell the client which records to drop.
@@ -16,9 +19,11 @@ import asyncio
 import bisect
 import struct
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 
+from perpline.broker.spill import SpillFile
 from perpline.broker.wire import crc32c, u32, varint
 
 HEADER = struct.Struct(">qiibIhiqqqhii")  # base offset .. records count: 61 bytes
@@ -91,13 +96,15 @@ class PartitionLog:
     """Batches of one topic-partition, with the offsets and transaction state a fetch needs."""
 
     __slots__ = ("starts", "batches", "ends", "max_ts", "log_start", "end", "open_txns", "aborted",
-                 "aborted_ends", "producers", "waiters", "bytes_stored", "compacted_bytes", "batch_keys")
+                 "aborted_ends", "producers", "waiters", "bytes_stored", "compacted_bytes", "batch_keys", "spill",
+                 "spilled")
 
-    def __init__(self) -> None:
-        self.starts: list[int] = []  # base offset of each stored batch (bisect key)
-        self.batches: list[bytes] = []
-        self.ends: list[int] = []  # one past each batch's last offset
-        self.max_ts: list[int] = []
+    def __init__(self, spill: SpillFile | None = None) -> None:
+        # the per-batch columns are arrays of 8-byte integers: a long log holds millions of batches
+        self.starts = array("q")  # base offset of each stored batch (bisect key)
+        self.batches: list[bytes] = []  # b"" for a batch held in the spill file
+        self.ends = array("q")  # one past each batch's last offset
+        self.max_ts = array("q")
         self.log_start = 0
         self.end = 0  # the high watermark: the next offset to assign (one replica: log end = watermark)
         self.open_txns: dict[int, int] = {}  # producer id -> first offset of its open transaction
@@ -108,6 +115,35 @@ class PartitionLog:
         self.bytes_stored = 0
         self.compacted_bytes = 0  # bytes_stored right after the last compaction
         self.batch_keys: dict[int, tuple[bytes | None, ...]] = {}  # compaction: record keys by batch base offset
+        self.spill = spill  # where the oldest batches go once memory_bytes passes the threshold (perpline.broker.spill)
+        self.spilled = 0  # the first `spilled` batches are in the spill file
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.bytes_stored - (self.spill.bytes if self.spill is not None else 0)
+
+    def size_of(self, index: int) -> int:
+        assert self.spill is not None or index >= self.spilled
+        return self.spill.size(index) if index < self.spilled and self.spill is not None else len(self.batches[index])
+
+    def spill_oldest(self, keep_bytes: int) -> int:
+        """Move the oldest batches held in memory to the spill file until at most `keep_bytes` stay in
+        memory (the newest batch always stays); returns how many moved."""
+        if self.spill is None:
+            return 0
+        moving: list[bytes] = []
+        in_memory = self.memory_bytes
+        index = self.spilled
+        while in_memory > keep_bytes and index < len(self.batches) - 1:
+            moving.append(self.batches[index])
+            in_memory -= len(self.batches[index])
+            index += 1
+        if moving:
+            self.spill.append(moving)
+            for i in range(self.spilled, index):
+                self.batches[i] = b""
+            self.spilled = index
+        return len(moving)
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -171,15 +207,28 @@ class PartitionLog:
         index = max(index, 0)
         parts: list[bytes] = []
         total = 0
+        first_spilled = -1  # a run of spilled batches being gathered: [first_spilled, index)
         while index < len(self.starts) and self.starts[index] < limit:
             if self.ends[index] > offset:
-                batch = self.batches[index]
-                if parts and total + len(batch) > max_bytes:
+                size = self.size_of(index)
+                if total and total + size > max_bytes:
                     break
-                parts.append(batch)
-                total += len(batch)
+                if index < self.spilled:
+                    first_spilled = index if first_spilled < 0 else first_spilled
+                else:
+                    if first_spilled >= 0:
+                        parts.append(self._read_spilled(first_spilled, index))
+                        first_spilled = -1
+                    parts.append(self.batches[index])
+                total += size
             index += 1
+        if first_spilled >= 0:
+            parts.append(self._read_spilled(first_spilled, index))
         return b"".join(parts)
+
+    def _read_spilled(self, first: int, last: int) -> bytes:
+        assert self.spill is not None and last <= self.spilled
+        return self.spill.read(first, last)
 
     def aborted_in(self, offset: int, limit: int) -> list[tuple[int, int]]:
         """(producer id, first offset) of aborted transactions overlapping [offset, limit)."""
@@ -206,7 +255,12 @@ class PartitionLog:
         offset = min(max(offset, self.log_start), self.end)
         drop = bisect.bisect_right(self.ends, offset)
         if drop:
-            self.bytes_stored -= sum(len(b) for b in self.batches[:drop])
+            from_file = min(drop, self.spilled)
+            if from_file:
+                assert self.spill is not None
+                self.bytes_stored -= self.spill.drop(from_file)
+                self.spilled -= from_file
+            self.bytes_stored -= sum(len(b) for b in self.batches[from_file:drop])
             for column in (self.starts, self.batches, self.ends, self.max_ts):
                 del column[:drop]
         self.log_start = offset

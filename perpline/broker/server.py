@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from pathlib import Path
 
 from perpline.broker import handlers
 from perpline.broker.cluster import Cluster
@@ -25,8 +26,8 @@ _HEADER = struct.Struct(">hhi")
 
 
 class BrokerServer:
-    def __init__(self, host: str, port: int) -> None:
-        self.cluster = Cluster(host, port)
+    def __init__(self, host: str, port: int, spill_dir: Path | None = None) -> None:
+        self.cluster = Cluster(host, port, spill_dir)
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
         self._housekeeping: asyncio.Task[None] | None = None

@@ -134,6 +134,7 @@ def _parse(argv: Iterable[str] | None) -> argparse.Namespace:
     parser.add_argument("--schema-dir", type=Path, default=None,
                         help="refuse messages that fail <topic>.json in this dir (INVALID_RECORD)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0 = off)")
+    parser.add_argument("--spill-dir", default=None, help=argparse.SUPPRESS)  # perpline's broker's; Tansu has its own
     parser.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S)
     return parser.parse_args(None if argv is None else list(argv))
 

@@ -188,7 +188,8 @@ def components(plan: Plan) -> list[ComponentSpec]:
     deps: list[str] = []
     if plan.embedded_broker:
         assert host == LOCAL_HOST, host
-        spec("broker", [PY, "-m", "perpline.broker.launch", "--host", host, "--port", port], [], ready_file=False,
+        spec("broker", [PY, "-m", "perpline.broker.launch", "--host", host, "--port", port,
+                        "--spill-dir", str(plan.data_dir / "broker")], [], ready_file=False,
              ready=_topics_probe(plan.kafka), fatal=BROKER_GONE, ports=[int(port)])
         deps.append("broker")
     if plan.embedded_clickhouse:

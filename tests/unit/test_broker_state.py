@@ -110,7 +110,7 @@ def test_trim_and_retention_never_pass_an_open_transaction() -> None:
     ((txn, raw_txn),) = split_batches(batch(1, pid=3, seq=0, transactional=True, ts=3))
     log.append(txn, raw_txn)
     _apply_retention(log, now_ms=10_000, retention_ms=1_000, retention_bytes=-1)
-    assert log.log_start == 4 and log.starts == [4]  # the old batches went, the open transaction stayed
+    assert log.log_start == 4 and list(log.starts) == [4]  # the old batches went, the open transaction stayed
     assert log.trim_to(100) == log.end
 
 
@@ -266,3 +266,55 @@ def test_compaction_drops_aborted_records_and_markers_but_never_the_last_batch_o
     log.end_txn(7, 0, commit=True)
     compact(log)
     assert log.starts[-1] == 5 and log.ends[-1] == log.end  # the final marker stays: readers reach the end
+
+
+def filled(log: PartitionLog, batches: int) -> None:
+    for k in range(batches):
+        raw = batch(1 + k % 3, ts=1_000 + k)
+        log.append(split_batches(raw)[0][0], raw)
+
+
+def test_spilled_batches_read_back_exactly_as_the_ones_held_in_memory(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from perpline.broker.spill import SpillFile
+
+    memory, spilling = PartitionLog(), PartitionLog(SpillFile(Path(str(tmp_path)) / "t-0.batches"))
+    filled(memory, 60)
+    filled(spilling, 60)
+    kept = spilling.memory_bytes // 4
+    assert spilling.spill_oldest(kept) > 0 and 0 < spilling.spilled < 60 and spilling.memory_bytes <= kept
+    assert spilling.bytes_stored == memory.bytes_stored and spilling.spill is not None
+    assert spilling.spill.bytes + spilling.memory_bytes == memory.bytes_stored
+    for offset in range(0, memory.end, 7):  # reads that start, cross and end on either side of the boundary
+        for limit, max_bytes in ((memory.end, 1 << 20), (offset + 5, 1 << 20), (memory.end, 150), (memory.end, 1)):
+            assert spilling.read(offset, limit, max_bytes) == memory.read(offset, limit, max_bytes), (offset, limit)
+    assert [spilling.size_of(i) for i in range(60)] == [memory.size_of(i) for i in range(60)]
+    assert spilling.offset_for_time(1_010) == memory.offset_for_time(1_010)
+    boundary = spilling.starts[spilling.spilled]
+    for cut in (boundary - 3, boundary + 4, memory.end):  # retention inside the file, across it, everything
+        assert spilling.trim_to(cut) == memory.trim_to(cut)
+        assert spilling.bytes_stored == memory.bytes_stored and list(spilling.starts) == list(memory.starts)
+        assert spilling.read(cut, memory.end, 1 << 20) == memory.read(cut, memory.end, 1 << 20)
+    assert spilling.spilled == 0 and spilling.spill.bytes == 0 and len(spilling.spill) == 0
+    assert (Path(str(tmp_path)) / "t-0.batches").stat().st_size == 0  # the file shrinks once all is gone
+
+
+def test_a_cluster_spills_deleting_topics_past_the_threshold_and_never_compacted_ones(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from perpline.broker import cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "SPILL_BYTES", 2_000)
+    cluster = Cluster("127.0.0.1", 1, Path(str(tmp_path)))
+    assert cluster.create_topic("events", 1, {"retention.ms": "-1"}) == e.NONE
+    assert cluster.create_topic("changelog", 1, {"cleanup.policy": "compact"}) == e.NONE
+    events, changelog = cluster.log("events", 0), cluster.log("changelog", 0)
+    assert events is not None and changelog is not None and changelog.spill is None
+    filled(events, 200)
+    reference = events.read(0, events.end, 1 << 30)
+    cluster.housekeeping()
+    assert events.spilled > 0 and events.memory_bytes <= 1_000 + len(events.batches[-1])
+    assert events.read(0, events.end, 1 << 30) == reference
+    assert cluster.delete_topic("events") == e.NONE and not (Path(str(tmp_path)) / "events-0.batches").exists()
