@@ -182,14 +182,34 @@ def test_nonce_digests_kept_in_the_state_by_the_previous_version_are_moved_to_bu
     assert state.nonce_digests == {} and used(state) == keys("prev") and state.nonce_buckets
 
 
-def test_a_used_nonce_costs_the_stored_account_under_20_bytes() -> None:
-    state, signed = funded(), 400
-    before = len(to_store(state))
-    for i in range(signed):
-        nonce = signing.nonce_of(f"{i:064x}")
-        assert result(withdraw(state, f"r{i}", nonce, amount="0.001", ts_ms=T0 + i, signed_ms=T0 + i)).ok
-    # apart from nonces each request adds its 8-byte digest to the ring, and (with no processor store, as
-    # here) its entry to `local`: the processor keeps those under keys of their own
-    request_memory = len(state.request_digests) + len(to_store(AccountState(account_id=7, local=state.local)))
-    per_nonce = (len(to_store(state)) - before - request_memory) / signed
-    assert per_nonce < 20, per_nonce  # 42 bytes when the 32-character nonce itself was kept
+class RecordingStore(mem.DictMemory):
+    """The processor's store as the handlers see it, counting what each command writes."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.written: list[tuple[str, int]] = []
+
+    def set_bytes(self, key: str, value: bytes) -> None:
+        self.written.append((key, len(value)))
+        super().set_bytes(key, value)
+
+
+def test_a_busy_signed_account_writes_a_small_state_and_a_few_small_keys_per_command() -> None:
+    """Five minutes of a signed command every 100 ms (the accounts processor's state used to carry every
+    nonce of two minutes and every remembered digest, rewritten on each command: tens of KB)."""
+    state, store = funded("100000"), RecordingStore()
+    sizes, most_keys, largest = [], 0, 0
+    for i in range(3_000):
+        at = T0 + 100 * i
+        store.written.clear()
+        outs = handle(state, m.Withdraw(trace_id="t", causation_id="c", ts_ms=at, request_id=f"r{i}",
+                                        nonce=signing.nonce_of(f"{i:064x}"), signed_ms=at, account_id=7,
+                                        asset="USDT", amount="0.001"), store)
+        assert result(outs).ok
+        sizes.append(len(to_store(state)))
+        most_keys = max(most_keys, len(store.written))
+        largest = max(largest, max(n for _, n in store.written))
+    assert max(sizes) < 600, max(sizes)  # balances, counters and a dozen nonce-bucket counts
+    assert most_keys <= 2 and largest < 16_000, (most_keys, largest)  # one ring bucket, one nonce bucket
+    assert sum(k.startswith("n:") for k in store.data) <= mem.NONCE_KEEP_MS // mem.NONCE_BUCKET_MS + 2
+    assert len(mem.Memory(state, store).used_nonces()) <= (mem.NONCE_KEEP_MS + mem.NONCE_BUCKET_MS) // 100
