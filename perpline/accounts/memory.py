@@ -161,13 +161,16 @@ class Memory:
         if signed_ms < self.state.nonce_floor_ms:
             return Code.STALE_REQUEST, "Timestamp for this request is outside of the recvWindow."
         digest, bucket = nonce_key(nonce), signed_ms // NONCE_BUCKET_MS
-        if _nonce_at(self._nonce_bucket(bucket), digest) is not None:
+        held = self._nonce_bucket(bucket)
+        if _nonce_at(held, digest) is not None:
             return Code.REPLAYED_REQUEST, "this signed request was already applied"
         if self.nonce_count() >= MAX_NONCES:
             self._forget_nonces(every=True)  # exact at the cap: entries signed out of order included
+            held = self._nonce_bucket(bucket)  # the sweep may have rewritten this bucket
         if self.nonce_count() >= MAX_NONCES:
             return Code.RATE_LIMITED, f"more than {MAX_NONCES} signed requests in {NONCE_KEEP_MS // 1000} s"
-        self._add_nonce(bucket, digest, signed_ms)
+        self.store.set_bytes(f"n:{bucket}", held + _nonce_record(digest, signed_ms))
+        self.state.nonce_buckets[bucket] = self.state.nonce_buckets.get(bucket, 0) + 1
         return None
 
     def nonce_count(self) -> int:
@@ -179,10 +182,6 @@ class Memory:
 
     def _nonce_bucket(self, bucket: int) -> bytes:
         return self.store.get_bytes(f"n:{bucket}") or b""
-
-    def _add_nonce(self, bucket: int, digest: bytes, signed_ms: int) -> None:
-        self.store.set_bytes(f"n:{bucket}", self._nonce_bucket(bucket) + digest + signed_ms.to_bytes(8, "big"))
-        self.state.nonce_buckets[bucket] = self.state.nonce_buckets.get(bucket, 0) + 1
 
     def _raise_nonce_floor(self, floor_ms: int) -> None:
         if floor_ms > self.state.nonce_floor_ms:
@@ -206,7 +205,7 @@ class Memory:
             self.store.delete(f"n:{bucket}")
             self.state.nonce_buckets.pop(bucket, None)
             return
-        self.store.set_bytes(f"n:{bucket}", b"".join(d + ms.to_bytes(8, "big") for d, ms in records))
+        self.store.set_bytes(f"n:{bucket}", b"".join(_nonce_record(d, ms) for d, ms in records))
         self.state.nonce_buckets[bucket] = len(records)
 
     def _move_nonces_in(self) -> None:
@@ -278,6 +277,10 @@ class _Ring:
 
 _Record = tuple[bytes, int, "bytes | None"]  # digest, position, the encoded entry (None: not moved in whole)
 _bucket_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, int, bytes | None]])
+
+
+def _nonce_record(digest: bytes, signed_ms: int) -> bytes:
+    return digest + signed_ms.to_bytes(8, "big")
 
 
 def _nonce_records(bucket: bytes) -> list[tuple[bytes, int]]:

@@ -210,8 +210,9 @@ def _our_headers(request: Request, headers: MutableHeaders) -> None:
 
 def _measure(request: Request, trace_id: str, status: int, elapsed_s: float) -> None:
     path = getattr(request.scope.get("route"), "path", "unmatched")
-    _metrics_of(path, status)[0].inc()
-    _metrics_of(path, status)[1].observe(elapsed_s)
+    requests, latency = _metrics_of(path, status)
+    requests.inc()
+    latency.observe(elapsed_s)
     if path not in ("/metrics", "/healthz", "/readyz"):
         log.info("request", extra={"trace_id": trace_id, "method": request.method, "route": path,
                                    "status": status, "ms": round(elapsed_s * 1000, 2)})

@@ -51,14 +51,18 @@ def _window(params: dict[str, str]) -> tuple[int | None, int | None]:
     return _int_param(params, "startTime"), _int_param(params, "endTime")
 
 
-def _signed(permission: str) -> Callable[..., Any]:
+async def signed_caller(request: Request, permission: str) -> auth.Caller:
     """The caller of a signed route, charged its route's weight (perpline.api.ratelimit: the address
-    was charged before the request got here)."""
+    was charged before the request got here). The routes' dependency, and the fast path's caller."""
+    d = deps(request)
+    caller = await auth.signed_caller(request, d.registry, d.guard, permission)
+    ratelimit.charge_caller(request, caller.api_key, caller.user_id)
+    return caller
+
+
+def _signed(permission: str) -> Callable[..., Any]:
     async def dependency(request: Request) -> auth.Caller:
-        d = deps(request)
-        caller = await auth.signed_caller(request, d.registry, d.guard, permission)
-        ratelimit.charge_caller(request, caller.api_key, caller.user_id)
-        return caller
+        return await signed_caller(request, permission)
 
     return dependency
 

@@ -4,16 +4,16 @@ py-spy on the API under 32 trading pairs (bench.load, POST /fapi/v1/order): rout
 the included routers, dependency solving and the response plumbing were about 45 % of the API's CPU,
 the order's own work (signature, checks, publish, wait) the rest. The busiest signed routes are
 therefore called here directly, from TraceAndMeasure (perpline.api.app), with the same parts the
-FastAPI route would use: the same endpoint function, the same signed-caller dependency (signature,
-replay guard, weight charged to the key), the app's exception handlers and a JSONResponse as FastAPI
-renders a returned dict. The FastAPI routes stay registered: they document the route (OpenAPI), and
+FastAPI route would use: the same endpoint function, the same signed caller (fapi.signed_caller:
+signature, replay guard, weight charged to the key), the app's exception handlers, and a returned dict
+encoded to the bytes FastAPI's JSONResponse sends. The FastAPI routes stay registered: they document the route (OpenAPI), and
 they answer when PERPLINE_API_FAST_PATH=0 (tests/unit/test_api_fastpath.py compares both, byte for byte).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,30 +24,20 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
-from perpline.api import auth, errors, fapi, ratelimit
-from perpline.api.deps import ApiDeps, deps
+from perpline.api import auth, errors, fapi
+from perpline.api.deps import deps
 from perpline.contracts.codes import PerplineError
 from perpline.contracts.units import UnitError
-
-Endpoint = Callable[[Request, ApiDeps, auth.Caller], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
 class FastRoute:
-    route: APIRoute  # the registered route: its path labels the metrics, as when the router matched it
-    endpoint: Endpoint
+    route: APIRoute  # the registered route: its endpoint is called, its path labels the metrics
     permission: str
 
 
 def enabled() -> bool:
     return os.environ.get("PERPLINE_API_FAST_PATH", "1") != "0"
-
-
-def _by_call(handler: Callable[..., Any]) -> Endpoint:
-    async def call(request: Request, d: ApiDeps, caller: auth.Caller) -> Any:
-        return await handler(request, d, caller)
-
-    return call
 
 
 # (method, path) -> the endpoint, the permission its signed caller needs. Only async endpoints whose
@@ -71,7 +61,7 @@ def table(routes: list[BaseRoute]) -> dict[tuple[str, str], FastRoute]:
         for method in route.methods:
             entry = ROUTES.get((method, route.path))
             if entry is not None and route.endpoint is entry[0]:
-                found[(method, route.path)] = FastRoute(route, _by_call(entry[0]), entry[1])
+                found[(method, route.path)] = FastRoute(route, entry[1])
     missing = set(ROUTES) - set(found)
     if missing:
         raise ValueError(f"fast routes not registered with their endpoint: {sorted(missing)}")
@@ -93,10 +83,8 @@ async def serve(fast: FastRoute, scope: Scope, receive: Receive, send: Send) -> 
     scope["endpoint"] = fast.route.endpoint
     request = Request(scope, receive)
     try:
-        d = deps(request)
-        caller = await auth.signed_caller(request, d.registry, d.guard, fast.permission)
-        ratelimit.charge_caller(request, caller.api_key, caller.user_id)
-        result = await fast.endpoint(request, d, caller)
+        caller = await fapi.signed_caller(request, fast.permission)
+        result = await fast.route.endpoint(request, deps(request), caller)
         response = result if isinstance(result, Response) else _json(result)
     except (PerplineError, UnitError) as exc:
         response = await errors.on_perpline_error(request, exc)

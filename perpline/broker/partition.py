@@ -123,8 +123,10 @@ class PartitionLog:
         return self.bytes_stored - (self.spill.bytes if self.spill is not None else 0)
 
     def size_of(self, index: int) -> int:
-        assert self.spill is not None or index >= self.spilled
-        return self.spill.size(index) if index < self.spilled and self.spill is not None else len(self.batches[index])
+        if index < self.spilled:
+            assert self.spill is not None
+            return self.spill.size(index)
+        return len(self.batches[index])
 
     def spill_oldest(self, keep_bytes: int) -> int:
         """Move the oldest batches held in memory to the spill file until at most `keep_bytes` stay in
